@@ -1,0 +1,1 @@
+"""Networks, pruning methods, training and the direct sparse convolution kernel."""

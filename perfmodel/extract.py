@@ -1,0 +1,125 @@
+"""Layer specs of a ``torch.nn.Module``: every Conv2d and Linear call, in execution order.
+
+Forward hooks record the input shape of each call while the module runs once on a fake
+(meta, shape-only) tensor, so nested modules, residual blocks, grouped convolutions and modules
+called twice are all seen as they really execute, and nothing is computed. If fake tensors
+cannot run the module (custom ops), it falls back to a real forward on zeros of batch 1.
+
+This is the only part of :mod:`perfmodel` that imports torch, and it does so when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from perfmodel.layers import Conv2dSpec, LinearSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+Layer = Conv2dSpec | LinearSpec
+
+
+def extract_layers(
+    module: nn.Module, input_shape: Sequence[int], batch: int = 1
+) -> list[Layer]:
+    """Specs of every ``nn.Conv2d`` and ``nn.Linear`` call of ``module`` on one input.
+
+    Args:
+        module: the network; its training mode is restored afterwards, weights untouched.
+        input_shape: shape of one example without the batch dimension, e.g. ``(3, 224, 224)``.
+        batch: batch size written into the specs.
+
+    Returns:
+        Specs named by qualified module name (``layer1.0.conv1``); a module called more than
+        once gets ``#2``, ``#3`` … on its later calls.
+    """
+    import torch
+    from torch import nn
+
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    names = {m: name for name, m in module.named_modules()}
+    specs: list[Layer] = []
+    calls: dict[str, int] = {}
+
+    def record(layer: nn.Module, args: tuple) -> None:
+        name = names.get(layer, type(layer).__name__)
+        calls[name] = calls.get(name, 0) + 1
+        if calls[name] > 1:
+            name = f"{name}#{calls[name]}"
+        shape = tuple(args[0].shape)
+        dtype_bytes = layer.weight.element_size()
+        if isinstance(layer, nn.Conv2d):
+            if isinstance(layer.padding, str):  # "same" / "valid"
+                padding = _explicit_padding(layer)
+            else:
+                padding = tuple(layer.padding)
+            n, c, h, w = shape if len(shape) == 4 else (1, *shape)
+            specs.append(
+                Conv2dSpec(
+                    name=name, batch=n * batch, in_channels=c, out_channels=layer.out_channels,
+                    in_height=h, in_width=w, kernel=tuple(layer.kernel_size),
+                    stride=tuple(layer.stride), padding=padding,
+                    dilation=tuple(layer.dilation), groups=layer.groups, dtype_bytes=dtype_bytes,
+                )
+            )  # fmt: skip
+        else:
+            rows = 1
+            for dim in shape[:-1]:
+                rows *= dim
+            specs.append(
+                LinearSpec(
+                    name=name, batch=rows * batch, in_features=layer.in_features,
+                    out_features=layer.out_features, dtype_bytes=dtype_bytes,
+                )
+            )  # fmt: skip
+
+    handles = [
+        m.register_forward_pre_hook(record)
+        for m in module.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    was_training = module.training
+    module.eval()
+    try:
+        example_shape = (1, *input_shape)
+        try:
+            _run_fake(module, example_shape)
+        except Exception:
+            specs.clear()
+            calls.clear()
+            with torch.no_grad():
+                module(torch.zeros(example_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+        module.train(was_training)
+    if not specs:
+        raise ValueError("the module has no Conv2d or Linear layer that runs on this input")
+    return specs
+
+
+def _run_fake(module: nn.Module, shape: tuple[int, ...]) -> None:
+    """Run ``module`` on meta tensors: shapes propagate, nothing is computed or allocated.
+
+    Parameters and buffers are swapped for meta stand-ins through ``functional_call``, so the
+    user's module is never copied or modified.
+    """
+    import torch
+    from torch.func import functional_call
+
+    meta = {
+        name: torch.empty_like(tensor, device="meta")
+        for name, tensor in (*module.named_parameters(), *module.named_buffers())
+    }
+    with torch.no_grad():
+        functional_call(module, meta, (torch.empty(shape, device="meta"),))
+
+
+def _explicit_padding(conv: nn.Module) -> tuple[int, int]:
+    if conv.padding == "valid":
+        return (0, 0)
+    # "same" (stride 1 only in torch): total padding d·(k−1), split low/high; use the low side.
+    return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True))

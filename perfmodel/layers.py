@@ -1,0 +1,174 @@
+"""Layer specifications: the shapes the performance model reasons about.
+
+A spec carries exactly what the roofline of Park et al. (ICLR 2017, §2.2) needs per layer and
+per batch: the dense FLOP count ``C`` (2 × MACs, counted as if no weight were zero), the bytes
+of input plus output activations ``S_A`` and the bytes of the dense weight tensor ``S_W``.
+Specs are plain validated data (pydantic, frozen): they come from a torch module
+(``perfmodel.extract``), an ONNX file (``perfmodel.onnx_import``), JSON sent to the API, or are
+written by hand. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Pair = tuple[int, int]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _pair(value: object) -> object:
+    """Accept ``3`` or ``[3, 3]`` for a (height, width) pair."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Layer name, unique within a network (e.g. 'conv5').")
+    batch: PositiveInt = Field(1, description="Images per call; C and S_A scale with it.")
+    dtype_bytes: PositiveInt = Field(4, description="Bytes per element (fp32 = 4).")
+
+    def with_batch(self, batch: int) -> _Spec:
+        """The same layer run on ``batch`` images (a new object; specs are immutable)."""
+        return self.model_copy(update={"batch": batch})
+
+    @property
+    def flops(self) -> int:
+        """Dense FLOPs of one call: 2 × multiply-accumulates (bias and activation ignored)."""
+        return 2 * self.macs
+
+    @property
+    def macs(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class Conv2dSpec(_Spec):
+    """A 2-D convolution, NCHW, ``weight`` of shape (K, C/groups, R, S)."""
+
+    kind: Literal["conv2d"] = "conv2d"
+    in_channels: PositiveInt
+    out_channels: PositiveInt
+    in_height: PositiveInt
+    in_width: PositiveInt
+    kernel: Pair = Field(description="(R, S) kernel height and width.")
+    stride: Pair = (1, 1)
+    padding: Pair = (0, 0)
+    dilation: Pair = (1, 1)
+    groups: PositiveInt = 1
+
+    @field_validator("kernel", "stride", "padding", "dilation", mode="before")
+    @classmethod
+    def _as_pair(cls, value: object) -> object:
+        return _pair(value)
+
+    @field_validator("kernel", "stride", "dilation")
+    @classmethod
+    def _positive_pair(cls, value: Pair) -> Pair:
+        if min(value) < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    @field_validator("padding")
+    @classmethod
+    def _non_negative_pair(cls, value: Pair) -> Pair:
+        if min(value) < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Conv2dSpec:
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups} must divide in_channels={self.in_channels} "
+                f"and out_channels={self.out_channels}"
+            )
+        if self.out_height < 1 or self.out_width < 1:
+            raise ValueError(
+                f"kernel {self.kernel} (dilation {self.dilation}) does not fit the padded "
+                f"input {self.in_height}x{self.in_width} + padding {self.padding}"
+            )
+        return self
+
+    @property
+    def out_height(self) -> int:
+        r = self.dilation[0] * (self.kernel[0] - 1) + 1
+        return (self.in_height + 2 * self.padding[0] - r) // self.stride[0] + 1
+
+    @property
+    def out_width(self) -> int:
+        s = self.dilation[1] * (self.kernel[1] - 1) + 1
+        return (self.in_width + 2 * self.padding[1] - s) // self.stride[1] + 1
+
+    @property
+    def weight_count(self) -> int:
+        """Elements of the dense weight tensor K × C/g × R × S."""
+        return (
+            self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
+        )
+
+    @property
+    def macs(self) -> int:
+        # Every output element (N, K, P, Q) takes C/g × R × S multiply-accumulates.
+        per_output = (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
+        return self.batch * self.out_channels * self.out_height * self.out_width * per_output
+
+    @property
+    def activation_bytes(self) -> int:
+        """S_A: input (N, C, H, W) plus output (N, K, P, Q), unpadded."""
+        inputs = self.in_channels * self.in_height * self.in_width
+        outputs = self.out_channels * self.out_height * self.out_width
+        return self.batch * (inputs + outputs) * self.dtype_bytes
+
+    @property
+    def weight_bytes(self) -> int:
+        """S_W: the dense weight tensor (bias ignored)."""
+        return self.weight_count * self.dtype_bytes
+
+    def describe(self) -> str:
+        """Short shape string, e.g. ``384→256 3x3 /1 g2 @13x13``."""
+        text = f"{self.in_channels}→{self.out_channels} {self.kernel[0]}x{self.kernel[1]}"
+        if self.stride != (1, 1):
+            square = self.stride[0] == self.stride[1]
+            text += f" /{self.stride[0]}" if square else f" /{self.stride}"
+        if self.dilation != (1, 1):
+            text += f" d{self.dilation[0]}"
+        if self.groups > 1:
+            text += f" g{self.groups}"
+        return text + f" @{self.in_height}x{self.in_width}"
+
+
+class LinearSpec(_Spec):
+    """A fully connected layer, ``weight`` of shape (out_features, in_features)."""
+
+    kind: Literal["linear"] = "linear"
+    in_features: PositiveInt
+    out_features: PositiveInt
+
+    @property
+    def weight_count(self) -> int:
+        return self.out_features * self.in_features
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.out_features * self.in_features
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.batch * (self.in_features + self.out_features) * self.dtype_bytes
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.weight_count * self.dtype_bytes
+
+    def describe(self) -> str:
+        return f"{self.in_features}→{self.out_features} fc"
+
+
+LayerSpec = Annotated[Conv2dSpec | LinearSpec, Field(discriminator="kind")]
+"""Any layer the model understands; JSON picks the type by its ``kind`` field."""

@@ -1,0 +1,153 @@
+"""Layer specs from an ONNX file: ``Conv``, ``Gemm`` and ``MatMul`` with a constant weight.
+
+Shapes come from ONNX shape inference, so any exporter's graph works (PyTorch's, TF2ONNX,
+…). Layers are named after their weight initializer without ``.weight`` (PyTorch exports keep
+parameter names, so ``layer1.0.conv1.weight`` gives ``layer1.0.conv1``, the same name the
+module path gives), else after the node. Only the ``onnx`` package is needed, never torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from perfmodel.layers import Conv2dSpec, LinearSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+Layer = Conv2dSpec | LinearSpec
+_DTYPE_BYTES = {1: 4, 10: 2, 11: 8, 16: 2}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+class OnnxImportError(ValueError):
+    """The file is not a readable ONNX model, or a layer's shapes cannot be determined."""
+
+
+def load_onnx(source: str | Path | bytes) -> onnx.ModelProto:
+    """Parse an ONNX model from a path or raw bytes, with a clear error when it is not one."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        if isinstance(source, bytes):
+            model = onnx.load_from_string(source)
+        else:
+            model = onnx.load(str(source), load_external_data=False)
+    except FileNotFoundError:
+        raise OnnxImportError(f"ONNX file {source} does not exist") from None
+    except (DecodeError, ValueError, RuntimeError, OSError) as error:
+        raise OnnxImportError(f"not a valid ONNX model: {error}") from None
+    if not model.graph.node:
+        raise OnnxImportError("not a valid ONNX model: the graph has no nodes")
+    return model
+
+
+def layers_from_onnx(source: str | Path | bytes, batch: int | None = None) -> list[Layer]:
+    """Specs of every convolution and fully connected layer of an ONNX model, in graph order.
+
+    Args:
+        source: path to a ``.onnx`` file, or its bytes.
+        batch: batch size for the specs; by default the model's own when its batch dimension
+            is fixed, else 1.
+    """
+    import onnx
+
+    model = load_onnx(source)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as error:  # onnx raises several internal error types
+        raise OnnxImportError(f"ONNX shape inference failed: {error}") from None
+    graph = model.graph
+    weights = {init.name: (tuple(init.dims), init.data_type) for init in graph.initializer}
+    for node in graph.node:  # weights folded into Constant nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
+            tensor = node.attribute[0].t
+            weights[node.output[0]] = (tuple(tensor.dims), tensor.data_type)
+    shapes: dict[str, tuple] = {}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+
+    layers: list[Layer] = []
+    seen: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        weight_name = node.input[1]
+        if weight_name not in weights:
+            continue  # a MatMul of two activations (attention) has no weight to prune
+        name = _layer_name(weight_name, node, index)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"
+        w_shape, w_type = weights[weight_name]
+        dtype_bytes = _DTYPE_BYTES.get(w_type, 4)
+        x_shape = shapes.get(node.input[0])
+        if x_shape is None or any(d is None for d in x_shape[1:]):
+            raise OnnxImportError(
+                f"layer {name}: the shape of its input {node.input[0]!r} is unknown after shape "
+                "inference (export the model with a fixed input size)"
+            )
+        rows = x_shape[0] if x_shape and x_shape[0] else 1
+        n = batch or rows
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            layers.append(_conv_spec(name, n, x_shape, w_shape, attrs, dtype_bytes))
+        else:
+            layers.append(_linear_spec(name, node.op_type, n, x_shape, w_shape, attrs, dtype_bytes))
+    if not layers:
+        raise OnnxImportError("the ONNX model has no Conv, Gemm or MatMul layer with a weight")
+    return layers
+
+
+def _layer_name(weight_name: str, node: onnx.NodeProto, index: int) -> str:
+    if weight_name.endswith(".weight"):
+        return weight_name[: -len(".weight")]
+    return node.name or f"{node.op_type.lower()}_{index}"
+
+
+def _conv_spec(name, batch, x_shape, w_shape, attrs, dtype_bytes) -> Conv2dSpec:
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise OnnxImportError(f"layer {name}: only 2-D convolutions are supported, got {x_shape}")
+    _, channels, height, width = x_shape
+    kernel = tuple(attrs.get("kernel_shape", w_shape[2:]))
+    stride = tuple(attrs.get("strides", (1, 1)))
+    dilation = tuple(attrs.get("dilations", (1, 1)))
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        padding = tuple(
+            max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0) // 2
+            for size, s, k, d in zip((height, width), stride, kernel, dilation, strict=True)
+        )
+    elif auto_pad == "VALID":
+        padding = (0, 0)
+    else:
+        pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+        # NB: asymmetric pads (begin ≠ end) are averaged; the FLOPs may be off by one row.
+        padding = ((pads[0] + pads[2]) // 2, (pads[1] + pads[3]) // 2)
+    try:
+        return Conv2dSpec(
+            name=name, batch=batch, in_channels=channels, out_channels=w_shape[0],
+            in_height=height, in_width=width, kernel=kernel, stride=stride, padding=padding,
+            dilation=dilation, groups=attrs.get("group", 1), dtype_bytes=dtype_bytes,
+        )  # fmt: skip
+    except ValueError as error:
+        raise OnnxImportError(f"layer {name}: {error}") from None
+
+
+def _linear_spec(name, op, batch, x_shape, w_shape, attrs, dtype_bytes) -> LinearSpec:
+    if len(w_shape) != 2:
+        raise OnnxImportError(f"layer {name}: {op} weight must be 2-D, got {w_shape}")
+    if op == "Gemm" and attrs.get("transB", 0):
+        out_features, in_features = w_shape
+    else:
+        in_features, out_features = w_shape
+    rows = batch
+    for dim in x_shape[1:-1]:  # MatMul on (N, T, D) inputs: every row is a product
+        rows *= dim or 1
+    return LinearSpec(
+        name=name, batch=rows, in_features=in_features, out_features=out_features,
+        dtype_bytes=dtype_bytes,
+    )  # fmt: skip

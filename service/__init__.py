@@ -1,0 +1,1 @@
+"""The command line, the REST API and the workers: the user-facing layer of Sweetspot."""

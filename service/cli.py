@@ -1,0 +1,276 @@
+"""The ``sweetspot`` command line.
+
+Commands:
+    predict     per-layer sweet spots of a built-in model or an ONNX file on a hardware profile
+    hardware    list and show hardware profiles
+    models      list the built-in networks
+    bench       benchmarks (``bench kernel``: the direct sparse convolution against dense)
+
+Exit codes: 0 success, 2 bad usage or unknown name (the message lists the valid names),
+1 any other failure (an invalid file, say), always with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from perfmodel import (
+    HardwareProfile,
+    NetworkPrediction,
+    ProfileError,
+    UnknownProfileError,
+    get_profile,
+    predict_network,
+    profile_names,
+)
+from perfmodel.hardware import user_profile_dir
+from perfmodel.onnx_import import OnnxImportError, layers_from_onnx
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as ``sweetspot: <message>`` and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE):
+        super().__init__(message)
+        self.code = code
+
+
+def _version() -> str:
+    try:
+        return version("sweetspot")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def _load_profile(name: str) -> HardwareProfile:
+    try:
+        return get_profile(name)
+    except UnknownProfileError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    except ProfileError as error:
+        raise CliError(str(error)) from None
+
+
+# ---------------------------------------------------------------------------------- predict
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        raise CliError(f"--batch must be >= 1, got {args.batch}", EXIT_USAGE)
+    hardware = _load_profile(args.hardware)
+    if args.onnx:
+        try:
+            layers = layers_from_onnx(args.onnx, batch=args.batch)
+        except OnnxImportError as error:
+            raise CliError(str(error)) from None
+        name = args.onnx
+    else:
+        from model.analysis import network_layers
+        from model.networks import UnknownNetworkError
+
+        try:
+            layers = network_layers(args.model, args.batch)
+        except UnknownNetworkError as error:
+            raise CliError(str(error), EXIT_USAGE) from None
+        name = args.model
+    prediction = predict_network(
+        layers, hardware, name=name, batch=args.batch, model=args.performance_model
+    )
+    if args.json:
+        print(json.dumps(prediction.to_dict(), indent=2))
+    else:
+        print(format_prediction(prediction))
+    return 0
+
+
+def _range(prediction) -> str:
+    spot = prediction.sweet_spot
+    if spot is None:
+        return "none"
+    return f"{100 * spot.min_sparsity:.1f}–{100 * spot.max_sparsity:.1f}%"
+
+
+def format_prediction(result: NetworkPrediction) -> str:
+    """The human-readable table of ``sweetspot predict``."""
+    hw = result.hardware
+    lines = [
+        f"{result.model} on {hw.name} ({hw.dense_flops_per_s / 1e9:g} GFLOP/s, "
+        f"{hw.memory_bandwidth_bytes_per_s / 1e9:g} GB/s, α={hw.sparse_overhead:g}, "
+        f"β={hw.sparse_bytes_per_nonzero:g}), batch {result.batch}, "
+        f"{result.performance_model} model",
+        "",
+    ]
+    keys = [f"{s:g}" for s in result.sparsities]
+    header = ["layer", "shape", "MFLOP", "dense µs", "bound", "sweet spot", "best×"]
+    header += [f"×@{k}" for k in keys] + ["plan"]
+    rows = []
+    for p in result.layers:
+        best = f"{p.sweet_spot.max_speedup:.1f}" if p.sweet_spot else "-"
+        row = [p.name, p.layer.describe(), f"{p.layer.flops / 1e6:.1f}",
+               f"{p.dense_time_s * 1e6:.2f}", p.bound, _range(p), best]  # fmt: skip
+        row += [f"{p.speedup[s]:.2f}" for s in result.sparsities] + [p.recommendation]
+        rows.append(row)
+    total_flops = sum(p.layer.flops for p in result.layers)
+    total = ["total", f"{len(result.layers)} layers", f"{total_flops / 1e6:.1f}",
+             f"{result.dense_time_s * 1e6:.2f}", "", "", ""]  # fmt: skip
+    total += [f"{result.network_speedup(s):.2f}" for s in result.sparsities]
+    total += [f"{sum(p.recommendation == 'sparse' for p in result.layers)} sparse"]
+    rows.append(total)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    numeric = {2, 3, 6, *range(7, 7 + len(keys))}
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [
+            str(c).rjust(w) if i in numeric else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    lines.append(fmt(header))
+    lines += [fmt(r) for r in rows[:-1]]
+    lines.append("-" * len(fmt(header)))
+    lines.append(fmt(rows[-1]))
+    lines += ["", "total: network speedup with the 'sparse' layers pruned to that sparsity", ""]
+    lines.append("why:")
+    lines += [f"  {p.name}: {p.reason}" for p in result.layers]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- hardware
+
+
+def _hardware_list(args: argparse.Namespace) -> int:
+    profiles = []
+    for name in profile_names():
+        try:
+            profiles.append(get_profile(name))
+        except ProfileError as error:
+            print(f"sweetspot: skipping {name}: {error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([p.model_dump(mode="json") for p in profiles], indent=2))
+        return 0
+    print(f"{'name':<18} {'GFLOP/s':>9} {'GB/s':>7} {'α':>5} {'β':>4}  source")
+    for p in profiles:
+        print(
+            f"{p.name:<18} {p.dense_flops_per_s / 1e9:>9g} "
+            f"{p.memory_bandwidth_bytes_per_s / 1e9:>7g} {p.sparse_overhead:>5g} "
+            f"{p.sparse_bytes_per_nonzero:>4g}  {p.provenance.kind}: {p.description}"
+        )
+    print(f"\nuser profiles: {user_profile_dir()} (set SWEETSPOT_PROFILE_DIR to change)")
+    return 0
+
+
+def _hardware_show(args: argparse.Namespace) -> int:
+    profile = _load_profile(args.name)
+    if args.json:
+        print(profile.model_dump_json(indent=2))
+        return 0
+    fields = type(profile).model_fields
+    for key, value in profile.model_dump(exclude={"provenance"}).items():
+        if value is None:
+            continue
+        about = fields[key].description or ""
+        print(f"{key:<30} {value!s:<22} {about}")
+    print("provenance:")
+    for key, value in profile.provenance.model_dump(exclude_none=True).items():
+        print(f"  {key:<8} {value}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from model.networks import NETWORKS
+
+    if args.json:
+        data = [
+            {"name": i.name, "input_shape": list(i.input_shape), "num_classes": i.num_classes,
+             "paper": i.paper}
+            for i in NETWORKS.values()
+        ]  # fmt: skip
+        print(json.dumps(data, indent=2))
+        return 0
+    for info in NETWORKS.values():
+        shape = "×".join(map(str, info.input_shape))
+        print(f"{info.name:<10} {shape:<11} {info.num_classes:>5} classes  {info.paper}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sweetspot",
+        description="Predict which CNN layers a sparse kernel speeds up on your hardware.",
+    )
+    parser.add_argument("--version", action="version", version=f"sweetspot {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict", help="per-layer sweet spots of a model on a hardware profile"
+    )
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="built-in network name (see `sweetspot models`)")
+    source.add_argument("--onnx", metavar="FILE", help="an ONNX model file")
+    predict.add_argument(
+        "--hardware", required=True, metavar="NAME|FILE",
+        help="profile name (see `sweetspot hardware list`) or a JSON/TOML profile file",
+    )  # fmt: skip
+    predict.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    predict.add_argument(
+        "--performance-model", default="paper", help="performance model (default: paper)"
+    )
+    predict.add_argument("--json", action="store_true", help="print one JSON object")
+    predict.set_defaults(func=_predict)
+
+    hardware = commands.add_parser("hardware", help="list and show hardware profiles")
+    hw_commands = hardware.add_subparsers(dest="hardware_command", required=True, metavar="CMD")
+    hw_list = hw_commands.add_parser("list", help="all profiles")
+    hw_list.add_argument("--json", action="store_true")
+    hw_list.set_defaults(func=_hardware_list)
+    hw_show = hw_commands.add_parser("show", help="one profile with its provenance")
+    hw_show.add_argument("name", metavar="NAME|FILE")
+    hw_show.add_argument("--json", action="store_true")
+    hw_show.set_defaults(func=_hardware_show)
+
+    models = commands.add_parser("models", help="list the built-in networks")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_models)
+
+    bench = commands.add_parser("bench", help="benchmarks that print ratios measured in one run")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="CMD")
+    try:
+        from model.sparse import bench as kernel_bench
+    except ImportError:
+        kernel_bench = None
+    if kernel_bench is not None:
+        kernel = bench_commands.add_parser(
+            "kernel", help="direct sparse convolution vs dense and torch.sparse"
+        )
+        kernel_bench.add_arguments(kernel)
+        kernel.set_defaults(func=kernel_bench.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sweetspot`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as error:
+        print(f"sweetspot: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        print("sweetspot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
