@@ -1,0 +1,116 @@
+"""The `sweetspot` command line: predict, hardware, models; exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from service.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse usage errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_table(capsys):
+    code, out, _ = run(capsys, "predict", "--model", "alexnet", "--hardware", "xeon-e5-2697v4")
+    assert code == 0
+    assert "alexnet on xeon-e5-2697v4" in out
+    conv5 = next(line for line in out.splitlines() if line.startswith("conv5"))
+    assert "66.7–98.0%" in conv5 and conv5.rstrip().endswith("sparse")
+    assert "fc6: sparse pays only beyond" in out
+    assert out.count("\n") > 10
+
+
+def test_predict_json(capsys):
+    code, out, _ = run(capsys, "predict", "--model", "googlenet", "--hardware",
+                       "xeon-e5-2697v4", "--batch", "4", "--json")  # fmt: skip
+    assert code == 0
+    data = json.loads(out)
+    assert (data["model"], data["hardware"], data["batch"]) == ("googlenet", "xeon-e5-2697v4", 4)
+    layers = {layer["name"]: layer for layer in data["layers"]}
+    assert layers["inception_4a.5x5_reduce"]["sweet_spot"] is None
+    assert layers["inception_4a.3x3"]["sweet_spot"]["min_sparsity"] == pytest.approx(2 / 3)
+
+
+def test_predict_with_a_profile_file(capsys, tmp_path):
+    profile = tmp_path / "box.toml"
+    profile.write_text(
+        'name = "box"\ndense_flops_per_s = 1e11\nmemory_bandwidth_bytes_per_s = 3e10\n'
+        'sparse_overhead = 2.0\n[provenance]\nkind = "user"\nsource = "test"\n'
+    )
+    code, out, _ = run(capsys, "predict", "--model", "lenet5", "--hardware", str(profile),
+                       "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["hardware"] == "box"
+
+
+def test_unknown_model_exits_2_and_lists_models(capsys):
+    code, out, err = run(capsys, "predict", "--model", "alexnext", "--hardware", "atom-c2750")
+    assert code == 2 and out == ""
+    assert "unknown model 'alexnext'; valid names: alexnet, googlenet" in err
+
+
+def test_unknown_profile_exits_2_and_lists_profiles(capsys):
+    code, _, err = run(capsys, "predict", "--model", "alexnet", "--hardware", "pentium")
+    assert code == 2
+    assert "valid names: atom-c2750, xeon-e5-2697v4, xeon-phi-7250" in err
+
+
+def test_invalid_profile_file_names_the_field(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "bad", "dense_flops_per_s": -5}))
+    code, _, err = run(capsys, "hardware", "show", str(bad))
+    assert code == 1
+    assert "field 'dense_flops_per_s': Input should be greater than 0" in err
+
+
+def test_bad_batch_and_missing_source(capsys):
+    assert run(capsys, "predict", "--model", "alexnet", "--hardware", "atom-c2750",
+               "--batch", "0")[0] == 2  # fmt: skip
+    assert run(capsys, "predict", "--hardware", "atom-c2750")[0] == 2
+
+
+def test_invalid_onnx_file(capsys, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not onnx at all")
+    code, _, err = run(capsys, "predict", "--onnx", str(junk), "--hardware", "atom-c2750")
+    assert code == 1 and "not a valid ONNX model" in err
+
+
+def test_hardware_list_and_show(capsys):
+    code, out, _ = run(capsys, "hardware", "list", "--json")
+    assert code == 0
+    assert [p["name"] for p in json.loads(out)] == ["atom-c2750", "xeon-e5-2697v4",
+                                                     "xeon-phi-7250"]  # fmt: skip
+    code, out, _ = run(capsys, "hardware", "show", "xeon-phi-7250")
+    assert code == 0 and "4540000000000.0" in out and "Park et al." in out
+    code, _, err = run(capsys, "hardware", "show", "nope")
+    assert code == 2 and "valid names" in err
+
+
+def test_models_list(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0
+    names = [m["name"] for m in json.loads(out)]
+    assert {"lenet5", "alexnet", "googlenet", "vgg16", "resnet50", "resnet20"} <= set(names)
+
+
+@pytest.mark.slow
+def test_console_script_is_installed():
+    """The `sweetspot` entry point of the installed distribution runs end to end."""
+    bin_dir = __import__("pathlib").Path(sys.executable).parent
+    result = subprocess.run(
+        [str(bin_dir / "sweetspot"), "predict", "--model", "resnet20", "--hardware",
+         "atom-c2750", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["model"] == "resnet20"

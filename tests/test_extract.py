@@ -1,0 +1,71 @@
+"""Layer extraction from arbitrary torch modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from model.networks import create_model
+from perfmodel import Conv2dSpec, LinearSpec
+from perfmodel.extract import extract_layers
+
+
+class Shared(nn.Module):
+    """A conv used twice, a nested block with groups, a linear on a 3-D input."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding="same", groups=4), nn.ReLU())
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.block(self.stem(x))
+        x = x + self.block(x)  # the block runs twice
+        x = x.flatten(2).transpose(1, 2)  # (N, H·W, 8)
+        return self.head(x)
+
+
+class NumpyInside(nn.Module):
+    """Leaves torch for numpy, which meta tensors cannot do: extraction must fall back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return torch.from_numpy(y.detach().numpy() * 2)
+
+
+def test_nested_shared_grouped_and_3d_linear():
+    specs = extract_layers(Shared(), (3, 6, 6), batch=4)
+    assert [s.name for s in specs] == ["stem", "block.0", "block.0#2", "head"]
+    block = specs[1]
+    assert isinstance(block, Conv2dSpec)
+    assert (block.groups, block.padding, block.batch) == (4, (1, 1), 4)
+    head = specs[-1]
+    assert isinstance(head, LinearSpec)
+    assert head.batch == 4 * 36  # every one of the 36 positions is a row
+
+
+def test_training_mode_and_weights_are_preserved():
+    module = create_model("resnet20").train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    extract_layers(module, (3, 32, 32))
+    assert module.training
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not module._forward_pre_hooks
+    assert all(not m._forward_pre_hooks for m in module.modules())
+
+
+def test_falls_back_to_a_real_forward_when_meta_tensors_fail():
+    specs = extract_layers(NumpyInside(), (1, 5, 5))
+    assert [(s.name, s.in_height) for s in specs] == [("conv", 5)]
+
+
+def test_module_without_layers_is_an_error():
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        extract_layers(nn.ReLU(), (3, 4, 4))

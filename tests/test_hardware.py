@@ -1,0 +1,118 @@
+"""Hardware profiles: the paper's platforms, user files, and errors that name the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perfmodel import (
+    HardwareProfile,
+    ProfileError,
+    UnknownProfileError,
+    get_profile,
+    parse_profile,
+    profile_names,
+    save_profile,
+)
+
+VALID = {
+    "name": "my-box",
+    "dense_flops_per_s": 1e11,
+    "memory_bandwidth_bytes_per_s": 2e10,
+    "sparse_overhead": 2.0,
+    "provenance": {"kind": "user", "source": "vendor datasheet"},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "flops", "bandwidth", "alpha", "batch"),
+    [
+        ("atom-c2750", 62e9, 15e9, 1.2, 32),
+        ("xeon-e5-2697v4", 2150e9, 122e9, 3.0, 144),
+        ("xeon-phi-7250", 4540e9, 480e9, 3.6, 272),
+    ],
+)
+def test_paper_profiles_ship_table_1_numbers(name, flops, bandwidth, alpha, batch):
+    profile = get_profile(name)
+    assert profile.dense_flops_per_s == flops
+    assert profile.memory_bandwidth_bytes_per_s == bandwidth
+    assert profile.sparse_overhead == alpha
+    assert profile.sparse_bytes_per_nonzero == 2.0
+    assert profile.default_batch == batch
+    assert profile.provenance.kind == "paper"
+    assert "Park et al." in profile.provenance.source
+
+
+def test_profiles_are_frozen(xeon):
+    with pytest.raises(ValueError, match="frozen"):
+        xeon.sparse_overhead = 1.0
+
+
+def test_unknown_profile_lists_valid_names():
+    with pytest.raises(UnknownProfileError) as caught:
+        get_profile("pentium-ii")
+    assert caught.value.valid == ["atom-c2750", "xeon-e5-2697v4", "xeon-phi-7250"]
+    assert "valid names: atom-c2750, xeon-e5-2697v4, xeon-phi-7250" in str(caught.value)
+
+
+def test_load_json_and_toml_files(tmp_path):
+    json_file = tmp_path / "box.json"
+    json_file.write_text(json.dumps(VALID))
+    toml_file = tmp_path / "box.toml"
+    toml_file.write_text(
+        'name = "my-box"\ndense_flops_per_s = 1e11\nmemory_bandwidth_bytes_per_s = 2e10\n'
+        'sparse_overhead = 2.0\n[provenance]\nkind = "user"\nsource = "vendor datasheet"\n'
+    )
+    assert get_profile(json_file) == get_profile(str(toml_file))
+    assert get_profile(json_file).sparse_bytes_per_nonzero == 2.0  # β defaults to fp32 CSR
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"dense_flops_per_s": -1}, "dense_flops_per_s"),
+        ({"memory_bandwidth_bytes_per_s": "fast"}, "memory_bandwidth_bytes_per_s"),
+        ({"sparse_overhead": 0}, "sparse_overhead"),
+        ({"name": "Has Spaces"}, "name"),
+        ({"provenance": {"kind": "rumour", "source": "x"}}, "provenance.kind"),
+        ({"peak": 3}, "peak"),
+    ],
+)
+def test_invalid_profile_error_names_the_field(tmp_path, change, field):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**VALID, **change}))
+    with pytest.raises(ProfileError, match=rf"field '{field}'"):
+        get_profile(path)
+
+
+def test_missing_field_is_named():
+    data = {k: v for k, v in VALID.items() if k != "sparse_overhead"}
+    with pytest.raises(ProfileError, match="field 'sparse_overhead': Field required"):
+        parse_profile(data)
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ProfileError, match="does not exist"):
+        get_profile(tmp_path / "missing.json")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = [unclosed")
+    with pytest.raises(ProfileError, match="not valid JSON/TOML"):
+        get_profile(broken)
+
+
+def test_saved_profiles_are_found_by_name_and_shadow_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEETSPOT_PROFILE_DIR", str(tmp_path))
+    profile = parse_profile(VALID)
+    path = save_profile(profile)
+    assert path == tmp_path / "my-box.json"
+    assert "my-box" in profile_names()
+    assert get_profile("my-box") == profile
+    assert isinstance(get_profile("atom-c2750"), HardwareProfile)
+
+
+def test_profile_file_name_must_match_declared_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEETSPOT_PROFILE_DIR", str(tmp_path))
+    (tmp_path / "other.json").write_text(json.dumps(VALID))
+    with pytest.raises(ProfileError, match="declares name 'my-box'"):
+        get_profile("other")
