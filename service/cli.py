@@ -84,7 +84,7 @@ def _predict(args: argparse.Namespace) -> int:
         layers, hardware, name=name, batch=args.batch, model=args.performance_model
     )
     if args.json:
-        print(json.dumps(prediction.to_dict(), indent=2))
+        print(json.dumps(prediction.to_dict(), indent=2, ensure_ascii=False))
     else:
         print(format_prediction(prediction))
     return 0
@@ -201,6 +201,41 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_predict(args: argparse.Namespace) -> int:
+    """Time the prediction of every layer of a network: median of ``--repeats`` runs."""
+    import statistics
+    import time
+
+    from model.analysis import _specs, network_layers
+    from model.networks import UnknownNetworkError
+
+    hardware = _load_profile(args.hardware)
+    try:
+        network_layers(args.model)  # warm-up: builds the meta network and caches its specs
+    except UnknownNetworkError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    predict_s, end_to_end_s = [], []
+    for _ in range(args.repeats):
+        layers = network_layers(args.model, args.batch)
+        start = time.perf_counter()
+        predict_network(layers, hardware, name=args.model)
+        predict_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        _specs.cache_clear()  # measure building the network and extracting its layers too
+        predict_network(network_layers(args.model, args.batch), hardware, name=args.model)
+        end_to_end_s.append(time.perf_counter() - start)
+    result = {
+        "model": args.model,
+        "hardware": hardware.name,
+        "layers": len(layers),
+        "repeats": args.repeats,
+        "predict_median_s": statistics.median(predict_s),
+        "extract_and_predict_median_s": statistics.median(end_to_end_s),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -245,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="CMD")
+    bench_predict = bench_commands.add_parser(
+        "predict", help="time the per-layer prediction of a whole network (JSON)"
+    )
+    bench_predict.add_argument("--model", default="resnet50")
+    bench_predict.add_argument("--hardware", default="xeon-e5-2697v4")
+    bench_predict.add_argument("--batch", type=int, default=1)
+    bench_predict.add_argument("--repeats", type=int, default=20)
+    bench_predict.set_defaults(func=_bench_predict)
     try:
         from model.sparse import bench as kernel_bench
     except ImportError:

@@ -114,3 +114,10 @@ def test_console_script_is_installed():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["model"] == "resnet20"
+
+
+def test_bench_predict_prints_json(capsys):
+    code, out, _ = run(capsys, "bench", "predict", "--model", "resnet20", "--repeats", "2")
+    assert code == 0
+    data = json.loads(out)
+    assert data["layers"] == 20 and data["predict_median_s"] > 0
