@@ -1,0 +1,104 @@
+"""Measured speedup of a pruned model on this host, to set next to the prediction.
+
+Per layer: each Conv2d/Linear of the pruned model is timed as it is (dense kernel) and as a
+:class:`model.sparse.SparseConv2d`/``SparseLinear`` on the input it really receives, in the
+same process, interleaved, after a warm-up, taking medians (RESEARCH.md §7: shared machines are
+noisy; only ratios measured together mean anything). Whole model: the pruned network with
+dense kernels against the same network converted by the plan.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+def _median_times(functions: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds per call of each function, timed round-robin after one warm-up call."""
+    for function in functions:
+        function()
+    samples: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            samples[index].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples]
+
+
+def _layer_inputs(
+    model: nn.Module, names: set[str], example: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The input each named layer receives when ``model`` runs on ``example``."""
+    captured: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [
+        modules[name].register_forward_pre_hook(
+            lambda _m, args, name=name: captured.setdefault(name, args[0].detach().clone())
+        )
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def measure_speedups(
+    model: nn.Module,
+    plan: Mapping[str, str],
+    input_shape: Sequence[int],
+    batch: int = 1,
+    repeats: int = 20,
+) -> dict:
+    """Time dense against sparse kernels for every layer the plan marks ``"sparse"``.
+
+    Args:
+        model: the pruned network (zeros in place); not modified.
+        plan: layer name → ``"sparse"`` or ``"dense"``.
+        input_shape: (C, H, W) of one example.
+        batch: inference batch size to time at.
+        repeats: timed rounds (medians are reported).
+
+    Returns:
+        ``{"layers": {name: {"dense_s", "sparse_s", "speedup"}}, "model": {"dense_s",
+        "converted_s", "speedup"}, "kernel": str, "threads": int, "batch": int}``.
+    """
+    from model.sparse import SparseConv2d, SparseLinear, convert_model, kernel_info
+
+    model = model.eval()
+    example = torch.randn(batch, *input_shape)
+    sparse_names = {name for name, choice in plan.items() if choice == "sparse"}
+    inputs = _layer_inputs(model, sparse_names, example)
+    layers = {}
+    with torch.no_grad():
+        for name in sorted(sparse_names, key=list(plan).index):
+            dense = model.get_submodule(name)
+            if isinstance(dense, nn.Conv2d):
+                sparse = SparseConv2d.from_dense(dense)
+            else:
+                sparse = SparseLinear.from_dense(dense)
+            x = inputs[name]
+            dense_s, sparse_s = _median_times(
+                [lambda d=dense, x=x: d(x), lambda s=sparse, x=x: s(x)], repeats
+            )
+            layers[name] = {"dense_s": dense_s, "sparse_s": sparse_s, "speedup": dense_s / sparse_s}
+        converted = convert_model(model, plan)
+        dense_s, converted_s = _median_times(
+            [lambda: model(example), lambda: converted(example)], repeats
+        )
+    info = kernel_info()
+    return {
+        "layers": layers,
+        "model": {"dense_s": dense_s, "converted_s": converted_s, "speedup": dense_s / converted_s},
+        "kernel": getattr(info, "implementation", str(info)),
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+    }

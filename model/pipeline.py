@@ -1,0 +1,210 @@
+"""A pruning job end to end: data, network, prediction, training, artifacts, measurement.
+
+``run_pruning`` is what ``sweetspot prune`` and the service's workers call. It writes into the
+output folder:
+
+``dense.safetensors``    the dense baseline's weights (trained here or the given checkpoint)
+``pruned.safetensors``   the pruned, fine-tuned weights (safetensors: never unpickled)
+``manifest.json``        per-layer sparsity, format (dense/sparse), sweet spot, predicted and
+                         measured speedup; accuracy before/after; config; artifact list
+``events.jsonl``         every training event (steps, epochs, controller decisions)
+``checkpoint.pt``        resume point (``torch.load(weights_only=True)``)
+``report.md`` + PNGs     the human-readable report
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.networks import create_model, network_info
+from model.pruning import make_config, method_info
+from model.training import Callback, TrainConfig, Trainer, layer_sparsity
+from perfmodel import get_profile, predict_network
+from perfmodel.extract import extract_layers
+from perfmodel.roofline import get_model
+
+
+@dataclass
+class PruneRequest:
+    """What a pruning job is asked to do (the body of ``POST /v1/jobs`` too)."""
+
+    method: str
+    model: str
+    dataset: str = "digits"
+    hardware: str = "xeon-e5-2697v4"
+    config: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # starting weights (.safetensors or weights-only .pt)
+    measure: bool = True  # time the pruned model against dense on this host
+
+
+def split_config(method: str, config: dict[str, Any]) -> tuple[TrainConfig, Any]:
+    """Split user hyperparameters into the trainer's and the method's; unknown keys fail."""
+    info = method_info(method)
+    train_keys = {f for f in TrainConfig.__dataclass_fields__}
+    method_keys = set(info.config_type.__dataclass_fields__)
+    unknown = sorted(set(config) - train_keys - method_keys)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(unknown)}; valid keys: "
+            f"{', '.join(sorted(train_keys | method_keys))}"
+        )
+    train = make_config(TrainConfig, {k: v for k, v in config.items() if k in train_keys})
+    method_config = make_config(
+        info.config_type, {k: v for k, v in config.items() if k in method_keys}
+    )
+    return train, method_config
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from ``.safetensors`` or a weights-only torch file (never arbitrary pickles)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:
+        raise ValueError(
+            f"{path} is not a weights-only PyTorch file or safetensors file: {error}"
+        ) from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # one of our own checkpoints
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _save(module: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
+def run_pruning(
+    request: PruneRequest,
+    out_dir: Path,
+    callbacks: Iterable[Callback] = (),
+    cancel: threading.Event | None = None,
+    resume: bool = True,
+    log: Callable[[str], None] = lambda _message: None,
+) -> dict[str, Any]:
+    """Run one pruning job and write its artifacts; returns the manifest.
+
+    Raises:
+        ValueError / LookupError: bad request (unknown names list the valid ones).
+        model.training.Cancelled: ``cancel`` was set; rerun with ``resume`` to continue.
+    """
+    from model.data import get_dataset
+
+    info = network_info(request.model)
+    hardware = get_profile(request.hardware)
+    method = method_info(request.method)
+    train_config, method_config = split_config(request.method, request.config)
+    data = get_dataset(request.dataset, input_shape=info.input_shape, seed=train_config.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(train_config.seed)
+    net = create_model(request.model, num_classes=data.num_classes)
+    if request.checkpoint:
+        net.load_state_dict(load_weights(request.checkpoint))
+        train_config.dense_epochs = 0
+
+    batch = getattr(method_config, "inference_batch", 1)
+    specs = extract_layers(net, info.input_shape, batch=batch)
+    predictions = predict_network(specs, hardware, name=request.model)
+    by_name = {p.name: p for p in predictions.layers if "#" not in p.name}
+    hooks = method.build(by_name, method_config)
+
+    events_file = (out_dir / "events.jsonl").open("a")
+
+    def record(event: dict) -> None:
+        events_file.write(json.dumps(event) + "\n")
+        events_file.flush()
+
+    trainer = Trainer(
+        net, data.train, data.test, train_config, hooks=hooks,
+        callbacks=[record, *callbacks], checkpoint_path=out_dir / "checkpoint.pt", cancel=cancel,
+    )  # fmt: skip
+    dense_path = out_dir / "dense.safetensors"
+
+    def keep_dense(event: dict) -> None:
+        """The baseline is saved when pruning starts, so it survives a cancel and resume."""
+        if event.get("type") == "phase" and event.get("phase") == "prune":
+            _save(net, dense_path)
+
+    trainer.callbacks.append(keep_dense)
+    try:
+        result = trainer.fit(resume=resume)
+    finally:
+        events_file.close()
+    _save(net, out_dir / "pruned.safetensors")
+
+    performance_model = get_model(predictions.performance_model)
+    sparsity = layer_sparsity(net)
+    layers, plan = [], {}
+    states = hooks.layer_states() if hasattr(hooks, "layer_states") else {}
+    for name, prediction in by_name.items():
+        s = sparsity.get(name, 0.0)
+        predicted = performance_model.speedup(prediction.layer, hardware, 1.0 - s)
+        fmt = "sparse" if prediction.sweet_spot is not None and predicted > 1.0 else "dense"
+        plan[name] = fmt
+        spot = prediction.sweet_spot
+        layers.append({
+            "name": name, "kind": prediction.layer.kind, "sparsity": s, "format": fmt,
+            "state": states.get(name), "dense_time_s": prediction.dense_time_s,
+            "sweet_spot": None if spot is None else {
+                "min_sparsity": spot.min_sparsity, "max_sparsity": spot.max_sparsity,
+                "max_speedup": spot.max_speedup},
+            "predicted_speedup": predicted if fmt == "sparse" else 1.0,
+            "measured_speedup": None,
+        })  # fmt: skip
+    dense_total = sum(layer["dense_time_s"] for layer in layers)
+    pruned_total = sum(layer["dense_time_s"] / layer["predicted_speedup"] for layer in layers)
+    manifest: dict[str, Any] = {
+        "method": request.method, "model": request.model, "dataset": request.dataset,
+        "hardware": hardware.name, "performance_model": predictions.performance_model,
+        "config": {"train": asdict(train_config), "method": asdict(method_config)},
+        "accuracy": {"dense": result.dense_accuracy, "pruned": result.final_accuracy},
+        "layers": layers,
+        "model_speedup": {"predicted": dense_total / pruned_total, "measured": None},
+        "measurement": None, "seconds": result.seconds,
+    }  # fmt: skip
+    if request.measure and any(v == "sparse" for v in plan.values()):
+        log("measuring the pruned model against dense on this host")
+        measured = _measure(net, plan, info.input_shape, batch, log)
+        if measured is not None:
+            manifest["measurement"] = measured
+            for layer in layers:
+                timing = measured["layers"].get(layer["name"])
+                layer["measured_speedup"] = timing["speedup"] if timing else None
+            manifest["model_speedup"]["measured"] = measured["model"]["speedup"]
+    manifest["artifacts"] = {
+        "dense_weights": dense_path.name if dense_path.exists() else None,
+        "pruned_weights": "pruned.safetensors", "events": "events.jsonl",
+        "checkpoint": "checkpoint.pt", "report": "report.md",
+    }  # fmt: skip
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        from model.report import write_report
+
+        write_report(out_dir, manifest, trainer.events)
+    except ImportError:  # the report module is optional until it lands
+        manifest["artifacts"]["report"] = None
+    return manifest
+
+
+def _measure(net, plan, input_shape, batch, log) -> dict | None:
+    try:
+        from model.measure import measure_speedups
+
+        return measure_speedups(net, plan, input_shape, batch=batch)
+    except ImportError as error:
+        log(f"measurement skipped: the sparse kernel is not available ({error})")
+        return None

@@ -1,0 +1,87 @@
+"""Pruning methods behind one registry: ``METHODS[name]`` builds the training hooks.
+
+Each method is a :class:`model.training.PruningHooks` implementation with a typed config
+dataclass. ``build_method`` validates the user's hyperparameters against that dataclass, so a
+misspelt key is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from model.pruning.gsl import GSL, GSLConfig, GuidedController
+from perfmodel.predict import LayerPrediction
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered pruning method: its config type and how to build its hooks."""
+
+    name: str
+    config_type: type
+    build: Callable[[dict[str, LayerPrediction], Any], Any]
+    summary: str
+
+
+METHODS: dict[str, MethodInfo] = {
+    "gsl": MethodInfo(
+        "gsl", GSLConfig, GSL,
+        "Guided Sparsity Learning: element-wise lasso only where the sparse kernel pays "
+        "(Park et al. 2017)",
+    ),
+}  # fmt: skip
+
+
+class UnknownMethodError(LookupError):
+    def __init__(self, name: str):
+        self.valid = sorted(METHODS)
+        super().__init__(f"unknown pruning method {name!r}; valid names: {', '.join(self.valid)}")
+
+
+def method_info(name: str) -> MethodInfo:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(name) from None
+
+
+def config_fields(config_type: type) -> dict[str, Any]:
+    """Field name → default of a config dataclass (for help texts and the API catalogue)."""
+    fields = {}
+    for f in dataclasses.fields(config_type):
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            fields[f.name] = f.default_factory()
+    return fields
+
+
+def make_config(config_type: type, values: dict[str, Any]) -> Any:
+    """Build ``config_type`` from ``values``; unknown keys and bad values raise ValueError."""
+    valid = config_fields(config_type)
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown {config_type.__name__} key(s) {', '.join(unknown)}; "
+            f"valid keys: {', '.join(sorted(valid))}"
+        )
+    try:
+        return config_type(**values)
+    except TypeError as error:
+        raise ValueError(f"invalid {config_type.__name__}: {error}") from None
+
+
+__all__ = [
+    "GSL",
+    "METHODS",
+    "GSLConfig",
+    "GuidedController",
+    "MethodInfo",
+    "UnknownMethodError",
+    "config_fields",
+    "make_config",
+    "method_info",
+]

@@ -1,0 +1,366 @@
+"""One training loop for every pruning method: phases, events, checkpoints, cancellation.
+
+A run goes through up to three phases, each a number of epochs of momentum SGD:
+
+``dense``     plain training when the run starts from untrained weights (the baseline);
+``prune``     the pruning method's hooks are active (regulariser, thresholds, controller);
+``finetune``  the zero pattern is frozen (masked gradients and momentum), lr lowered —
+              GSL's recipe (Park et al. 2017, §2.3; RESEARCH.md §3).
+
+Methods plug in through :class:`PruningHooks`: a regulariser runs between ``backward()`` and
+``step()``, thresholds after ``step()``, the controller at the end of each epoch. Every
+observable thing is an event (a plain dict) sent to the callbacks: steps, epochs with loss,
+accuracy and per-layer sparsity, and method decisions with reasons.
+
+Resuming from a checkpoint gives the same result as an uninterrupted run: the data order of
+epoch ``e`` depends only on ``(seed, e)``, and the checkpoint holds the model, optimizer,
+method and RNG states. Checkpoints are loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+Event = dict[str, Any]
+Callback = Callable[[Event], None]
+PHASES = ("dense", "prune", "finetune")
+
+
+class Cancelled(Exception):  # noqa: N818 - reads as "the run was cancelled"
+    """The run was cancelled from outside; resuming continues from the last checkpoint
+    (the end of the last completed epoch), so a resumed run equals an uninterrupted one."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a run. Defaults are tuned for LeNet-5 on digits on 2 cores."""
+
+    dense_epochs: int = 10  # baseline training when no starting checkpoint is given
+    prune_epochs: int = 30  # GSL needs many updates for lasso to drive weights to zero
+    finetune_epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.02  # the paper's 1e-3 is for ImageNet batches of 256; digits converge faster
+    finetune_lr: float = 0.002  # 10x lower, as in SkimCaffe's fine-tuning
+    momentum: float = 0.9
+    weight_decay: float = 5e-5  # L2 on layers the method does not regularise (paper: 5e-5)
+    seed: int = 0
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    log_every: int = 20  # steps between "step" events
+    checkpoint_every: int = 1  # epochs between checkpoints (0: never)
+
+    def __post_init__(self) -> None:
+        for name in ("dense_epochs", "prune_epochs", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("lr", "finetune_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+class PruningHooks(Protocol):
+    """What a pruning method provides to the training loop (all hooks may do nothing)."""
+
+    def start(self, model: nn.Module, emit: Callback) -> None:
+        """Beginning of the prune phase: decide what to prune (emit decisions)."""
+
+    def tracked_parameters(self) -> set[str]:
+        """Names of the parameters whose per-step update ``after_step`` needs."""
+
+    def regularize(self, model: nn.Module) -> None:
+        """After ``backward()``, before ``step()``: add the regulariser's gradient."""
+
+    def after_step(self, model: nn.Module, updates: dict[str, torch.Tensor]) -> None:
+        """After ``step()``; ``updates`` maps parameter names to the update just applied."""
+
+    def end_epoch(self, model: nn.Module, epoch: int, emit: Callback) -> bool:
+        """End of a prune epoch: controller checks; return True when pruning has converged."""
+
+    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Parameter name → 0/1 mask frozen during fine-tuning."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`Trainer.fit`."""
+
+    dense_accuracy: float | None
+    final_accuracy: float
+    events: list[Event] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of ``model`` on ``dataset``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, correct, loss = 0, 0, 0.0
+    with torch.no_grad():
+        for inputs, targets in DataLoader(dataset, batch_size=batch_size):
+            logits = model(inputs)
+            loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(1) == targets).sum().item()
+            total += len(targets)
+    model.train(was_training)
+    return loss / max(total, 1), correct / max(total, 1)
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exactly-zero weights of every Conv2d and Linear, by module path."""
+    return {
+        name: (module.weight == 0).float().mean().item()
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d | nn.Linear)
+    }
+
+
+class Trainer:
+    """Runs the dense → prune → finetune phases of one job.
+
+    Args:
+        model: trained in place.
+        train, test: data sets of ``(input, label)`` pairs.
+        config: hyperparameters.
+        hooks: the pruning method (``None``: dense training only).
+        callbacks: receive every event.
+        checkpoint_path: where checkpoints go; resumed from if it exists and ``resume``.
+        cancel: set it from another thread to stop after the current step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: Dataset,
+        test: Dataset,
+        config: TrainConfig,
+        hooks: PruningHooks | None = None,
+        callbacks: Iterable[Callback] = (),
+        checkpoint_path: Path | None = None,
+        cancel: threading.Event | None = None,
+    ):
+        self.model = model
+        self.train_set, self.test_set = train, test
+        self.config = config
+        self.hooks = hooks
+        self.callbacks = list(callbacks)
+        self.checkpoint_path = checkpoint_path
+        self.cancel = cancel or threading.Event()
+        self.events: list[Event] = []
+        self.step = 0
+        self.phase = "dense"
+        self.epoch = 0  # epochs completed in the current phase
+        self.dense_accuracy: float | None = None
+        self.masks: dict[str, torch.Tensor] = {}
+        self.optimizer = self._optimizer(config.lr)
+        self._start = time.perf_counter()
+
+    # ------------------------------------------------------------------ events and state
+
+    def emit(self, event: Event) -> None:
+        event = {"time": round(time.perf_counter() - self._start, 4), **event}
+        event.setdefault("step", self.step)
+        self.events.append(event)
+        for callback in self.callbacks:
+            callback(event)
+
+    def _optimizer(self, lr: float) -> torch.optim.SGD:
+        return torch.optim.SGD(
+            self.model.parameters(),
+            lr=lr,
+            momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "hooks": self.hooks.state_dict() if self.hooks else {},
+            "masks": self.masks,
+            "phase": self.phase,
+            "epoch": self.epoch,
+            "step": self.step,
+            "dense_accuracy": self.dense_accuracy,
+            "events": self.events,
+            "rng": torch.get_rng_state(),
+            "config": asdict(self.config),
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.phase, self.epoch, self.step = state["phase"], state["epoch"], state["step"]
+        self.dense_accuracy = state["dense_accuracy"]
+        self.masks = state["masks"]
+        lr = self.config.finetune_lr if self.phase == "finetune" else self.config.lr
+        self.optimizer = self._optimizer(lr)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.hooks:
+            self.hooks.load_state_dict(state["hooks"])
+        self.events = list(state["events"])
+        torch.set_rng_state(state["rng"])
+        self.emit({"type": "log", "message": f"resumed at {self.phase} epoch {self.epoch}"})
+
+    # ----------------------------------------------------------------------------- loop
+
+    def _loader(self, epoch_key: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch_key)
+        return DataLoader(
+            self.train_set, batch_size=self.config.batch_size, shuffle=True,
+            generator=generator, drop_last=False,
+        )  # fmt: skip
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.named_parameters())
+
+    def _apply_masks(self) -> None:
+        params = self._params()
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                params[name].mul_(mask)
+
+    def _mask_gradients(self) -> None:
+        params = self._params()
+        for name, mask in self.masks.items():
+            grad = params[name].grad
+            if grad is not None:
+                grad.mul_(mask)
+
+    def _mask_momentum(self) -> None:
+        params = self._params()
+        for name, mask in self.masks.items():
+            buffer = self.optimizer.state.get(params[name], {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.mul_(mask)
+
+    def _run_epoch(self, phase: str) -> tuple[float, float]:
+        self.model.train()
+        epoch_key = PHASES.index(phase) * 1_000_000 + self.epoch
+        total_loss, correct, seen = 0.0, 0, 0
+        tracked = self.hooks.tracked_parameters() if phase == "prune" and self.hooks else set()
+        for inputs, targets in self._loader(epoch_key):
+            if self.cancel.is_set():
+                self.emit({"type": "log", "message": "cancelled"})
+                raise Cancelled(f"cancelled during {phase} epoch {self.epoch + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.model(inputs)
+            loss = F.cross_entropy(logits, targets)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at step {self.step} ({phase}); lower the lr"
+                )
+            loss.backward()
+            if phase == "prune" and self.hooks is not None:
+                self.hooks.regularize(self.model)
+            if phase == "finetune":
+                self._mask_gradients()
+                self._mask_momentum()
+            params = self._params()
+            before = {n: params[n].detach().clone() for n in tracked}
+            self.optimizer.step()
+            if phase == "prune" and self.hooks is not None:
+                updates = {n: params[n].detach() - before[n] for n in tracked}
+                self.hooks.after_step(self.model, updates)
+            if phase == "finetune":
+                self._apply_masks()
+                self._mask_momentum()
+            self.step += 1
+            total_loss += loss.item() * len(targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+            if self.config.log_every and self.step % self.config.log_every == 0:
+                self.emit({"type": "step", "phase": phase, "epoch": self.epoch + 1,
+                           "loss": loss.item()})  # fmt: skip
+        return total_loss / max(seen, 1), correct / max(seen, 1)
+
+    def _epoch_event(self, phase: str, train_loss: float, train_accuracy: float) -> float:
+        test_loss, test_accuracy = evaluate(self.model, self.test_set)
+        self.emit({
+            "type": "epoch", "phase": phase, "epoch": self.epoch, "loss": train_loss,
+            "train_accuracy": train_accuracy, "test_loss": test_loss,
+            "test_accuracy": test_accuracy, "sparsity": layer_sparsity(self.model),
+        })  # fmt: skip
+        return test_accuracy
+
+    def fit(self, resume: bool = True) -> TrainResult:
+        """Run (or resume) all phases; raises :class:`Cancelled` if cancelled."""
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+        else:
+            torch.manual_seed(self.config.seed)
+        epochs = {
+            "dense": self.config.dense_epochs,
+            "prune": self.config.prune_epochs if self.hooks else 0,
+            "finetune": self.config.finetune_epochs if self.hooks else 0,
+        }
+        accuracy = None
+        for phase in PHASES[PHASES.index(self.phase) :]:
+            if phase != self.phase:  # entering a new phase
+                self.phase, self.epoch = phase, 0
+                self._enter(phase)
+            elif self.epoch == 0:
+                self._enter(phase)
+            while self.epoch < epochs[phase]:
+                loss, train_accuracy = self._run_epoch(phase)
+                self.epoch += 1
+                accuracy = self._epoch_event(phase, loss, train_accuracy)
+                converged = False
+                if phase == "prune" and self.hooks is not None:
+                    converged = self.hooks.end_epoch(self.model, self.epoch, self.emit)
+                if converged:
+                    self.emit({"type": "log", "message": f"pruning converged at {self.epoch}"})
+                    self.epoch = epochs[phase]
+                if self.config.checkpoint_every and self.epoch % self.config.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if phase == "dense":
+                self.dense_accuracy = evaluate(self.model, self.test_set)[1]
+        if accuracy is None:
+            accuracy = evaluate(self.model, self.test_set)[1]
+        self.phase, self.epoch = "finetune", epochs["finetune"]
+        self.save_checkpoint()
+        return TrainResult(self.dense_accuracy, accuracy, self.events,
+                           time.perf_counter() - self._start)  # fmt: skip
+
+    def _enter(self, phase: str) -> None:
+        self.emit({"type": "phase", "phase": phase, "epoch": 0})
+        if phase == "prune" and self.hooks is not None:
+            if self.dense_accuracy is None:
+                self.dense_accuracy = evaluate(self.model, self.test_set)[1]
+            self.optimizer = self._optimizer(self.config.lr)
+            self.hooks.start(self.model, self.emit)
+        elif phase == "finetune" and self.hooks is not None:
+            self.masks = {k: v.detach().clone() for k, v in self.hooks.masks(self.model).items()}
+            self._apply_masks()
+            self.optimizer = self._optimizer(self.config.finetune_lr)
+            frozen = sum(int((m == 0).sum()) for m in self.masks.values())
+            self.emit({"type": "log", "message": f"fine-tuning with {frozen} weights frozen at 0"})
