@@ -108,7 +108,7 @@ def run_pruning(
     method = method_info(request.method)
     train_config, method_config = split_config(request.method, request.config)
     data = get_dataset(request.dataset, input_shape=info.input_shape, seed=train_config.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out_dir, request, resume)
 
     torch.manual_seed(train_config.seed)
     net = create_model(request.model, num_classes=data.num_classes)
@@ -198,6 +198,25 @@ def run_pruning(
     except ImportError:  # the report module is optional until it lands
         manifest["artifacts"]["report"] = None
     return manifest
+
+
+def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:
+    """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    request_file = out_dir / "request.json"
+    current = json.dumps(asdict(request), indent=2, sort_keys=True)
+    checkpoint = out_dir / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        previous = request_file.read_text() if request_file.exists() else None
+        if previous != current:
+            raise ValueError(
+                f"{out_dir} holds the checkpoint of a different job; choose another output "
+                "folder or start afresh without resuming"
+            )
+    else:
+        for stale in ("checkpoint.pt", "events.jsonl", "manifest.json", "dense.safetensors"):
+            (out_dir / stale).unlink(missing_ok=True)
+    request_file.write_text(current)
 
 
 def _measure(net, plan, input_shape, batch, log) -> dict | None:

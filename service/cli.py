@@ -236,6 +236,123 @@ def _bench_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ prune
+
+
+def _parse_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _prune_config(args: argparse.Namespace) -> dict:
+    config: dict = {}
+    for flag, key in (("epochs", "prune_epochs"), ("dense_epochs", "dense_epochs"),
+                      ("finetune_epochs", "finetune_epochs"), ("lr", "lr"),
+                      ("batch_size", "batch_size"), ("seed", "seed"),
+                      ("threads", "threads")):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            config[key] = value
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set takes KEY=VALUE, got {item!r}", EXIT_USAGE)
+        config[key] = _parse_value(value)
+    return config
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from model.data import DatasetError
+    from model.networks import UnknownNetworkError
+    from model.pipeline import PruneRequest, run_pruning, split_config
+    from model.pruning import UnknownMethodError
+    from model.training import PHASES
+
+    request = PruneRequest(
+        method=args.method, model=args.model, dataset=args.dataset, hardware=args.hardware,
+        config=_prune_config(args), checkpoint=args.checkpoint, measure=not args.no_measure,
+    )  # fmt: skip
+    _load_profile(args.hardware)  # fail fast, exit 2 on an unknown name
+    try:
+        train_config, _ = split_config(request.method, request.config)
+    except UnknownMethodError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    except ValueError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    total = train_config.prune_epochs + train_config.finetune_epochs
+    total += 0 if request.checkpoint else train_config.dense_epochs
+    bar = tqdm(total=total, unit="epoch", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(event: dict) -> None:
+        kind = event.get("type")
+        if kind == "phase" and event["phase"] in PHASES:
+            bar.set_description(event["phase"])
+        elif kind == "epoch":
+            bar.update(1)
+            pruned = " ".join(f"{k} {v:.0%}" for k, v in event["sparsity"].items() if v > 0)
+            bar.set_postfix_str(f"acc {event['test_accuracy']:.3f}  sparsity: {pruned or '-'}")
+        elif kind == "decision":
+            bar.write(f"[epoch {event['epoch']}] {event['layer']}: {event['action']} — "
+                      f"{event['reason']}")  # fmt: skip
+        elif kind == "log" and not args.quiet:
+            bar.write(event["message"])
+
+    try:
+        manifest = run_pruning(
+            request, Path(args.out), callbacks=[progress], resume=not args.no_resume,
+            log=bar.write,
+        )  # fmt: skip
+    except (UnknownNetworkError, UnknownMethodError) as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    except (ValueError, DatasetError, FileNotFoundError, FloatingPointError) as error:
+        raise CliError(str(error)) from None
+    except KeyboardInterrupt:
+        raise CliError(
+            "interrupted; run the same command again to resume from the last finished epoch",
+            130,
+        ) from None
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        print(format_manifest(manifest, args.out))
+    return 0
+
+
+def format_manifest(manifest: dict, out: str) -> str:
+    """Short human summary of a finished pruning job."""
+    accuracy = manifest["accuracy"]
+    dense = accuracy["dense"]
+    lines = [
+        f"{manifest['method']} on {manifest['model']} / {manifest['dataset']}, "
+        f"predicted for {manifest['hardware']}",
+        f"accuracy: dense {dense:.4f} → pruned {accuracy['pruned']:.4f}"
+        if dense is not None else f"accuracy: {accuracy['pruned']:.4f}",
+        "",
+        f"{'layer':<24} {'sparsity':>8} {'format':>7} {'predicted':>9} {'measured':>9}  state",
+    ]
+    for layer in manifest["layers"]:
+        measured = layer["measured_speedup"]
+        lines.append(
+            f"{layer['name']:<24} {layer['sparsity']:>8.1%} {layer['format']:>7} "
+            f"{layer['predicted_speedup']:>8.2f}x "
+            f"{(f'{measured:.2f}x' if measured else '-'):>9}  {layer.get('state') or ''}"
+        )
+    speed = manifest["model_speedup"]
+    measured = f"{speed['measured']:.2f}x on this host" if speed["measured"] else "not measured"
+    lines += ["", f"model speedup: predicted {speed['predicted']:.2f}x "
+                  f"({manifest['hardware']}); measured: {measured}",
+              f"artifacts in {out}: manifest.json, pruned.safetensors, report.md"]  # fmt: skip
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -273,6 +390,34 @@ def build_parser() -> argparse.ArgumentParser:
     hw_show.add_argument("name", metavar="NAME|FILE")
     hw_show.add_argument("--json", action="store_true")
     hw_show.set_defaults(func=_hardware_show)
+
+    prune = commands.add_parser(
+        "prune", help="train and prune a network, write weights, manifest and report"
+    )
+    prune.add_argument("--method", default="gsl", help="pruning method (default: gsl)")
+    prune.add_argument("--model", required=True, help="built-in network name")
+    prune.add_argument("--dataset", default="digits", metavar="NAME|PATH",
+                       help="digits (default), synthetic, or a folder (MNIST, CIFAR-10, images)")
+    prune.add_argument("--hardware", default="xeon-e5-2697v4", metavar="NAME|FILE",
+                       help="profile the sweet spots are predicted for")
+    prune.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    prune.add_argument("--epochs", type=int, help="pruning epochs (prune_epochs)")
+    prune.add_argument("--dense-epochs", type=int, help="baseline training epochs")
+    prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs")
+    prune.add_argument("--lr", type=float, help="learning rate")
+    prune.add_argument("--batch-size", type=int, help="training batch size")
+    prune.add_argument("--seed", type=int, help="random seed")
+    prune.add_argument("--threads", type=int, help="torch threads")
+    prune.add_argument("--checkpoint", metavar="FILE",
+                       help="start from these dense weights (.safetensors or weights-only .pt)")
+    prune.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any hyperparameter of the trainer or the method, e.g. lasso=0.002")
+    prune.add_argument("--no-measure", action="store_true", help="skip timing on this host")
+    prune.add_argument("--no-resume", action="store_true",
+                       help="start afresh even if DIR holds a checkpoint of this job")
+    prune.add_argument("--quiet", action="store_true", help="no progress bar")
+    prune.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    prune.set_defaults(func=_prune)
 
     models = commands.add_parser("models", help="list the built-in networks")
     models.add_argument("--json", action="store_true")

@@ -55,7 +55,7 @@ def test_predict_with_a_profile_file(capsys, tmp_path):
 def test_unknown_model_exits_2_and_lists_models(capsys):
     code, out, err = run(capsys, "predict", "--model", "alexnext", "--hardware", "atom-c2750")
     assert code == 2 and out == ""
-    assert "unknown model 'alexnext'; valid names: alexnet, googlenet" in err
+    assert "unknown model 'alexnext'; valid names: alexnet, alexnet_cifar, cifar_convnet" in err
 
 
 def test_unknown_profile_exits_2_and_lists_profiles(capsys):

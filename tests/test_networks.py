@@ -24,7 +24,7 @@ def test_registry_has_the_documented_names():
 
 
 def test_unknown_network_lists_valid_names():
-    with pytest.raises(UnknownNetworkError, match="valid names: alexnet, googlenet"):
+    with pytest.raises(UnknownNetworkError, match="valid names: alexnet, alexnet_cifar, cifar"):
         create_model("alexnext")
 
 

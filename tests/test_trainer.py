@@ -126,7 +126,7 @@ def test_resume_after_cancel_equals_an_uninterrupted_run(tmp_path):
             cancel.set()
 
     interrupted = _gsl_trainer(tmp_path / "b", cancel, [stop_after_prune_epoch_1])
-    with pytest.raises(Cancelled, match="cancelled during (prune epoch 2|finetune epoch 1)"):
+    with pytest.raises(Cancelled, match=r"cancelled during (prune epoch 2|finetune epoch 1)"):
         interrupted.fit()
     resumed = _gsl_trainer(tmp_path / "b")
     resumed.fit(resume=True)

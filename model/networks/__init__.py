@@ -1,6 +1,16 @@
 """Built-in networks, exact to their papers, behind one registry (``create_model``)."""
 
-from model.networks import alexnet, googlenet, lenet, resnet_cifar, resnet_imagenet, vgg  # noqa: F401
+from model.networks import (  # noqa: F401
+    alexnet,
+    alexnet_cifar,
+    cifar_convnet,
+    googlenet,
+    lenet,
+    lenet300,
+    resnet_cifar,
+    resnet_imagenet,
+    vgg,
+)
 from model.networks.registry import (
     NETWORKS,
     NetworkInfo,

@@ -1,0 +1,7 @@
+"""Data sets for training and pruning: built-in ``digits`` and ``synthetic``, and folders in
+MNIST idx, CIFAR-10 python-batch or ``train/<class>/`` image layout (``get_dataset``)."""
+
+from model.data.bundle import DataBundle, DatasetError, ImageDataset
+from model.data.registry import DATASETS, get_dataset
+
+__all__ = ["DATASETS", "DataBundle", "DatasetError", "ImageDataset", "get_dataset"]
