@@ -287,7 +287,12 @@ def _prune(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     total = train_config.prune_epochs + train_config.finetune_epochs
     total += 0 if request.checkpoint else train_config.dense_epochs
-    bar = tqdm(total=total, unit="epoch", disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="epoch", disable=args.quiet, dynamic_ncols=True, file=sys.stderr)
+
+    def note(message: str) -> None:
+        """Progress text goes to stderr (stdout is for the result) and is silenced by --quiet."""
+        if not args.quiet:
+            bar.write(message, file=sys.stderr)
 
     def progress(event: dict) -> None:
         kind = event.get("type")
@@ -298,15 +303,15 @@ def _prune(args: argparse.Namespace) -> int:
             pruned = " ".join(f"{k} {v:.0%}" for k, v in event["sparsity"].items() if v > 0)
             bar.set_postfix_str(f"acc {event['test_accuracy']:.3f}  sparsity: {pruned or '-'}")
         elif kind == "decision":
-            bar.write(f"[epoch {event['epoch']}] {event['layer']}: {event['action']} — "
-                      f"{event['reason']}")  # fmt: skip
-        elif kind == "log" and not args.quiet:
-            bar.write(event["message"])
+            note(f"[epoch {event['epoch']}] {event['layer']}: {event['action']} — "
+                 f"{event['reason']}")  # fmt: skip
+        elif kind == "log":
+            note(event["message"])
 
     try:
         manifest = run_pruning(
             request, Path(args.out), callbacks=[progress], resume=not args.no_resume,
-            log=bar.write,
+            log=note,
         )  # fmt: skip
     except (UnknownNetworkError, UnknownMethodError) as error:
         raise CliError(str(error), EXIT_USAGE) from None

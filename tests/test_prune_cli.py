@@ -1,0 +1,111 @@
+"""`sweetspot prune` end to end: artifacts, manifest, errors; and GSL on real digits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from service.cli import main
+
+TINY = ["--model", "lenet5", "--dataset", "synthetic", "--dense-epochs", "1", "--epochs", "2",
+        "--finetune-epochs", "1", "--threads", "1", "--quiet"]  # fmt: skip
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tiny_gsl_job_writes_every_artifact(capsys, tmp_path):
+    out = tmp_path / "job"
+    code, stdout, err = run(capsys, "prune", *TINY, "--out", str(out), "--json",
+                            "--set", "lasso=0.01", "--no-measure")  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads(stdout)
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert (manifest["method"], manifest["model"], manifest["dataset"]) == (
+        "gsl", "lenet5", "synthetic")  # fmt: skip
+    assert manifest["config"]["method"]["lasso"] == 0.01
+    assert [layer["name"] for layer in manifest["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    states = {layer["name"]: layer["state"] for layer in manifest["layers"]}
+    assert states["conv1"] == "excluded" and states["conv2"] in ("pruning", "stopped")
+    for name in ("dense.safetensors", "pruned.safetensors", "events.jsonl", "checkpoint.pt",
+                 "report.md", "accuracy.png", "sparsity.png", "speedup.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    weights = load_file(str(out / "pruned.safetensors"))
+    conv2 = next(x for x in manifest["layers"] if x["name"] == "conv2")
+    sparsity = (weights["conv2.weight"] == 0).float().mean().item()
+    assert sparsity == pytest.approx(conv2["sparsity"])
+    assert (weights["conv1.weight"] != 0).all()  # excluded layers are untouched by lasso
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert {e["type"] for e in events} >= {"phase", "epoch", "decision"}
+
+
+def test_rerun_resumes_and_a_different_job_is_refused(capsys, tmp_path):
+    out = tmp_path / "job"
+    assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure")[0] == 0
+    first = (out / "manifest.json").read_text()
+    assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure")[0] == 0
+    assert json.loads((out / "manifest.json").read_text())["layers"] == json.loads(first)["layers"]
+    code, _, err = run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--lr", "0.5")
+    assert code == 1 and "checkpoint of a different job" in err
+    assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--lr", "0.05",
+               "--no-resume")[0] == 0  # fmt: skip
+
+
+def test_start_from_a_checkpoint_skips_dense_training(capsys, tmp_path):
+    from model.networks import create_model
+
+    start = tmp_path / "start.pt"
+    torch.save(create_model("lenet5").state_dict(), start)
+    code, stdout, err = run(capsys, "prune", *TINY, "--out", str(tmp_path / "j"), "--json",
+                            "--checkpoint", str(start), "--no-measure")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["config"]["train"]["dense_epochs"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--set", "lasso_typo=1"], 2, "unknown config key(s) lasso_typo; valid keys:"),
+        (["--set", "novalue"], 2, "--set takes KEY=VALUE"),
+        (["--method", "voodoo"], 2, "unknown pruning method 'voodoo'; valid names: gsl"),
+        (["--hardware", "cray-1"], 2, "unknown hardware profile 'cray-1'"),
+        (["--lr", "-1"], 2, "lr must be > 0"),
+    ],
+)
+def test_bad_requests_are_clear_errors(capsys, tmp_path, extra, code, message):
+    result, _, err = run(capsys, "prune", *TINY, "--out", str(tmp_path / "j"), *extra)
+    assert result == code
+    assert message in err
+
+
+def test_bad_dataset_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "prune", *TINY[:2], "--dataset", str(tmp_path), "--out",
+                       str(tmp_path / "j"), "--quiet")  # fmt: skip
+    assert code == 1 and "train-images-idx3-ubyte" in err
+
+
+@pytest.mark.slow
+def test_gsl_on_digits_prunes_only_the_sweet_spot_layer(capsys, tmp_path):
+    """The issue's bar: within 1 point of dense, sweet-spot layers ≥ 80% sparse, others dense."""
+    code, stdout, err = run(capsys, "prune", "--model", "lenet5", "--dataset", "digits",
+                            "--hardware", "xeon-e5-2697v4", "--out", str(tmp_path / "gsl"),
+                            "--threads", "1", "--quiet", "--json", "--no-measure")  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads(stdout)
+    accuracy = manifest["accuracy"]
+    assert accuracy["dense"] > 0.95
+    assert accuracy["pruned"] >= accuracy["dense"] - 0.01
+    layers = {layer["name"]: layer for layer in manifest["layers"]}
+    assert layers["conv2"]["sparsity"] >= 0.8 and layers["conv2"]["format"] == "sparse"
+    for name in ("conv1", "fc1", "fc2"):
+        assert layers[name]["sparsity"] == 0.0 and layers[name]["format"] == "dense"
+    assert manifest["model_speedup"]["predicted"] > 1.5
