@@ -204,7 +204,8 @@ def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None
     """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh."""
     out_dir.mkdir(parents=True, exist_ok=True)
     request_file = out_dir / "request.json"
-    current = json.dumps(asdict(request), indent=2, sort_keys=True)
+    identity = {k: v for k, v in asdict(request).items() if k != "measure"}  # same job either way
+    current = json.dumps(identity, indent=2, sort_keys=True)
     checkpoint = out_dir / "checkpoint.pt"
     if resume and checkpoint.exists():
         previous = request_file.read_text() if request_file.exists() else None
