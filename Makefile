@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint clean
+.PHONY: install test lint run clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The service with its embedded defaults: SQLite and artifacts in the per-user data directory,
+# one local worker, http://127.0.0.1:8000 (API docs at /docs).
+run: install
+	$(BIN)/sweetspot serve --host 127.0.0.1 --port 8000
 
 clean:
 	rm -rf $(VENV) build *.egg-info

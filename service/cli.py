@@ -358,6 +358,61 @@ def format_manifest(manifest: dict, out: str) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ service
+
+
+def _settings(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    overrides = {}
+    for flag in ("data_dir", "database_url", "api_tokens", "max_concurrent_jobs"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[flag] = value
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise CliError(f"invalid setting {first['loc'][0]}: {first['msg']}", EXIT_USAGE) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.serve import serve
+
+    settings = _settings(args)
+    workers = settings.max_concurrent_jobs if args.workers is None else args.workers
+    return serve(settings, args.host, args.port, workers)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from service.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    worker = Worker(_settings(args), worker_id=args.worker_id)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    if args.once:
+        worker.run_once()
+        return 0
+    try:
+        worker.run_forever()
+    except KeyboardInterrupt:
+        worker.stop.set()
+    return 0
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
+    parser.add_argument("--data-dir", type=Path,
+                        help="database, artifacts, uploads (env SWEETSPOT_DATA_DIR)")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (env SWEETSPOT_DATABASE_URL)")
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -423,6 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
     prune.add_argument("--json", action="store_true", help="print the manifest as JSON")
     prune.set_defaults(func=_prune)
+
+    serve = commands.add_parser("serve", help="run the REST API with local workers")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int,
+                       help="local worker processes (default SWEETSPOT_MAX_CONCURRENT_JOBS, 1)")
+    serve.add_argument("--api-tokens", help="comma-separated tokens (env SWEETSPOT_API_TOKENS)")
+    _add_settings_flags(serve)
+    serve.set_defaults(func=_serve)
+
+    worker = commands.add_parser("worker", help="run jobs from the job store (a worker process)")
+    worker.add_argument("--worker-id", help="name recorded in job transitions")
+    worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    _add_settings_flags(worker)
+    worker.set_defaults(func=_worker)
 
     models = commands.add_parser("models", help="list the built-in networks")
     models.add_argument("--json", action="store_true")

@@ -1,0 +1,118 @@
+"""The FastAPI application: routers under /v1, errors, metrics, the lost-job monitor.
+
+CPU-heavy work never runs here: jobs are run by worker processes (``service.worker``); the
+API only validates, records and reports. A background thread resolves jobs whose worker died
+(requeue once from their checkpoint, or fail), so no job is left ``running`` forever even when
+no worker is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service import jobs as store
+from service.api import errors
+from service.api.deps import get_owner
+from service.api.routes import catalogue, hardware, jobs, ops, sweet_spots, uploads
+from service.db import make_engine, make_sessionmaker, migrate
+from service.settings import Settings
+
+log = logging.getLogger("sweetspot.api")
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Stable operation ids (``jobs-create_job``) so generated clients read well."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def _monitor(app: FastAPI, stop: threading.Event) -> None:
+    settings: Settings = app.state.settings
+    while not stop.wait(settings.heartbeat_s):
+        try:
+            with app.state.sessions() as session:
+                for job_id, action in store.recover_lost(
+                    session, settings.stale_after_s, settings.lost_job_policy
+                ):
+                    log.warning("job %s lost its worker: %s", job_id, action)
+        except Exception:
+            log.exception("lost-job monitor failed; retrying")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the database is migrated and the monitor started on startup."""
+    settings = (settings or Settings()).prepare()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = threading.Event()
+        thread = threading.Thread(target=_monitor, args=(app, stop), daemon=True)
+        thread.start()
+        yield
+        stop.set()
+        thread.join(timeout=5)
+        app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Sweetspot",
+        version="1",
+        summary="Per-layer sparse-vs-dense sweet spots and pruning jobs.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    engine = make_engine(settings.url)
+    migrate(engine)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    _install_metrics(app)
+    errors.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+            allow_methods=["*"], allow_headers=["*"],
+        )  # fmt: skip
+
+    from fastapi import Depends
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
+    for module in (sweet_spots, hardware, catalogue, jobs, uploads):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(ops.router)
+    return app
+
+
+def _install_metrics(app: FastAPI) -> None:
+    registry = CollectorRegistry()
+    requests = Counter("sweetspot_http_requests_total", "HTTP requests",
+                       ["method", "route", "status"], registry=registry)  # fmt: skip
+    latency = Histogram("sweetspot_http_request_seconds", "HTTP request latency",
+                        ["method", "route"], registry=registry)  # fmt: skip
+    job_gauge = Gauge("sweetspot_jobs", "jobs by status", ["status"], registry=registry)
+    app.state.registry = registry
+
+    def observe_jobs() -> None:
+        with app.state.sessions() as session:
+            for status, count in store.status_counts(session).items():
+                job_gauge.labels(status=status).set(count)
+
+    app.state.observe_jobs = observe_jobs
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        latency.labels(request.method, path).observe(time.perf_counter() - start)
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        return response

@@ -1,0 +1,233 @@
+"""Pruning jobs: submit, list, get, cancel, delete, events (SSE), metrics, artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
+
+from model.data import DATASETS
+from model.networks import network_info
+from model.pipeline import split_config
+from model.pruning import method_info
+from perfmodel import get_profile
+from service import jobs as store
+from service.api.deps import OwnerDep, SessionDep, SettingsDep
+from service.api.errors import UnknownName
+from service.api.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
+    ErrorPublic,
+    EventPublic,
+    EventsPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    JobStatus,
+    Link,
+    MetricsPublic,
+    TransitionPublic,
+)
+from service.db import Job, Upload
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+NOT_FOUND = {404: {"model": ErrorPublic}}
+ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def to_public(session, job: Job) -> JobPublic:
+    base = f"/v1/jobs/{job.id}"
+    request = {k: v for k, v in job.request.items() if k != "checkpoint_path"}
+    return JobPublic(
+        id=job.id, status=job.status, status_reason=job.status_reason, request=request,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        progress=job.progress, attempts=job.attempts, worker_id=job.worker_id,
+        result=job.result,
+        transitions=[TransitionPublic(from_status=t.from_status, to_status=t.to_status,
+                                      reason=t.reason, at=t.at)
+                     for t in store.transitions(session, job.id)],
+        links={"self": Link(href=base), "cancel": Link(href=f"{base}/cancel"),
+               "events": Link(href=f"{base}/events"), "metrics": Link(href=f"{base}/metrics"),
+               "artifacts": Link(href=f"{base}/artifacts")},
+    )  # fmt: skip
+
+
+def _validate(body: JobCreate, settings, session, owner: str) -> dict:
+    """Every name and hyperparameter is checked before the job is queued."""
+    method_info(body.method)
+    network_info(body.model)
+    get_profile(body.hardware)
+    if body.dataset not in DATASETS:
+        raise UnknownName(f"unknown dataset {body.dataset!r} (the API trains on built-in data "
+                          "sets only)", sorted(DATASETS))  # fmt: skip
+    try:
+        train, _ = split_config(body.method, body.config)
+    except ValueError as error:
+        raise HTTPException(422, f"invalid config: {error}") from None
+    if train.threads is not None and train.threads > 64:
+        raise HTTPException(422, "invalid config: threads must be <= 64")
+    epochs = train.prune_epochs + train.finetune_epochs
+    epochs += 0 if body.checkpoint else train.dense_epochs
+    if epochs > settings.max_epochs:
+        raise HTTPException(422, f"invalid config: {epochs} epochs in total exceeds this "
+                                 f"service's limit of {settings.max_epochs}")  # fmt: skip
+    request = body.model_dump(exclude={"idempotency_key"})
+    if body.checkpoint:
+        upload = session.get(Upload, body.checkpoint)
+        if upload is None or upload.owner != owner:
+            raise HTTPException(422, f"checkpoint {body.checkpoint!r} is not an upload of yours "
+                                     "(POST /v1/uploads first)")  # fmt: skip
+        if upload.model != body.model:
+            raise HTTPException(422, f"checkpoint {body.checkpoint!r} holds {upload.model} "
+                                     f"weights, not {body.model}")  # fmt: skip
+        request["checkpoint_path"] = upload.path
+    if settings.job_threads and "threads" not in body.config:
+        request["config"] = {**body.config, "threads": settings.job_threads}
+    return request
+
+
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED,
+    responses={409: {"model": ErrorPublic}, 422: {"model": ErrorPublic},
+               429: {"model": ErrorPublic}},
+)  # fmt: skip
+def create_job(
+    body: JobCreate, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
+    response: Response,
+) -> JobPublic:
+    """Queue a pruning job (202 + Location). A repeated idempotency key returns the same job."""
+    request = _validate(body, settings, session, owner)
+    if store.count_active(session, owner) >= settings.max_queued_jobs:
+        raise HTTPException(429, f"you have {settings.max_queued_jobs} jobs queued or running, "
+                                 "the limit; wait for some to finish")  # fmt: skip
+    job, _created = store.create_job(session, owner, request, body.idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return to_public(session, job)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep, owner: OwnerDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> JobsPublic:
+    """Your jobs, newest first, optionally filtered by status."""
+    jobs, count = store.list_jobs(session, owner, status_filter, limit, offset)
+    return JobsPublic(data=[to_public(session, j) for j in jobs], count=count, limit=limit,
+                      offset=offset)  # fmt: skip
+
+
+@router.get("/{job_id}", responses=NOT_FOUND)
+def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
+    """One job with its transitions, progress, result summary and links."""
+    return to_public(session, store.get_job(session, owner, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
+             responses={**NOT_FOUND, 409: {"model": ErrorPublic}})  # fmt: skip
+def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
+    """Cancel: a queued job at once, a running one within seconds (via ``cancelling``)."""
+    job = store.cancel_job(session, owner, job_id, "cancel requested through the API")
+    return to_public(session, job)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses={**NOT_FOUND, 409: {"model": ErrorPublic}})  # fmt: skip
+def delete_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> None:
+    """Delete a finished job with its events, metrics and artifacts (409 if not finished)."""
+    store.delete_job(session, owner, job_id, settings.jobs_dir)
+
+
+def _sse(event) -> str:
+    payload = json.dumps({"id": event.id, "type": event.type, "data": event.data,
+                          "at": event.at.isoformat()})  # fmt: skip
+    return f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
+
+
+@router.get("/{job_id}/events", responses={**NOT_FOUND, 200: {
+    "description": "JSON list, or with follow=true a text/event-stream until the job ends",
+    "content": {"text/event-stream": {}}}})  # fmt: skip
+async def job_events(
+    job_id: str, request: Request, owner: OwnerDep,
+    after: Annotated[int, Query(ge=0, le=2**62, description="only events after this id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    follow: bool = False,
+) -> EventsPublic:
+    """Training events (steps, epochs, decisions); ``follow=true`` streams server-sent events
+    until the job ends."""
+    sessions = request.app.state.sessions
+
+    def fetch(after_id: int) -> tuple[list, str]:
+        with sessions() as session:
+            job = store.get_job(session, owner, job_id)
+            return store.events_after(session, job_id, after_id, limit), job.status
+
+    events, job_status = await run_in_threadpool(fetch, after)
+    if not follow:
+        data = [EventPublic(id=e.id, type=e.type, data=e.data, at=e.at) for e in events]
+        return EventsPublic(data=data, count=len(data))
+
+    async def stream():
+        last, current, batch, idle = after, job_status, events, 0.0
+        while True:
+            for event in batch:
+                last = event.id
+                yield _sse(event)
+            if current in store.TERMINAL and not batch:
+                end = json.dumps({"status": current})
+                yield f"event: end\ndata: {end}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.5)
+            idle = 0.0 if batch else idle + 0.5
+            if idle >= 15:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+            batch, current = await run_in_threadpool(fetch, last)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})  # fmt: skip
+
+
+@router.get("/{job_id}/metrics", responses=NOT_FOUND)
+def job_metrics(job_id: str, session: SessionDep, owner: OwnerDep) -> MetricsPublic:
+    """Time series per metric (loss, accuracies, per-layer sparsity) by step and epoch."""
+    store.get_job(session, owner, job_id)
+    return MetricsPublic(job_id=job_id, series=store.metrics(session, job_id))
+
+
+@router.get("/{job_id}/artifacts", responses=NOT_FOUND)
+def list_artifacts(job_id: str, session: SessionDep, owner: OwnerDep) -> ArtifactsPublic:
+    """Files the job wrote: weights, manifest, report, plots, events, checkpoint."""
+    store.get_job(session, owner, job_id)
+    rows = store.artifacts(session, job_id)
+    data = [ArtifactPublic(name=a.name, size=a.size, media_type=a.media_type,
+                           href=f"/v1/jobs/{job_id}/artifacts/{a.name}") for a in rows]  # fmt: skip
+    return ArtifactsPublic(data=data, count=len(data))
+
+
+BINARY = {200: {"content": {"application/octet-stream": {}}}}
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse,
+            responses={**NOT_FOUND, **BINARY})  # fmt: skip
+def get_artifact(
+    job_id: str, name: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep
+) -> FileResponse:
+    """Download one artifact by its listed name (no paths: names only)."""
+    store.get_job(session, owner, job_id)
+    known = {a.name: a for a in store.artifacts(session, job_id)}
+    if not ARTIFACT_NAME.match(name) or name not in known:
+        raise UnknownName(f"job {job_id} has no artifact {name!r}", sorted(known), 404)
+    directory = (settings.jobs_dir / job_id).resolve()
+    path = (directory / name).resolve()
+    if path.parent != directory or not path.is_file():
+        raise HTTPException(404, f"artifact {name!r} is missing on disk")
+    return FileResponse(path, media_type=known[name].media_type, filename=name)

@@ -1,0 +1,279 @@
+"""Request and response schemas of the REST API, in families named by role.
+
+``JobCreate`` (input), ``JobPublic`` (output), ``JobsPublic`` (list envelope), and likewise for
+sweet spots, profiles, uploads and the catalogue. Limits that stop absurd work before it
+starts live here: the API never lets a request trigger unbounded work.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from perfmodel.hardware import NAME_PATTERN, HardwareProfile
+from perfmodel.layers import Conv2dSpec, LinearSpec
+
+MAX_BATCH = 65_536
+MAX_LAYERS = 10_000
+MAX_DIM = 1_000_000  # channels, features or pixels along one side
+MAX_FLOPS = 10**18  # one layer: beyond any real network
+
+
+class ErrorPublic(BaseModel):
+    """Every 4xx/5xx body: what was wrong, and (where useful) what is allowed."""
+
+    detail: str
+    valid: list[str] | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class Link(BaseModel):
+    href: str
+
+
+# ------------------------------------------------------------------------- sweet spots
+
+
+def _bounded(layer: Conv2dSpec | LinearSpec) -> Conv2dSpec | LinearSpec:
+    dims = (
+        [layer.in_channels, layer.out_channels, layer.in_height, layer.in_width]
+        if isinstance(layer, Conv2dSpec)
+        else [layer.in_features, layer.out_features]
+    )
+    if max(dims) > MAX_DIM or layer.batch > MAX_BATCH:
+        raise ValueError(
+            f"layer {layer.name!r}: sizes are limited to {MAX_DIM} per dimension and batch "
+            f"{MAX_BATCH}"
+        )
+    if layer.flops > MAX_FLOPS:
+        raise ValueError(f"layer {layer.name!r}: {layer.flops:.3g} FLOPs exceeds {MAX_FLOPS:g}")
+    return layer
+
+
+BoundedLayer = Annotated[Conv2dSpec | LinearSpec, Field(discriminator="kind")]
+
+
+class SweetSpotRequest(BaseModel):
+    """Either ``model`` (a built-in name) or ``layers``; ``hardware`` a name or a profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hardware: str | HardwareProfile = Field(
+        description="profile name (GET /v1/hardware) or an inline profile object"
+    )
+    model: str | None = Field(None, description="built-in network name (GET /v1/models)")
+    layers: list[BoundedLayer] | None = Field(
+        None, max_length=MAX_LAYERS, description="layer specs (kind conv2d or linear)"
+    )
+    batch: int = Field(1, ge=1, le=MAX_BATCH)
+
+    @field_validator("layers")
+    @classmethod
+    def _bounded_layers(cls, layers: list | None) -> list | None:
+        if layers is not None:
+            for layer in layers:
+                _bounded(layer)
+            if not layers:
+                raise ValueError("layers must not be empty")
+        return layers
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SweetSpotRequest:
+        if (self.model is None) == (self.layers is None):
+            raise ValueError("give exactly one of 'model' or 'layers'")
+        return self
+
+
+class SweetSpotPublic(BaseModel):
+    """One sweet spot: the range in which sparse beats dense, and the speedup at its top."""
+
+    min_sparsity: float
+    max_sparsity: float
+    max_speedup: float
+
+
+class LayerPredictionPublic(BaseModel):
+    name: str
+    kind: str
+    shape: str
+    flops: int
+    activation_bytes: int
+    weight_bytes: int
+    dense_time_s: float
+    bound: Literal["compute", "memory"]
+    sweet_spot: SweetSpotPublic | None
+    speedup: dict[str, float]
+    recommendation: Literal["sparse", "dense"]
+    reason: str
+    spec: dict[str, Any]
+
+
+class PredictionTotals(BaseModel):
+    flops: int
+    weight_bytes: int
+    dense_time_s: float
+    sparse_layers: int
+    speedup: dict[str, float]
+
+
+class PredictionPublic(BaseModel):
+    """Same JSON as ``sweetspot predict --json``."""
+
+    model: str
+    hardware: str
+    batch: int
+    performance_model: str
+    layers: list[LayerPredictionPublic]
+    totals: PredictionTotals
+
+
+# ---------------------------------------------------------------------------- hardware
+
+
+class ProfilesPublic(BaseModel):
+    data: list[HardwareProfile]
+    count: int
+
+
+# ---------------------------------------------------------------------------- catalogue
+
+
+class ModelPublic(BaseModel):
+    name: str
+    input_shape: list[int]
+    num_classes: int
+    paper: str
+
+
+class DatasetPublic(BaseModel):
+    name: str
+    description: str
+
+
+class ParameterPublic(BaseModel):
+    name: str
+    default: Any
+    scope: Literal["train", "method"]
+
+
+class MethodPublic(BaseModel):
+    name: str
+    summary: str
+    parameters: list[ParameterPublic]
+
+
+class CataloguePublic(BaseModel):
+    models: list[ModelPublic]
+    datasets: list[DatasetPublic]
+    methods: list[MethodPublic]
+
+
+# -------------------------------------------------------------------------------- jobs
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+class JobCreate(BaseModel):
+    """A pruning job: what ``sweetspot prune`` takes, as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("gsl", max_length=64, description="GET /v1/methods")
+    model: str = Field(max_length=64, description="built-in network name")
+    dataset: str = Field("digits", max_length=64, description="built-in data set name")
+    hardware: str = Field("xeon-e5-2697v4", max_length=64, pattern=NAME_PATTERN)
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="trainer and method hyperparameters, e.g. epochs"
+    )
+    checkpoint: str | None = Field(
+        None, max_length=64, description="id of a checkpoint uploaded with POST /v1/uploads"
+    )
+    measure: bool = Field(True, description="time the pruned model against dense")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
+class TransitionPublic(BaseModel):
+    from_status: JobStatus | None
+    to_status: JobStatus
+    reason: str
+    at: datetime
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    status_reason: str
+    request: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: float
+    attempts: int
+    worker_id: str | None
+    result: dict[str, Any] | None
+    transitions: list[TransitionPublic]
+    links: dict[str, Link]
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+    limit: int
+    offset: int
+
+
+class EventPublic(BaseModel):
+    id: int
+    type: str
+    data: dict[str, Any]
+    at: datetime
+
+
+class EventsPublic(BaseModel):
+    data: list[EventPublic]
+    count: int
+
+
+class MetricPoint(BaseModel):
+    step: int
+    epoch: int
+    phase: str
+    value: float
+    time: str
+
+
+class MetricsPublic(BaseModel):
+    job_id: str
+    series: dict[str, list[MetricPoint]]
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    size: int
+    media_type: str
+    href: str
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+    count: int
+
+
+class UploadPublic(BaseModel):
+    id: str
+    kind: Literal["checkpoint"]
+    model: str
+    filename: str
+    size: int
+    created_at: datetime
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+
+
+class VersionPublic(BaseModel):
+    version: str
+    api: str

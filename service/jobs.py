@@ -1,0 +1,324 @@
+"""The job store: states, transitions, claiming, heartbeats, events, recovery.
+
+Plain functions over a SQLAlchemy session raise domain exceptions (:class:`JobNotFound`,
+:class:`InvalidTransition`, :class:`IdempotencyConflictError`); the API maps them to HTTP in one
+place. States follow the job APIs users know (Ray Jobs, Determined; RESEARCH.md §8)::
+
+    queued → running → succeeded | failed | cancelled
+               └→ cancelling → cancelled (or succeeded/failed if it finished first)
+    queued → cancelled;  running → queued (requeued once after its worker died)
+
+Every transition is recorded with its time and reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db import Artifact, Job, JobEvent, Metric, Transition, utcnow
+
+QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ALLOWED = {
+    QUEUED: {RUNNING, CANCELLED, FAILED},
+    RUNNING: {SUCCEEDED, FAILED, CANCELLING, QUEUED},
+    CANCELLING: {CANCELLED, SUCCEEDED, FAILED},
+}
+
+
+class JobNotFound(LookupError):  # noqa: N818 - the API's vocabulary
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id!r} not found")
+
+
+class InvalidTransition(ValueError):  # noqa: N818
+    """The job is in a state where the requested action is not allowed."""
+
+
+class IdempotencyConflictError(ValueError):
+    """The idempotency key was already used for a different request."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _transition(session: Session, job: Job, to: str, reason: str) -> None:
+    if to not in ALLOWED.get(job.status, set()):
+        raise InvalidTransition(f"job {job.id} is {job.status}; it cannot become {to}")
+    session.add(Transition(job_id=job.id, from_status=job.status, to_status=to, reason=reason))
+    job.status, job.status_reason = to, reason
+    if to == RUNNING:
+        job.started_at = utcnow()
+    if to in TERMINAL:
+        job.finished_at = utcnow()
+
+
+def create_job(
+    session: Session, owner: str, request: dict[str, Any], idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Queue a job; with an idempotency key a repeat returns the existing job (created=False)."""
+    if idempotency_key:
+        existing = _by_key(session, owner, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, request, idempotency_key), False
+    job = Job(id=new_id(), owner=owner, idempotency_key=idempotency_key, request=request,
+              status=QUEUED, status_reason="submitted", attempts=0, progress=0.0)  # fmt: skip
+    session.add(job)
+    session.add(Transition(job_id=job.id, from_status=None, to_status=QUEUED, reason="submitted"))
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent submission with the same key won the race
+        session.rollback()
+        existing = _by_key(session, owner, idempotency_key or "")
+        if existing is None:
+            raise
+        return _same_request(existing, request, idempotency_key or ""), False
+    return job, True
+
+
+def _by_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def _same_request(job: Job, request: dict[str, Any], key: str) -> Job:
+    if job.request != request:
+        raise IdempotencyConflictError(
+            f"idempotency key {key!r} was already used for job {job.id} with a different request"
+        )
+    return job
+
+
+def get_job(session: Session, owner: str | None, job_id: str) -> Job:
+    """The job, if it exists and ``owner`` may see it (``None``: any owner)."""
+    job = session.get(Job, job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(
+    session: Session, owner: str | None, status: str | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    if status:
+        query = query.where(Job.status == status)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    ordered = query.order_by(Job.created_at.desc(), Job.id)
+    jobs = session.scalars(ordered.limit(limit).offset(offset))
+    return list(jobs), count
+
+
+def count_active(session: Session, owner: str) -> int:
+    query = select(func.count()).where(Job.owner == owner, Job.status.in_([QUEUED, RUNNING]))
+    return session.scalar(query.select_from(Job)) or 0
+
+
+def transitions(session: Session, job_id: str) -> list[Transition]:
+    query = select(Transition).where(Transition.job_id == job_id).order_by(Transition.id)
+    return list(session.scalars(query))
+
+
+def cancel_job(session: Session, owner: str | None, job_id: str, reason: str) -> Job:
+    """Queued jobs are cancelled at once; running ones go to ``cancelling`` for the worker."""
+    job = get_job(session, owner, job_id)
+    if job.status == QUEUED:
+        _transition(session, job, CANCELLED, reason)
+    elif job.status == RUNNING:
+        _transition(session, job, CANCELLING, reason)
+    elif job.status != CANCELLING:
+        raise InvalidTransition(f"job {job_id} already {job.status}; only queued or running "
+                                "jobs can be cancelled")  # fmt: skip
+    session.commit()
+    return job
+
+
+def delete_job(session: Session, owner: str | None, job_id: str, jobs_dir: Path) -> None:
+    job = get_job(session, owner, job_id)
+    if job.status not in TERMINAL:
+        raise InvalidTransition(
+            f"job {job_id} is {job.status}; only finished jobs (succeeded, failed, cancelled) "
+            "can be deleted — cancel it first"
+        )
+    for table in (Transition, JobEvent, Metric, Artifact):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.delete(job)
+    session.commit()
+    shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def claim_next(session: Session, worker_id: str) -> Job | None:
+    """Atomically claim the oldest queued job (compare-and-set on its status)."""
+    while True:
+        candidate = session.scalar(
+            select(Job.id).where(Job.status == QUEUED).order_by(Job.created_at, Job.id).limit(1)
+        )
+        if candidate is None:
+            return None
+        now = utcnow()
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == candidate, Job.status == QUEUED)
+            .values(status=RUNNING, worker_id=worker_id, heartbeat_at=now, started_at=now,
+                    status_reason=f"claimed by worker {worker_id}",
+                    attempts=Job.attempts + 1)
+        ).rowcount
+        if claimed == 1:
+            session.add(Transition(job_id=candidate, from_status=QUEUED, to_status=RUNNING,
+                                   reason=f"claimed by worker {worker_id}"))  # fmt: skip
+            session.commit()
+            return session.get(Job, candidate)
+        session.rollback()  # another worker took it: try the next one
+
+
+def heartbeat(session: Session, job_id: str, worker_id: str, progress: float | None) -> str:
+    """Record that the worker is alive; returns the job's status (``cancelling`` → stop)."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.worker_id == worker_id).values(**values)
+    )
+    session.commit()
+    return session.scalar(select(Job.status).where(Job.id == job_id)) or FAILED
+
+
+def requeue(session: Session, job_id: str, reason: str) -> Job:
+    """Put a running job back in the queue (its worker is going away); resumes later."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    session.refresh(job)
+    if job.status == RUNNING:
+        _transition(session, job, QUEUED, reason)
+        job.worker_id = None
+        job.attempts = max(job.attempts - 1, 0)  # a clean shutdown is not a failed attempt
+    elif job.status == CANCELLING:
+        _transition(session, job, CANCELLED, "cancelled while its worker shut down")
+    session.commit()
+    return job
+
+
+def finish(
+    session: Session, job_id: str, status: str, reason: str, result: dict | None = None
+) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    session.refresh(job)
+    if job.status in TERMINAL:
+        return job
+    if job.status == CANCELLING and status == SUCCEEDED:
+        reason = f"{reason} (finished before the cancel took effect)"
+    _transition(session, job, status, reason)
+    if status == SUCCEEDED:
+        job.progress = 1.0
+    job.result = result
+    session.commit()
+    return job
+
+
+def recover_lost(session: Session, stale_after_s: float, policy: str) -> list[tuple[str, str]]:
+    """Resolve running jobs whose worker stopped heartbeating: requeue once, or fail."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    lost = session.scalars(
+        select(Job).where(Job.status.in_([RUNNING, CANCELLING]), Job.heartbeat_at < cutoff)
+    ).all()
+    actions = []
+    for job in lost:
+        silent = f"worker {job.worker_id} stopped heartbeating (> {stale_after_s:g} s)"
+        if job.status == CANCELLING:
+            _transition(session, job, CANCELLED, f"{silent} while cancelling")
+            actions.append((job.id, CANCELLED))
+        elif policy == "requeue" and job.attempts < 2:
+            _transition(session, job, QUEUED, f"{silent}; requeued to resume from its checkpoint")
+            job.worker_id = None
+            actions.append((job.id, QUEUED))
+        else:
+            _transition(session, job, FAILED, f"{silent}; not retried (attempt {job.attempts})")
+            actions.append((job.id, FAILED))
+    session.commit()
+    return actions
+
+
+# ------------------------------------------------------------------ events and metrics
+
+METRIC_FIELDS = ("loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def add_event(session: Session, job_id: str, event: dict[str, Any]) -> None:
+    """Store one training event; epoch events also become metric time series."""
+    session.add(JobEvent(job_id=job_id, type=str(event.get("type", "log")), data=event))
+    if event.get("type") == "epoch":
+        common = {"job_id": job_id, "step": int(event.get("step", 0)),
+                  "epoch": int(event.get("epoch", 0)), "phase": str(event.get("phase", ""))}
+        for name in METRIC_FIELDS:
+            if isinstance(event.get(name), int | float):
+                session.add(Metric(name=name, value=float(event[name]), **common))
+        for layer, value in (event.get("sparsity") or {}).items():
+            session.add(Metric(name=f"sparsity/{layer}", value=float(value), **common))
+    session.commit()
+
+
+def events_after(session: Session, job_id: str, after_id: int, limit: int = 1000) -> list[JobEvent]:
+    query = (
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+        .order_by(JobEvent.id).limit(limit)
+    )  # fmt: skip
+    return list(session.scalars(query))
+
+
+def metrics(session: Session, job_id: str) -> dict[str, list[dict[str, Any]]]:
+    series: dict[str, list[dict[str, Any]]] = {}
+    query = select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)
+    for row in session.scalars(query):
+        series.setdefault(row.name, []).append(
+            {"step": row.step, "epoch": row.epoch, "phase": row.phase, "value": row.value,
+             "time": row.at.isoformat()}
+        )
+    return series
+
+
+MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown", ".png": "image/png",
+               ".jsonl": "application/x-ndjson", ".safetensors": "application/octet-stream",
+               ".pt": "application/octet-stream"}  # fmt: skip
+
+
+def register_artifacts(session: Session, job_id: str, directory: Path) -> list[Artifact]:
+    """Record every file the job wrote (the record is what the API serves, nothing else)."""
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+    rows = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if path.is_file() and path.suffix in MEDIA_TYPES and path.name != "request.json":
+            rows.append(Artifact(job_id=job_id, name=path.name, size=path.stat().st_size,
+                                 media_type=MEDIA_TYPES[path.suffix]))  # fmt: skip
+    session.add_all(rows)
+    session.commit()
+    return rows
+
+
+def artifacts(session: Session, job_id: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id)
+                                .order_by(Artifact.name)))  # fmt: skip
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update({status: count for status, count in rows})
+    return counts

@@ -1,0 +1,79 @@
+"""``sweetspot serve``: the API in this process and N local worker processes beside it.
+
+Workers are separate processes (CPU-heavy training never runs in the web process). A
+supervisor thread restarts a worker that died; its job is resolved by the lost-job monitor
+(requeued once from its checkpoint, by default) and picked up again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+from service.settings import Settings
+
+log = logging.getLogger("sweetspot.serve")
+
+
+class WorkerPool:
+    """Starts, supervises and stops ``python -m service.worker`` processes."""
+
+    def __init__(self, settings: Settings, count: int):
+        self.settings = settings
+        self.count = count
+        self.processes: list[subprocess.Popen] = []
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+
+    def _spawn(self, index: int) -> subprocess.Popen:
+        env = dict(os.environ)
+        env["SWEETSPOT_DATA_DIR"] = str(self.settings.data_dir)
+        if self.settings.database_url:
+            env["SWEETSPOT_DATABASE_URL"] = self.settings.database_url
+        command = [sys.executable, "-m", "service.worker", "--worker-id",
+                   f"local-{index}-{os.getpid()}"]  # fmt: skip
+        return subprocess.Popen(command, env=env)
+
+    def start(self) -> WorkerPool:
+        self.processes = [self._spawn(i) for i in range(self.count)]
+        self._thread.start()
+        return self
+
+    def _supervise(self) -> None:
+        while not self.stop.wait(1.0):
+            for index, process in enumerate(self.processes):
+                if process.poll() is not None and not self.stop.is_set():
+                    log.warning("worker %d exited with %s; restarting", index, process.returncode)
+                    self.processes[index] = self._spawn(index)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every worker (a running job is requeued from its checkpoint), then wait."""
+        self.stop.set()
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def serve(settings: Settings, host: str, port: int, workers: int) -> int:
+    import uvicorn
+
+    from service.api.app import create_app
+
+    app = create_app(settings)  # migrates the database before any worker starts
+    pool = WorkerPool(settings, workers).start() if workers else None
+    print(f"sweetspot: serving http://{host}:{port} (API docs at /docs), {workers} worker(s), "
+          f"data in {settings.data_dir}", file=sys.stderr)  # fmt: skip
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        if pool:
+            pool.close()
+    return 0

@@ -1,0 +1,62 @@
+"""Uploaded files: size-limited reads and validation that never executes anything.
+
+Checkpoints are read as safetensors, or with ``torch.load(weights_only=True)``, then loaded
+strictly into the named built-in architecture (so a file that does not fit is refused at
+upload time, not hours later in a worker) and stored as safetensors.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from fastapi import HTTPException, UploadFile
+
+
+async def read_limited(file: UploadFile, limit: int) -> bytes:
+    """The upload's bytes; 413 as soon as it exceeds ``limit``."""
+    chunks, size = [], 0
+    while chunk := await file.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"upload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    if size == 0:
+        raise HTTPException(422, "the uploaded file is empty")
+    return b"".join(chunks)
+
+
+def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
+    """Load ``data`` weights-only into ``model`` (strict) and save it as safetensors.
+
+    Raises:
+        ValueError: not a weights file, or its tensors do not fit the architecture.
+    """
+    import torch
+    from safetensors.torch import load as load_safetensors
+    from safetensors.torch import save_file
+
+    from model.networks import create_model
+
+    try:
+        state = load_safetensors(data)
+    except Exception:
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as error:
+            raise ValueError(
+                "not a safetensors file or a weights-only PyTorch state dict "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+            ) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("the file does not hold a state dict of tensors")
+    network = create_model(model)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0:3]
+        raise ValueError(f"the weights do not fit {model}: {' '.join(first)[:400]}") from None
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(destination))

@@ -1,0 +1,141 @@
+"""A worker process: claims queued jobs one at a time and runs them.
+
+``sweetspot worker`` (or ``python -m service.worker``) loops: resolve jobs of dead workers,
+claim the oldest queued job atomically, run it with :func:`model.pipeline.run_pruning` in its
+own folder under ``<data_dir>/jobs/<id>``, store every training event, register the artifacts
+and record the outcome. A heartbeat thread keeps the job's ``heartbeat_at`` fresh and watches
+for ``cancelling``: it sets the trainer's cancel flag, which stops training at the next step
+(within seconds). A requeued job resumes from its last checkpoint, because its folder and
+request are unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+
+from service import jobs as store
+from service.db import make_engine, make_sessionmaker, migrate
+from service.settings import Settings
+
+log = logging.getLogger("sweetspot.worker")
+
+
+class Worker:
+    """Runs jobs from the store until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, worker_id: str | None = None, poll_s: float = 0.5):
+        self.settings = settings.prepare()
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.poll_s = poll_s
+        self.engine = make_engine(settings.url)
+        migrate(self.engine)
+        self.sessions = make_sessionmaker(self.engine)
+        self.stop = threading.Event()
+
+    def run_forever(self) -> None:
+        log.info("worker %s polling %s", self.worker_id, self.settings.url)
+        while not self.stop.is_set():
+            if not self.run_once():
+                self.stop.wait(self.poll_s)
+
+    def run_once(self) -> bool:
+        """Recover lost jobs, then claim and run one job; False when there was none."""
+        with self.sessions() as session:
+            store.recover_lost(session, self.settings.stale_after_s, self.settings.lost_job_policy)
+            job = store.claim_next(session, self.worker_id)
+        if job is None:
+            return False
+        self.run_job(job.id, dict(job.request))
+        return True
+
+    def run_job(self, job_id: str, request: dict) -> None:
+        from model.pipeline import PruneRequest, run_pruning
+        from model.training import Cancelled
+
+        out_dir = self.settings.jobs_dir / job_id
+        cancel = threading.Event()
+        progress = {"value": 0.0}
+        beating = threading.Event()
+        total_epochs = _total_epochs(request)
+        done = {"epochs": 0}
+
+        def on_event(event: dict) -> None:
+            if event.get("type") == "epoch":
+                done["epochs"] += 1
+                progress["value"] = min(done["epochs"] / total_epochs, 0.99)
+            with self.sessions() as session:
+                store.add_event(session, job_id, event)
+
+        def beat() -> None:
+            while not beating.wait(self.settings.heartbeat_s):
+                try:
+                    with self.sessions() as session:
+                        status = store.heartbeat(session, job_id, self.worker_id, progress["value"])
+                except Exception:  # a busy database must not kill the heartbeat
+                    log.exception("heartbeat failed for job %s", job_id)
+                    continue
+                if status in (store.CANCELLING, store.CANCELLED) or self.stop.is_set():
+                    cancel.set()
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        thread.start()
+        status, reason, result = store.FAILED, "", None
+        try:
+            prune_request = PruneRequest(
+                method=request["method"], model=request["model"], dataset=request["dataset"],
+                hardware=request["hardware"], config=dict(request.get("config") or {}),
+                checkpoint=request.get("checkpoint_path"), measure=request.get("measure", True),
+            )  # fmt: skip
+            manifest = run_pruning(prune_request, out_dir, callbacks=[on_event], cancel=cancel)
+            status, reason = store.SUCCEEDED, "finished"
+            result = {key: manifest.get(key) for key in ("accuracy", "model_speedup")}
+            result["layers"] = [
+                {k: layer.get(k) for k in ("name", "sparsity", "format", "predicted_speedup",
+                                           "measured_speedup", "state")}
+                for layer in manifest.get("layers", [])
+            ]  # fmt: skip
+        except Cancelled:
+            status, reason = store.CANCELLED, "cancelled by request; training stopped"
+            if self.stop.is_set():  # shutting down, nobody asked to cancel: run it again later
+                status = store.QUEUED
+                reason = "worker shut down; requeued to resume from its last checkpoint"
+        except Exception as error:  # any failure of the job is the job's, not the worker's
+            log.exception("job %s failed", job_id)
+            status, reason = store.FAILED, f"{type(error).__name__}: {error}"
+        finally:
+            beating.set()
+            thread.join()
+        with self.sessions() as session:
+            store.register_artifacts(session, job_id, out_dir)
+            if status == store.QUEUED:
+                store.requeue(session, job_id, reason)
+            else:
+                store.finish(session, job_id, status, reason, result)
+        log.info("job %s %s: %s", job_id, status, reason)
+
+
+def _total_epochs(request: dict) -> int:
+    """Epochs the job will run at most (for its progress fraction)."""
+    from model.pipeline import split_config
+
+    try:
+        train, _ = split_config(request["method"], dict(request.get("config") or {}))
+    except (ValueError, LookupError):
+        return 1
+    dense = 0 if request.get("checkpoint_path") else train.dense_epochs
+    return max(dense + train.prune_epochs + train.finetune_epochs, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m service.worker`` is ``sweetspot worker``."""
+    from service.cli import main as cli_main
+
+    return cli_main(["worker", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

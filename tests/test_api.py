@@ -1,0 +1,360 @@
+"""The REST API in-process: contract, failure cases, job lifecycle, tokens, recovery."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model.networks import create_model
+from service import jobs as store
+from service.api.app import create_app
+from service.db import Job, utcnow
+from service.settings import Settings
+from service.worker import Worker
+
+TINY = {"dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 1, "threads": 1}
+
+
+def _settings(tmp_path, **changes) -> Settings:
+    base = {"data_dir": tmp_path / "data", "heartbeat_s": 0.2, "stale_after_s": 1.0}
+    return Settings(**{**base, **changes})
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return _settings(tmp_path)
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def _submit(client, **changes):
+    body = {"method": "gsl", "model": "lenet5", "dataset": "synthetic",
+            "hardware": "xeon-e5-2697v4", "config": TINY, "measure": False, **changes}  # fmt: skip
+    return client.post("/v1/jobs", json=body)
+
+
+def _wait(predicate, timeout_s: float = 60.0, every_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError("condition not reached in time")
+
+
+# ------------------------------------------------------------------------- sweet spots
+
+
+def test_get_sweet_spots_matches_the_cli_json(client, capsys):
+    import json
+
+    from service.cli import main
+
+    response = client.get("/v1/sweet-spots", params={"model": "googlenet",
+                                                     "hardware": "xeon-e5-2697v4"})  # fmt: skip
+    assert response.status_code == 200
+    main(["predict", "--model", "googlenet", "--hardware", "xeon-e5-2697v4", "--json"])
+    assert response.json() == json.loads(capsys.readouterr().out)
+
+
+def test_post_sweet_spots_with_inline_profile_and_layers(client):
+    profile = {"name": "box", "dense_flops_per_s": 1e11, "memory_bandwidth_bytes_per_s": 2e10,
+               "sparse_overhead": 2.0, "provenance": {"kind": "user", "source": "t"}}  # fmt: skip
+    layers = [{"kind": "conv2d", "name": "c", "in_channels": 64, "out_channels": 64,
+               "in_height": 28, "in_width": 28, "kernel": 3, "padding": 1},
+              {"kind": "linear", "name": "fc", "in_features": 512, "out_features": 10}]  # fmt: skip
+    response = client.post("/v1/sweet-spots", json={"hardware": profile, "layers": layers,
+                                                    "batch": 4})  # fmt: skip
+    assert response.status_code == 200
+    data = response.json()
+    assert (data["hardware"], data["batch"], len(data["layers"])) == ("box", 4, 2)
+    assert data["layers"][0]["sweet_spot"]["min_sparsity"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"hardware": "xeon-e5-2697v4"}, "exactly one of 'model' or 'layers'"),
+        ({"hardware": "nope", "model": "lenet5"}, "unknown hardware profile 'nope'"),
+        ({"hardware": "atom-c2750", "model": "lenet6"}, "unknown model 'lenet6'"),
+        ({"hardware": "atom-c2750", "layers": [{"kind": "linear", "name": "x",
+          "in_features": 10**9, "out_features": 10**9}]}, "limited to"),
+        ({"hardware": "atom-c2750", "layers": [{"kind": "conv3d", "name": "x"}]}, "tag"),
+        ({"hardware": "../../etc/passwd", "model": "lenet5"}, "unknown hardware profile"),
+    ],
+)
+def test_bad_sweet_spot_requests_are_422_with_a_message(client, body, message):
+    response = client.post("/v1/sweet-spots", json=body)
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+def test_unknown_names_list_the_valid_ones(client):
+    response = client.get("/v1/sweet-spots", params={"model": "x", "hardware": "atom-c2750"})
+    assert response.status_code == 422 and "lenet5" in response.json()["valid"]
+    response = client.get("/v1/hardware/pentium")
+    assert response.status_code == 404
+    assert response.json()["valid"] == ["atom-c2750", "xeon-e5-2697v4", "xeon-phi-7250"]
+
+
+def test_onnx_upload(client):
+    from tests_support import onnx_bytes
+
+    response = client.post("/v1/sweet-spots/onnx", data={"hardware": "xeon-e5-2697v4"},
+                           files={"file": ("net.onnx", onnx_bytes(), "application/octet-stream")})
+    assert response.status_code == 200, response.text
+    assert [layer["name"] for layer in response.json()["layers"]] == ["my_conv", "fc"]
+    bad = client.post("/v1/sweet-spots/onnx", data={"hardware": "xeon-e5-2697v4"},
+                      files={"file": ("x.onnx", b"\x08garbage", "application/octet-stream")})
+    assert bad.status_code == 422 and "ONNX" in bad.json()["detail"]
+
+
+def test_upload_size_limit_is_413(tmp_path):
+    settings = _settings(tmp_path, max_upload_bytes=2048)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/sweet-spots/onnx", data={"hardware": "atom-c2750"},
+                               files={"file": ("big.onnx", b"x" * 5000)})
+        assert response.status_code == 413 and "2048 bytes" in response.json()["detail"]
+
+
+# ---------------------------------------------------------------------- hardware, catalogue
+
+
+def test_create_custom_profile_and_use_it(client):
+    profile = {"name": "lab-box", "dense_flops_per_s": 2e11,
+               "memory_bandwidth_bytes_per_s": 3e10, "sparse_overhead": 2.5,
+               "provenance": {"kind": "datasheet", "source": "vendor"}}  # fmt: skip
+    created = client.post("/v1/hardware", json=profile)
+    assert created.status_code == 201 and created.headers["location"] == "/v1/hardware/lab-box"
+    assert client.post("/v1/hardware", json=profile).status_code == 409
+    assert "lab-box" in [p["name"] for p in client.get("/v1/hardware").json()["data"]]
+    response = client.get("/v1/sweet-spots", params={"model": "lenet5", "hardware": "lab-box"})
+    assert response.status_code == 200 and response.json()["hardware"] == "lab-box"
+    bad = client.post("/v1/hardware", json={**profile, "name": "x", "sparse_overhead": -1})
+    assert bad.status_code == 422 and "sparse_overhead" in bad.json()["detail"]
+
+
+def test_catalogue(client):
+    data = client.get("/v1/catalogue").json()
+    assert "lenet5" in [m["name"] for m in data["models"]]
+    assert {"digits", "synthetic"} <= {d["name"] for d in data["datasets"]}
+    gsl = next(m for m in data["methods"] if m["name"] == "gsl")
+    assert {"lasso", "prune_epochs"} <= {p["name"] for p in gsl["parameters"]}
+
+
+def test_health_version_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/version").json()["api"] == "v1"
+    _submit(client)
+    text = client.get("/metrics").text
+    assert 'sweetspot_jobs{status="queued"} 1.0' in text
+    assert "sweetspot_http_requests_total" in text
+
+
+def test_openapi_has_stable_operation_ids(client):
+    operations = {op["operationId"] for path in client.get("/openapi.json").json()["paths"].values()
+                  for op in path.values()}  # fmt: skip
+    assert {"jobs-create_job", "jobs-cancel_job", "sweet-spots-get_sweet_spots"} <= operations
+
+
+# -------------------------------------------------------------------------------- jobs
+
+
+def test_full_job_lifecycle(client, settings):
+    response = _submit(client)
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and set(job["links"]) >= {"self", "cancel", "events"}
+    assert Worker(settings).run_once()
+    job = client.get(f"/v1/jobs/{job['id']}").json()
+    assert job["status"] == "succeeded" and job["progress"] == 1.0
+    assert [(t["from_status"], t["to_status"]) for t in job["transitions"]] == [
+        (None, "queued"), ("queued", "running"), ("running", "succeeded")]  # fmt: skip
+    assert job["result"]["accuracy"]["pruned"] is not None
+    names = {a["name"] for a in client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]}
+    assert {"manifest.json", "pruned.safetensors", "report.md", "sparsity.png"} <= names
+    manifest = client.get(f"/v1/jobs/{job['id']}/artifacts/manifest.json").json()
+    assert manifest["model"] == "lenet5"
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()
+    assert {"phase", "epoch", "decision"} <= {e["type"] for e in events["data"]}
+    stream = client.get(f"/v1/jobs/{job['id']}/events", params={"follow": "true"})
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.text.rstrip().endswith('data: {"status": "succeeded"}')
+    series = client.get(f"/v1/jobs/{job['id']}/metrics").json()["series"]
+    assert len(series["test_accuracy"]) == 3 and "sparsity/conv2" in series
+    listed = client.get("/v1/jobs", params={"status": "succeeded"}).json()
+    assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+    assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert not (settings.jobs_dir / job["id"]).exists()
+
+
+def test_cancel_a_running_job_within_seconds(client, settings):
+    job = _submit(client, config={**TINY, "prune_epochs": 200, "finetune_epochs": 0,
+                                  "dense_epochs": 0}).json()  # fmt: skip
+    worker = Worker(settings)
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    _wait(lambda: client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running")
+    assert client.delete(f"/v1/jobs/{job['id']}").status_code == 409  # not finished
+    start = time.monotonic()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelling"
+    final = _wait(lambda: (j := client.get(f"/v1/jobs/{job['id']}").json())["status"]
+                  in ("cancelled", "failed", "succeeded") and j)  # fmt: skip
+    assert final["status"] == "cancelled"
+    assert time.monotonic() - start < 10
+    thread.join(timeout=30)
+
+
+def test_cancel_a_queued_job_and_bad_transitions(client):
+    job = _submit(client).json()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    again = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+    assert client.post("/v1/jobs/nope/cancel").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "message"),
+    [
+        ({"model": "lenet6"}, 422, "unknown model"),
+        ({"method": "prayer"}, 422, "unknown pruning method"),
+        ({"hardware": "cray-1"}, 422, "unknown hardware profile"),
+        ({"dataset": "/etc"}, 422, "unknown dataset"),
+        ({"config": {"epochz": 3}}, 422, "unknown config key(s) epochz"),
+        ({"config": {"prune_epochs": 10_000}}, 422, "exceeds this service's limit"),
+        ({"config": {"lr": -1}}, 422, "lr must be > 0"),
+        ({"checkpoint": "nothing"}, 422, "is not an upload of yours"),
+        ({"surprise": 1}, 422, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_job_requests(client, changes, status, message):
+    response = _submit(client, **changes)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+    assert client.get("/v1/jobs").json()["count"] == 0  # nothing was queued
+
+
+def test_idempotency_key(client):
+    first = _submit(client, idempotency_key="k1").json()
+    assert _submit(client, idempotency_key="k1").json()["id"] == first["id"]
+    conflict = _submit(client, idempotency_key="k1", model="resnet20")
+    assert conflict.status_code == 409 and "different request" in conflict.json()["detail"]
+
+
+def test_twenty_concurrent_submissions_with_one_key_create_one_job(client):
+    results: list = []
+
+    def submit():
+        results.append(_submit(client, idempotency_key="same"))
+
+    threads = [threading.Thread(target=submit) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {r.status_code for r in results} == {202}
+    assert len({r.json()["id"] for r in results}) == 1
+    assert client.get("/v1/jobs").json()["count"] == 1
+
+
+def test_checkpoint_upload_and_job_from_it(client, settings):
+    buffer = io.BytesIO()
+    torch.save(create_model("lenet5").state_dict(), buffer)
+    upload = client.post("/v1/uploads", data={"model": "lenet5"},
+                         files={"file": ("start.pt", buffer.getvalue())})  # fmt: skip
+    assert upload.status_code == 201, upload.text
+    wrong = client.post("/v1/uploads", data={"model": "resnet20"},
+                        files={"file": ("start.pt", buffer.getvalue())})  # fmt: skip
+    assert wrong.status_code == 422 and "do not fit resnet20" in wrong.json()["detail"]
+    evil = client.post("/v1/uploads", data={"model": "lenet5"},
+                       files={"file": ("evil.pt", b"cos\nsystem\n(S'touch /tmp/pwned'\ntR.")})
+    assert evil.status_code == 422 and "weights-only" in evil.json()["detail"]
+    job = _submit(client, checkpoint=upload.json()["id"]).json()
+    assert Worker(settings).run_once()
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded"
+    assert "checkpoint_path" not in done["request"]
+
+
+def test_artifact_path_traversal_is_refused(client, settings):
+    job = _submit(client).json()
+    Worker(settings).run_once()
+    (settings.data_dir / "secret.txt").write_text("secret")
+    for name in ("..%2Fsecret.txt", "%2E%2E%2F%2E%2E%2Fsecret.txt", "%2Fetc%2Fpasswd",
+                 ".hidden", "request.json", "..%2F..%2Fsweetspot.db"):  # fmt: skip
+        response = client.get(f"/v1/jobs/{job['id']}/artifacts/{name}")
+        assert response.status_code == 404, name
+        assert "secret" not in response.text
+
+
+def test_tokens_isolate_owners(tmp_path):
+    settings = _settings(tmp_path, api_tokens="alice-token,bob-token")
+    with TestClient(create_app(settings)) as client:
+        alice = {"Authorization": "Bearer alice-token"}
+        bob = {"Authorization": "Bearer bob-token"}
+        assert client.get("/healthz").status_code == 200
+        unauthorised = client.get("/v1/jobs")
+        assert unauthorised.status_code == 401 and "token" in unauthorised.json()["detail"]
+        assert client.get("/v1/jobs", headers={"Authorization": "Bearer x"}).status_code == 401
+        body = {"model": "lenet5", "dataset": "synthetic", "config": TINY, "measure": False}
+        job = client.post("/v1/jobs", json=body, headers=alice).json()
+        assert client.get(f"/v1/jobs/{job['id']}", headers=alice).status_code == 200
+        assert client.get(f"/v1/jobs/{job['id']}", headers=bob).status_code == 404
+        assert client.get("/v1/jobs", headers=bob).json()["count"] == 0
+        assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob).status_code == 404
+        assert client.get(f"/v1/jobs/{job['id']}/artifacts", headers=bob).status_code == 404
+
+
+def test_restart_keeps_jobs_in_every_state_and_resolves_running_ones(tmp_path):
+    settings = _settings(tmp_path)
+    app = create_app(settings)
+    ids = {}
+    with app.state.sessions() as session:
+        for status in ("queued", "running", "cancelling", "succeeded", "failed", "cancelled"):
+            job, _ = store.create_job(session, "", {"method": "gsl", "model": "lenet5",
+                                                     "dataset": "synthetic", "status": status},
+                                      None)  # fmt: skip
+            ids[status] = job.id
+            if status != "queued":
+                row = session.get(Job, job.id)
+                row.status, row.worker_id = status, "ghost"
+                row.heartbeat_at = utcnow() - timedelta(seconds=60)
+                row.attempts = 1
+        session.commit()
+    app.state.engine.dispose()
+    with TestClient(create_app(settings)) as client:  # a restarted service, same data
+        statuses = lambda: {k: client.get(f"/v1/jobs/{v}").json()["status"]  # noqa: E731
+                            for k, v in ids.items()}  # fmt: skip
+        final = _wait(lambda: (s := statuses())["running"] != "running" and s, timeout_s=10)
+        assert final == {"queued": "queued", "running": "queued", "cancelling": "cancelled",
+                         "succeeded": "succeeded", "failed": "failed",
+                         "cancelled": "cancelled"}  # fmt: skip
+        requeued = client.get(f"/v1/jobs/{ids['running']}").json()
+        assert "stopped heartbeating" in requeued["status_reason"]
+
+
+def test_a_job_lost_twice_fails_with_the_reason(tmp_path):
+    settings = _settings(tmp_path, lost_job_policy="fail")
+    app = create_app(settings)
+    with app.state.sessions() as session:
+        job, _ = store.create_job(session, "", {"model": "lenet5"}, None)
+        store.claim_next(session, "w1")
+        row = session.get(Job, job.id)
+        row.heartbeat_at = utcnow() - timedelta(seconds=60)
+        session.commit()
+        assert store.recover_lost(session, settings.stale_after_s, "fail") == [(job.id, "failed")]
+        assert "not retried" in session.get(Job, job.id).status_reason
