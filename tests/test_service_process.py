@@ -1,0 +1,134 @@
+"""The service as real processes over HTTP: `sweetspot serve` and `sweetspot worker`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+TINY = {"dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 1, "threads": 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "SWEETSPOT_DATA_DIR": str(data_dir), "SWEETSPOT_HEARTBEAT_S": "0.3",
+            "SWEETSPOT_STALE_AFTER_S": "2", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+
+
+def _wait(predicate, timeout_s: float = 90.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except httpx.TransportError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+class Server:
+    def __init__(self, data_dir: Path, workers: int):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [str(BIN / "sweetspot"), "serve", "--port", str(self.port), "--workers",
+             str(workers)], env=_env(data_dir), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+def _job(url: str, job_id: str) -> dict:
+    return httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
+
+
+def test_job_lifecycle_concurrency_and_restart_over_http(tmp_path):
+    server = Server(tmp_path, workers=1)
+    try:
+        body = {"model": "lenet5", "dataset": "synthetic", "config": TINY, "measure": False,
+                "idempotency_key": "once"}  # fmt: skip
+        responses: list = []
+
+        def submit():
+            responses.append(httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30))
+
+        threads = [threading.Thread(target=submit) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert {r.status_code for r in responses} == {202}
+        job_id = responses[0].json()["id"]
+        assert {r.json()["id"] for r in responses} == {job_id}
+
+        with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events",
+                          params={"follow": "true"}, timeout=120) as stream:  # fmt: skip
+            text = "".join(stream.iter_text())
+        assert "event: epoch" in text and text.rstrip().endswith('{"status": "succeeded"}')
+        manifest = httpx.get(f"{server.url}/v1/jobs/{job_id}/artifacts/manifest.json").json()
+        assert manifest["model"] == "lenet5"
+        assert httpx.get(f"{server.url}/v1/jobs").json()["count"] == 1
+    finally:
+        server.stop()
+    restarted = Server(tmp_path, workers=0)
+    try:
+        assert _job(restarted.url, job_id)["status"] == "succeeded"
+        assert httpx.get(f"{restarted.url}/v1/jobs/{job_id}/events").json()["count"] > 3
+    finally:
+        restarted.stop()
+
+
+def test_worker_killed_mid_job_is_requeued_and_resumed(tmp_path):
+    server = Server(tmp_path, workers=0)
+    env = _env(tmp_path)
+    worker = None
+    try:
+        body = {"model": "lenet5", "dataset": "synthetic", "measure": False,
+                "config": {**TINY, "dense_epochs": 4, "prune_epochs": 4}}  # fmt: skip
+        job_id = httpx.post(f"{server.url}/v1/jobs", json=body).json()["id"]
+        worker = subprocess.Popen([str(BIN / "sweetspot"), "worker", "--worker-id", "doomed"],
+                                  env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        _wait(lambda: any(e["type"] == "epoch" for e in httpx.get(
+            f"{server.url}/v1/jobs/{job_id}/events").json()["data"]))  # fmt: skip
+        worker.kill()  # SIGKILL: no chance to clean up
+        worker.wait()
+        requeued = _wait(lambda: (j := _job(server.url, job_id))["status"] == "queued" and j)
+        assert "stopped heartbeating" in requeued["status_reason"]
+        worker = subprocess.Popen([str(BIN / "sweetspot"), "worker", "--worker-id", "rescuer"],
+                                  env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        done = _wait(lambda: (j := _job(server.url, job_id))["status"] in
+                     ("succeeded", "failed") and j)  # fmt: skip
+        assert done["status"] == "succeeded", done["status_reason"]
+        assert done["attempts"] == 2 and done["worker_id"] == "rescuer"
+        events = httpx.get(f"{server.url}/v1/jobs/{job_id}/events").json()["data"]
+        assert any("resumed at" in e["data"].get("message", "") for e in events)
+        # The API kept serving while workers came and went.
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        if worker and worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        server.stop()
