@@ -153,6 +153,8 @@ def get_profile(name_or_path: str | Path) -> HardwareProfile:
     """
     text = str(name_or_path)
     files = _profile_files()
+    if not text.strip():
+        raise UnknownProfileError(text, sorted(files))
     if text in files:
         path = files[text]
         profile = _builtin(path, path.stat().st_mtime)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from fastapi.responses import Response
 
 from model.analysis import network_layers
 from perfmodel import HardwareProfile, get_profile, predict_network
+from perfmodel.hardware import NAME_PATTERN
 from perfmodel.onnx_import import layers_from_onnx, load_onnx
 from service.api.deps import SettingsDep
 from service.api.errors import UnknownName
@@ -32,7 +34,7 @@ PREDICTION = {200: {"model": PredictionPublic, "description": "per-layer predict
 def _profile(hardware: str | HardwareProfile) -> HardwareProfile:
     if isinstance(hardware, HardwareProfile):
         return hardware
-    if "/" in hardware or hardware.startswith("."):  # names only: never read server paths
+    if not re.match(NAME_PATTERN, hardware):  # names only: never read server paths
         raise UnknownName(f"unknown hardware profile {hardware!r}", _names())
     return get_profile(hardware)
 
@@ -61,8 +63,9 @@ def predict_builtin(model: str, hardware: HardwareProfile, batch: int) -> bytes:
 
 @router.get("", responses={**PREDICTION, **ERRORS}, response_class=Response)
 async def get_sweet_spots(
-    model: Annotated[str, Query(max_length=64, description="built-in network name")],
-    hardware: Annotated[str, Query(max_length=64, description="hardware profile name")],
+    model: Annotated[str, Query(min_length=1, max_length=64, description="built-in network")],
+    hardware: Annotated[str, Query(max_length=64, pattern=NAME_PATTERN,
+                                   description="hardware profile name")],
     batch: Annotated[int, Query(ge=1, le=MAX_BATCH)] = 1,
 ) -> Response:
     """Per-layer sweet spots of a built-in network on a hardware profile."""
@@ -92,7 +95,7 @@ def post_sweet_spots(body: SweetSpotRequest) -> Response:
 async def post_sweet_spots_onnx(
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="an ONNX model")],
-    hardware: Annotated[str, Form(max_length=64)],
+    hardware: Annotated[str, Form(max_length=64, pattern=NAME_PATTERN)],
     batch: Annotated[int, Form(ge=1, le=MAX_BATCH)] = 1,
 ) -> Response:
     """Per-layer sweet spots of an uploaded ONNX model (checked, never executed)."""
