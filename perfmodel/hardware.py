@@ -124,11 +124,24 @@ def user_profile_dir() -> Path:
 
 def _profile_files() -> dict[str, Path]:
     """Profile name → file; user profiles shadow built-ins of the same name."""
+    directories = (BUILTIN_DIR, user_profile_dir())
+    stamps = []
+    for directory in directories:
+        try:
+            stamps.append((str(directory), directory.stat().st_mtime_ns))
+        except OSError:
+            stamps.append((str(directory), None))
+    return dict(_scan(tuple(stamps)))  # a copy: callers may not mutate the cache
+
+
+@cache
+def _scan(stamps: tuple[tuple[str, int | None], ...]) -> dict[str, Path]:
+    """Directory listing, cached until a directory's mtime changes (a file added/removed)."""
     files: dict[str, Path] = {}
-    for directory in (BUILTIN_DIR, user_profile_dir()):
-        if not directory.is_dir():
+    for directory, stamp in stamps:
+        if stamp is None or not Path(directory).is_dir():
             continue
-        for path in sorted(directory.iterdir()):
+        for path in sorted(Path(directory).iterdir()):
             if path.suffix.lower() in (".json", ".toml"):
                 files[path.stem] = path
     return files

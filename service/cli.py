@@ -508,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_predict.add_argument("--batch", type=int, default=1)
     bench_predict.add_argument("--repeats", type=int, default=20)
     bench_predict.set_defaults(func=_bench_predict)
+    from service import loadtest
+
+    bench_api = bench_commands.add_parser(
+        "api", help="load test GET /v1/sweet-spots: throughput, p50/p99 latency (JSON)"
+    )
+    loadtest.add_arguments(bench_api)
+    bench_api.set_defaults(func=loadtest.run)
     try:
         from model.sparse import bench as kernel_bench
     except ImportError:

@@ -72,7 +72,8 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     print(f"sweetspot: serving http://{host}:{port} (API docs at /docs), {workers} worker(s), "
           f"data in {settings.data_dir}", file=sys.stderr)  # fmt: skip
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        # No per-request access log: it costs more than a cached prediction (see bench api).
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     finally:
         if pool:
             pool.close()

@@ -13,7 +13,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -106,13 +106,35 @@ def _install_metrics(app: FastAPI) -> None:
                 job_gauge.labels(status=status).set(count)
 
     app.state.observe_jobs = observe_jobs
+    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
+
+class MetricsMiddleware:
+    """Counts requests and observes latency per route template (a plain ASGI middleware:
+    no per-request task or body copy, unlike ``@app.middleware("http")``)."""
+
+    def __init__(self, app, requests: Counter, latency: Histogram):
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        latency.labels(request.method, path).observe(time.perf_counter() - start)
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        return response
+        status = {"code": 500}
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
+            method = scope.get("method", "")
+            self.latency.labels(method, path).observe(time.perf_counter() - start)
+            self.requests.labels(method, path, str(status["code"])).inc()

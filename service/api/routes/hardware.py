@@ -44,6 +44,6 @@ def create_profile(
             "already exists; choose another name",
         )  # fmt: skip
     save_profile(profile, settings.profiles_dir)
-    sweet_spots._cached.cache_clear()
+    sweet_spots.clear_cache()
     response.headers["Location"] = f"/v1/hardware/{profile.name}"
     return profile

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -49,16 +48,27 @@ def _json(data: dict) -> Response:
     return Response(json.dumps(data, ensure_ascii=False), media_type="application/json")
 
 
-@lru_cache(maxsize=256)
-def _cached(model: str, profile_json: str, batch: int) -> bytes:
-    profile = HardwareProfile.model_validate_json(profile_json)
-    prediction = predict_network(network_layers(model, batch), profile, name=model, batch=batch)
-    return json.dumps(prediction.to_dict(), ensure_ascii=False).encode()
+_PREDICTIONS: dict[tuple[str, HardwareProfile, int], bytes] = {}
+_MAX_CACHED = 512
 
 
 def predict_builtin(model: str, hardware: HardwareProfile, batch: int) -> bytes:
-    """Predictions for a built-in network (cached: the answer only depends on the inputs)."""
-    return _cached(model, hardware.model_dump_json(), batch)
+    """Predictions of a built-in network as JSON bytes, cached by value: a profile is frozen
+    and hashable, so an edited profile is a different key."""
+    key = (model, hardware, batch)
+    body = _PREDICTIONS.get(key)
+    if body is None:
+        prediction = predict_network(network_layers(model, batch), hardware, name=model,
+                                     batch=batch)  # fmt: skip
+        body = json.dumps(prediction.to_dict(), ensure_ascii=False).encode()
+        if len(_PREDICTIONS) >= _MAX_CACHED:
+            _PREDICTIONS.clear()
+        _PREDICTIONS[key] = body
+    return body
+
+
+def clear_cache() -> None:
+    _PREDICTIONS.clear()
 
 
 @router.get("", responses={**PREDICTION, **ERRORS}, response_class=Response)
@@ -70,8 +80,10 @@ async def get_sweet_spots(
 ) -> Response:
     """Per-layer sweet spots of a built-in network on a hardware profile."""
     profile = _profile(hardware)
-    network_layers(model)  # unknown names fail here, before any work
-    body = await run_in_threadpool(predict_builtin, model, profile, batch)
+    body = _PREDICTIONS.get((model, profile, batch))  # the hot path: no thread hop
+    if body is None:
+        await run_in_threadpool(network_layers, model)  # unknown names fail before any work
+        body = await run_in_threadpool(predict_builtin, model, profile, batch)
     return Response(body, media_type="application/json")
 
 

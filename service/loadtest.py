@@ -1,0 +1,119 @@
+"""``sweetspot bench api``: throughput and latency of ``GET /v1/sweet-spots`` under load.
+
+N concurrent clients (asyncio + httpx, keep-alive connections) request the same prediction
+for a fixed duration after a warm-up; prints JSON with requests/s and latency percentiles.
+Without ``--url`` it starts ``sweetspot serve --workers 0`` on a free local port with a
+throw-away data directory, and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="a running service (default: start one)")
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--hardware", default="xeon-e5-2697v4")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--token", help="API token, if the service needs one")
+
+
+async def _load(url: str, params: dict, headers: dict, clients: int, seconds: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def one_client() -> None:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:
+                    response = await client.get("/v1/sweet-spots", params=params,
+                                                headers=headers)  # fmt: skip
+                    await response.aread()
+                    if response.status_code != 200:
+                        key = str(response.status_code)
+                        errors[key] = errors.get(key, 0) + 1
+                        continue
+                except Exception as error:  # counted, never fatal to the benchmark
+                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def percentile(p: float) -> float | None:
+        if not latencies:
+            return None
+        return latencies[min(int(p * len(latencies)), len(latencies) - 1)]
+
+    return {
+        "requests": len(latencies), "errors": errors, "seconds": elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1e3 * percentile(0.50) if latencies else None,
+        "p99_ms": 1e3 * percentile(0.99) if latencies else None,
+        "mean_ms": 1e3 * statistics.fmean(latencies) if latencies else None,
+    }  # fmt: skip
+
+
+def _start_server() -> tuple[subprocess.Popen, str, tempfile.TemporaryDirectory]:
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = tempfile.TemporaryDirectory(prefix="sweetspot-bench-")
+    env = {**os.environ, "SWEETSPOT_DATA_DIR": data.name}
+    binary = Path(sys.executable).parent / "sweetspot"
+    process = subprocess.Popen(
+        [str(binary), "serve", "--port", str(port), "--workers", "0"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url, data
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.terminate()
+    raise RuntimeError("the service did not start within 30 s")
+
+
+def run(args: argparse.Namespace) -> int:
+    server = None
+    url = args.url
+    if url is None:
+        server, url, data = _start_server()
+    try:
+        params = {"model": args.model, "hardware": args.hardware}
+        headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        asyncio.run(_load(url, params, headers, args.concurrency, args.warmup))
+        result = asyncio.run(_load(url, params, headers, args.concurrency, args.duration))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+            data.cleanup()
+    print(json.dumps({"endpoint": "GET /v1/sweet-spots", **params,
+                      "concurrency": args.concurrency, **result}, indent=2))  # fmt: skip
+    return 0 if not result["errors"] else 1
