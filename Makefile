@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint run clean
+.PHONY: install test lint run bench clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m model.sparse.native || echo "sparse kernel not built; the pure-PyTorch reference will be used"
 	touch $@
 
 lint: install
@@ -26,6 +27,12 @@ test: lint
 # one local worker, http://127.0.0.1:8000 (API docs at /docs).
 run: install
 	$(BIN)/sweetspot serve --host 127.0.0.1 --port 8000
+
+# Speed is measured by benchmarks that print JSON ratios, never by timed tests.
+bench: install
+	$(BIN)/sweetspot bench kernel --layers alexnet cifar --json
+	$(BIN)/sweetspot bench predict --model resnet50
+	$(BIN)/sweetspot bench api --duration 30
 
 clean:
 	rm -rf $(VENV) build *.egg-info

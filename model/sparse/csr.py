@@ -1,0 +1,223 @@
+"""Compressed sparse row (CSR) weights for the direct sparse convolution and sparse linear ops.
+
+Convolution (Park et al., ICLR 2017, §2.1; RESEARCH.md §2): the weight ``(K, C/g, R, S)`` is
+a matrix with one row per output channel and one column per ``(c, r, s)`` of its group. The
+kernel wants each column index to be the *offset of that input element in the padded input*,
+so that output ``(y, x)`` reads ``in_padded[offset + y·Wph + x]``. Offsets depend on the input
+size, so :class:`ConvCSR` stores the size-independent index ``c·R·S + r·S + s`` and derives
+(and caches) the offsets per :class:`ConvLayout` with :meth:`ConvCSR.input_offsets`.
+
+:class:`ConvLayout` is the padded, stride-phase-split input layout; it must agree exactly with
+``make_layout`` in ``csrc/sparse_conv.cpp`` (``tests/test_sparse_kernel.py`` checks it does):
+per input channel, ``sh·sw`` phase planes (one per ``(h mod sh, w mod sw)``), each ``Hph`` rows
+by ``Wph`` columns; padded element ``(h, w)`` sits at
+``((h % sh)·sw + w % sw)·Hph·Wph + (h // sh)·Wph + w // sw``. The padded row pitch
+``Wph·sw ≥ W + pad_w`` (and ``Wph ≥ Q``) shares one row's right padding with the next row's
+left padding, and each phase plane has one extra zero row so such reads stay in zeros.
+
+Linear: the weight ``(out_features, in_features)`` is a plain CSR matrix (:class:`LinearCSR`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+Pair = tuple[int, int]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class ConvLayout:
+    """Geometry of one group's padded input and flattened output (see module docstring)."""
+
+    channels: int  # input channels per group
+    height: int
+    width: int
+    kernel: Pair
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    out_height: int  # P
+    out_width: int  # Q
+    phase_rows: int  # Hph, including the extra zero row
+    row_pitch: int  # Wph: the flattened output has Q valid outputs in every Wph
+    plane: int  # elements per input channel: sh·sw·Hph·Wph
+    flat_outputs: int  # M = P·Wph
+
+    @property
+    def phase_plane(self) -> int:
+        return self.phase_rows * self.row_pitch
+
+
+def conv_layout(
+    channels: int,
+    height: int,
+    width: int,
+    kernel: Pair,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    dilation: Pair = (1, 1),
+) -> ConvLayout:
+    """The padded layout for ``channels`` input channels (of one group) of ``height × width``.
+
+    Raises:
+        ValueError: when the kernel does not fit the padded input.
+    """
+    (R, S), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    P = (height + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    Q = (width + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    if P < 1 or Q < 1:
+        raise ValueError(
+            f"kernel {kernel} with dilation {dilation} does not fit the input "
+            f"{height}x{width} padded by {padding}"
+        )
+    # Row pitch: the right padding is shared with the next row's left padding, and a row
+    # holds at least the Q outputs (1×1 kernels with padding have Q > W + pad).
+    Wph = max(_ceil_div(width + pw, sw), Q)
+    Hph = _ceil_div(height + 2 * ph, sh) + 1  # + one zero row for reads that wrap
+    plane = sh * sw * Hph * Wph
+    return ConvLayout(
+        channels, height, width, kernel, stride, padding, dilation, P, Q, Hph, Wph, plane, P * Wph
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ConvCSR:
+    """A convolution weight ``(K, C/g, R, S)`` in CSR, one row per output channel.
+
+    Attributes:
+        values: non-zero weights, float32 ``(nnz,)``, row by row.
+        kernel_index: ``c·R·S + r·S + s`` of each non-zero within its group, int32 ``(nnz,)``.
+        row_ptr: row ``k`` holds non-zeros ``row_ptr[k]:row_ptr[k+1]``, int32 ``(K + 1,)``.
+        out_channels, in_channels, kernel, groups: the dense weight's geometry.
+    """
+
+    values: torch.Tensor
+    kernel_index: torch.Tensor
+    row_ptr: torch.Tensor
+    out_channels: int
+    in_channels: int
+    kernel: Pair
+    groups: int = 1
+    _offsets: dict[ConvLayout, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def dense_size(self) -> int:
+        return (
+            self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
+        )
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero weights (1 − density)."""
+        return 1.0 - self.nnz / self.dense_size
+
+    def input_offsets(self, layout: ConvLayout) -> torch.Tensor:
+        """Column indices as offsets into one group's padded input (int32, cached per layout)."""
+        cached = self._offsets.get(layout)
+        if cached is not None:
+            return cached
+        R, S = self.kernel
+        (sh, sw), (dh, dw) = layout.stride, layout.dilation
+        idx = self.kernel_index.to(torch.int64)
+        c, r, s = idx // (R * S), (idx // S) % R, idx % S
+        rows, cols = r * dh, s * dw
+        phase = (rows % sh) * sw + cols % sw
+        offsets = (
+            c * layout.plane
+            + phase * layout.phase_plane
+            + (rows // sh) * layout.row_pitch
+            + cols // sw
+        )  # (nnz,)
+        if offsets.numel() and int(offsets.max()) >= 2**31 - 1:
+            raise ValueError("input too large for 32-bit offsets")
+        result = offsets.to(torch.int32).contiguous()
+        self._offsets[layout] = result
+        return result
+
+    def row_ids(self) -> torch.Tensor:
+        """Output channel of each non-zero, int64 ``(nnz,)``."""
+        counts = (self.row_ptr[1:] - self.row_ptr[:-1]).to(torch.int64)
+        return torch.repeat_interleave(torch.arange(self.out_channels), counts)
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense weight ``(K, C/g, R, S)`` (zeros where no non-zero is stored)."""
+        cols = (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
+        dense = torch.zeros(self.out_channels, cols, dtype=torch.float32)
+        dense[self.row_ids(), self.kernel_index.to(torch.int64)] = self.values
+        return dense.view(self.out_channels, -1, *self.kernel)
+
+
+def _dense_to_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, column indices, row pointers) of a 2-D float tensor's non-zeros."""
+    matrix = matrix.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    rows, cols = torch.nonzero(matrix, as_tuple=True)  # row-major order
+    values = matrix[rows, cols].contiguous()
+    counts = torch.bincount(rows, minlength=matrix.shape[0])
+    row_ptr = torch.zeros(matrix.shape[0] + 1, dtype=torch.int64)
+    row_ptr[1:] = torch.cumsum(counts, 0)
+    if row_ptr[-1] >= 2**31:
+        raise ValueError("too many non-zeros for 32-bit CSR indices")
+    return values, cols.to(torch.int32).contiguous(), row_ptr.to(torch.int32).contiguous()
+
+
+def conv_weight_to_csr(weight: torch.Tensor, groups: int = 1) -> ConvCSR:
+    """CSR of a dense conv weight ``(K, C/groups, R, S)``; exact zeros are dropped.
+
+    Raises:
+        ValueError: when the weight is not 4-D or ``groups`` does not divide ``K``.
+    """
+    if weight.dim() != 4:
+        raise ValueError(f"conv weight must be 4-D (K, C/groups, R, S), got {tuple(weight.shape)}")
+    K, Cg, R, S = weight.shape
+    if groups < 1 or K % groups:
+        raise ValueError(f"groups={groups} must divide out_channels={K}")
+    values, cols, row_ptr = _dense_to_rows(weight.reshape(K, Cg * R * S))
+    return ConvCSR(values, cols, row_ptr, K, Cg * groups, (R, S), groups)
+
+
+@dataclass(frozen=True, eq=False)
+class LinearCSR:
+    """A linear weight ``(out_features, in_features)`` in CSR (column = input feature)."""
+
+    values: torch.Tensor
+    cols: torch.Tensor
+    row_ptr: torch.Tensor
+    out_features: int
+    in_features: int
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / (self.out_features * self.in_features)
+
+    def row_ids(self) -> torch.Tensor:
+        counts = (self.row_ptr[1:] - self.row_ptr[:-1]).to(torch.int64)
+        return torch.repeat_interleave(torch.arange(self.out_features), counts)
+
+    def to_dense(self) -> torch.Tensor:
+        dense = torch.zeros(self.out_features, self.in_features, dtype=torch.float32)
+        dense[self.row_ids(), self.cols.to(torch.int64)] = self.values
+        return dense
+
+
+def linear_weight_to_csr(weight: torch.Tensor) -> LinearCSR:
+    """CSR of a dense linear weight ``(out_features, in_features)``; exact zeros are dropped."""
+    if weight.dim() != 2:
+        raise ValueError(
+            f"linear weight must be 2-D (out_features, in_features), got {tuple(weight.shape)}"
+        )
+    values, cols, row_ptr = _dense_to_rows(weight)
+    return LinearCSR(values, cols, row_ptr, weight.shape[0], weight.shape[1])

@@ -1,0 +1,713 @@
+// Direct sparse convolution and sparse fully connected layers on CPU (fp32).
+//
+// Implements the kernel of Park et al., "Faster CNNs with Direct Sparse Convolutions and
+// Guided Pruning", ICLR 2017, §2.1 (see docs/sparse-kernel.md and RESEARCH.md §2):
+//
+//   out[k, y, x] = bias[k] + Σ_j value[j] · in_padded[offset[j] + y·Wph + x]
+//
+// over the non-zeros j of CSR row k. The column index `offset[j]` of non-zero (c, r, s) is
+// its offset in a padded, stride-phase-split copy of the input (layout below), so the output
+// plane, flattened with row pitch Wph, is a contiguous range of input offsets: vectorise it
+// with broadcast-weight FMAs and keep several output vectors in registers. No im2col.
+//
+// Padded layout of one image (computed identically by model/sparse/csr.py::conv_layout):
+//   per input channel c, sh·sw "phase planes" (one per (h mod sh, w mod sw)), each of Hph
+//   rows × Wph columns. Padded element (h, w) lives at
+//     c·plane + ((h % sh)·sw + w % sw)·Hph·Wph + (h / sh)·Wph + w / sw.
+//   The padded row pitch Wrow = Wph·sw ≥ W + pad_w (and Wph ≥ Q): the right padding of one row doubles as
+//   the left padding of the next (reads past Wrow wrap into the next row's zero left pad),
+//   and each phase plane ends in one extra zero row for the same reason.
+// Two storage modes use the same offsets:
+//   spatial  (LANES = 1):  one image, vectors run along the flattened output plane;
+//   blocked  (LANES = VW): VW images interleaved per element, vectors run across images
+//                          (all loads aligned, no wasted lanes) — used for batches ≥ VW.
+// The input is packed into this layout by the thread that uses it (padding fused into the
+// op: no separate torch pad or layout ops).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Vector abstraction: AVX-512 (16 lanes) or AVX2+FMA (8 lanes), chosen at build time by
+// -march=native; a portable fallback the compiler may auto-vectorise otherwise.
+#if defined(__AVX512F__) && !defined(SWEETSPOT_FORCE_AVX2)
+constexpr int VW = 16;
+using vec = __m512;
+inline vec vset1(float x) { return _mm512_set1_ps(x); }
+inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
+inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+constexpr const char* kIsa = "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int VW = 8;
+using vec = __m256;
+inline vec vset1(float x) { return _mm256_set1_ps(x); }
+inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
+inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+constexpr const char* kIsa = "avx2";
+#else
+constexpr int VW = 8;
+struct vec {
+  float v[VW];
+};
+inline vec vset1(float x) {
+  vec r;
+  for (int i = 0; i < VW; ++i) r.v[i] = x;
+  return r;
+}
+inline vec vload(const float* p) {
+  vec r;
+  std::memcpy(r.v, p, sizeof(r.v));
+  return r;
+}
+inline void vstore(float* p, vec v) { std::memcpy(p, v.v, sizeof(v.v)); }
+inline vec vfma(vec a, vec b, vec c) {
+  for (int i = 0; i < VW; ++i) c.v[i] += a.v[i] * b.v[i];
+  return c;
+}
+constexpr const char* kIsa = "generic";
+#endif
+
+// Register tile: output vectors kept in registers while streaming one CSR row.
+// TILE = 12 measured best on Zen 4 / AVX-512 (docs/sparse-kernel.md, "register tiling").
+#ifndef SWEETSPOT_TILE
+#define SWEETSPOT_TILE 12
+#endif
+constexpr int TILE = SWEETSPOT_TILE;
+
+// Whether batches of >= VW images use the batch-blocked layout (docs/sparse-kernel.md).
+constexpr bool kBlockedByDefault = false;
+
+// ---------------------------------------------------------------------------------------
+struct Layout {
+  int64_t C, H, W;         // input channels of ONE group, input height/width
+  int64_t R, S;            // kernel
+  int64_t sh, sw, ph, pw, dh, dw;
+  int64_t P, Q;            // output height/width
+  int64_t Hph, Wph;        // rows (incl. one extra zero row) and columns of a phase plane
+  int64_t phase_plane;     // Hph·Wph
+  int64_t plane;           // sh·sw·phase_plane: elements per input channel
+  int64_t M;               // P·Wph: flattened outputs per channel (Q valid of every Wph)
+};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+Layout make_layout(int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh,
+                   int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+  Layout L{};
+  L.C = C; L.H = H; L.W = W; L.R = R; L.S = S;
+  L.sh = sh; L.sw = sw; L.ph = ph; L.pw = pw; L.dh = dh; L.dw = dw;
+  L.P = (H + 2 * ph - dh * (R - 1) - 1) / sh + 1;
+  L.Q = (W + 2 * pw - dw * (S - 1) - 1) / sw + 1;
+  const int64_t hpad = H + 2 * ph;
+  // Row pitch: shares one row's right padding with the next row's left padding, and holds
+  // at least the Q outputs of a row (1×1 kernels with padding have Q > W + pad).
+  L.Hph = ceil_div(hpad, sh) + 1;
+  L.Wph = std::max(ceil_div(W + pw, sw), L.Q);
+  L.phase_plane = L.Hph * L.Wph;
+  L.plane = sh * sw * L.phase_plane;
+  L.M = L.P * L.Wph;
+  return L;
+}
+
+// Pack channels [c0, c1) of one image (src: (C_total, H, W) contiguous) into dst (already
+// zeroed), element stride `lanes` (1 = spatial, VW = blocked lane `lane`).
+void pack_channels(const float* src, float* dst, const Layout& L, int64_t c0, int64_t c1,
+                   int64_t lanes, int64_t lane) {
+  const int64_t HW = L.H * L.W;
+  for (int64_t c = c0; c < c1; ++c) {
+    const float* s = src + c * HW;
+    float* d = dst + c * L.plane * lanes;
+    for (int64_t h = 0; h < L.H; ++h) {
+      const int64_t hp = h + L.ph;
+      const int64_t row = ((hp % L.sh) * L.sw) * L.phase_plane + (hp / L.sh) * L.Wph;
+      const float* sr = s + h * L.W;
+      if (L.sw == 1) {
+        if (lanes == 1) {
+          std::memcpy(d + row + L.pw, sr, sizeof(float) * L.W);
+        } else {
+          float* dr = d + (row + L.pw) * lanes + lane;
+          for (int64_t w = 0; w < L.W; ++w) dr[w * lanes] = sr[w];
+        }
+        continue;
+      }
+      for (int64_t w = 0; w < L.W; ++w) {
+        const int64_t wp = w + L.pw;
+        const int64_t pos = row + (wp % L.sw) * L.phase_plane + wp / L.sw;
+        d[pos * lanes + lane] = sr[w];
+      }
+    }
+  }
+}
+
+// One register tile: T output vectors over the CSR segment [begin, end) of one row, stopping
+// early at the first column index >= `limit` (the end of the current input-channel block).
+// `in` points at the tile's first input element; offsets are in elements (× LANES floats).
+// Accumulators start from `init` (bias) on the first channel block, else from `acc_io`.
+// Returns where the segment stopped, so later tiles of the same row reuse it.
+template <int T, int LANES>
+inline int64_t tile_kernel(const float* __restrict in, const float* __restrict vals,
+                           const int32_t* __restrict offs, int64_t begin, int64_t end,
+                           int32_t limit, bool first, float init, float* __restrict acc_io) {
+  vec acc[T];
+  if (first) {
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) acc[t] = vset1(init);
+  } else {
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) acc[t] = vload(acc_io + t * VW);
+  }
+  int64_t j = begin;
+  for (; j < end && offs[j] < limit; ++j) {
+    const vec w = vset1(vals[j]);
+    const float* p = in + static_cast<int64_t>(offs[j]) * LANES;
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) acc[t] = vfma(w, vload(p + t * VW), acc[t]);
+  }
+#pragma GCC unroll 32
+  for (int t = 0; t < T; ++t) vstore(acc_io + t * VW, acc[t]);
+  return j;
+}
+
+template <int LANES>
+using TileFn = int64_t (*)(const float*, const float*, const int32_t*, int64_t, int64_t,
+                           int32_t, bool, float, float*);
+
+template <int LANES, int... Ts>
+constexpr std::array<TileFn<LANES>, sizeof...(Ts)> make_tiles(std::integer_sequence<int, Ts...>) {
+  return {&tile_kernel<Ts + 1, LANES>...};
+}
+
+struct ConvArgs {
+  const float* input;   // (N, C_total, H, W)
+  const float* vals;
+  const int32_t* offs;
+  const int32_t* rowptr;  // K_total + 1
+  const float* bias;      // K_total or nullptr
+  float* output;          // (N, K_total, P, Q)
+  int64_t groups, Ktot, Kg;
+  bool relu;
+};
+
+// Cache blocking of one unit (an image, or VW interleaved images): the flattened outputs of
+// every channel are cut into strips of `strip` vectors, the input channels of a group into
+// blocks of `cblock`, so that one channel block of one strip's input stays in L1 while all
+// output channels stream their CSR segments over it (RESEARCH.md §2: column blocks).
+struct Blocking {
+  int64_t nvec;    // vectors per output channel
+  int64_t strip;   // vectors per strip (a multiple of TILE unless it is all of nvec)
+  int64_t cblock;  // input channels per block
+  int64_t nblocks;
+};
+
+// Budget for one channel block's input, in floats. Spatial mode: 6144 floats = 24 KiB, in
+// L1 (unaligned loads want L1). Blocked mode: 65536 floats = 256 KiB, in L2 (aligned loads
+// stream well from L2, and bigger blocks cut partial-sum traffic). Both measured best on the
+// AlexNet layers (docs/sparse-kernel.md, "cache blocking"); env overrides are for tuning.
+int64_t budget_floats(int64_t lanes) {
+  static const int64_t spatial = [] {
+    const char* e = std::getenv("SWEETSPOT_L1_FLOATS");
+    return e ? std::max<int64_t>(256, std::atoll(e)) : int64_t{6144};
+  }();
+  static const int64_t blocked = [] {
+    const char* e = std::getenv("SWEETSPOT_L2_FLOATS");
+    return e ? std::max<int64_t>(256, std::atoll(e)) : int64_t{65536};
+  }();
+  return lanes == 1 ? spatial : blocked;
+}
+
+Blocking make_blocking(const Layout& L, int64_t lanes, int64_t rows) {
+  Blocking b{};
+  b.nvec = lanes == 1 ? ceil_div(L.M, VW) : L.M;
+  const int64_t phases = std::min(L.sh * L.sw, L.R * L.S);
+  const int64_t reach = ((L.R - 1) * L.dh / L.sh) * L.Wph + ((L.S - 1) * L.dw) / L.sw + 1;
+  auto footprint = [&](int64_t strip) {  // floats of one channel one strip touches
+    const int64_t positions = strip * VW / lanes + reach;
+    return std::min(L.plane, phases * positions) * lanes;
+  };
+  auto round_tiles = [&](int64_t v) { return std::max<int64_t>(TILE, v / TILE * TILE); };
+  const int64_t budget = budget_floats(lanes);
+  // Partial sums of all `rows` output channels for one strip stay in L2: <= 256 KiB.
+  constexpr int64_t kPartialFloats = 65536;
+  constexpr int64_t kMinChannels = 16;  // below this, partial-sum traffic dominates
+  b.strip = std::min(b.nvec, round_tiles(kPartialFloats / (std::max<int64_t>(rows, 1) * VW)));
+  while (b.strip > TILE && budget / footprint(b.strip) < std::min(kMinChannels, L.C))
+    b.strip = round_tiles(b.strip / 2);
+  b.cblock = std::clamp<int64_t>(budget / footprint(b.strip), 1, L.C);
+  b.nblocks = ceil_div(L.C, b.cblock);
+  return b;
+}
+
+// Output channels [k0, k1) of one unit whose packed input is `buf`; `partial` holds
+// (k1 − k0) × strip vectors; `emit(k, v0, v1, rows)` stores finished vectors [v0, v1) of k.
+template <int LANES, typename Emit>
+void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const float* buf,
+                  int64_t k0, int64_t k1, float* partial, int64_t* cursor, Emit&& emit) {
+  static constexpr auto tiles = make_tiles<LANES>(std::make_integer_sequence<int, TILE>{});
+  for (int64_t v0 = 0; v0 < b.nvec; v0 += b.strip) {
+    const int64_t v1 = std::min(b.nvec, v0 + b.strip);
+    for (int64_t k = k0; k < k1; ++k) cursor[k - k0] = a.rowptr[k];
+    for (int64_t cb = 0; cb < b.nblocks; ++cb) {
+      const bool last = cb + 1 == b.nblocks;
+      const int32_t limit = last ? INT32_MAX : static_cast<int32_t>((cb + 1) * b.cblock * L.plane);
+      for (int64_t k = k0; k < k1; ++k) {
+        const float* in = buf + (k / a.Kg) * L.C * L.plane * LANES;
+        const int64_t begin = cursor[k - k0];
+        int64_t end = a.rowptr[k + 1];
+        const float init = a.bias ? a.bias[k] : 0.f;
+        float* acc = partial + (k - k0) * b.strip * VW;
+        int64_t v = v0;
+        bool found = false;
+        for (; v < v1; v += TILE) {
+          const int64_t n = std::min<int64_t>(TILE, v1 - v);
+          const float* tin = in + v * VW;
+          float* tacc = acc + (v - v0) * VW;
+          const int64_t stop = n == TILE
+              ? tile_kernel<TILE, LANES>(tin, a.vals, a.offs, begin, end,
+                                         found ? INT32_MAX : limit, cb == 0, init, tacc)
+              : tiles[n - 1](tin, a.vals, a.offs, begin, end, found ? INT32_MAX : limit,
+                             cb == 0, init, tacc);
+          if (!found) {
+            end = stop;
+            found = true;
+          }
+        }
+        cursor[k - k0] = end;
+      }
+    }
+    for (int64_t k = k0; k < k1; ++k) emit(k, v0, v1, partial + (k - k0) * b.strip * VW);
+  }
+}
+
+inline float relu_if(float x, bool relu) { return (relu && x < 0.f) ? 0.f : x; }
+
+// Spatial emit: vectors [v0, v1) of output channel k hold flattened outputs o = y·Wph + x;
+// keep x < Q (the rest are the discarded columns) and write them to out_img (K, P, Q).
+void emit_spatial(const ConvArgs& a, const Layout& L, int64_t k, int64_t v0, int64_t v1,
+                  const float* acc, float* out_img) {
+  const int64_t o0 = v0 * VW, o1 = std::min(v1 * VW, L.M);
+  float* out = out_img + k * L.P * L.Q;
+  for (int64_t y = o0 / L.Wph; y * L.Wph < o1; ++y) {
+    const int64_t x0 = std::max<int64_t>(0, o0 - y * L.Wph);
+    const int64_t x1 = std::min<int64_t>(L.Q, o1 - y * L.Wph);
+    const float* r = acc + (y * L.Wph - o0);
+    float* o = out + y * L.Q;
+    if (a.relu) {
+      for (int64_t x = x0; x < x1; ++x) o[x] = std::max(r[x], 0.f);
+    } else if (x1 > x0) {
+      std::memcpy(o + x0, r + x0, sizeof(float) * (x1 - x0));
+    }
+  }
+}
+
+// Blocked emit: vector v is flattened output position v of VW images starting at n0.
+// Image-major loop: strided reads from the (L1-resident) strip, contiguous writes.
+void emit_blocked(const ConvArgs& a, const Layout& L, int64_t k, int64_t v0, int64_t v1,
+                  const float* acc, int64_t n0) {
+  const int64_t PQ = L.P * L.Q;
+  const int64_t img = a.Ktot * PQ;
+  for (int l = 0; l < VW; ++l) {
+    float* out = a.output + (n0 + l) * img + k * PQ;
+    for (int64_t y = v0 / L.Wph; y * L.Wph < v1; ++y) {
+      const int64_t x0 = std::max<int64_t>(0, v0 - y * L.Wph);
+      const int64_t x1 = std::min<int64_t>(L.Q, v1 - y * L.Wph);
+      const float* r = acc + (y * L.Wph - v0) * VW + l;
+      float* o = out + y * L.Q;
+      if (a.relu) {
+        for (int64_t x = x0; x < x1; ++x) o[x] = std::max(r[x * VW], 0.f);
+      } else {
+        for (int64_t x = x0; x < x1; ++x) o[x] = r[x * VW];
+      }
+    }
+  }
+}
+
+// Elements of a packing buffer, including slack for the over-read of the last tile.
+int64_t spatial_buf_elems(const Layout& L, int64_t groups) {
+  return groups * L.C * L.plane + ceil_div(L.M, VW) * VW + VW;
+}
+int64_t blocked_buf_elems(const Layout& L, int64_t groups) {
+  return (groups * L.C * L.plane + L.M + 1) * VW;
+}
+
+// Per-thread scratch memory reused across calls: fresh buffers of a few hundred KiB each call
+// cost page faults and zeroing (≈20% of a batch-1 AlexNet layer at 90% sparsity, measured).
+// A packing buffer is zeroed only when the layout changes: packing writes data positions
+// only, so the padding stays zero from one call to the next.
+class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(data_); }
+
+  float* get(int64_t n) {
+    if (n > size_) {
+      std::free(data_);
+      const size_t bytes = static_cast<size_t>((n * sizeof(float) + 63) / 64 * 64);
+      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      TORCH_CHECK(data_ != nullptr, "sparse_conv2d: out of memory for ", bytes, " bytes");
+      size_ = n;
+      key_.clear();
+    }
+    return data_;
+  }
+
+  // n floats whose padding is zero for the layout `key`.
+  float* packing(int64_t n, const std::vector<int64_t>& key) {
+    float* d = get(n);
+    if (key != key_ || n != used_) {
+      std::memset(d, 0, sizeof(float) * n);
+      key_ = key;
+      used_ = n;
+    }
+    return d;
+  }
+
+ private:
+  float* data_ = nullptr;
+  int64_t size_ = 0, used_ = 0;
+  std::vector<int64_t> key_;
+};
+
+thread_local Scratch tl_pack;     // packed input of the unit this thread works on
+thread_local Scratch tl_partial;  // partial sums of the current strip
+thread_local std::vector<int64_t> tl_cursor;
+
+int64_t* cursors(int64_t n) {
+  if (static_cast<int64_t>(tl_cursor.size()) < n) tl_cursor.resize(n);
+  return tl_cursor.data();
+}
+
+// mode: 0 = choose, 1 = spatial only, 2 = blocked for every full block of VW images.
+void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
+  const int64_t nthreads = at::get_num_threads();
+  const int64_t Ctot = a.groups * L.C;
+  const int64_t in_img = Ctot * L.H * L.W;
+  const int64_t out_img = a.Ktot * L.P * L.Q;
+  const std::vector<int64_t> key{Ctot, L.H, L.W, L.sh, L.sw, L.ph, L.pw, L.Hph, L.Wph};
+  const Blocking bs = make_blocking(L, 1, a.Ktot);
+  const Blocking bb = make_blocking(L, VW, a.Ktot);
+
+  // Batch-blocked mode for full blocks of VW images (threshold: docs/sparse-kernel.md).
+  const bool use_blocked = mode == 2 || (mode == 0 && kBlockedByDefault);
+  const int64_t nblocks = use_blocked ? N / VW : 0;
+  const int64_t nspatial = N - nblocks * VW;
+
+  // Unit-parallel (whole images/blocks per thread) when units divide well among threads;
+  // otherwise channel-parallel per unit (pack once, split the output channels).
+  auto unit_parallel = [&](int64_t units) {
+    return units >= nthreads && (units % nthreads == 0 || units >= 4 * nthreads);
+  };
+
+  // ---- blocked units ----
+  if (nblocks > 0) {
+    auto pack_block = [&](float* buf, int64_t n0, int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)  // channel-major: one channel's plane stays in L1
+        for (int l = 0; l < VW; ++l)
+          pack_channels(a.input + (n0 + l) * in_img, buf, L, c, c + 1, VW, l);
+    };
+    const int64_t elems = blocked_buf_elems(L, a.groups);
+    if (unit_parallel(nblocks)) {
+      at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+        float* partial = tl_partial.get(a.Ktot * bb.strip * VW);
+        int64_t* cursor = cursors(a.Ktot);
+        float* buf = tl_pack.packing(elems, key);
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          pack_block(buf, blk * VW, 0, Ctot);
+          compute_unit<VW>(a, L, bb, buf, 0, a.Ktot, partial, cursor,
+                           [&](int64_t k, int64_t v0, int64_t v1, const float* acc) {
+                             emit_blocked(a, L, k, v0, v1, acc, blk * VW);
+                           });
+        }
+      });
+    } else {
+      float* buf = tl_pack.packing(elems, key);
+      for (int64_t blk = 0; blk < nblocks; ++blk) {
+        at::parallel_for(0, Ctot, 1, [&](int64_t c0, int64_t c1) {
+          pack_block(buf, blk * VW, c0, c1);
+        });
+        at::parallel_for(0, a.Ktot, 1, [&](int64_t k0, int64_t k1) {
+          float* partial = tl_partial.get((k1 - k0) * bb.strip * VW);
+          int64_t* cursor = cursors(k1 - k0);
+          compute_unit<VW>(a, L, bb, buf, k0, k1, partial, cursor,
+                           [&](int64_t k, int64_t v0, int64_t v1, const float* acc) {
+                             emit_blocked(a, L, k, v0, v1, acc, blk * VW);
+                           });
+        });
+      }
+    }
+  }
+
+  // ---- spatial units (single images) ----
+  if (nspatial > 0) {
+    const int64_t first = nblocks * VW;
+    const int64_t elems = spatial_buf_elems(L, a.groups);
+    if (unit_parallel(nspatial)) {
+      at::parallel_for(0, nspatial, 1, [&](int64_t i0, int64_t i1) {
+        float* partial = tl_partial.get(a.Ktot * bs.strip * VW);
+        int64_t* cursor = cursors(a.Ktot);
+        float* buf = tl_pack.packing(elems, key);  // pads stay zero across images
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t n = first + i;
+          pack_channels(a.input + n * in_img, buf, L, 0, Ctot, 1, 0);
+          float* out = a.output + n * out_img;
+          compute_unit<1>(a, L, bs, buf, 0, a.Ktot, partial, cursor,
+                          [&](int64_t k, int64_t v0, int64_t v1, const float* acc) {
+                            emit_spatial(a, L, k, v0, v1, acc, out);
+                          });
+        }
+      });
+    } else {
+      float* buf = tl_pack.packing(elems, key);
+      for (int64_t i = 0; i < nspatial; ++i) {
+        const int64_t n = first + i;
+        at::parallel_for(0, Ctot, 1, [&](int64_t c0, int64_t c1) {
+          pack_channels(a.input + n * in_img, buf, L, c0, c1, 1, 0);
+        });
+        float* out = a.output + n * out_img;
+        at::parallel_for(0, a.Ktot, 1, [&](int64_t k0, int64_t k1) {
+          float* partial = tl_partial.get((k1 - k0) * bs.strip * VW);
+          int64_t* cursor = cursors(k1 - k0);
+          compute_unit<1>(a, L, bs, buf, k0, k1, partial, cursor,
+                          [&](int64_t k, int64_t v0, int64_t v1, const float* acc) {
+                            emit_spatial(a, L, k, v0, v1, acc, out);
+                          });
+        });
+      }
+    }
+  }
+}
+
+
+void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& row_ptr,
+               int64_t rows, int64_t max_offset, const char* what) {
+  TORCH_CHECK(values.dim() == 1 && offsets.dim() == 1 && row_ptr.dim() == 1, what,
+              ": CSR values, column indices and row pointers must be 1-D tensors");
+  TORCH_CHECK(values.scalar_type() == at::kFloat, what, ": CSR values must be float32, got ",
+              values.scalar_type());
+  TORCH_CHECK(offsets.scalar_type() == at::kInt && row_ptr.scalar_type() == at::kInt, what,
+              ": CSR column indices and row pointers must be int32");
+  TORCH_CHECK(values.device().is_cpu() && offsets.device().is_cpu() && row_ptr.device().is_cpu(),
+              what, ": CSR tensors must be on the CPU");
+  TORCH_CHECK(values.is_contiguous() && offsets.is_contiguous() && row_ptr.is_contiguous(), what,
+              ": CSR tensors must be contiguous");
+  TORCH_CHECK(values.numel() == offsets.numel(), what, ": ", values.numel(), " values but ",
+              offsets.numel(), " column indices");
+  TORCH_CHECK(row_ptr.numel() == rows + 1, what, ": row pointers must have ", rows + 1,
+              " entries (one per output row + 1), got ", row_ptr.numel());
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  TORCH_CHECK(rp[0] == 0 && rp[rows] == values.numel(), what,
+              ": row pointers must start at 0 and end at the number of non-zeros");
+  for (int64_t i = 0; i < rows; ++i)
+    TORCH_CHECK(rp[i] <= rp[i + 1], what, ": row pointers must be non-decreasing");
+  const int32_t* o = offsets.data_ptr<int32_t>();
+  int32_t lo = 0, hi = 0;
+  for (int64_t j = 0; j < offsets.numel(); ++j) {
+    lo = std::min(lo, o[j]);
+    hi = std::max(hi, o[j]);
+  }
+  TORCH_CHECK(lo >= 0 && hi < max_offset, what, ": column index out of range [0, ", max_offset,
+              ") — were the offsets computed for this input size?");
+}
+
+// ---------------------------------------------------------------------------------------
+at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& values,
+                                 const at::Tensor& offsets, const at::Tensor& row_ptr,
+                                 const c10::optional<at::Tensor>& bias, int64_t out_channels,
+                                 std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                 std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                 int64_t groups, bool relu, int64_t mode) {
+  TORCH_CHECK(input.dim() == 4, "sparse_conv2d: input must be 4-D (N, C, H, W), got ",
+              input.dim(), "-D");
+  TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_conv2d: input must be float32, got ",
+              input.scalar_type());
+  TORCH_CHECK(input.device().is_cpu(), "sparse_conv2d: input must be on the CPU");
+  TORCH_CHECK(input.is_contiguous(), "sparse_conv2d: input must be contiguous (NCHW)");
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 &&
+                  dilation.size() == 2,
+              "sparse_conv2d: kernel, stride, padding and dilation must have 2 entries");
+  TORCH_CHECK(kernel[0] >= 1 && kernel[1] >= 1 && stride[0] >= 1 && stride[1] >= 1 &&
+                  dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 && padding[1] >= 0,
+              "sparse_conv2d: kernel, stride and dilation must be >= 1 and padding >= 0");
+  TORCH_CHECK(groups >= 1 && out_channels >= 1 && out_channels % groups == 0,
+              "sparse_conv2d: groups must be >= 1 and divide out_channels");
+  const int64_t N = input.size(0), Ctot = input.size(1), H = input.size(2), W = input.size(3);
+  TORCH_CHECK(Ctot % groups == 0, "sparse_conv2d: groups=", groups,
+              " must divide the input channels (", Ctot, ")");
+  const Layout L = make_layout(Ctot / groups, H, W, kernel[0], kernel[1], stride[0], stride[1],
+                               padding[0], padding[1], dilation[0], dilation[1]);
+  TORCH_CHECK(L.P >= 1 && L.Q >= 1, "sparse_conv2d: kernel larger than the padded input ", H,
+              "x", W);
+  TORCH_CHECK(L.C * L.plane + L.M < (int64_t{1} << 31) / VW,
+              "sparse_conv2d: input too large for 32-bit offsets");
+  check_csr(values, offsets, row_ptr, out_channels, L.C * L.plane, "sparse_conv2d");
+  const float* bias_ptr = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
+                    bias->numel() == out_channels && bias->is_contiguous() &&
+                    bias->device().is_cpu(),
+                "sparse_conv2d: bias must be a contiguous float32 CPU tensor of ", out_channels,
+                " elements");
+    bias_ptr = bias->data_ptr<float>();
+  }
+  at::Tensor output = at::empty({N, out_channels, L.P, L.Q}, input.options());
+  if (N == 0) return output;
+  ConvArgs a{input.data_ptr<float>(), values.data_ptr<float>(), offsets.data_ptr<int32_t>(),
+             row_ptr.data_ptr<int32_t>(), bias_ptr, output.data_ptr<float>(), groups,
+             out_channels, out_channels / groups, relu};
+  run_conv(a, L, N, mode);
+  return output;
+}
+
+// Layout numbers, for tests that check the Python layout (csr.conv_layout) agrees.
+std::vector<int64_t> conv_layout(int64_t C, int64_t H, int64_t W, std::vector<int64_t> kernel,
+                                 std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                 std::vector<int64_t> dilation) {
+  const Layout L = make_layout(C, H, W, kernel[0], kernel[1], stride[0], stride[1], padding[0],
+                               padding[1], dilation[0], dilation[1]);
+  return {L.P, L.Q, L.Hph, L.Wph, L.plane, L.M};
+}
+
+// ---------------------------------------------------------------------------------------
+// Sparse fully connected layer: out (N, K) = x (N, F) · Wᵀ + b with W in CSR (K rows).
+at::Tensor sparse_linear_forward(const at::Tensor& input, const at::Tensor& values,
+                                 const at::Tensor& cols, const at::Tensor& row_ptr,
+                                 const c10::optional<at::Tensor>& bias, int64_t out_features,
+                                 bool relu) {
+  TORCH_CHECK(input.dim() == 2, "sparse_linear: input must be 2-D (N, in_features), got ",
+              input.dim(), "-D");
+  TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_linear: input must be float32, got ",
+              input.scalar_type());
+  TORCH_CHECK(input.device().is_cpu(), "sparse_linear: input must be on the CPU");
+  TORCH_CHECK(input.is_contiguous(), "sparse_linear: input must be contiguous");
+  const int64_t N = input.size(0), F = input.size(1), K = out_features;
+  check_csr(values, cols, row_ptr, K, F, "sparse_linear");
+  const float* bias_ptr = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == K &&
+                    bias->is_contiguous() && bias->device().is_cpu(),
+                "sparse_linear: bias must be a contiguous float32 CPU tensor of ", K,
+                " elements");
+    bias_ptr = bias->data_ptr<float>();
+  }
+  at::Tensor output = at::empty({N, K}, input.options());
+  if (N == 0) return output;
+  const float* x = input.data_ptr<float>();
+  const float* v = values.data_ptr<float>();
+  const int32_t* c = cols.data_ptr<int32_t>();
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  float* y = output.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, values.numel() / K));
+
+  if (N < VW) {
+    // Small batch: gather along each row, images one after another (batch 1 is the target).
+    at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t b = rp[k], e = rp[k + 1];
+        for (int64_t n = 0; n < N; ++n) {
+          const float* xn = x + n * F;
+          float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+          int64_t j = b;
+#if defined(__AVX512F__)
+          // 16 non-zeros at a time: vector loads of values and columns stream the CSR
+          // arrays at full bandwidth (scalar loads reached a third of it), gather x.
+          __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+          for (; j + 32 <= e; j += 32) {
+            _mm_prefetch(reinterpret_cast<const char*>(v + j + 512), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(c + j + 512), _MM_HINT_T0);
+            const __m512i c0 = _mm512_loadu_si512(c + j);
+            const __m512i c1 = _mm512_loadu_si512(c + j + 16);
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), _mm512_i32gather_ps(c0, xn, 4), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j + 16), _mm512_i32gather_ps(c1, xn, 4),
+                                   acc1);
+          }
+          s0 = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#endif
+          for (; j + 4 <= e; j += 4) {
+            s0 += v[j] * xn[c[j]];
+            s1 += v[j + 1] * xn[c[j + 1]];
+            s2 += v[j + 2] * xn[c[j + 2]];
+            s3 += v[j + 3] * xn[c[j + 3]];
+          }
+          for (; j < e; ++j) s0 += v[j] * xn[c[j]];
+          float r = (s0 + s1) + (s2 + s3) + (bias_ptr ? bias_ptr[k] : 0.f);
+          y[n * K + k] = relu_if(r, relu);
+        }
+      }
+    });
+    return output;
+  }
+  // Larger batch: transpose x to (F, Npad) once, then broadcast-weight FMAs across images.
+  const int64_t Np = ceil_div(N, VW) * VW;
+  at::Tensor xt_t = at::zeros({F, Np}, input.options());
+  float* xt = xt_t.data_ptr<float>();
+  at::parallel_for(0, F, 64, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f)
+      for (int64_t n = 0; n < N; ++n) xt[f * Np + n] = x[n * F + f];
+  });
+  at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
+    std::vector<float> acc(Np);
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b = rp[k], e = rp[k + 1];
+      const float bk = bias_ptr ? bias_ptr[k] : 0.f;
+      for (int64_t n0 = 0; n0 < Np; n0 += 4 * VW) {
+        const int64_t nv = std::min<int64_t>(4, (Np - n0) / VW);
+        vec a0 = vset1(bk), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = b; j < e; ++j) {
+          const vec w = vset1(v[j]);
+          const float* p = xt + static_cast<int64_t>(c[j]) * Np + n0;
+          a0 = vfma(w, vload(p), a0);
+          if (nv > 1) a1 = vfma(w, vload(p + VW), a1);
+          if (nv > 2) a2 = vfma(w, vload(p + 2 * VW), a2);
+          if (nv > 3) a3 = vfma(w, vload(p + 3 * VW), a3);
+        }
+        vstore(acc.data() + n0, a0);
+        if (nv > 1) vstore(acc.data() + n0 + VW, a1);
+        if (nv > 2) vstore(acc.data() + n0 + 2 * VW, a2);
+        if (nv > 3) vstore(acc.data() + n0 + 3 * VW, a3);
+      }
+      for (int64_t n = 0; n < N; ++n) y[n * K + k] = relu_if(acc[n], relu);
+    }
+  });
+  return output;
+}
+
+std::string isa() { return kIsa; }
+int64_t vector_width() { return VW; }
+int64_t num_threads() { return at::get_num_threads(); }
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Sweetspot direct sparse convolution (Park et al., ICLR 2017) and sparse linear";
+  m.def("sparse_conv2d_forward", &sparse_conv2d_forward, "Direct sparse conv2d (fp32, CSR)",
+        py::arg("input"), py::arg("values"), py::arg("offsets"), py::arg("row_ptr"),
+        py::arg("bias"), py::arg("out_channels"), py::arg("kernel"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("relu"), py::arg("mode") = 0);
+  m.def("sparse_linear_forward", &sparse_linear_forward, "CSR × dense linear (fp32)",
+        py::arg("input"), py::arg("values"), py::arg("cols"), py::arg("row_ptr"),
+        py::arg("bias"), py::arg("out_features"), py::arg("relu"));
+  m.def("conv_layout", &conv_layout, "Padded layout numbers (P, Q, Hph, Wph, plane, M)");
+  m.def("isa", &isa, "Instruction set the kernel was compiled for");
+  m.def("vector_width", &vector_width, "Floats per vector register");
+  m.def("num_threads", &num_threads, "Threads at::parallel_for uses in this extension");
+}

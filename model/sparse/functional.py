@@ -1,0 +1,186 @@
+"""The sparse ops as functions: validate inputs in Python, then run native or reference.
+
+``implementation="auto"`` runs the native kernel when :func:`model.sparse.native.load`
+succeeded and the pure-PyTorch reference otherwise; ``"native"`` insists on the kernel (and
+raises if it is unavailable); ``"reference"`` always runs the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from model.sparse import native, reference
+from model.sparse.csr import ConvCSR, LinearCSR, Pair, conv_layout
+
+Implementation = Literal["auto", "native", "reference"]
+BatchLayout = Literal["auto", "spatial", "blocked"]
+_BATCH_LAYOUTS = {"auto": 0, "spatial": 1, "blocked": 2}
+
+
+def _pair(value: int | Pair, name: str) -> Pair:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return (int(value[0]), int(value[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _check_tensor(x: object, what: str, dims: int | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{what} must be float32, got {x.dtype} (the sparse kernel is fp32 only)")
+    if x.device.type != "cpu":
+        raise ValueError(f"{what} must be on the CPU, got {x.device}")
+    if x.is_sparse or x.layout != torch.strided:
+        raise ValueError(f"{what} must be a dense (strided) tensor")
+    if dims is not None and x.dim() != dims:
+        raise ValueError(f"{what} must be {dims}-D, got shape {tuple(x.shape)}")
+    if not x.is_contiguous():
+        raise ValueError(f"{what} must be contiguous; call .contiguous() first")
+    return x
+
+
+def _module(implementation: Implementation):  # -> ModuleType | None
+    if implementation == "reference":
+        return None
+    if implementation not in ("auto", "native"):
+        raise ValueError(
+            f"implementation must be auto, native or reference, not {implementation!r}"
+        )
+    module = native.load()
+    if module is None and implementation == "native":
+        raise RuntimeError(
+            f"native sparse kernel unavailable: {native.kernel_info().reason}; "
+            "use implementation='reference' or fix the build (python -m model.sparse.native)"
+        )
+    return module
+
+
+def sparse_conv2d(
+    input: torch.Tensor,
+    weight: ConvCSR,
+    bias: torch.Tensor | None = None,
+    stride: int | Pair = 1,
+    padding: int | Pair = 0,
+    dilation: int | Pair = 1,
+    fuse_relu: bool = False,
+    implementation: Implementation = "auto",
+    batch_layout: BatchLayout = "auto",
+) -> torch.Tensor:
+    """Direct sparse 2-D convolution, same result as ``F.conv2d`` (with ``relu`` if fused).
+
+    Args:
+        input: ``(N, C, H, W)`` float32, contiguous, CPU.
+        weight: the CSR weight (groups and kernel size come from it).
+        bias: ``(K,)`` float32 or None.
+        stride, padding, dilation: as for ``F.conv2d`` (zero padding, no strings).
+        fuse_relu: apply ReLU to the output inside the op.
+        implementation: ``auto``, ``native`` or ``reference``.
+        batch_layout: native kernel only: ``spatial`` (vectors along each image's output
+            plane), ``blocked`` (16 images per vector for every full block of 16) or ``auto``
+            (spatial: faster on the development machine, docs/sparse-kernel.md).
+
+    Returns:
+        ``(N, K, P, Q)`` float32, without autograd history (inference only).
+
+    Raises:
+        TypeError: wrong dtype or argument types. ValueError: wrong shapes or layout.
+        RuntimeError: ``implementation="native"`` but the kernel is unavailable.
+    """
+    if not isinstance(weight, ConvCSR):
+        raise TypeError(f"weight must be a ConvCSR, got {type(weight).__name__}")
+    _check_tensor(input, "input", dims=4)
+    stride_, padding_ = _pair(stride, "stride"), _pair(padding, "padding")
+    dilation_ = _pair(dilation, "dilation")
+    if min(stride_) < 1 or min(dilation_) < 1 or min(padding_) < 0:
+        raise ValueError(
+            f"stride and dilation must be >= 1 and padding >= 0, got stride={stride_}, "
+            f"padding={padding_}, dilation={dilation_}"
+        )
+    if input.shape[1] != weight.in_channels:
+        raise ValueError(
+            f"input has {input.shape[1]} channels but the weight expects {weight.in_channels}"
+        )
+    if bias is not None:
+        _check_tensor(bias, "bias", dims=1)
+        if bias.numel() != weight.out_channels:
+            raise ValueError(
+                f"bias has {bias.numel()} elements, expected out_channels={weight.out_channels}"
+            )
+    if batch_layout not in _BATCH_LAYOUTS:
+        raise ValueError(f"batch_layout must be auto, spatial or blocked, not {batch_layout!r}")
+    layout = conv_layout(
+        weight.in_channels // weight.groups,
+        input.shape[2],
+        input.shape[3],
+        weight.kernel,
+        stride_,
+        padding_,
+        dilation_,
+    )
+    offsets = weight.input_offsets(layout)
+    module = _module(implementation)
+    with torch.no_grad():
+        if module is None:
+            return reference.sparse_conv2d(input, weight, layout, bias, fuse_relu)
+        return module.sparse_conv2d_forward(
+            input,
+            weight.values,
+            offsets,
+            weight.row_ptr,
+            bias,
+            weight.out_channels,
+            list(weight.kernel),
+            list(stride_),
+            list(padding_),
+            list(dilation_),
+            weight.groups,
+            fuse_relu,
+            _BATCH_LAYOUTS[batch_layout],
+        )
+
+
+def sparse_linear(
+    input: torch.Tensor,
+    weight: LinearCSR,
+    bias: torch.Tensor | None = None,
+    fuse_relu: bool = False,
+    implementation: Implementation = "auto",
+) -> torch.Tensor:
+    """``F.linear`` with a CSR weight: ``(*, in_features) → (*, out_features)``.
+
+    Raises:
+        TypeError: wrong dtype or argument types. ValueError: wrong shapes or layout.
+    """
+    if not isinstance(weight, LinearCSR):
+        raise TypeError(f"weight must be a LinearCSR, got {type(weight).__name__}")
+    _check_tensor(input, "input")
+    if input.dim() < 1 or input.shape[-1] != weight.in_features:
+        raise ValueError(
+            f"input's last dimension must be in_features={weight.in_features}, "
+            f"got shape {tuple(input.shape)}"
+        )
+    if bias is not None:
+        _check_tensor(bias, "bias", dims=1)
+        if bias.numel() != weight.out_features:
+            raise ValueError(
+                f"bias has {bias.numel()} elements, expected out_features={weight.out_features}"
+            )
+    lead = input.shape[:-1]
+    x = input.reshape(-1, weight.in_features)  # (N, F)
+    module = _module(implementation)
+    with torch.no_grad():
+        if module is None:
+            out = reference.sparse_linear(x, weight, bias, fuse_relu)
+        else:
+            out = module.sparse_linear_forward(
+                x, weight.values, weight.cols, weight.row_ptr, bias, weight.out_features, fuse_relu
+            )
+    return out.reshape(*lead, weight.out_features)

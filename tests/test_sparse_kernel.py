@@ -1,0 +1,286 @@
+"""The direct sparse convolution against F.conv2d, native and reference, and its input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model.sparse import conv_layout, conv_weight_to_csr, native, sparse_conv2d
+
+RTOL, ATOL = 1e-4, 1e-5
+IMPLEMENTATIONS = ["reference", pytest.param("native", marks=pytest.mark.native)]
+
+# (batch, in_channels, height, width, out_channels, kernel, stride, padding, dilation, groups)
+CASES = {
+    "1x1": (3, 8, 9, 9, 6, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    "3x3": (1, 5, 12, 12, 7, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "5x5-pad2": (3, 6, 13, 11, 8, (5, 5), (1, 1), (2, 2), (1, 1), 1),
+    "11x11-stride4": (1, 3, 39, 39, 8, (11, 11), (4, 4), (0, 0), (1, 1), 1),
+    "stride2": (3, 4, 15, 14, 5, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    "dilation2": (1, 4, 14, 13, 4, (3, 3), (1, 1), (2, 2), (2, 2), 1),
+    "groups": (3, 8, 10, 10, 12, (3, 3), (1, 1), (1, 1), (1, 1), 4),
+    "odd": (3, 5, 7, 17, 3, (3, 2), (2, 3), (1, 2), (2, 1), 1),
+    "batch32": (32, 6, 8, 8, 10, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+    "batch35": (35, 4, 6, 9, 5, (3, 3), (2, 1), (1, 0), (1, 1), 1),
+}
+SPARSITIES = [0.0, 0.5, 0.99, 1.0]
+
+
+def _problem(case: tuple, sparsity: float, seed: int, bias: bool):
+    N, C, H, W, K, kernel, stride, padding, dilation, groups = case
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=generator)
+    weight = torch.randn(K, C // groups, *kernel, generator=generator)
+    weight[torch.rand(weight.shape, generator=generator) < sparsity] = 0.0
+    if sparsity == 1.0:
+        weight.zero_()  # all-zero filters
+    b = torch.randn(K, generator=generator) if bias else None
+    return x, weight, b, dict(stride=stride, padding=padding, dilation=dilation)
+
+
+@pytest.fixture(scope="module")
+def native_kernel():
+    if not native.native_available():
+        pytest.skip(f"native kernel unavailable: {native.kernel_info().reason}")
+    return native.load()
+
+
+def _run(implementation: str, request: pytest.FixtureRequest, *args, **kwargs) -> torch.Tensor:
+    if implementation == "native":
+        request.getfixturevalue("native_kernel")
+    return sparse_conv2d(*args, implementation=implementation, **kwargs)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_conv_matches_f_conv2d(name, sparsity, implementation, request):
+    index = list(CASES).index(name)
+    x, weight, bias, geometry = _problem(CASES[name], sparsity, seed=index, bias=index % 2 == 0)
+    groups = CASES[name][-1]
+    csr = conv_weight_to_csr(weight, groups)
+    expected = F.conv2d(x, weight, bias, groups=groups, **geometry)
+    for relu in (False, True):
+        out = _run(implementation, request, x, csr, bias, fuse_relu=relu, **geometry)
+        torch.testing.assert_close(out, expected.relu() if relu else expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("batch_layout", ["spatial", "blocked"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 3, 16, 35])
+def test_native_batch_layouts_and_threads(batch, threads, batch_layout, native_kernel):
+    """Every scheduling path: per-image or per-block units, unit- or channel-parallel."""
+    case = (batch, 6, 9, 10, 9, (3, 3), (1, 1), (1, 1), (1, 1), 3)
+    x, weight, bias, geometry = _problem(case, 0.7, seed=batch, bias=True)
+    csr = conv_weight_to_csr(weight, 3)
+    expected = F.conv2d(x, weight, bias, groups=3, **geometry)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = sparse_conv2d(x, csr, bias, **geometry, batch_layout=batch_layout)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.native
+def test_native_large_layer_uses_channel_blocks(native_kernel):
+    """A layer big enough for several input-channel blocks and output strips."""
+    case = (2, 96, 27, 27, 32, (5, 5), (1, 1), (2, 2), (1, 1), 2)
+    x, weight, bias, geometry = _problem(case, 0.9, seed=7, bias=True)
+    csr = conv_weight_to_csr(weight, 2)
+    expected = F.conv2d(x, weight, bias, groups=2, **geometry)
+    torch.testing.assert_close(
+        sparse_conv2d(x, csr, bias, **geometry), expected, rtol=RTOL, atol=ATOL
+    )
+
+
+@pytest.mark.native
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batch=st.integers(1, 5),
+    groups=st.sampled_from([1, 2, 3]),
+    channels_per_group=st.integers(1, 5),
+    out_per_group=st.integers(1, 4),
+    height=st.integers(1, 16),
+    width=st.integers(1, 16),
+    kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    sparsity=st.sampled_from(SPARSITIES),
+    relu=st.booleans(),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_native_random_geometry(
+    native_kernel,
+    batch,
+    groups,
+    channels_per_group,
+    out_per_group,
+    height,
+    width,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    sparsity,
+    relu,
+    bias,
+    seed,
+):
+    extent = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
+    if height + 2 * padding[0] < extent[0] or width + 2 * padding[1] < extent[1]:
+        return  # the kernel does not fit: covered by test_kernel_larger_than_input_raises
+    case = (
+        batch,
+        groups * channels_per_group,
+        height,
+        width,
+        groups * out_per_group,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+    )
+    x, weight, b, geometry = _problem(case, sparsity, seed=seed, bias=bias)
+    csr = conv_weight_to_csr(weight, groups)
+    expected = F.conv2d(x, weight, b, groups=groups, **geometry)
+    if relu:
+        expected = expected.relu()
+    out = sparse_conv2d(x, csr, b, fuse_relu=relu, **geometry)
+    torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        (4, 13, 13, (3, 3), (1, 1), (1, 1), (1, 1)),
+        (3, 227, 227, (11, 11), (4, 4), (0, 0), (1, 1)),
+        (5, 7, 12, (3, 2), (2, 3), (1, 2), (2, 1)),
+        (2, 1, 1, (1, 1), (1, 1), (0, 0), (1, 1)),
+    ],
+)
+def test_python_layout_agrees_with_native(geometry, native_kernel):
+    C, H, W, kernel, stride, padding, dilation = geometry
+    layout = conv_layout(C, H, W, kernel, stride, padding, dilation)
+    native_numbers = native_kernel.conv_layout(C, H, W, kernel, stride, padding, dilation)
+    assert list(native_numbers) == [
+        layout.out_height,
+        layout.out_width,
+        layout.phase_rows,
+        layout.row_pitch,
+        layout.plane,
+        layout.flat_outputs,
+    ]
+
+
+def test_csr_round_trip_and_offsets():
+    weight = torch.randn(6, 2, 3, 3)
+    weight[weight.abs() < 0.8] = 0
+    csr = conv_weight_to_csr(weight, groups=2)
+    assert csr.in_channels == 4 and csr.groups == 2
+    assert csr.nnz == int((weight != 0).sum())
+    torch.testing.assert_close(csr.to_dense(), weight)
+    layout = conv_layout(2, 10, 10, (3, 3), padding=(1, 1))
+    offsets = csr.input_offsets(layout)
+    assert offsets.dtype == torch.int32
+    assert csr.input_offsets(layout) is offsets  # cached per layout
+    assert int(offsets.max()) < 2 * layout.plane
+
+
+# ---------------------------------------------------------------------------------------
+# Bad inputs: a clear Python error, never a crash.
+
+
+def _small():
+    weight = torch.randn(4, 3, 3, 3)
+    return torch.randn(2, 3, 8, 8), conv_weight_to_csr(weight)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_bad_inputs_raise_clear_errors(implementation, request):
+    x, csr = _small()
+    with pytest.raises(TypeError, match="float32"):
+        _run(implementation, request, x.double(), csr)
+    with pytest.raises(ValueError, match="contiguous"):
+        _run(implementation, request, x.transpose(2, 3), csr)
+    with pytest.raises(ValueError, match="4-D"):
+        _run(implementation, request, x[0], csr)
+    with pytest.raises(ValueError, match="channels"):
+        _run(implementation, request, torch.randn(2, 5, 8, 8), csr)
+    with pytest.raises(ValueError, match="bias"):
+        _run(implementation, request, x, csr, torch.zeros(3))
+    with pytest.raises(TypeError, match="ConvCSR"):
+        _run(implementation, request, x, torch.randn(4, 3, 3, 3))
+    with pytest.raises(TypeError, match="stride"):
+        _run(implementation, request, x, csr, stride="2")
+    with pytest.raises(ValueError, match="stride"):
+        _run(implementation, request, x, csr, stride=0)
+    with pytest.raises(TypeError, match="Tensor"):
+        _run(implementation, request, [[1.0]], csr)
+
+
+def test_kernel_larger_than_input_raises():
+    x, csr = _small()
+    with pytest.raises(ValueError, match="does not fit"):
+        sparse_conv2d(x[:, :, :2, :2].contiguous(), csr, implementation="reference")
+
+
+def test_unknown_implementation_raises():
+    x, csr = _small()
+    with pytest.raises(ValueError, match="implementation"):
+        sparse_conv2d(x, csr, implementation="cuda")
+    with pytest.raises(ValueError, match="batch_layout"):
+        sparse_conv2d(x, csr, batch_layout="nhwc")
+
+
+@pytest.mark.native
+def test_native_op_checks_its_arguments(native_kernel):
+    """The raw extension op validates everything itself (TORCH_CHECK → RuntimeError)."""
+    x, csr = _small()
+    layout = conv_layout(3, 8, 8, (3, 3))
+    offsets = csr.input_offsets(layout)
+    args = dict(
+        out_channels=4, kernel=[3, 3], stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1
+    )
+    op = native_kernel.sparse_conv2d_forward
+    ok = op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **args)
+    torch.testing.assert_close(ok, F.conv2d(x, csr.to_dense()), rtol=RTOL, atol=ATOL)
+    bad_offsets = offsets.clone()
+    bad_offsets[0] = 10**8
+    with pytest.raises(RuntimeError, match="column index out of range"):
+        op(x, csr.values, bad_offsets, csr.row_ptr, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="out of range"):
+        op(x, csr.values, -offsets - 1, csr.row_ptr, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="float32"):
+        op(x.double(), csr.values, offsets, csr.row_ptr, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(x.transpose(2, 3), csr.values, offsets, csr.row_ptr, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="4-D"):
+        op(x[0], csr.values, offsets, csr.row_ptr, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="int32"):
+        op(x, csr.values, offsets.long(), csr.row_ptr, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="row pointers"):
+        op(x, csr.values, offsets, csr.row_ptr[:-1], None, relu=False, **args)
+    shuffled = csr.row_ptr.clone()
+    shuffled[1], shuffled[2] = int(csr.row_ptr[2]), int(csr.row_ptr[1]) - 1
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        op(x, csr.values, offsets, shuffled, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="values but"):
+        op(x, csr.values[:-1], offsets, csr.row_ptr, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="bias"):
+        op(x, csr.values, offsets, csr.row_ptr, torch.zeros(5), relu=False, **args)
+    with pytest.raises(RuntimeError, match="groups"):
+        op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **{**args, "groups": 2})
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        op(x[:, :, :2, :2].contiguous(), csr.values, offsets, csr.row_ptr, None, relu=False, **args)

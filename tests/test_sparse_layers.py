@@ -1,0 +1,199 @@
+"""SparseConv2d / SparseLinear against their dense layers, and convert_model's plan handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.sparse import (
+    SparseConv2d,
+    SparseLinear,
+    convert_model,
+    convertible_layers,
+    linear_weight_to_csr,
+    native,
+    sparse_linear,
+)
+
+RTOL, ATOL = 1e-4, 1e-5
+IMPLEMENTATIONS = ["reference", pytest.param("native", marks=pytest.mark.native)]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _need(implementation: str) -> None:
+    if implementation == "native" and not native.native_available():
+        pytest.skip(f"native kernel unavailable: {native.kernel_info().reason}")
+
+
+def _prune(module: nn.Module, sparsity: float) -> nn.Module:
+    with torch.no_grad():
+        mask = torch.rand_like(module.weight) < sparsity
+        module.weight[mask] = 0.0
+    return module
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("fuse_relu", [False, True])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        lambda: nn.Conv2d(6, 8, 3, padding=1),
+        lambda: nn.Conv2d(6, 8, 3, padding="same", dilation=2, bias=False),
+        lambda: nn.Conv2d(6, 9, (1, 3), stride=2, padding="valid", groups=3),
+        lambda: nn.Conv2d(3, 4, 11, stride=4, padding=2),
+    ],
+)
+def test_sparse_conv2d_matches_dense(conv, fuse_relu, implementation):
+    _need(implementation)
+    dense = _prune(conv(), 0.8).eval()
+    sparse = SparseConv2d.from_dense(dense, fuse_relu=fuse_relu, implementation=implementation)
+    x = torch.randn(3, dense.in_channels, 23, 21)
+    with torch.no_grad():
+        expected = dense(x)
+        out = sparse(x)
+    torch.testing.assert_close(
+        out, expected.relu() if fuse_relu else expected, rtol=RTOL, atol=ATOL
+    )
+    assert sparse.sparsity == pytest.approx(float((dense.weight == 0).float().mean()))
+
+
+def test_sparse_conv2d_accepts_channels_last_input():
+    dense = _prune(nn.Conv2d(4, 4, 3, padding=1), 0.5).eval()
+    sparse = SparseConv2d.from_dense(dense)
+    x = torch.randn(2, 4, 9, 9).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), dense(x), rtol=RTOL, atol=ATOL)
+
+
+def test_sparse_conv2d_round_trips_to_dense_and_describes_itself():
+    dense = _prune(nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), 0.9)
+    sparse = SparseConv2d.from_dense(dense, fuse_relu=True)
+    back = sparse.to_dense()
+    torch.testing.assert_close(back.weight, dense.weight)
+    torch.testing.assert_close(back.bias, dense.bias)
+    text = repr(sparse)
+    assert "sparsity=" in text and "groups=2" in text and "fuse_relu=True" in text
+
+
+def test_sparse_conv2d_rejects_unsupported_layers_and_training():
+    with pytest.raises(ValueError, match="padding_mode"):
+        SparseConv2d.from_dense(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="asymmetric"):
+        SparseConv2d.from_dense(nn.Conv2d(2, 2, 4, padding="same"))
+    with pytest.raises(TypeError, match="Conv2d"):
+        SparseConv2d.from_dense(nn.Linear(2, 2))
+    sparse = SparseConv2d.from_dense(nn.Conv2d(2, 2, 3))
+    with pytest.raises(RuntimeError, match="inference-only"):
+        sparse(torch.randn(1, 2, 5, 5, requires_grad=True))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+@pytest.mark.parametrize("batch", [1, 5, 32])
+def test_sparse_linear_matches_dense(batch, sparsity, implementation):
+    _need(implementation)
+    dense = _prune(nn.Linear(70, 33), sparsity)
+    x = torch.randn(batch, 70)
+    for fuse_relu in (False, True):
+        sparse = SparseLinear.from_dense(dense, fuse_relu=fuse_relu, implementation=implementation)
+        with torch.no_grad():
+            expected = dense(x)
+            out = sparse(x)
+        torch.testing.assert_close(
+            out, expected.relu() if fuse_relu else expected, rtol=RTOL, atol=ATOL
+        )
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_sparse_linear_any_leading_dims_and_no_bias(implementation):
+    _need(implementation)
+    dense = _prune(nn.Linear(16, 8, bias=False), 0.5)
+    sparse = SparseLinear.from_dense(dense, implementation=implementation)
+    x = torch.randn(2, 3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), dense(x), rtol=RTOL, atol=ATOL)
+    assert "bias=False" in repr(sparse)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_sparse_linear_bad_inputs(implementation):
+    _need(implementation)
+    csr = linear_weight_to_csr(torch.randn(4, 6))
+    with pytest.raises(TypeError, match="float32"):
+        sparse_linear(torch.randn(2, 6).double(), csr, implementation=implementation)
+    with pytest.raises(ValueError, match="in_features"):
+        sparse_linear(torch.randn(2, 5), csr, implementation=implementation)
+    with pytest.raises(ValueError, match="contiguous"):
+        sparse_linear(torch.randn(6, 2).t(), csr, implementation=implementation)
+    with pytest.raises(ValueError, match="bias"):
+        sparse_linear(torch.randn(2, 6), csr, torch.zeros(3), implementation=implementation)
+    with pytest.raises(ValueError, match="2-D"):
+        linear_weight_to_csr(torch.randn(4, 6, 1))
+
+
+# ---------------------------------------------------------------------------------------
+# convert_model
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x)) + x
+
+
+def _net() -> nn.Module:
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        _Block(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            _prune(module, 0.7)
+    return net.eval()
+
+
+def test_convert_model_follows_the_plan_and_keeps_outputs():
+    net = _net()
+    assert convertible_layers(net) == ["0", "2.conv", "5"]
+    plan = {"0": "dense", "2.conv": "sparse", "5": "sparse"}
+    converted = convert_model(net, plan)
+    assert isinstance(converted[0], nn.Conv2d)
+    assert isinstance(converted[2].conv, SparseConv2d)
+    assert isinstance(converted[5], SparseLinear)
+    assert isinstance(net[2].conv, nn.Conv2d) and isinstance(net[5], nn.Linear)  # input untouched
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), net(x), rtol=RTOL, atol=ATOL)
+
+
+def test_convert_model_unknown_names_list_the_valid_ones():
+    net = _net()
+    with pytest.raises(ValueError, match=r"'nope'.*valid names: 0, 2\.conv, 5"):
+        convert_model(net, {"2.conv": "sparse", "nope": "sparse"})
+    with pytest.raises(ValueError, match=r"'1' \(ReLU\)"):
+        convert_model(net, {"1": "sparse"})
+    with pytest.raises(ValueError, match="'sparse' or 'dense'"):
+        convert_model(net, {"5": "fast"})
+
+
+def test_convert_model_of_a_bare_layer():
+    conv = _prune(nn.Conv2d(2, 3, 3), 0.5)
+    converted = convert_model(conv, {"": "sparse"})
+    assert isinstance(converted, SparseConv2d)
+    x = torch.randn(1, 2, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), F.conv2d(x, conv.weight, conv.bias))
