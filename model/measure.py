@@ -102,3 +102,46 @@ def measure_speedups(
         "threads": torch.get_num_threads(),
         "batch": batch,
     }
+
+
+def measure_cut(
+    original: nn.Module,
+    cut: nn.Module,
+    input_shape: Sequence[int],
+    batch: int = 1,
+    repeats: int = 20,
+) -> dict:
+    """Time the original (masked) network against its cut, smaller dense network.
+
+    Both run ordinary dense kernels; the gain comes only from the smaller tensors. Per layer,
+    every Conv2d/Linear the cut network kept with a changed shape is timed against the
+    original layer, each on the input it really receives; then the whole networks. Same
+    process, interleaved, medians (see :func:`_median_times`).
+
+    Returns:
+        ``{"layers": {name: {"dense_s", "cut_s", "speedup"}}, "model": {"dense_s",
+        "converted_s", "speedup"}, "kernel": "dense (torch)", "threads": int, "batch": int}``.
+    """
+    original, cut = original.eval(), cut.eval()
+    example = torch.randn(batch, *input_shape)
+    before = {n: m for n, m in original.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    after = {n: m for n, m in cut.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    changed = {n for n in after if n in before and after[n].weight.shape != before[n].weight.shape}
+    original_inputs = _layer_inputs(original, changed, example)
+    cut_inputs = _layer_inputs(cut, changed, example)
+    layers = {}
+    with torch.no_grad():
+        for name in (n for n in before if n in changed):
+            x, y = original_inputs[name], cut_inputs[name]
+            dense_s, cut_s = _median_times(
+                [lambda m=before[name], x=x: m(x), lambda m=after[name], y=y: m(y)], repeats
+            )
+            layers[name] = {"dense_s": dense_s, "cut_s": cut_s, "speedup": dense_s / cut_s}
+        dense_s, cut_s = _median_times([lambda: original(example), lambda: cut(example)], repeats)
+    return {
+        "layers": layers,
+        "model": {"dense_s": dense_s, "converted_s": cut_s, "speedup": dense_s / cut_s},
+        "kernel": "dense (torch)",
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+    }

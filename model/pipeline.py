@@ -10,6 +10,20 @@ output folder:
 ``events.jsonl``         every training event (steps, epochs, controller decisions)
 ``checkpoint.pt``        resume point (``torch.load(weights_only=True)``)
 ``report.md`` + PNGs     the human-readable report
+``cut.safetensors``      structured methods only: the weights of the cut network
+
+Two ways a pruned network becomes faster, chosen by the method's ``structured`` attribute:
+
+- **unstructured** (gsl, magnitude, autoprune with weight masks): zeros stay in place; layers
+  whose achieved sparsity the performance model predicts to be faster run on the direct sparse
+  kernel. Predicted speedup: dense time / sparse time of the layer; measured: dense against
+  ``model.sparse`` kernels (:func:`model.measure.measure_speedups`).
+- **structured** (ssl, l1-filter, autoprune with filter masks): surgery (:mod:`model.surgery`)
+  removes all-zero filters, channels and residual branches and leaves a smaller dense network.
+  Predicted speedup per layer: the performance model's dense time of the original layer over
+  the dense time of the cut layer; measured: the original against the cut network, both dense
+  (:func:`model.measure.measure_cut`). The manifest's ``cut`` entry holds the per-layer widths
+  from which :func:`model.surgery.rebuild` builds the cut network again.
 """
 
 from __future__ import annotations
@@ -121,6 +135,8 @@ def run_pruning(
     predictions = predict_network(specs, hardware, name=request.model)
     by_name = {p.name: p for p in predictions.layers if "#" not in p.name}
     hooks = method.build(by_name, method_config)
+    if hasattr(hooks, "input_shape"):
+        hooks.input_shape = tuple(info.input_shape)
 
     events_file = (out_dir / "events.jsonl").open("a")
 
@@ -148,48 +164,48 @@ def run_pruning(
 
     performance_model = get_model(predictions.performance_model)
     sparsity = layer_sparsity(net)
-    layers, plan = [], {}
     states = hooks.layer_states() if hasattr(hooks, "layer_states") else {}
-    for name, prediction in by_name.items():
-        s = sparsity.get(name, 0.0)
-        predicted = performance_model.speedup(prediction.layer, hardware, 1.0 - s)
-        fmt = "sparse" if prediction.sweet_spot is not None and predicted > 1.0 else "dense"
-        plan[name] = fmt
-        spot = prediction.sweet_spot
-        layers.append({
-            "name": name, "kind": prediction.layer.kind, "sparsity": s, "format": fmt,
-            "state": states.get(name), "dense_time_s": prediction.dense_time_s,
-            "sweet_spot": None if spot is None else {
-                "min_sparsity": spot.min_sparsity, "max_sparsity": spot.max_sparsity,
-                "max_speedup": spot.max_speedup},
-            "predicted_speedup": predicted if fmt == "sparse" else 1.0,
-            "measured_speedup": None,
-        })  # fmt: skip
-    dense_total = sum(layer["dense_time_s"] for layer in layers)
-    pruned_total = sum(layer["dense_time_s"] / layer["predicted_speedup"] for layer in layers)
     manifest: dict[str, Any] = {
         "method": request.method, "model": request.model, "dataset": request.dataset,
         "hardware": hardware.name, "performance_model": predictions.performance_model,
         "config": {"train": asdict(train_config), "method": asdict(method_config)},
         "accuracy": {"dense": result.dense_accuracy, "pruned": result.final_accuracy},
-        "layers": layers,
-        "model_speedup": {"predicted": dense_total / pruned_total, "measured": None},
+        "structure": "unstructured", "layers": [],
+        "model_speedup": {"predicted": None, "measured": None},
         "measurement": None, "seconds": result.seconds,
     }  # fmt: skip
-    if request.measure and any(v == "sparse" for v in plan.values()):
-        log("measuring the pruned model against dense on this host")
-        measured = _measure(net, plan, info.input_shape, batch, log)
-        if measured is not None:
-            manifest["measurement"] = measured
-            for layer in layers:
-                timing = measured["layers"].get(layer["name"])
-                layer["measured_speedup"] = timing["speedup"] if timing else None
-            manifest["model_speedup"]["measured"] = measured["model"]["speedup"]
+    surgery = None
+    if getattr(hooks, "structured", False):
+        surgery = _cut(net, info, batch, log)
+    if surgery is not None:
+        cut_result, cut_specs = surgery
+        manifest["structure"] = "structured"
+        _structured_layers(manifest, by_name, cut_specs, sparsity, states, performance_model,
+                           hardware)  # fmt: skip
+        save_file({k: v.contiguous() for k, v in cut_result.model.state_dict().items()},
+                  str(out_dir / "cut.safetensors"))  # fmt: skip
+        manifest["cut"] = _cut_summary(cut_result, net, info, data.num_classes)
+        if request.measure:
+            log("measuring the cut network against the original on this host")
+            from model.measure import measure_cut
+
+            measured = measure_cut(net, cut_result.model, info.input_shape, batch=batch)
+            _attach_measurement(manifest, measured)
+    else:
+        plan = _unstructured_layers(manifest, by_name, sparsity, states, performance_model,
+                                    hardware)  # fmt: skip
+        if request.measure and any(v == "sparse" for v in plan.values()):
+            log("measuring the pruned model against dense on this host")
+            measured = _measure(net, plan, info.input_shape, batch, log)
+            if measured is not None:
+                _attach_measurement(manifest, measured)
     manifest["artifacts"] = {
         "dense_weights": dense_path.name if dense_path.exists() else None,
         "pruned_weights": "pruned.safetensors", "events": "events.jsonl",
         "checkpoint": "checkpoint.pt", "report": "report.md",
     }  # fmt: skip
+    if surgery is not None:
+        manifest["artifacts"]["cut_weights"] = "cut.safetensors"
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     try:
         from model.report import write_report
@@ -215,7 +231,8 @@ def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None
                 "folder or start afresh without resuming"
             )
     else:
-        for stale in ("checkpoint.pt", "events.jsonl", "manifest.json", "dense.safetensors"):
+        for stale in ("checkpoint.pt", "events.jsonl", "manifest.json", "dense.safetensors",
+                      "cut.safetensors"):
             (out_dir / stale).unlink(missing_ok=True)
     request_file.write_text(current)
 
@@ -228,3 +245,101 @@ def _measure(net, plan, input_shape, batch, log) -> dict | None:
     except ImportError as error:
         log(f"measurement skipped: the sparse kernel is not available ({error})")
         return None
+
+
+def _spot(prediction) -> dict | None:
+    spot = prediction.sweet_spot
+    return None if spot is None else {
+        "min_sparsity": spot.min_sparsity, "max_sparsity": spot.max_sparsity,
+        "max_speedup": spot.max_speedup}  # fmt: skip
+
+
+def _totals(manifest: dict) -> None:
+    """Model speedup predicted: Σ dense time / Σ predicted time (removed layers cost 0)."""
+    layers = manifest["layers"]
+    dense_total = sum(layer["dense_time_s"] for layer in layers)
+    pruned_total = sum(layer["dense_time_s"] / layer["predicted_speedup"]
+                       for layer in layers if layer["predicted_speedup"])  # fmt: skip
+    manifest["model_speedup"]["predicted"] = dense_total / pruned_total if pruned_total else None
+
+
+def _unstructured_layers(manifest, by_name, sparsity, states, performance_model, hardware
+                         ) -> dict[str, str]:  # fmt: skip
+    """Layers on the sparse-kernel path: sparse where the model predicts a gain."""
+    plan = {}
+    for name, prediction in by_name.items():
+        s = sparsity.get(name, 0.0)
+        predicted = performance_model.speedup(prediction.layer, hardware, 1.0 - s)
+        fmt = "sparse" if prediction.sweet_spot is not None and predicted > 1.0 else "dense"
+        plan[name] = fmt
+        manifest["layers"].append({
+            "name": name, "kind": prediction.layer.kind, "sparsity": s, "format": fmt,
+            "state": states.get(name), "dense_time_s": prediction.dense_time_s,
+            "sweet_spot": _spot(prediction),
+            "predicted_speedup": predicted if fmt == "sparse" else 1.0,
+            "measured_speedup": None,
+        })  # fmt: skip
+    _totals(manifest)
+    return plan
+
+
+def _structured_layers(manifest, by_name, cut_specs, sparsity, states, performance_model,
+                       hardware) -> None:  # fmt: skip
+    """Layers of a cut network: predicted = dense time before / dense time after surgery.
+
+    ``format`` is ``cut`` (narrower), ``dense`` (unchanged) or ``removed`` (inside a removed
+    residual branch: ``predicted_speedup`` null, its time counts as 0 in the model total).
+    """
+    for name, prediction in by_name.items():
+        after = cut_specs.get(name)
+        if after is None:
+            fmt, predicted, shape = "removed", None, None
+        else:
+            before_s = performance_model.dense_time_s(prediction.layer, hardware)
+            predicted = before_s / performance_model.dense_time_s(after, hardware)
+            fmt = "dense" if after.weight_count == prediction.layer.weight_count else "cut"
+            shape = after.describe()
+        manifest["layers"].append({
+            "name": name, "kind": prediction.layer.kind, "sparsity": sparsity.get(name, 0.0),
+            "format": fmt, "state": states.get(name), "dense_time_s": prediction.dense_time_s,
+            "sweet_spot": _spot(prediction), "predicted_speedup": predicted,
+            "measured_speedup": None, "shape": prediction.layer.describe(),
+            "cut_shape": shape,
+            "flops_kept": 0.0 if after is None else after.flops / prediction.layer.flops,
+        })  # fmt: skip
+    _totals(manifest)
+
+
+def _cut(net, info, batch, log):
+    """Surgery on the trained network, or None (with a log line) when it is not supported."""
+    from model.surgery import SurgeryError, cut
+
+    try:
+        result = cut(net, tuple(info.input_shape))
+    except SurgeryError as error:
+        log(f"surgery skipped, keeping the sparse-kernel path: {error}")
+        return None
+    specs = extract_layers(result.model, info.input_shape, batch=batch)
+    return result, {spec.name: spec for spec in specs if "#" not in spec.name}
+
+
+def _cut_summary(result, net, info, num_classes: int) -> dict[str, Any]:
+    from model.cost import count_cost
+
+    before = count_cost(net, info.input_shape)
+    after = count_cost(result.model, info.input_shape)
+    return {
+        "weights": "cut.safetensors", "num_classes": num_classes,
+        "architecture": result.architecture.to_dict(), "removed_blocks": result.removed_blocks,
+        "widths": result.kept,
+        "cost": {"macs_before": before.macs, "macs_after": after.macs,
+                 "params_before": before.params, "params_after": after.params},
+    }  # fmt: skip
+
+
+def _attach_measurement(manifest: dict, measured: dict) -> None:
+    manifest["measurement"] = measured
+    for layer in manifest["layers"]:
+        timing = measured["layers"].get(layer["name"])
+        layer["measured_speedup"] = timing["speedup"] if timing else None
+    manifest["model_speedup"]["measured"] = measured["model"]["speedup"]

@@ -344,11 +344,15 @@ def format_manifest(manifest: dict, out: str) -> str:
         f"{'layer':<24} {'sparsity':>8} {'format':>7} {'predicted':>9} {'measured':>9}  state",
     ]
     for layer in manifest["layers"]:
-        measured = layer["measured_speedup"]
+        measured = layer.get("measured_speedup")
+        predicted = layer.get("predicted_speedup")
+        state = layer.get("state") or ""
+        if layer.get("cut_shape") and layer.get("cut_shape") != layer.get("shape"):
+            state = f"{state} cut to {layer['cut_shape']}".strip()
         lines.append(
             f"{layer['name']:<24} {layer['sparsity']:>8.1%} {layer['format']:>7} "
-            f"{layer['predicted_speedup']:>8.2f}x "
-            f"{(f'{measured:.2f}x' if measured else '-'):>9}  {layer.get('state') or ''}"
+            f"{(f'{predicted:.2f}x' if predicted else '-'):>9} "
+            f"{(f'{measured:.2f}x' if measured else '-'):>9}  {state}"
         )
     speed = manifest["model_speedup"]
     measured = f"{speed['measured']:.2f}x on this host" if speed["measured"] else "not measured"
@@ -454,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser(
         "prune", help="train and prune a network, write weights, manifest and report"
     )
-    prune.add_argument("--method", default="gsl", help="pruning method (default: gsl)")
+    prune.add_argument("--method", default="gsl",
+                       help="gsl (default), ssl, l1-filter, autoprune or magnitude")
     prune.add_argument("--model", required=True, help="built-in network name")
     prune.add_argument("--dataset", default="digits", metavar="NAME|PATH",
                        help="digits (default), synthetic, or a folder (MNIST, CIFAR-10, images)")
@@ -493,6 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
     _add_settings_flags(worker)
     worker.set_defaults(func=_worker)
+
+    from model import sensitivity as sensitivity_command
+
+    sensitivity = commands.add_parser(
+        "sensitivity", help="per-layer L1 filter-pruning sensitivity: table and PNG"
+    )
+    sensitivity_command.add_arguments(sensitivity)
+    sensitivity.set_defaults(func=sensitivity_command.run)
 
     models = commands.add_parser("models", help="list the built-in networks")
     models.add_argument("--json", action="store_true")

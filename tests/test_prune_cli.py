@@ -76,7 +76,8 @@ def test_start_from_a_checkpoint_skips_dense_training(capsys, tmp_path):
     [
         (["--set", "lasso_typo=1"], 2, "unknown config key(s) lasso_typo; valid keys:"),
         (["--set", "novalue"], 2, "--set takes KEY=VALUE"),
-        (["--method", "voodoo"], 2, "unknown pruning method 'voodoo'; valid names: gsl"),
+        (["--method", "voodoo"], 2,
+         "unknown pruning method 'voodoo'; valid names: autoprune, gsl, l1-filter, magnitude"),
         (["--hardware", "cray-1"], 2, "unknown hardware profile 'cray-1'"),
         (["--lr", "-1"], 2, "lr must be > 0"),
     ],

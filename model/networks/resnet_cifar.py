@@ -5,6 +5,8 @@ ResNet-56 has 1.25e8 MACs and 8.5e5 parameters (Li et al. 2017, Table 1)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,13 +28,18 @@ class PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """conv1 3×3 → BN → ReLU → conv2 3×3 → BN, plus the shortcut, then ReLU."""
+    """conv1 3×3 → BN → ReLU → conv2 3×3 → BN, plus the shortcut, then ReLU.
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    ``inner`` is the width of conv1 (default ``planes``): filter pruning of the first conv of a
+    block (Li et al. 2017, §3.3) narrows it; conv2 keeps ``planes`` for the shortcut.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, inner: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        inner = inner or planes
+        self.conv1 = nn.Conv2d(in_planes, inner, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
@@ -46,13 +53,22 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2): stem ``conv1``, stages ``layer1``…``layer3`` of n blocks, ``fc``."""
+    """ResNet-(6n+2): stem ``conv1``, stages ``layer1``…``layer3`` of n blocks, ``fc``.
 
-    def __init__(self, depth: int, num_classes: int = 10):
+    ``block_widths`` (one per block, in order) sets the width of each block's first conv, as in
+    Li et al.'s pruned ResNet-56/110 variants; ``None`` keeps the stage width.
+    """
+
+    def __init__(
+        self, depth: int, num_classes: int = 10, block_widths: Sequence[int] | None = None
+    ):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, 110), got {depth}")
         blocks = (depth - 2) // 6
+        if block_widths is not None and len(block_widths) != 3 * blocks:
+            raise ValueError(f"block_widths needs {3 * blocks} entries, got {len(block_widths)}")
+        inner = iter(block_widths or [None] * (3 * blocks))
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)  # (N, 16, 32, 32)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
@@ -61,7 +77,7 @@ class CifarResNet(nn.Module):
             layers = []
             for index in range(blocks):
                 stride = 2 if stage > 1 and index == 0 else 1
-                layers.append(BasicBlock(in_planes, planes, stride))
+                layers.append(BasicBlock(in_planes, planes, stride, next(inner)))
                 in_planes = planes
             self.add_module(f"layer{stage}", nn.Sequential(*layers))
         self.pool = nn.AdaptiveAvgPool2d(1)

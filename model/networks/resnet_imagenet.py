@@ -8,6 +8,8 @@ Module names follow torchvision (``layer1.0.conv1``, ``layer1.0.downsample.0``, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -22,13 +24,19 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    """conv1 3×3 → BN → ReLU → conv2 3×3 → BN, plus identity or projection, then ReLU.
+
+    ``inner``: width of conv1 (default ``planes``), narrowed by filter pruning (Li et al. 2017).
+    """
+
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, inner: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        inner = inner or planes
+        self.conv1 = nn.Conv2d(in_planes, inner, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
@@ -46,12 +54,13 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, inner: int | None = None):
         super().__init__()
         out_planes = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        inner = inner or planes  # width of conv1 (filter pruning narrows it)
+        self.conv1 = nn.Conv2d(in_planes, inner, 1, stride=stride, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
@@ -68,10 +77,23 @@ class Bottleneck(nn.Module):
 
 
 class ImageNetResNet(nn.Module):
-    """Stem 7×7/2 + max-pool, four stages ``layer1``…``layer4``, average pool, ``fc``."""
+    """Stem 7×7/2 + max-pool, four stages ``layer1``…``layer4``, average pool, ``fc``.
 
-    def __init__(self, block: type, blocks: tuple[int, ...], num_classes: int = 1000):
+    ``block_widths`` (one per block, in order): width of each block's first conv (Li et al.'s
+    pruned ResNet-34 variants); ``None`` keeps the paper's widths.
+    """
+
+    def __init__(
+        self,
+        block: type,
+        blocks: tuple[int, ...],
+        num_classes: int = 1000,
+        block_widths: Sequence[int] | None = None,
+    ):
         super().__init__()
+        if block_widths is not None and len(block_widths) != sum(blocks):
+            raise ValueError(f"block_widths needs {sum(blocks)} entries, got {len(block_widths)}")
+        inner = iter(block_widths or [None] * sum(blocks))
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)  # (N, 64, 112, 112)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -81,7 +103,7 @@ class ImageNetResNet(nn.Module):
             layers = []
             for index in range(count):
                 stride = 2 if stage > 0 and index == 0 else 1
-                layers.append(block(in_planes, planes, stride))
+                layers.append(block(in_planes, planes, stride, next(inner)))
                 in_planes = planes * block.expansion
             self.add_module(f"layer{stage + 1}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from model.pruning.autoprune import AutoPrune, AutoPruneConfig
 from model.pruning.gsl import GSL, GSLConfig, GuidedController
+from model.pruning.l1_filter import L1Filter, L1FilterConfig
+from model.pruning.magnitude import Magnitude, MagnitudeConfig
+from model.pruning.ssl import SSL, SSLConfig
 from perfmodel.predict import LayerPrediction
 
 
@@ -31,6 +35,25 @@ METHODS: dict[str, MethodInfo] = {
         "gsl", GSLConfig, GSL,
         "Guided Sparsity Learning: element-wise lasso only where the sparse kernel pays "
         "(Park et al. 2017)",
+    ),
+    "ssl": MethodInfo(
+        "ssl", SSLConfig, SSL,
+        "Structured Sparsity Learning: group lasso on filters, channels, shapes, depth; "
+        "cut to a smaller dense network (Wen et al. 2016)",
+    ),
+    "l1-filter": MethodInfo(
+        "l1-filter", L1FilterConfig, L1Filter,
+        "L1-norm filter pruning with skip lists and per-stage ratios, then retraining; "
+        "cut to a smaller dense network (Li et al. 2017)",
+    ),
+    "autoprune": MethodInfo(
+        "autoprune", AutoPruneConfig, AutoPrune,
+        "AutoPrune: auxiliary masks trained through straight-through estimators, recoverable "
+        "(Xiao et al. 2019)",
+    ),
+    "magnitude": MethodInfo(
+        "magnitude", MagnitudeConfig, Magnitude,
+        "Gradual magnitude pruning on Zhu & Gupta's cubic schedule (the common baseline)",
     ),
 }  # fmt: skip
 
@@ -77,9 +100,17 @@ def make_config(config_type: type, values: dict[str, Any]) -> Any:
 __all__ = [
     "GSL",
     "METHODS",
+    "SSL",
+    "AutoPrune",
+    "AutoPruneConfig",
     "GSLConfig",
     "GuidedController",
+    "L1Filter",
+    "L1FilterConfig",
+    "Magnitude",
+    "MagnitudeConfig",
     "MethodInfo",
+    "SSLConfig",
     "UnknownMethodError",
     "config_fields",
     "make_config",

@@ -99,6 +99,16 @@ class PruningHooks(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # Optional hooks, looked up with getattr (a method without them works unchanged):
+    #
+    # attach(model, optimizer, phase) -> None
+    #     called whenever the trainer builds an optimizer (start, each phase, resume), after
+    #     ``start``/``load_state_dict``: a method may add parameter groups of its own (AutoPrune's
+    #     mask parameters) or keep a handle on momentum buffers (to hold masked weights).
+    # sparsity(model) -> dict[str, float]
+    #     per-layer sparsity reported in prune-phase epoch events, for methods whose zeros are
+    #     not (yet) in the weights (AutoPrune's masks multiply them in the forward pass).
+
 
 @dataclass
 class TrainResult:
@@ -184,12 +194,16 @@ class Trainer:
             callback(event)
 
     def _optimizer(self, lr: float) -> torch.optim.SGD:
-        return torch.optim.SGD(
+        optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=lr,
             momentum=self.config.momentum,
             weight_decay=self.config.weight_decay,
         )
+        attach = getattr(self.hooks, "attach", None)
+        if attach is not None:
+            attach(self.model, optimizer, self.phase)
+        return optimizer
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -220,11 +234,11 @@ class Trainer:
         self.phase, self.epoch, self.step = state["phase"], state["epoch"], state["step"]
         self.dense_accuracy = state["dense_accuracy"]
         self.masks = state["masks"]
+        if self.hooks:  # before the optimizer: a method may own parameters of its own
+            self.hooks.load_state_dict(state["hooks"])
         lr = self.config.finetune_lr if self.phase == "finetune" else self.config.lr
         self.optimizer = self._optimizer(lr)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.hooks:
-            self.hooks.load_state_dict(state["hooks"])
         self.events = list(state["events"])
         torch.set_rng_state(state["rng"])
         self.emit({"type": "log", "message": f"resumed at {self.phase} epoch {self.epoch}"})
@@ -301,12 +315,19 @@ class Trainer:
                            "loss": loss.item()})  # fmt: skip
         return total_loss / max(seen, 1), correct / max(seen, 1)
 
+    def _sparsity(self, phase: str) -> dict[str, float]:
+        sparsity = layer_sparsity(self.model)
+        reported = getattr(self.hooks, "sparsity", None)
+        if phase == "prune" and reported is not None:
+            sparsity.update(reported(self.model))
+        return sparsity
+
     def _epoch_event(self, phase: str, train_loss: float, train_accuracy: float) -> float:
         test_loss, test_accuracy = evaluate(self.model, self.test_set)
         self.emit({
             "type": "epoch", "phase": phase, "epoch": self.epoch, "loss": train_loss,
             "train_accuracy": train_accuracy, "test_loss": test_loss,
-            "test_accuracy": test_accuracy, "sparsity": layer_sparsity(self.model),
+            "test_accuracy": test_accuracy, "sparsity": self._sparsity(phase),
         })  # fmt: skip
         return test_accuracy
 
@@ -356,8 +377,8 @@ class Trainer:
         if phase == "prune" and self.hooks is not None:
             if self.dense_accuracy is None:
                 self.dense_accuracy = evaluate(self.model, self.test_set)[1]
-            self.optimizer = self._optimizer(self.config.lr)
             self.hooks.start(self.model, self.emit)
+            self.optimizer = self._optimizer(self.config.lr)
         elif phase == "finetune" and self.hooks is not None:
             self.masks = {k: v.detach().clone() for k, v in self.hooks.masks(self.model).items()}
             self._apply_masks()

@@ -1,0 +1,51 @@
+"""FLOPs and parameters of a network as Li et al. count them ("Pruning Filters for Efficient
+ConvNets", ICLR 2017, Table 1): multiply-accumulates of every Conv2d and Linear call (no BN,
+bias, ReLU or pooling), and the weights and biases of those layers (no BN).
+
+Shapes come from :func:`perfmodel.extract.extract_layers`, so a network built on the meta
+device is counted without allocating anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from perfmodel.extract import extract_layers
+
+
+@dataclass(frozen=True)
+class Cost:
+    """``macs``: conv + linear multiply-accumulates per image; ``params``: their weights+biases."""
+
+    macs: int
+    params: int
+
+    def reduction(self, pruned: Cost) -> tuple[float, float]:
+        """Fractions of MACs and parameters that ``pruned`` removed relative to ``self``."""
+        return 1.0 - pruned.macs / self.macs, 1.0 - pruned.params / self.params
+
+
+def count_cost(model: nn.Module, input_shape: Sequence[int], exclude: Sequence[str] = ()) -> Cost:
+    """MACs and parameters of ``model``'s Conv2d/Linear layers on one input.
+
+    Args:
+        model: any module (meta device is fine).
+        input_shape: (C, H, W) of one example.
+        exclude: substrings of module paths to leave out (``"downsample"``: Li et al. count
+            ResNet-34 without its 1×1 projection shortcuts).
+    """
+
+    def kept(name: str) -> bool:
+        return not any(part in name for part in exclude)
+
+    macs = sum(spec.macs for spec in extract_layers(model, input_shape) if kept(spec.name))
+    params = sum(
+        p.numel()
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d | nn.Linear) and kept(name)
+        for p in module.parameters(recurse=False)
+    )
+    return Cost(macs, params)

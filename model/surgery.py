@@ -1,0 +1,467 @@
+"""Surgery: turn structured zeros into a smaller dense network (Wen et al. 2016, §3 and §4;
+Li et al. 2017, §3.2; RESEARCH.md §4–5).
+
+Structured pruning only pays when the zeros are physically removed and an ordinary dense kernel
+runs on the smaller tensors. This module removes:
+
+- **channels**: output channel ``c`` of a producer layer (a conv filter or a linear neuron) and
+  the matching input channel of every consumer. A channel goes when its filter is all zero (it
+  carries a constant) or when every consumer ignores it (all-zero input columns).
+- **residual branches** (depth): a block whose conv1 or conv2 is all zero computes a branch
+  that no longer depends on its input; the block becomes ``relu(shortcut(x) + constant)``.
+
+Exactness. A removed filter still emits a constant through its bias, BatchNorm (β − γμ/σ) and
+ReLU. Its contribution to every consumer is computed once from the masked network and added to
+the consumer: into the bias when it is spatially uniform (no padding effect, or a linear
+consumer), otherwise as a per-position ``bias_map`` (zero-padding makes the border outputs
+differ). So, in eval mode, the cut network computes the same function as the masked one.
+
+Which channels may change width (ours, documented in ``docs/methods.md``): the channels inside a
+residual block (conv1 → conv2, and conv2 → conv3 in a bottleneck) and every channel of a plain
+chain (LeNet-5, LeNet-300-100, VGG-16, the SSL CIFAR ConvNet). Residual-stream channels
+(a stem, the second conv of a basic block) keep their width: identity shortcuts add them. Grouped
+convolutions and cross-channel LRN (AlexNet) are not cut. Shape-fibre zeros are left to the
+sparse path.
+
+The result is described by an :class:`Architecture` (per-layer widths, norms, bias maps,
+constant blocks), stored in the manifest, from which :func:`rebuild` builds the cut network
+again before loading its safetensors weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHAIN_FAMILIES = ("LeNet5", "LeNet300", "VGG16", "CifarConvNet")
+
+
+class SurgeryError(ValueError):
+    """The network has a structure surgery does not support (the message says which)."""
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels a producer emits and its consumers read; they are cut together.
+
+    Attributes:
+        producer: the Conv2d/Linear whose output channels these are (module path).
+        norm: the BatchNorm normalising them, if any.
+        consumers: layers reading them (conv input channels, or linear input features; a
+            linear consumer after a flatten reads ``in_features / channels`` features each).
+    """
+
+    producer: str
+    norm: str | None
+    consumers: tuple[str, ...]
+
+
+class BiasMapConv2d(nn.Conv2d):
+    """A Conv2d plus a fixed per-position bias ``bias_map`` (K, P, Q): the exact contribution of
+    removed constant input channels through zero padding (see the module docstring)."""
+
+    def __init__(self, *args: Any, map_shape: tuple[int, int, int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("bias_map", torch.zeros(map_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.bias_map  # (N, K, P, Q)
+
+
+class ConstantBranch(nn.Module):
+    """A residual block whose branch was removed: ``relu(shortcut(x) + constant)``."""
+
+    def __init__(self, shortcut: nn.Module | None, shape: tuple[int, int, int]):
+        super().__init__()
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+        self.register_buffer("constant", torch.zeros(shape))  # (K, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.shortcut(x) + self.constant)
+
+
+@dataclass
+class Architecture:
+    """What surgery changed, enough to rebuild the cut network from the registered one.
+
+    Attributes:
+        layers: Conv2d/Linear path → ``{"in": int, "out": int, "bias": bool,
+            "bias_map": [K, P, Q] | None}``
+            for every layer whose shape changed (or that gained a bias map).
+        norms: BatchNorm path → number of features kept.
+        constant_blocks: residual block path → shape of its constant branch (K, H, W).
+    """
+
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    norms: dict[str, int] = field(default_factory=dict)
+    constant_blocks: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "norms": self.norms,
+                "constant_blocks": self.constant_blocks}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Architecture:
+        return cls(dict(data.get("layers", {})), dict(data.get("norms", {})),
+                   dict(data.get("constant_blocks", {})))  # fmt: skip
+
+
+# ------------------------------------------------------------------------ structure
+
+
+def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Blocks with a branch ``conv1 → bn1 → conv2 → bn2 [→ conv3 → bn3]`` and a shortcut."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if all(hasattr(module, a) for a in ("conv1", "bn1", "conv2", "bn2"))
+        and (hasattr(module, "shortcut") or hasattr(module, "downsample"))
+    }
+
+
+def _block_shortcut(block: nn.Module) -> nn.Module | None:
+    return getattr(block, "shortcut", None) or getattr(block, "downsample", None)
+
+
+def _block_convs(block: nn.Module) -> list[str]:
+    return [n for n in ("conv1", "conv2", "conv3") if hasattr(block, n)]
+
+
+def _execution_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """Paths of Conv2d, Linear and BatchNorm modules in the order they run (meta tensors)."""
+    from torch.func import functional_call
+
+    order: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+    kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+    handles = [m.register_forward_pre_hook(lambda m, _a: order.append(names[m]))
+               for m in model.modules() if isinstance(m, kinds)]  # fmt: skip
+    meta = {n: torch.empty_like(t, device="meta")
+            for n, t in (*model.named_parameters(), *model.named_buffers())}  # fmt: skip
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            functional_call(model, meta, (torch.empty((1, *input_shape), device="meta"),))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return order
+
+
+def channel_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[ChannelGroup]:
+    """The channel groups surgery may cut (see the module docstring for which ones).
+
+    Raises:
+        SurgeryError: an unsupported family (grouped convs, cross-channel LRN, concatenations).
+    """
+    blocks = residual_blocks(model)
+    if blocks:
+        groups = []
+        for name, block in blocks.items():
+            convs = _block_convs(block)
+            for first, second in itertools.pairwise(convs):
+                bn = f"bn{first[-1]}"
+                groups.append(ChannelGroup(f"{name}.{first}", f"{name}.{bn}",
+                                           (f"{name}.{second}",)))  # fmt: skip
+        return groups
+    if type(model).__name__ not in CHAIN_FAMILIES:
+        raise SurgeryError(
+            f"surgery supports residual networks and the plain chains {', '.join(CHAIN_FAMILIES)};"
+            f" not {type(model).__name__}"
+        )
+    modules = dict(model.named_modules())
+    order = _execution_order(model, input_shape)
+    layers = [n for n in order if isinstance(modules[n], nn.Conv2d | nn.Linear)]
+    groups = []
+    for producer, consumer in itertools.pairwise(layers):
+        norms = [n for n in order[order.index(producer) + 1 : order.index(consumer)]
+                 if isinstance(modules[n], nn.BatchNorm1d | nn.BatchNorm2d)]  # fmt: skip
+        groups.append(ChannelGroup(producer, norms[0] if norms else None, (consumer,)))
+    return groups
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _in_channels(module: nn.Module) -> int:
+    return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+
+
+def _column_norms(consumer: nn.Module, channels: int) -> torch.Tensor:
+    """Sum of |w| of each input channel's columns of ``consumer`` (over outputs and positions)."""
+    weight = consumer.weight.detach()
+    if isinstance(consumer, nn.Conv2d):
+        return weight.abs().sum(dim=(0, 2, 3))  # (C,)
+    per_channel = consumer.in_features // channels
+    return weight.abs().reshape(weight.shape[0], channels, per_channel).sum(dim=(0, 2))
+
+
+def filter_norms(module: nn.Module) -> torch.Tensor:
+    """Sum of |w| of each output filter/neuron (L1 norm, Li et al. 2017 eq. 1)."""
+    return module.weight.detach().abs().reshape(_out_channels(module), -1).sum(1)
+
+
+def kept_channels(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """Boolean (C,): channels that survive — non-zero filter and read by some consumer."""
+    modules = dict(model.named_modules())
+    producer = modules[group.producer]
+    channels = _out_channels(producer)
+    read = torch.zeros(channels, dtype=torch.bool)
+    for name in group.consumers:
+        read |= _column_norms(modules[name], channels) > 0
+    keep = (filter_norms(producer) > 0) & read
+    if not keep.any():  # keep one channel so every layer stays a valid module (exact anyway)
+        keep[int(torch.argmax(filter_norms(producer) + read.float()))] = True
+    return keep
+
+
+# --------------------------------------------------------------------------- the cut
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _new_layer(
+    old: nn.Module, n_in: int, n_out: int, map_shape: list[int] | None, bias: bool | None = None
+) -> nn.Module:
+    """An empty layer like ``old`` with new widths (weights are copied by the caller)."""
+    device = old.weight.device
+    bias = old.bias is not None if bias is None else bias
+    if isinstance(old, nn.Conv2d):
+        kwargs = {
+            "stride": old.stride,
+            "padding": old.padding,
+            "dilation": old.dilation,
+            "bias": bias,
+            "device": device,
+        }
+        if map_shape is not None:
+            return BiasMapConv2d(n_in, n_out, old.kernel_size, map_shape=tuple(map_shape),
+                                 **kwargs)  # fmt: skip
+        return nn.Conv2d(n_in, n_out, old.kernel_size, **kwargs)
+    return nn.Linear(n_in, n_out, bias=bias, device=device)
+
+
+def _new_norm(old: nn.Module, features: int) -> nn.Module:
+    return type(old)(features, eps=old.eps, momentum=old.momentum, affine=old.affine,
+                     device=old.weight.device if old.affine else None)  # fmt: skip
+
+
+def narrow(model: nn.Module, architecture: Architecture) -> nn.Module:
+    """Replace ``model``'s modules in place by empty ones of the recorded shapes; returns it.
+
+    Used by :func:`rebuild` (then weights are loaded) and, on the meta device, to count the
+    FLOPs and parameters of a pruning plan (Li et al. Table 1).
+    """
+    for path, spec in architecture.layers.items():
+        old = model.get_submodule(path)
+        layer = _new_layer(old, spec["in"], spec["out"], spec.get("bias_map"), spec.get("bias"))
+        _set_module(model, path, layer)
+    for path, features in architecture.norms.items():
+        _set_module(model, path, _new_norm(model.get_submodule(path), features))
+    for path, shape in architecture.constant_blocks.items():
+        block = model.get_submodule(path)
+        _set_module(model, path, ConstantBranch(_block_shortcut(block), tuple(shape)))
+    return model
+
+
+def rebuild(model_name: str, num_classes: int, architecture: dict[str, Any]) -> nn.Module:
+    """The cut network of a manifest: the registered network narrowed to ``architecture``
+    (load the cut weights into it with ``load_state_dict``)."""
+    from model.networks import create_model
+
+    return narrow(create_model(model_name, num_classes=num_classes),
+                  Architecture.from_dict(architecture))  # fmt: skip
+
+
+def plan_architecture(
+    model: nn.Module, input_shape: tuple[int, ...], keep: dict[str, int]
+) -> Architecture:
+    """The architecture of ``model`` with producer ``name`` narrowed to ``keep[name]`` channels
+    (its norm and consumers follow); for counting the cost of a plan without weights."""
+    modules = dict(model.named_modules())
+    arch = Architecture()
+    shapes: dict[str, list[int]] = {}
+    for group in channel_groups(model, input_shape):
+        if group.producer not in keep:
+            continue
+        producer = modules[group.producer]
+        channels, kept = _out_channels(producer), keep[group.producer]
+        shapes.setdefault(group.producer, [_in_channels(producer), channels])[1] = kept
+        if group.norm:
+            arch.norms[group.norm] = kept
+        for name in group.consumers:
+            consumer = modules[name]
+            per_channel = _in_channels(consumer) // channels
+            shapes.setdefault(name, [_in_channels(consumer), _out_channels(consumer)])[0] = (
+                kept * per_channel
+            )
+    arch.layers = {name: {"in": s[0], "out": s[1], "bias_map": None} for name, s in shapes.items()}
+    return arch
+
+
+@dataclass
+class CutResult:
+    """The cut network and what was removed."""
+
+    model: nn.Module
+    architecture: Architecture
+    kept: dict[str, int]  # producer path → channels kept
+    removed_blocks: list[str]
+
+
+def _capture(model: nn.Module, example: torch.Tensor, paths: set[str], output: bool = False
+             ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Input (or output) of each named module when ``model`` runs on ``example`` (eval)."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for path in paths:
+        module = model.get_submodule(path)
+        if output:
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _a, out, p=path: captured.setdefault(p, out.detach().clone())
+                )
+            )
+        else:
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda _m, args, p=path: captured.setdefault(p, args[0].detach().clone())
+                )
+            )
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _branch_is_dead(block: nn.Module) -> bool:
+    return any(
+        getattr(block, conv).weight.detach().abs().sum() == 0 for conv in _block_convs(block)
+    )
+
+
+def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) -> CutResult:
+    """The smaller dense network computing what ``model`` (with its zeros) computes in eval mode.
+
+    Args:
+        model: the masked/pruned network; not modified.
+        input_shape: (C, H, W) of one example (bias maps and constants are for this size).
+        example_batch: images used to capture the constants (they do not depend on the input).
+
+    Raises:
+        SurgeryError: unsupported network structure.
+    """
+    model = model.eval()
+    example = torch.randn(example_batch, *input_shape)
+    blocks = residual_blocks(model)
+    dead = [name for name, block in blocks.items() if _branch_is_dead(block)]
+    groups = [g for g in channel_groups(model, input_shape)
+              if not any(g.producer.startswith(f"{b}.") for b in dead)]  # fmt: skip
+    modules = dict(model.named_modules())
+    keeps = {g.producer: kept_channels(model, g) for g in groups}
+    # Inputs of every consumer (for the constants of removed filters) and dead branches' outputs.
+    last_norm = {b: f"{b}.bn{_block_convs(blocks[b])[-1][-1]}" for b in dead}
+    inputs = _capture(model, example, {c for g in groups for c in g.consumers})
+    branch_out = _capture(model, example, set(last_norm.values()), output=True)
+
+    cut_model = copy.deepcopy(model)
+    arch = Architecture()
+    out_index: dict[str, torch.Tensor] = {}
+    in_index: dict[str, tuple[torch.Tensor, int]] = {}
+    extra_bias: dict[str, torch.Tensor] = {}
+    bias_maps: dict[str, torch.Tensor] = {}
+    for group in groups:
+        keep = keeps[group.producer]
+        out_index[group.producer] = keep.nonzero().flatten()
+        producer = modules[group.producer]
+        constant = (~keep) & (filter_norms(producer) == 0)  # zero filters still emit a constant
+        for name in group.consumers:
+            consumer = modules[name]
+            in_index[name] = (keep.nonzero().flatten(), _out_channels(producer))
+            if not constant.any():
+                continue
+            x = inputs[name][:1]
+            weight = consumer.weight.detach()
+            if isinstance(consumer, nn.Conv2d):
+                contribution = F.conv2d(
+                    x[:, constant],
+                    weight[:, constant],
+                    None,
+                    consumer.stride,
+                    consumer.padding,
+                    consumer.dilation,
+                )[0]  # (K, P, Q)
+                flat = contribution.flatten(1)
+                if (flat.max(1).values - flat.min(1).values).abs().max() <= 1e-7:
+                    extra_bias[name] = contribution.mean(dim=(1, 2))
+                else:
+                    bias_maps[name] = contribution
+            else:
+                features = constant.repeat_interleave(consumer.in_features // len(constant))
+                extra_bias[name] = (x[:, features] @ weight[:, features].T)[0]  # (K,)
+
+    layer_names = set(out_index) | set(in_index)
+    with torch.no_grad():
+        for name in sorted(layer_names):
+            old = modules[name]
+            rows = out_index.get(name, torch.arange(_out_channels(old)))
+            weight = old.weight.detach()[rows]
+            if name in in_index:
+                columns, channels = in_index[name]
+                if isinstance(old, nn.Linear):
+                    per = old.in_features // channels
+                    columns = (columns[:, None] * per + torch.arange(per)).flatten()
+                weight = weight[:, columns]
+            map_shape = None
+            if name in bias_maps:
+                map_shape = [len(rows), *bias_maps[name].shape[1:]]
+            has_bias = old.bias is not None or name in extra_bias
+            new = _new_layer(old, weight.shape[1], weight.shape[0], map_shape, has_bias)
+            new.weight.copy_(weight)
+            if new.bias is not None:
+                bias = old.bias.detach()[rows] if old.bias is not None else torch.zeros(len(rows))
+                if name in extra_bias:
+                    bias = bias + extra_bias[name][rows]
+                new.bias.copy_(bias)
+            if map_shape is not None:
+                new.bias_map.copy_(bias_maps[name][rows])
+            _set_module(cut_model, name, new)
+            arch.layers[name] = {"in": weight.shape[1], "out": weight.shape[0],
+                                 "bias": has_bias, "bias_map": map_shape}  # fmt: skip
+        for group in groups:
+            if group.norm is None:
+                continue
+            rows = out_index[group.producer]
+            old = modules[group.norm]
+            new = _new_norm(old, len(rows))
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                source = getattr(old, attr)
+                if source is not None:
+                    getattr(new, attr).copy_(source.detach()[rows])
+            new.num_batches_tracked.copy_(old.num_batches_tracked)
+            _set_module(cut_model, group.norm, new.eval())
+            arch.norms[group.norm] = len(rows)
+        for name in dead:
+            constant = branch_out[last_norm[name]][0]  # (K, H, W): the branch ignores its input
+            shortcut = _block_shortcut(cut_model.get_submodule(name))
+            replacement = ConstantBranch(shortcut, tuple(constant.shape))
+            replacement.constant.copy_(constant)
+            _set_module(cut_model, name, replacement)
+            arch.constant_blocks[name] = list(constant.shape)
+    kept = {name: len(index) for name, index in out_index.items()}
+    return CutResult(cut_model.eval(), arch, kept, dead)

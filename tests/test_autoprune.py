@@ -1,0 +1,170 @@
+"""AutoPrune mechanics: estimators, the sign rule, recoverability, no decay/momentum on masked
+weights, filter masks, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from model.pruning.autoprune import (
+    AutoPrune,
+    AutoPruneConfig,
+    estimator_derivative,
+    masked_weight,
+)
+from model.training import TrainConfig, Trainer
+
+
+def test_estimators():
+    m = torch.tensor([-2.0, -0.1, 0.0, 0.1, 2.0])
+    assert torch.equal(estimator_derivative(m, "linear"), torch.ones(5))
+    assert torch.allclose(estimator_derivative(m, "leaky", leak=0.1),
+                          torch.tensor([0.1, 0.1, 0.1, 1.0, 1.0]))  # fmt: skip
+    softplus = estimator_derivative(m, "softplus", temperature=0.5)
+    assert torch.allclose(softplus, torch.sigmoid(m / 0.5))
+    assert (softplus.diff() > 0).all()  # derivative of softplus: monotone, in (0, 1)
+
+
+@pytest.mark.parametrize("estimator", ["linear", "leaky", "softplus"])
+def test_mask_update_follows_the_sign_of_the_weights_pull(estimator):
+    weight = torch.tensor([0.5, -0.5, 0.5, -0.5], requires_grad=True)
+    mask = torch.tensor([0.3, 0.3, -0.3, -0.3], requires_grad=True)
+    config = AutoPruneConfig(estimator=estimator)
+    upstream = torch.tensor([-1.0, -1.0, 1.0, 1.0])  # ∂L/∂(w·h(m)); the pull is its negative
+    (masked_weight(weight, mask, config) * upstream).sum().backward()
+    pull = -upstream
+    mask_step = -mask.grad  # SGD moves m along the negative gradient
+    # the mask grows when the pull points away from zero (same sign as w), shrinks otherwise
+    assert torch.equal(torch.sign(mask_step), torch.sign(pull * torch.sign(weight.detach())))
+    # magnitude does not enter: the weight is replaced by its sign
+    assert torch.allclose(mask.grad.abs(), estimator_derivative(mask.detach(), estimator))
+    # masked weights (m ≤ 0) get no gradient; live ones get the plain one
+    assert torch.equal(weight.grad, torch.tensor([-1.0, -1.0, 0.0, 0.0]))
+
+
+def _data(n: int = 96) -> TensorDataset:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 6, 6, generator=generator)
+    return TensorDataset(x, (x.mean((1, 2, 3)) > 0).long())
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+
+
+def _config(**changes) -> TrainConfig:
+    base = {
+        "dense_epochs": 0,
+        "prune_epochs": 2,
+        "finetune_epochs": 0,
+        "batch_size": 16,
+        "lr": 0.1,
+        "finetune_lr": 0.01,
+        "weight_decay": 0.01,
+        "log_every": 0,
+        "threads": 1,
+    }
+    return TrainConfig(**{**base, **changes})  # fmt: skip
+
+
+def test_masked_weights_keep_their_values_and_get_no_momentum():
+    model = _model()
+    hooks = AutoPrune({}, AutoPruneConfig(strength=0.0, mask_lr=1e-6))
+    trainer = Trainer(model, _data(), _data(), _config(), hooks=hooks)
+    hooks.start(model, lambda e: None)
+    with torch.no_grad():
+        hooks.mask_params["0"][0] = -1.0  # mask filter 0's weights off (and far from flipping)
+    original = model[0].weight.detach().clone()
+    trainer.phase = "prune"
+    trainer.optimizer = trainer._optimizer(0.1)
+    trainer.epoch = 0
+    trainer._run_epoch("prune")  # weight decay 0.01 and momentum 0.9 are on for the others
+    weight = model[0].weight.detach()
+    assert torch.equal(weight[0], original[0])  # held exactly: recoverable
+    assert not torch.equal(weight[1], original[1])  # live weights trained
+    buffer = trainer.optimizer.state[model[0].weight]["momentum_buffer"]
+    assert (buffer[0] == 0).all()
+    mask_group = trainer.optimizer.param_groups[-1]
+    assert mask_group["momentum"] == 0 and mask_group["weight_decay"] == 0
+    # turn the mask back on: the weight is used again with its old value
+    with torch.no_grad():
+        hooks.mask_params["0"][0] = 1.0
+    x = torch.randn(2, 1, 6, 6)
+    expected = torch.nn.functional.conv2d(x, weight, model[0].bias)
+    assert torch.allclose(model[0](x), expected)
+
+
+def test_regulariser_prunes_and_fine_tuning_freezes_the_masks():
+    model = _model()
+    hooks = AutoPrune({}, AutoPruneConfig(strength=0.5, mask_lr=1.0, estimator="leaky"))
+    events = []
+    Trainer(model, _data(), _data(), _config(finetune_epochs=1), hooks=hooks,
+            callbacks=[events.append]).fit(resume=False)  # fmt: skip
+    prune_epochs = [e for e in events if e["type"] == "epoch" and e["phase"] == "prune"]
+    assert prune_epochs[-1]["sparsity"]["0"] > 0.5  # reported from the masks while pruning
+    masks = {n: (m.detach() > 0) for n, m in hooks.mask_params.items()}
+    assert torch.equal(model[0].weight != 0, masks["0"])  # h(M) frozen into the weights
+    assert "forward" not in model[0].__dict__  # the masked forward is gone after pruning
+
+
+def test_filter_masks_are_structured():
+    model = _model()
+    hooks = AutoPrune({}, AutoPruneConfig(granularity="filter"))
+    hooks.start(model, lambda e: None)
+    assert hooks.structured
+    assert hooks.mask_params["0"].shape == (4, 1, 1, 1)
+    assert hooks.mask_params["3"].shape == (2, 1)
+    with torch.no_grad():
+        hooks.mask_params["0"][2] = -1.0
+    masks = hooks.masks(model)
+    assert (masks["0.weight"][2] == 0).all() and (masks["0.weight"][1] == 1).all()
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    def run(path, stop_after=None):
+        model = _model()
+        hooks = AutoPrune({}, AutoPruneConfig(strength=0.2, mask_lr=0.5))
+        config = _config(prune_epochs=3, finetune_epochs=1, dense_epochs=1)
+        trainer = Trainer(model, _data(), _data(), config, hooks=hooks, checkpoint_path=path)
+        if stop_after is not None:
+
+            def stop(event, trainer=trainer):
+                if (
+                    event["type"] == "epoch"
+                    and event["phase"] == "prune"
+                    and event["epoch"] == stop_after
+                ):
+                    trainer.cancel.set()
+
+            trainer.callbacks.append(stop)
+            with pytest.raises(Exception, match="cancelled"):
+                trainer.fit()
+            return None
+        trainer.fit()
+        return model
+
+    straight = run(tmp_path / "a.pt")
+    run(tmp_path / "b.pt", stop_after=2)
+    resumed = run(tmp_path / "b.pt")
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_autoprune_job_end_to_end(capsys, tmp_path):
+    from cli_jobs import prune_job
+
+    manifest = prune_job(capsys, tmp_path / "job", "autoprune", "lenet300", "--no-measure",
+                         "--set", "strength=0.05")  # fmt: skip
+    assert manifest["structure"] == "unstructured"
+    assert all(layer["sparsity"] > 0 for layer in manifest["layers"])
+
+
+def test_autoprune_filter_job_is_cut(capsys, tmp_path):
+    from cli_jobs import check_structured, prune_job
+
+    manifest = prune_job(capsys, tmp_path / "job", "autoprune", "lenet5", "--no-measure",
+                         "--set", "granularity=filter", "--set", "strength=0.05")  # fmt: skip
+    check_structured(manifest, tmp_path / "job")

@@ -1,0 +1,128 @@
+"""Surgery: the cut network computes what the masked network computes (eval mode)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from model.networks import create_model
+from model.surgery import SurgeryError, channel_groups, cut, plan_architecture, rebuild
+
+
+def _randomise_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """Non-trivial BN statistics and affine parameters, so removed channels carry constants."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.5)
+
+
+def _zero_filters(layer: nn.Module, index: list[int]) -> None:
+    with torch.no_grad():
+        layer.weight[index] = 0
+
+
+def _zero_channels(layer: nn.Module, index: list[int]) -> None:
+    with torch.no_grad():
+        layer.weight[:, index] = 0
+
+
+def _assert_same(model: nn.Module, cut_model: nn.Module, shape: tuple[int, ...]) -> None:
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, actual = model.eval()(x), cut_model.eval()(x)
+    assert (expected - actual).abs().max().item() <= 1e-5
+
+
+@pytest.fixture
+def resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    _randomise_norms(model, torch.Generator().manual_seed(1))
+    return model.eval()
+
+
+@pytest.fixture
+def vgg16() -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model("vgg16")
+    _randomise_norms(model, torch.Generator().manual_seed(1))
+    return model.eval()
+
+
+def test_resnet20_filters_channels_and_depth_cut_exactly(resnet20):
+    _zero_filters(resnet20.layer1[0].conv1, [0, 3, 5])  # BN constants of removed filters folded
+    _zero_channels(resnet20.layer2[1].conv2, [1, 2, 30])  # unused channels go, filters too
+    _zero_filters(resnet20.layer2[0].conv1, list(range(32)))  # a whole layer: depth
+    _zero_filters(resnet20.layer3[2].conv2, list(range(64)))  # the other conv of a branch
+    result = cut(resnet20, (3, 32, 32))
+    assert result.removed_blocks == ["layer2.0", "layer3.2"]
+    assert result.kept["layer1.0.conv1"] == 13 and result.model.layer1[0].conv2.in_channels == 13
+    assert result.kept["layer2.1.conv1"] == 29
+    assert result.model.layer1[0].conv2.out_channels == 16  # residual stream keeps its width
+    _assert_same(resnet20, result.model, (3, 32, 32))
+    params = sum(p.numel() for p in result.model.parameters())
+    assert params < sum(p.numel() for p in resnet20.parameters())
+
+
+def test_vgg16_filters_and_channels_cut_exactly(vgg16):
+    _zero_filters(vgg16.conv1, [0, 1, 2, 10])  # conv bias + BN constant through zero padding
+    _zero_channels(vgg16.conv5, list(range(40)))
+    _zero_filters(vgg16.conv13, list(range(0, 512, 3)))  # folded into fc1's bias
+    _zero_filters(vgg16.fc1, [5, 6])  # through bn_fc1 into fc2
+    result = cut(vgg16, (3, 32, 32))
+    assert result.kept["conv1"] == 60 and result.model.conv2.in_channels == 60
+    assert result.kept["conv4"] == 88
+    assert result.model.fc1.in_features == 512 - 171
+    assert result.architecture.layers["conv2"]["bias_map"] == [64, 32, 32]
+    _assert_same(vgg16, result.model, (3, 32, 32))
+
+
+def test_lenet5_channels_cut_exactly_and_rebuild():
+    torch.manual_seed(0)
+    model = create_model("lenet5").eval()
+    _zero_filters(model.conv1, [1, 4, 7])
+    _zero_filters(model.conv2, list(range(0, 50, 2)))
+    result = cut(model, (1, 28, 28))
+    assert result.model.fc1.in_features == 25 * 16
+    _assert_same(model, result.model, (1, 28, 28))
+    again = rebuild("lenet5", 10, result.architecture.to_dict())
+    again.load_state_dict(result.model.state_dict())
+    _assert_same(model, again, (1, 28, 28))
+
+
+def test_rebuild_resnet_with_bias_maps_and_constant_blocks(resnet20):
+    _zero_filters(resnet20.layer1[1].conv1, [0, 1])
+    _zero_filters(resnet20.layer3[0].conv1, list(range(64)))
+    result = cut(resnet20, (3, 32, 32))
+    assert result.architecture.layers["layer1.1.conv2"]["bias_map"] == [16, 32, 32]
+    again = rebuild("resnet20", 10, result.architecture.to_dict())
+    again.load_state_dict(result.model.state_dict())
+    _assert_same(resnet20, again, (3, 32, 32))
+
+
+def test_plan_architecture_narrows_vgg_like_its_widths_argument():
+    from model.networks.vgg import VGG16
+
+    with torch.device("meta"):
+        model = create_model("vgg16")
+        narrowed = plan_architecture(model, (3, 32, 32), {"conv1": 32, "conv13": 256})
+        assert narrowed.layers["conv2"]["in"] == 32 and narrowed.layers["fc1"]["in"] == 256
+        from model.surgery import narrow
+
+        narrow(model, narrowed)
+        widths = (32, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 256)
+        reference = VGG16(10, widths=widths)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes == {n: tuple(p.shape) for n, p in reference.named_parameters()}
+
+
+def test_unsupported_networks_are_refused():
+    with torch.device("meta"):
+        model = create_model("alexnet_cifar")
+    with pytest.raises(SurgeryError, match="not AlexNetCifar"):
+        channel_groups(model, (3, 32, 32))
