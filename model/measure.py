@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from model.surgery import capture_activations
+
 
 def _median_times(functions: Sequence[Callable[[], object]], repeats: int) -> list[float]:
     """Median seconds per call of each function, timed round-robin after one warm-up call."""
@@ -28,27 +30,6 @@ def _median_times(functions: Sequence[Callable[[], object]], repeats: int) -> li
             function()
             samples[index].append(time.perf_counter() - start)
     return [statistics.median(s) for s in samples]
-
-
-def _layer_inputs(
-    model: nn.Module, names: set[str], example: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """The input each named layer receives when ``model`` runs on ``example``."""
-    captured: dict[str, torch.Tensor] = {}
-    modules = dict(model.named_modules())
-    handles = [
-        modules[name].register_forward_pre_hook(
-            lambda _m, args, name=name: captured.setdefault(name, args[0].detach().clone())
-        )
-        for name in names
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
 
 
 def measure_speedups(
@@ -76,7 +57,7 @@ def measure_speedups(
     model = model.eval()
     example = torch.randn(batch, *input_shape)
     sparse_names = {name for name, choice in plan.items() if choice == "sparse"}
-    inputs = _layer_inputs(model, sparse_names, example)
+    inputs = capture_activations(model, example, sparse_names)
     layers = {}
     with torch.no_grad():
         for name in sorted(sparse_names, key=list(plan).index):
@@ -127,8 +108,8 @@ def measure_cut(
     before = {n: m for n, m in original.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
     after = {n: m for n, m in cut.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
     changed = {n for n in after if n in before and after[n].weight.shape != before[n].weight.shape}
-    original_inputs = _layer_inputs(original, changed, example)
-    cut_inputs = _layer_inputs(cut, changed, example)
+    original_inputs = capture_activations(original, example, changed)
+    cut_inputs = capture_activations(cut, example, changed)
     layers = {}
     with torch.no_grad():
         for name in (n for n in before if n in changed):

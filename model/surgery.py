@@ -321,8 +321,9 @@ class CutResult:
     removed_blocks: list[str]
 
 
-def _capture(model: nn.Module, example: torch.Tensor, paths: set[str], output: bool = False
-             ) -> dict[str, torch.Tensor]:  # fmt: skip
+def capture_activations(
+    model: nn.Module, example: torch.Tensor, paths: set[str], output: bool = False
+) -> dict[str, torch.Tensor]:
     """Input (or output) of each named module when ``model`` runs on ``example`` (eval)."""
     captured: dict[str, torch.Tensor] = {}
     handles = []
@@ -376,8 +377,8 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
     keeps = {g.producer: kept_channels(model, g) for g in groups}
     # Inputs of every consumer (for the constants of removed filters) and dead branches' outputs.
     last_norm = {b: f"{b}.bn{_block_convs(blocks[b])[-1][-1]}" for b in dead}
-    inputs = _capture(model, example, {c for g in groups for c in g.consumers})
-    branch_out = _capture(model, example, set(last_norm.values()), output=True)
+    inputs = capture_activations(model, example, {c for g in groups for c in g.consumers})
+    branch_out = capture_activations(model, example, set(last_norm.values()), output=True)
 
     cut_model = copy.deepcopy(model)
     arch = Architecture()

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.pruning.masking import MaskedWeights
 from model.surgery import channel_groups, filter_norms
 from model.training import Callback
 from perfmodel.predict import LayerPrediction
@@ -172,7 +173,7 @@ def parameter_masks(model: nn.Module, input_shape: Sequence[int],
     return masks
 
 
-class L1Filter:
+class L1Filter(MaskedWeights):
     """L1-norm filter pruning as training hooks (:class:`model.training.PruningHooks`).
 
     Prunes once at the start of the prune phase, holds the pruned filters at zero while the
@@ -211,29 +212,8 @@ class L1Filter:
                                 f"{ratios[name]:.2f}, {self.config.selection})"})  # fmt: skip
         self._apply(model)
 
-    def _apply(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, mask in self.param_masks.items():
-                params[name].mul_(mask)
-
-    def tracked_parameters(self) -> set[str]:
-        return set()
-
-    def regularize(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        for name, mask in self.param_masks.items():
-            if params[name].grad is not None:
-                params[name].grad.mul_(mask)
-
-    def after_step(self, model: nn.Module, updates: dict[str, torch.Tensor]) -> None:
-        self._apply(model)
-
     def end_epoch(self, model: nn.Module, epoch: int, emit: Callback) -> bool:
         return True  # pruned once; retraining continues in the fine-tune phase
-
-    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return dict(self.param_masks)
 
     def layer_states(self) -> dict[str, str]:
         return dict(self.states)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.pruning.masking import MaskedWeights
 from model.training import Callback
 from perfmodel.predict import LayerPrediction
 
@@ -64,7 +65,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.reshape(weight.shape)
 
 
-class Magnitude:
+class Magnitude(MaskedWeights):
     """Gradual magnitude pruning as training hooks (:class:`model.training.PruningHooks`)."""
 
     name = "magnitude"
@@ -94,30 +95,12 @@ class Magnitude:
             self.param_masks = {n: magnitude_mask(w, sparsity) for n, w in weights.items()}
         self._apply(model)
 
-    def _apply(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, mask in self.param_masks.items():
-                params[name].mul_(mask)
-
     def start(self, model: nn.Module, emit: Callback) -> None:
         for name in self._weights(model):
             emit({"type": "decision", "epoch": 0, "layer": name.removesuffix(".weight"),
                   "action": "prune", "reason": f"gradual magnitude pruning to "
                   f"{self.config.final_sparsity:.0%} ({self.config.scope} scope)"})  # fmt: skip
         self._prune_to(model, self.config.initial_sparsity)
-
-    def tracked_parameters(self) -> set[str]:
-        return set()
-
-    def regularize(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        for name, mask in self.param_masks.items():
-            if params[name].grad is not None:
-                params[name].grad.mul_(mask)
-
-    def after_step(self, model: nn.Module, updates: dict[str, torch.Tensor]) -> None:
-        self._apply(model)
 
     def end_epoch(self, model: nn.Module, epoch: int, emit: Callback) -> bool:
         c = self.config
@@ -126,9 +109,6 @@ class Magnitude:
         emit({"type": "log", "message": f"magnitude: target sparsity {target:.1%} "
               f"(step {min(epoch, c.ramp_epochs)}/{c.ramp_epochs})"})  # fmt: skip
         return epoch >= c.ramp_epochs
-
-    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return dict(self.param_masks)
 
     def layer_states(self) -> dict[str, str]:
         pruned = {n.removesuffix(".weight") for n in self.param_masks}
