@@ -13,7 +13,6 @@ Every transition is recorded with its time and reason.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db import Artifact, Job, JobEvent, Metric, Transition, utcnow
+from service.storage import ArtifactStore
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -145,7 +145,7 @@ def cancel_job(session: Session, owner: str | None, job_id: str, reason: str) ->
     return job
 
 
-def delete_job(session: Session, owner: str | None, job_id: str, jobs_dir: Path) -> None:
+def delete_job(session: Session, owner: str | None, job_id: str, storage: ArtifactStore) -> None:
     job = get_job(session, owner, job_id)
     if job.status not in TERMINAL:
         raise InvalidTransition(
@@ -156,14 +156,21 @@ def delete_job(session: Session, owner: str | None, job_id: str, jobs_dir: Path)
         session.execute(delete(table).where(table.job_id == job_id))
     session.delete(job)
     session.commit()
-    shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+    storage.delete(job_id)
 
 
 # ----------------------------------------------------------------------------- workers
 
 
 def claim_next(session: Session, worker_id: str) -> Job | None:
-    """Atomically claim the oldest queued job (compare-and-set on its status)."""
+    """Atomically claim the oldest queued job.
+
+    PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` — concurrent workers on any hosts skip the
+    rows others are claiming instead of waiting for them. Elsewhere (SQLite, one host): a
+    compare-and-set on the status, retried when another worker won the row.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return _claim_skip_locked(session, worker_id)
     while True:
         candidate = session.scalar(
             select(Job.id).where(Job.status == QUEUED).order_by(Job.created_at, Job.id).limit(1)
@@ -184,6 +191,21 @@ def claim_next(session: Session, worker_id: str) -> Job | None:
             session.commit()
             return session.get(Job, candidate)
         session.rollback()  # another worker took it: try the next one
+
+
+def _claim_skip_locked(session: Session, worker_id: str) -> Job | None:
+    job = session.scalar(
+        select(Job).where(Job.status == QUEUED).order_by(Job.created_at, Job.id).limit(1)
+        .with_for_update(skip_locked=True)
+    )  # fmt: skip
+    if job is None:
+        session.rollback()
+        return None
+    reason = f"claimed by worker {worker_id}"
+    _transition(session, job, RUNNING, reason)
+    job.worker_id, job.heartbeat_at, job.attempts = worker_id, utcnow(), job.attempts + 1
+    session.commit()
+    return job
 
 
 def heartbeat(session: Session, job_id: str, worker_id: str, progress: float | None) -> str:
@@ -299,14 +321,15 @@ MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown", ".png": "ima
                ".pt": "application/octet-stream"}  # fmt: skip
 
 
-def register_artifacts(session: Session, job_id: str, directory: Path) -> list[Artifact]:
+def register_artifacts(session: Session, job_id: str, storage: ArtifactStore) -> list[Artifact]:
     """Record every file the job wrote (the record is what the API serves, nothing else)."""
     session.execute(delete(Artifact).where(Artifact.job_id == job_id))
     rows = []
-    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-        if path.is_file() and path.suffix in MEDIA_TYPES and path.name != "request.json":
-            rows.append(Artifact(job_id=job_id, name=path.name, size=path.stat().st_size,
-                                 media_type=MEDIA_TYPES[path.suffix]))  # fmt: skip
+    for name, size in storage.files(job_id):
+        suffix = Path(name).suffix
+        if suffix in MEDIA_TYPES and name != "request.json":
+            rows.append(Artifact(job_id=job_id, name=name, size=size,
+                                 media_type=MEDIA_TYPES[suffix]))  # fmt: skip
     session.add_all(rows)
     session.commit()
     return rows

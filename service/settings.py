@@ -28,6 +28,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir,
                            description="database, artifacts, uploads, profiles")  # fmt: skip
+    artifacts_dir: Path | None = Field(
+        None, description="job artifacts root shared by all hosts; default <data_dir>/jobs"
+    )
     database_url: str | None = Field(
         None, description="any SQLAlchemy URL; default sqlite:///<data_dir>/sweetspot.db"
     )
@@ -64,7 +67,13 @@ class Settings(BaseSettings):
 
     @property
     def jobs_dir(self) -> Path:
-        return self.data_dir / "jobs"
+        return self.artifacts_dir or self.data_dir / "jobs"
+
+    @cached_property
+    def artifacts(self):
+        from service.storage import LocalArtifactStore
+
+        return LocalArtifactStore(self.jobs_dir)
 
     @property
     def uploads_dir(self) -> Path:

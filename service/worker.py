@@ -56,7 +56,7 @@ class Worker:
         from model.pipeline import PruneRequest, run_pruning
         from model.training import Cancelled
 
-        out_dir = self.settings.jobs_dir / job_id
+        out_dir = self.settings.artifacts.job_dir(job_id)
         cancel = threading.Event()
         progress = {"value": 0.0}
         beating = threading.Event()
@@ -110,7 +110,7 @@ class Worker:
             beating.set()
             thread.join()
         with self.sessions() as session:
-            store.register_artifacts(session, job_id, out_dir)
+            store.register_artifacts(session, job_id, self.settings.artifacts)
             if status == store.QUEUED:
                 store.requeue(session, job_id, reason)
             else:

@@ -199,7 +199,7 @@ def test_full_job_lifecycle(client, settings):
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
     assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
     assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
-    assert not (settings.jobs_dir / job["id"]).exists()
+    assert not settings.artifacts.job_dir(job["id"]).exists()
 
 
 def test_cancel_a_running_job_within_seconds(client, settings):

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from tests_process import Server, wait
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 TINY = {"dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 1, "threads": 1}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -30,41 +22,12 @@ def _env(data_dir: Path) -> dict[str, str]:
             "SWEETSPOT_STALE_AFTER_S": "2", "PYTHONUNBUFFERED": "1"}  # fmt: skip
 
 
-def _wait(predicate, timeout_s: float = 90.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except httpx.TransportError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
-
-
-class Server:
-    def __init__(self, data_dir: Path, workers: int):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [str(BIN / "sweetspot"), "serve", "--port", str(self.port), "--workers",
-             str(workers)], env=_env(data_dir), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        _wait(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
-
-
 def _job(url: str, job_id: str) -> dict:
     return httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
 
 
 def test_job_lifecycle_concurrency_and_restart_over_http(tmp_path):
-    server = Server(tmp_path, workers=1)
+    server = Server(tmp_path, workers=1, env=_env(tmp_path))
     try:
         body = {"model": "lenet5", "dataset": "synthetic", "config": TINY, "measure": False,
                 "idempotency_key": "once"}  # fmt: skip
@@ -91,7 +54,7 @@ def test_job_lifecycle_concurrency_and_restart_over_http(tmp_path):
         assert httpx.get(f"{server.url}/v1/jobs").json()["count"] == 1
     finally:
         server.stop()
-    restarted = Server(tmp_path, workers=0)
+    restarted = Server(tmp_path, workers=0, env=_env(tmp_path))
     try:
         assert _job(restarted.url, job_id)["status"] == "succeeded"
         assert httpx.get(f"{restarted.url}/v1/jobs/{job_id}/events").json()["count"] > 3
@@ -100,7 +63,7 @@ def test_job_lifecycle_concurrency_and_restart_over_http(tmp_path):
 
 
 def test_worker_killed_mid_job_is_requeued_and_resumed(tmp_path):
-    server = Server(tmp_path, workers=0)
+    server = Server(tmp_path, workers=0, env=_env(tmp_path))
     env = _env(tmp_path)
     worker = None
     try:
@@ -110,16 +73,16 @@ def test_worker_killed_mid_job_is_requeued_and_resumed(tmp_path):
         worker = subprocess.Popen([str(BIN / "sweetspot"), "worker", "--worker-id", "doomed"],
                                   env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)  # fmt: skip
-        _wait(lambda: any(e["type"] == "epoch" for e in httpx.get(
+        wait(lambda: any(e["type"] == "epoch" for e in httpx.get(
             f"{server.url}/v1/jobs/{job_id}/events").json()["data"]))  # fmt: skip
         worker.kill()  # SIGKILL: no chance to clean up
         worker.wait()
-        requeued = _wait(lambda: (j := _job(server.url, job_id))["status"] == "queued" and j)
+        requeued = wait(lambda: (j := _job(server.url, job_id))["status"] == "queued" and j)
         assert "stopped heartbeating" in requeued["status_reason"]
         worker = subprocess.Popen([str(BIN / "sweetspot"), "worker", "--worker-id", "rescuer"],
                                   env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)  # fmt: skip
-        done = _wait(lambda: (j := _job(server.url, job_id))["status"] in
+        done = wait(lambda: (j := _job(server.url, job_id))["status"] in
                      ("succeeded", "failed") and j)  # fmt: skip
         assert done["status"] == "succeeded", done["status_reason"]
         assert done["attempts"] == 2 and done["worker_id"] == "rescuer"

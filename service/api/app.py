@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(ops.router)
+    __import__("service.web").web.mount(app)  # the page at / (service/web)
     return app
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -37,7 +36,6 @@ from service.db import Job, Upload
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": ErrorPublic}}
-ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def to_public(session, job: Job) -> JobPublic:
@@ -141,7 +139,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
                responses={**NOT_FOUND, 409: {"model": ErrorPublic}})  # fmt: skip
 def delete_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> None:
     """Delete a finished job with its events, metrics and artifacts (409 if not finished)."""
-    store.delete_job(session, owner, job_id, settings.jobs_dir)
+    store.delete_job(session, owner, job_id, settings.artifacts)
 
 
 def _sse(event) -> str:
@@ -224,10 +222,9 @@ def get_artifact(
     """Download one artifact by its listed name (no paths: names only)."""
     store.get_job(session, owner, job_id)
     known = {a.name: a for a in store.artifacts(session, job_id)}
-    if not ARTIFACT_NAME.match(name) or name not in known:
+    if name not in known:
         raise UnknownName(f"job {job_id} has no artifact {name!r}", sorted(known), 404)
-    directory = (settings.jobs_dir / job_id).resolve()
-    path = (directory / name).resolve()
-    if path.parent != directory or not path.is_file():
-        raise HTTPException(404, f"artifact {name!r} is missing on disk")
+    path = settings.artifacts.path(job_id, name)
+    if path is None:
+        raise HTTPException(404, f"artifact {name!r} is missing from the artifact store")
     return FileResponse(path, media_type=known[name].media_type, filename=name)
