@@ -1,5 +1,5 @@
-# Sweetspot on a CPU-only image. torch is pinned to the CPU build from PyTorch's CPU index so
-# the image never pulls CUDA packages.
+# Sweetspot, CPU-only. One image, two roles: `serve` (the API) or `worker` (runs jobs).
+# torch is the CPU build from PyTorch's CPU index, so the image never pulls CUDA packages.
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends g++ make \
     && rm -rf /var/lib/apt/lists/*
@@ -9,6 +9,10 @@ COPY perfmodel perfmodel
 COPY model model
 COPY service service
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && pip install --no-cache-dir .
+    && pip install --no-cache-dir . \
+    && python -m model.sparse.native
+ENV SWEETSPOT_DATA_DIR=/data
+VOLUME /data
+EXPOSE 8000
 ENTRYPOINT ["sweetspot"]
-CMD ["--help"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
