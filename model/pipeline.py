@@ -29,6 +29,7 @@ Two ways a pruned network becomes faster, chosen by the method's ``structured`` 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -115,28 +116,23 @@ def run_pruning(
         ValueError / LookupError: bad request (unknown names list the valid ones).
         model.training.Cancelled: ``cancel`` was set; rerun with ``resume`` to continue.
     """
-    from model.data import get_dataset
-
     info = network_info(request.model)
     hardware = get_profile(request.hardware)
-    method = method_info(request.method)
     train_config, method_config = split_config(request.method, request.config)
-    data = get_dataset(request.dataset, input_shape=info.input_shape, seed=train_config.seed)
     _prepare_out_dir(out_dir, request, resume)
-
-    torch.manual_seed(train_config.seed)
-    net = create_model(request.model, num_classes=data.num_classes)
-    if request.checkpoint:
-        net.load_state_dict(load_weights(request.checkpoint))
-        train_config.dense_epochs = 0
-
+    net, data, hooks, predictions, by_name = _build(request, train_config, method_config)
     batch = getattr(method_config, "inference_batch", 1)
-    specs = extract_layers(net, info.input_shape, batch=batch)
-    predictions = predict_network(specs, hardware, name=request.model)
-    by_name = {p.name: p for p in predictions.layers if "#" not in p.name}
-    hooks = method.build(by_name, method_config)
-    if hasattr(hooks, "input_shape"):
-        hooks.input_shape = tuple(info.input_shape)
+    ranks = None
+    if train_config.procs > 1:  # data-parallel: this process is rank 0
+        from model.training import distributed
+
+        if train_config.threads is None:
+            train_config.threads = max(1, (os.cpu_count() or 1) // train_config.procs)
+        log(f"data-parallel training on {train_config.procs} processes (gloo)")
+        ranks, port = distributed.launch(
+            train_config.procs, _rank_main, (request, out_dir, resume, train_config.threads)
+        )
+        distributed.init(0, train_config.procs, port)
 
     events_file = (out_dir / "events.jsonl").open("a")
 
@@ -160,6 +156,11 @@ def run_pruning(
         result = trainer.fit(resume=resume)
     finally:
         events_file.close()
+        if ranks is not None:
+            from model.training import distributed
+
+            distributed.shutdown()
+            ranks.join()
     _save(net, out_dir / "pruned.safetensors")
 
     performance_model = get_model(predictions.performance_model)
@@ -214,6 +215,45 @@ def run_pruning(
     except ImportError:  # the report module is optional until it lands
         manifest["artifacts"]["report"] = None
     return manifest
+
+
+def _build(request: PruneRequest, train_config: TrainConfig, method_config: Any) -> tuple:
+    """Data, network (seeded: identical in every rank), predictions and the method's hooks."""
+    from model.data import get_dataset
+
+    info = network_info(request.model)
+    hardware = get_profile(request.hardware)
+    data = get_dataset(request.dataset, input_shape=info.input_shape, seed=train_config.seed)
+    torch.manual_seed(train_config.seed)
+    net = create_model(request.model, num_classes=data.num_classes)
+    if request.checkpoint:
+        net.load_state_dict(load_weights(request.checkpoint))
+        train_config.dense_epochs = 0
+    batch = getattr(method_config, "inference_batch", 1)
+    specs = extract_layers(net, info.input_shape, batch=batch)
+    predictions = predict_network(specs, hardware, name=request.model)
+    by_name = {p.name: p for p in predictions.layers if "#" not in p.name}
+    hooks = method_info(request.method).build(by_name, method_config)
+    if hasattr(hooks, "input_shape"):
+        hooks.input_shape = tuple(info.input_shape)
+    return net, data, hooks, predictions, by_name
+
+
+def _rank_main(index: int, world: int, port: int, request: PruneRequest, out_dir: Path,
+               resume: bool, threads: int) -> None:  # fmt: skip
+    """A data-parallel rank ≥ 1: the same job, no events, no checkpoints, no artifacts."""
+    from model.training import distributed
+
+    train_config, method_config = split_config(request.method, request.config)
+    train_config.threads = threads
+    net, data, hooks, _, _ = _build(request, train_config, method_config)
+    distributed.init(index + 1, world, port)
+    try:
+        trainer = Trainer(net, data.train, data.test, train_config, hooks=hooks,
+                          checkpoint_path=out_dir / "checkpoint.pt")  # fmt: skip
+        trainer.fit(resume=resume)
+    finally:
+        distributed.shutdown()
 
 
 def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:

@@ -9,9 +9,11 @@ Importing this package (and predicting from layer specs) never imports torch; on
 """
 
 from perfmodel.hardware import (
+    SCHEMA_VERSION,
     HardwareProfile,
     ProfileError,
     Provenance,
+    RefinedParameters,
     UnknownProfileError,
     get_profile,
     load_profile_file,
@@ -27,7 +29,9 @@ from perfmodel.predict import (
     Policy,
     predict_layer,
     predict_network,
+    resolve_model,
 )
+from perfmodel.refined import MissingRefinedParametersError, RefinedRoofline  # registers "refined"
 from perfmodel.roofline import (
     MODELS,
     PaperRoofline,
@@ -41,17 +45,21 @@ from perfmodel.roofline import (
 __all__ = [
     "MODELS",
     "REPORTED_SPARSITIES",
+    "SCHEMA_VERSION",
     "Conv2dSpec",
     "HardwareProfile",
     "LayerPrediction",
     "LayerSpec",
     "LinearSpec",
+    "MissingRefinedParametersError",
     "NetworkPrediction",
     "PaperRoofline",
     "PerformanceModel",
     "Policy",
     "ProfileError",
     "Provenance",
+    "RefinedParameters",
+    "RefinedRoofline",
     "RooflineModel",
     "SparseTime",
     "SweetSpot",
@@ -63,5 +71,6 @@ __all__ = [
     "predict_layer",
     "predict_network",
     "profile_names",
+    "resolve_model",
     "save_profile",
 ]

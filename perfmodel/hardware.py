@@ -6,6 +6,15 @@ compute overhead of the sparse kernel relative to dense and ``β`` the bytes sto
 relative to a dense weight. Every number says where it came from (paper table, datasheet, or a
 calibration run with host and date).
 
+A calibrated profile (``sweetspot calibrate``, :mod:`model.calibration`) also carries the
+fitted parameters of the refined model (:class:`RefinedParameters`, used by
+:mod:`perfmodel.refined`): per-call overheads, dense rates per layer family, the sparse
+kernel's inner-loop and packing bandwidths, and the measured cache and DRAM bandwidths.
+
+Schema versions (``schema_version``): 1 is the paper's four numbers with provenance (every
+file without the field is version 1 and still loads); 2 adds the optional ``refined`` block.
+A file from a newer Sweetspot than this one is refused with a message saying so.
+
 Profiles are data files (JSON or TOML), never code. The three platforms of the paper ship in
 ``perfmodel/profiles/``; users keep their own in the profile directory
 (``$SWEETSPOT_PROFILE_DIR``, default ``~/.local/share/sweetspot/profiles``) or pass a path.
@@ -18,12 +27,17 @@ import os
 import tomllib
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 BUILTIN_DIR = Path(__file__).with_name("profiles")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+SCHEMA_VERSION = 2
+"""Version written by this Sweetspot; every version up to it loads (see the module docstring)."""
+
+Rate = Annotated[float, Field(gt=0)]
+OptionalRate = Annotated[float | None, Field(default=None, gt=0)]
 
 
 class ProfileError(ValueError):
@@ -49,7 +63,109 @@ class Provenance(BaseModel):
     host: str | None = Field(None, description="Machine a calibration ran on.")
     cpu: str | None = Field(None, description="CPU model string of that machine.")
     date: str | None = Field(None, description="ISO date of the measurement.")
+    threads: int | None = Field(None, gt=0, description="Threads a calibration ran with.")
+    torch: str | None = Field(None, description="PyTorch version a calibration ran with.")
     notes: str | None = None
+
+
+class MemoryBandwidths(BaseModel):
+    """Read bandwidths measured on the host at each level of the hierarchy (all threads)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    l1_bytes_per_s: Rate = Field(description="Reading a 16 KiB buffer over and over.")
+    l2_bytes_per_s: Rate = Field(description="Reading a 512 KiB buffer over and over.")
+    dram_bytes_per_s: Rate = Field(description="Reading a 256 MiB buffer once.")
+    dram_copy_bytes_per_s: OptionalRate = Field(description="Copying 64 MiB (read + write).")
+
+
+class DenseParameters(BaseModel):
+    """Fitted time of the best dense backend (the faster of PyTorch's default and oneDNN).
+
+    ``t = call_overhead_s + C'/F_family + S_A/layout + S_W/weight_layout`` with ``C'`` the
+    FLOPs with channels padded to the vector width (see :mod:`perfmodel.refined`). A rate of
+    ``None`` means the fit found the term negligible on this host.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    call_overhead_s: float = Field(ge=0, description="Fixed cost of one dense call.")
+    conv1x1_flops_per_s: OptionalRate = Field(description="1×1 convolutions (a GEMM).")
+    conv3x3_flops_per_s: OptionalRate = Field(
+        description="3×3 stride-1 ungrouped convolutions (oneDNN may use a fast algorithm)."
+    )
+    conv_flops_per_s: OptionalRate = Field(description="Every other convolution.")
+    linear_flops_per_s: OptionalRate = Field(description="Fully connected layers.")
+    layout_bytes_per_s: OptionalRate = Field(
+        description="Activations (input + output) reordered to and from the backend's layout."
+    )
+    conv_weight_bytes_per_s: OptionalRate = Field(
+        description="Convolution weights reordered on every call."
+    )
+    linear_weight_bytes_per_s: OptionalRate = Field(
+        description="Fully connected weights streamed from memory."
+    )
+
+
+class SparseParameters(BaseModel):
+    """Fitted time of the direct sparse kernel (:mod:`model.sparse`), see perfmodel.refined."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    call_overhead_s: float = Field(ge=0, description="Fixed cost of one sparse call.")
+    pack_bytes_per_s: OptionalRate = Field(
+        description="Packing each image into the padded layout (bytes of the packed buffer)."
+    )
+    strided_pack_bytes_per_s: OptionalRate = Field(
+        description="The same for strided layers (split into phase planes element by element)."
+    )
+    output_bytes_per_s: OptionalRate = Field(description="Copying finished outputs to NCHW.")
+    inner_loop_bytes_per_s: OptionalRate = Field(
+        description="The inner loop's input loads (one vector per FMA), from L1."
+    )
+    nonzero_visits_per_s: OptionalRate = Field(
+        description="Per non-zero per register tile: the weight broadcast and loop overhead."
+    )
+    partial_sum_bytes_per_s: OptionalRate = Field(
+        description="Partial sums reloaded and stored per input-channel block (in L2)."
+    )
+    tile_setups_per_s: OptionalRate = Field(
+        description="Register tiles started and stored, per output channel and channel block."
+    )
+    linear_csr_bytes_per_s: OptionalRate = Field(
+        description="Sparse fully connected layers, batch < 16: CSR bytes streamed per image."
+    )
+    linear_flops_per_s: OptionalRate = Field(
+        description="Sparse fully connected layers, batch >= 16: useful FLOPs."
+    )
+
+
+class FitQuality(BaseModel):
+    """How well the fit matched its own calibration measurements, and how noisy they were."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dense_mape: float = Field(ge=0, description="Mean |relative error| of dense times.")
+    sparse_mape: float = Field(ge=0, description="Mean |relative error| of sparse times.")
+    speedup_mape: float = Field(ge=0, description="Mean |relative error| of speedups.")
+    noise_cv: float = Field(ge=0, description="Median coefficient of variation of timings.")
+    measurements: int = Field(ge=0, description="Timed (layer, batch, density) cases.")
+    outliers_dropped: int = Field(0, ge=0)
+    duration_s: float | None = Field(None, ge=0, description="Wall time of the calibration.")
+
+
+class RefinedParameters(BaseModel):
+    """Everything :class:`perfmodel.refined.RefinedRoofline` needs, fitted on one host."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threads: int = Field(gt=0, description="Threads the timings were taken with.")
+    vector_width: int = Field(16, gt=0, description="fp32 lanes of the sparse kernel's ISA.")
+    isa: str | None = Field(None, description="The sparse kernel's instruction set.")
+    memory: MemoryBandwidths
+    dense: DenseParameters
+    sparse: SparseParameters
+    fit: FitQuality
 
 
 class HardwareProfile(BaseModel):
@@ -57,6 +173,9 @@ class HardwareProfile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    schema_version: int = Field(
+        1, ge=1, le=SCHEMA_VERSION, description="Profile schema version (1: paper numbers only)."
+    )
     name: str = Field(pattern=NAME_PATTERN, description="Stable identifier, e.g. 'atom-c2750'.")
     description: str = ""
     dense_flops_per_s: float = Field(
@@ -76,6 +195,22 @@ class HardwareProfile(BaseModel):
     clock_hz: float | None = Field(None, gt=0)
     simd_width_fp32: int | None = Field(None, gt=0)
     provenance: Provenance
+    refined: RefinedParameters | None = Field(
+        None, description="Fitted parameters of the refined model (calibrated profiles only)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_schema(cls, data: object) -> object:
+        """Refuse files from a newer Sweetspot with a message that says so."""
+        if isinstance(data, dict):
+            version = data.get("schema_version", 1)
+            if isinstance(version, int) and version > SCHEMA_VERSION:
+                raise ValueError(
+                    f"schema_version {version} was written by a newer Sweetspot; this one "
+                    f"reads versions 1 to {SCHEMA_VERSION}: upgrade Sweetspot or recalibrate"
+                )
+        return data
 
     @property
     def ridge_flops_per_byte(self) -> float:

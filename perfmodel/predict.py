@@ -185,6 +185,16 @@ def predict_layer(
     )
 
 
+def resolve_model(model: PerformanceModel | str, hw: HardwareProfile) -> PerformanceModel:
+    """A model instance: a registered name, an instance, or ``"auto"`` — the refined model
+    when ``hw`` carries calibrated parameters (``sweetspot calibrate``), the paper's otherwise."""
+    if isinstance(model, str):
+        if model == "auto":
+            model = "refined" if hw.refined is not None else "paper"
+        return get_model(model)
+    return model
+
+
 def predict_network(
     layers: Iterable[Layer],
     hw: HardwareProfile,
@@ -195,8 +205,12 @@ def predict_network(
     policy: Policy = Policy(),
     sparsities: Sequence[float] = REPORTED_SPARSITIES,
 ) -> NetworkPrediction:
-    """Predict every layer; ``batch`` (if given) overrides the batch size of the specs."""
-    performance_model = get_model(model) if isinstance(model, str) else model
+    """Predict every layer; ``batch`` (if given) overrides the batch size of the specs.
+
+    ``model``: a registered name (``"paper"``, ``"refined"``), ``"auto"`` (refined for a
+    calibrated profile, paper otherwise) or a :class:`PerformanceModel` instance.
+    """
+    performance_model = resolve_model(model, hw)
     specs = [layer.with_batch(batch) if batch else layer for layer in layers]
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):

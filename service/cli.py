@@ -440,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     predict.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     predict.add_argument(
-        "--performance-model", default="paper", help="performance model (default: paper)"
-    )
+        "--performance-model", default="auto",
+        help="paper, refined, or auto (default: refined for calibrated profiles, else paper)",
+    )  # fmt: skip
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.set_defaults(func=_predict)
 
@@ -506,6 +507,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sensitivity_command.add_arguments(sensitivity)
     sensitivity.set_defaults(func=sensitivity_command.run)
+
+    from model import calibration, validation
+
+    calibrate = commands.add_parser(
+        "calibrate", help="measure this host and fit the refined performance model"
+    )
+    calibration.add_arguments(calibrate)
+    calibrate.set_defaults(func=calibration.run)
+    validate = commands.add_parser(
+        "validate", help="measured vs predicted speedup on layers calibration never saw"
+    )
+    validation.add_arguments(validate)
+    validate.set_defaults(func=validation.run)
 
     models = commands.add_parser("models", help="list the built-in networks")
     models.add_argument("--json", action="store_true")

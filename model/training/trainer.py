@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from model.training import distributed
+
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
 PHASES = ("dense", "prune", "finetune")
@@ -58,6 +60,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     log_every: int = 20  # steps between "step" events
     checkpoint_every: int = 1  # epochs between checkpoints (0: never)
+    procs: int = 1  # data-parallel processes (torch.distributed, gloo on CPU); same global batch
 
     def __post_init__(self) -> None:
         for name in ("dense_epochs", "prune_epochs", "finetune_epochs"):
@@ -72,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if not 1 <= self.procs <= 64:
+            raise ValueError(f"procs must be between 1 and 64, got {self.procs}")
 
 
 class PruningHooks(Protocol):
@@ -183,10 +188,13 @@ class Trainer:
         self.masks: dict[str, torch.Tensor] = {}
         self.optimizer = self._optimizer(config.lr)
         self._start = time.perf_counter()
+        self.rank, self.world = distributed.rank_and_world()
 
     # ------------------------------------------------------------------ events and state
 
     def emit(self, event: Event) -> None:
+        if self.rank != 0:  # events come from rank 0 only
+            return
         event = {"time": round(time.perf_counter() - self._start, 4), **event}
         event.setdefault("step", self.step)
         self.events.append(event)
@@ -221,7 +229,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or self.rank != 0:  # one writer
             return
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -281,17 +289,23 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         tracked = self.hooks.tracked_parameters() if phase == "prune" and self.hooks else set()
         for inputs, targets in self._loader(epoch_key):
-            if self.cancel.is_set():
+            if distributed.any_rank(self.cancel.is_set(), self.world):
                 self.emit({"type": "log", "message": "cancelled"})
                 raise Cancelled(f"cancelled during {phase} epoch {self.epoch + 1}")
+            global_n = len(targets)
+            if self.world > 1:  # this rank's share of the global batch
+                inputs = inputs.tensor_split(self.world)[self.rank]
+                targets = targets.tensor_split(self.world)[self.rank]
             self.optimizer.zero_grad(set_to_none=True)
             logits = self.model(inputs)
-            loss = F.cross_entropy(logits, targets)
+            loss = F.cross_entropy(logits, targets) if len(targets) else logits.sum() * 0.0
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at step {self.step} ({phase}); lower the lr"
                 )
             loss.backward()
+            if self.world > 1:
+                distributed.average_gradients(self.model, len(targets), global_n)
             if phase == "prune" and self.hooks is not None:
                 self.hooks.regularize(self.model)
             if phase == "finetune":
@@ -313,6 +327,8 @@ class Trainer:
             if self.config.log_every and self.step % self.config.log_every == 0:
                 self.emit({"type": "step", "phase": phase, "epoch": self.epoch + 1,
                            "loss": loss.item()})  # fmt: skip
+        if self.world > 1:
+            total_loss, correct, seen = distributed.sum_over_ranks([total_loss, correct, seen])
         return total_loss / max(seen, 1), correct / max(seen, 1)
 
     def _sparsity(self, phase: str) -> dict[str, float]:
@@ -354,30 +370,45 @@ class Trainer:
             while self.epoch < epochs[phase]:
                 loss, train_accuracy = self._run_epoch(phase)
                 self.epoch += 1
-                accuracy = self._epoch_event(phase, loss, train_accuracy)
+                if self.rank == 0:
+                    accuracy = self._epoch_event(phase, loss, train_accuracy)
                 converged = False
                 if phase == "prune" and self.hooks is not None:
                     converged = self.hooks.end_epoch(self.model, self.epoch, self.emit)
+                    converged = self._share_decisions(converged)
                 if converged:
                     self.emit({"type": "log", "message": f"pruning converged at {self.epoch}"})
                     self.epoch = epochs[phase]
                 if self.config.checkpoint_every and self.epoch % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
-            if phase == "dense":
+            if phase == "dense" and self.rank == 0:
                 self.dense_accuracy = evaluate(self.model, self.test_set)[1]
-        if accuracy is None:
+        if accuracy is None and self.rank == 0:
             accuracy = evaluate(self.model, self.test_set)[1]
         self.phase, self.epoch = "finetune", epochs["finetune"]
         self.save_checkpoint()
         return TrainResult(self.dense_accuracy, accuracy, self.events,
                            time.perf_counter() - self._start)  # fmt: skip
 
+    def _share_decisions(self, converged: bool) -> bool:
+        """Data-parallel runs: rank 0's pruning state (masks, controller decisions, weights)
+        is broadcast so every rank continues from exactly the same decisions."""
+        if self.world == 1:
+            return converged
+        state = {"hooks": self.hooks.state_dict() if self.hooks else {}, "converged": converged}
+        state = distributed.broadcast_object(state)
+        if self.rank != 0 and self.hooks is not None:
+            self.hooks.load_state_dict(state["hooks"])
+        distributed.broadcast_module(self.model)
+        return bool(state["converged"])
+
     def _enter(self, phase: str) -> None:
         self.emit({"type": "phase", "phase": phase, "epoch": 0})
         if phase == "prune" and self.hooks is not None:
-            if self.dense_accuracy is None:
+            if self.dense_accuracy is None and self.rank == 0:
                 self.dense_accuracy = evaluate(self.model, self.test_set)[1]
             self.hooks.start(self.model, self.emit)
+            self._share_decisions(False)
             self.optimizer = self._optimizer(self.config.lr)
         elif phase == "finetune" and self.hooks is not None:
             self.masks = {k: v.detach().clone() for k, v in self.hooks.masks(self.model).items()}

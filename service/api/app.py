@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service import jobs as store
+from service import web
 from service.api import errors
 from service.api.deps import get_owner
 from service.api.routes import catalogue, hardware, jobs, ops, sweet_spots, uploads
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(ops.router)
-    __import__("service.web").web.mount(app)  # the page at / (service/web)
+    web.mount(app)  # the page at / (service/web)
     return app
 
 

@@ -1,0 +1,842 @@
+"""``sweetspot calibrate``: measure this host and fit the refined performance model.
+
+What runs (docs/calibration.md has the details and the equations of :mod:`perfmodel.refined`):
+
+1. wait (bounded) until enough CPUs are idle, from ``/proc/stat``;
+2. microbenchmarks: read bandwidth from L1, L2 and DRAM, a copy, a large SGEMM (the paper's
+   ``F``), and the per-call overhead of a tiny dense and sparse call;
+3. a sweep over calibration layers (shape families 1×1, 3×3, 5×5, 7×7 stride 2, strided and
+   grouped convolutions, fully connected) × batch × sparsity: the best dense backend (faster
+   of PyTorch's default and oneDNN) and the direct sparse kernel, timed interleaved in rounds
+   after a warm-up, medians of repeats;
+4. noise check: the median coefficient of variation of all timings must stay under
+   ``max_cv``, else :class:`NoisyRunError` and no profile;
+5. fit (:class:`DenseTimeRegressor`, :class:`SparseTimeRegressor`: scikit-learn estimators,
+   non-negative least squares on relative error) and build a :class:`HardwareProfile`
+   (schema 2) with provenance and the ``refined`` block.
+
+The validation layers of :mod:`model.validation` are never among the calibration layers, nor
+are its sparsities.
+
+For the REST service: :func:`calibrate` runs all of it and returns the profile without
+writing anything; the caller saves it (:func:`perfmodel.save_profile`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.linear_model import LinearRegression
+
+from perfmodel import Conv2dSpec, HardwareProfile, LinearSpec, save_profile
+from perfmodel.hardware import (
+    SCHEMA_VERSION,
+    DenseParameters,
+    FitQuality,
+    MemoryBandwidths,
+    Provenance,
+    RefinedParameters,
+    SparseParameters,
+    user_profile_dir,
+)
+from perfmodel.refined import (
+    DENSE_RATE_FIELD,
+    DENSE_TERMS,
+    SPARSE_RATE_FIELD,
+    SPARSE_TERMS,
+    RefinedRoofline,
+    dense_features,
+    sparse_features,
+)
+from perfmodel.roofline import Layer
+
+Progress = Callable[[dict], None]
+
+DEFAULT_NAME = "host"
+DEFAULT_MAX_CV = 0.10  # median CV of all timings; above it the medians are not trustworthy
+EXIT_NOISY = 3
+
+
+class NoisyRunError(RuntimeError):
+    """The timings of a calibration were too noisy to fit; no profile was written."""
+
+    def __init__(self, noise_cv: float, max_cv: float, load: str):
+        self.noise_cv = noise_cv
+        self.max_cv = max_cv
+        super().__init__(
+            f"timings too noisy: median coefficient of variation {noise_cv:.3f} > {max_cv:.3f} "
+            f"({load}); no profile written. Retry when the machine is idle, with fewer "
+            "--threads, or raise --max-cv if you accept a less accurate profile"
+        )
+
+
+# ------------------------------------------------------------------------------ the layers
+
+
+def _conv(name: str, c: int, k: int, size: int, kernel: int, stride: int = 1, groups: int = 1):
+    return Conv2dSpec(
+        name=name, in_channels=c, out_channels=k, in_height=size, in_width=size, kernel=kernel,
+        stride=stride, padding=kernel // 2, groups=groups,
+    )  # fmt: skip
+
+
+CALIBRATION_LAYERS: tuple[Layer, ...] = (
+    # AlexNet (Caffe) conv2, conv3, conv5: the shapes the kernel was tuned on.
+    _conv("alexnet.conv2", 96, 256, 27, 5, groups=2),
+    _conv("alexnet.conv3", 256, 384, 13, 3),
+    _conv("alexnet.conv5", 384, 256, 13, 3, groups=2),
+    # 3×3 stride 1 across channel counts (incl. ones not a multiple of 16) and image sizes.
+    _conv("c3.24@40", 24, 24, 40, 3),
+    _conv("c3.48@24", 48, 48, 24, 3),
+    _conv("c3.96-160@20", 96, 160, 20, 3),
+    _conv("c3.192@10", 192, 192, 10, 3),
+    _conv("c3.320@6", 320, 320, 6, 3),
+    _conv("c3.32-64@12", 32, 64, 12, 3),
+    # Strided, 5×5 and 7×7 (the "other convolution" family).
+    _conv("c3s2.48-96@24", 48, 96, 24, 3, stride=2),
+    _conv("c5.32-64@20", 32, 64, 20, 5),
+    _conv("c5.64-96@12", 64, 96, 12, 5),
+    _conv("c7s2.3-32@64", 3, 32, 64, 7, stride=2),
+    # 1×1 (a GEMM for the dense backend).
+    _conv("c1.256-64@14", 256, 64, 14, 1),
+    _conv("c1.128-256@20", 128, 256, 20, 1),
+    _conv("c1.512-128@7", 512, 128, 7, 1),
+    # Fully connected.
+    LinearSpec(name="fc.2048-1024", in_features=2048, out_features=1024),
+    LinearSpec(name="fc.4096-512", in_features=4096, out_features=512),
+    LinearSpec(name="fc.1024-1024", in_features=1024, out_features=1024),
+)
+QUICK_LAYERS = (
+    "alexnet.conv3",
+    "c3.24@40",
+    "c3.192@10",
+    "c3s2.48-96@24",
+    "c5.64-96@12",
+    "c1.256-64@14",
+    "fc.2048-1024",
+)
+CALIBRATION_SPARSITIES = (0.35, 0.6, 0.75, 0.85, 0.92, 0.96)
+QUICK_SPARSITIES = (0.6, 0.85, 0.96)
+CALIBRATION_BATCHES = (1, 16)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one calibration run measures and how hard."""
+
+    layers: tuple[Layer, ...]
+    sparsities: tuple[float, ...]
+    batches: tuple[int, ...]
+    repeats: int  # timed rounds; medians over them
+    warmup: int  # untimed rounds first
+    min_sample_s: float  # a timing sample loops a call until it lasts at least this
+    idle_timeout_s: float  # longest wait for idle CPUs before measuring anyway
+
+
+def plan_for(quick: bool) -> Plan:
+    """The full plan (≤ 3 min on 2 cores) or the quick one (≤ 60 s)."""
+    if quick:
+        layers = tuple(layer for layer in CALIBRATION_LAYERS if layer.name in QUICK_LAYERS)
+        return Plan(layers, QUICK_SPARSITIES, CALIBRATION_BATCHES, 3, 1, 2e-3, 5.0)
+    return Plan(CALIBRATION_LAYERS, CALIBRATION_SPARSITIES, CALIBRATION_BATCHES, 7, 1, 2e-3, 20.0)
+
+
+# ------------------------------------------------------------------------------ the host
+
+
+def cpu_model() -> str:
+    """The CPU model string of /proc/cpuinfo (or what the platform module knows)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, or None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cpus(interval_s: float = 0.5) -> float | None:
+    """CPUs busy over the next ``interval_s`` (0 … cores), or None where unknown."""
+    first = _cpu_ticks()
+    time.sleep(interval_s)
+    second = _cpu_ticks()
+    if first is None or second is None or second[1] == first[1]:
+        return None
+    return (os.cpu_count() or 1) * (second[0] - first[0]) / (second[1] - first[1])
+
+
+def load_summary() -> str:
+    """'load 1.92 2.74 2.62 on 2 cores' from /proc/loadavg."""
+    try:
+        with open("/proc/loadavg") as loadavg:
+            load = " ".join(loadavg.read().split()[:3])
+    except OSError:
+        load = "unknown"
+    return f"load {load} on {os.cpu_count()} cores"
+
+
+def wait_for_idle(threads: int, timeout_s: float, progress: Progress | None = None) -> float | None:
+    """Wait until ``threads`` CPUs are idle (busy ≤ cores − threads + 0.25), at most
+    ``timeout_s``; returns the busy CPUs last seen (the run goes on either way: the noise
+    check decides whether its timings are usable)."""
+    cores = os.cpu_count() or 1
+    deadline = time.monotonic() + timeout_s
+    while True:
+        busy = busy_cpus()
+        if busy is None or busy <= cores - threads + 0.25 or time.monotonic() >= deadline:
+            if progress:
+                progress({"stage": "idle", "busy_cpus": busy, "load": load_summary()})
+            return busy
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median of the samples and their coefficient of variation."""
+
+    median_s: float
+    cv: float
+    samples: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Timing:
+        mean = statistics.fmean(samples)
+        cv = statistics.pstdev(samples) / mean if len(samples) > 1 and mean > 0 else 0.0
+        return cls(statistics.median(samples), cv, tuple(samples))
+
+
+def time_interleaved(
+    functions: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    min_sample_s: float = 2e-3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:
+    """Time every function once per round, ``repeats`` rounds after ``warmup`` rounds.
+
+    A sample loops a function enough times to last ``min_sample_s`` (short calls are
+    otherwise all timer noise) and reports seconds per call. Interleaving makes machine noise
+    hit every contender alike (RESEARCH.md §7).
+    """
+    loops = {}
+    for name, function in functions.items():
+        started = clock()
+        function()
+        first = max(clock() - started, 1e-7)
+        loops[name] = max(1, math.ceil(min_sample_s / first))
+    for _ in range(max(warmup - 1, 0)):
+        for function in functions.values():
+            function()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            n = loops[name]
+            started = clock()
+            for _ in range(n):
+                function()
+            samples[name].append((clock() - started) / n)
+    return {name: Timing.of(values) for name, values in samples.items()}
+
+
+# ------------------------------------------------------------------------------ measurements
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One (layer, batch, density) case: the best dense backend against the sparse kernel."""
+
+    layer: Layer  # carries the batch
+    density: float
+    dense: Timing
+    dense_backend: str
+    sparse: Timing
+
+    @property
+    def speedup(self) -> float:
+        return self.dense.median_s / self.sparse.median_s
+
+
+def _prune_exact(weight, sparsity: float, generator):
+    """A copy of ``weight`` with exactly ``round(sparsity · numel)`` zeros at random places."""
+    import torch
+
+    flat = weight.clone().reshape(-1)
+    zeros = round(sparsity * flat.numel())
+    flat[torch.randperm(flat.numel(), generator=generator)[:zeros]] = 0.0
+    return flat.reshape(weight.shape)
+
+
+def measure_layer(
+    layer: Layer,
+    sparsities: Sequence[float],
+    repeats: int,
+    warmup: int = 1,
+    min_sample_s: float = 2e-3,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[Measurement]:
+    """Dense (both backends) and sparse at every sparsity, all interleaved in one set of rounds.
+
+    The dense timing is shared by the layer's cases; its backend is the faster median.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from model.sparse import (
+        conv_weight_to_csr,
+        linear_weight_to_csr,
+        sparse_conv2d,
+        sparse_linear,
+    )
+
+    generator = torch.Generator().manual_seed(seed)
+    N = layer.batch
+    functions: dict[str, Callable[[], object]] = {}
+    if isinstance(layer, LinearSpec):
+        x = torch.randn(N, layer.in_features, generator=generator)
+        weight = torch.randn(layer.out_features, layer.in_features, generator=generator)
+        bias = torch.randn(layer.out_features, generator=generator)
+        functions["dense:default"] = lambda: F.linear(x, weight, bias)
+        for s in sparsities:
+            csr = linear_weight_to_csr(_prune_exact(weight, s, generator))
+            functions[f"sparse:{s}"] = lambda csr=csr: sparse_linear(x, csr, bias)
+    else:
+        x = torch.randn(N, layer.in_channels, layer.in_height, layer.in_width, generator=generator)
+        weight = torch.randn(
+            layer.out_channels, layer.in_channels // layer.groups, *layer.kernel,
+            generator=generator,
+        )  # fmt: skip
+        bias = torch.randn(layer.out_channels, generator=generator)
+        st, pd, dl, g = layer.stride, layer.padding, layer.dilation, layer.groups
+        functions["dense:default"] = lambda: F.conv2d(x, weight, bias, st, pd, dl, g)
+        if torch.backends.mkldnn.is_available():
+            functions["dense:onednn"] = lambda: torch.ops.aten.mkldnn_convolution(
+                x, weight, bias, list(pd), list(st), list(dl), g
+            )
+        for s in sparsities:
+            csr = conv_weight_to_csr(_prune_exact(weight, s, generator), g)
+            functions[f"sparse:{s}"] = lambda csr=csr: sparse_conv2d(x, csr, bias, st, pd, dl)
+    with torch.no_grad():
+        timings = time_interleaved(functions, repeats, warmup, min_sample_s, clock)
+    backend, dense = min(
+        ((name.split(":", 1)[1], t) for name, t in timings.items() if name.startswith("dense:")),
+        key=lambda item: item[1].median_s,
+    )
+    return [Measurement(layer, 1.0 - s, dense, backend, timings[f"sparse:{s}"]) for s in sparsities]
+
+
+def measure_memory(threads: int) -> tuple[MemoryBandwidths, float]:
+    """Read bandwidth from L1, L2 and DRAM, a copy, and the SGEMM rate (the paper's F).
+
+    Cache levels: ``buffer.expand(reps, n).sum()`` reads the same ``n`` floats ``reps`` times
+    without materialising them, so a small buffer stays in its cache level.
+    """
+    import torch
+
+    def read_rate(n_floats: int, total_bytes: int) -> float:
+        buffer = torch.randn(n_floats)
+        reps = max(1, total_bytes // (n_floats * 4))
+        view = buffer.expand(reps, n_floats)
+        timing = time_interleaved({"sum": view.sum}, repeats=5, min_sample_s=5e-3)["sum"]
+        return reps * n_floats * 4 / timing.median_s
+
+    l1 = read_rate(4096, 64 << 20)  # 16 KiB
+    l2 = read_rate(131072, 64 << 20)  # 512 KiB
+    dram = read_rate(64 << 20, 256 << 20)  # 256 MiB, read once
+    source = torch.randn(16 << 20)
+    target = torch.empty_like(source)
+    copy = time_interleaved({"copy": lambda: target.copy_(source)}, repeats=5)["copy"]
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    gemm = time_interleaved({"mm": lambda: torch.mm(a, b)}, repeats=5)["mm"]
+    memory = MemoryBandwidths(
+        l1_bytes_per_s=l1,
+        l2_bytes_per_s=l2,
+        dram_bytes_per_s=dram,
+        dram_copy_bytes_per_s=2 * source.numel() * 4 / copy.median_s,
+    )
+    return memory, 2 * 1024**3 / gemm.median_s
+
+
+# ------------------------------------------------------------------------------ the fit
+
+
+def _design(rows: Sequence[dict[str, float]], terms: Sequence[str]) -> np.ndarray:
+    return np.array([[row[t] for t in terms] for row in rows], dtype=float)
+
+
+class _NonNegativeTimeRegressor(RegressorMixin, BaseEstimator):
+    """Time = Σ coefficient·feature with every coefficient ≥ 0, fitted on relative error.
+
+    Columns are scaled to unit maximum (the features span 1 to 1e10) and weighted by
+    ``1/y²`` so that a 20 µs layer counts as much as a 200 ms one. One pass of outlier
+    removal: cases whose relative residual exceeds ``outlier_factor`` × the median one (and
+    ``min_outlier_error``) are dropped and the fit repeated. Learned attributes: ``coef_``
+    (seconds per unit of each term, in ``terms`` order), ``outliers_`` (dropped rows).
+    """
+
+    terms: tuple[str, ...] = ()
+
+    def __init__(self, outlier_factor: float = 4.0, min_outlier_error: float = 0.25):
+        self.outlier_factor = outlier_factor
+        self.min_outlier_error = min_outlier_error
+
+    def _fit_once(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:  # noqa: N803
+        scale = X.max(axis=0)
+        scale[scale <= 0] = 1.0
+        regression = LinearRegression(fit_intercept=False, positive=True)
+        regression.fit(X / scale, y, sample_weight=1.0 / y**2)
+        return regression.coef_ / scale
+
+    def fit(self, X, y):  # noqa: N803 - scikit-learn's names
+        X = np.asarray(X, dtype=float)
+        y = np.asarray(y, dtype=float)
+        if X.ndim != 2 or X.shape[1] != len(self.terms) or len(y) != len(X):
+            raise ValueError(f"X must be (n, {len(self.terms)}) and y (n,)")
+        if np.any(y <= 0):
+            raise ValueError("times must be positive")
+        coef = self._fit_once(X, y)
+        errors = np.abs(X @ coef - y) / y
+        limit = max(self.min_outlier_error, self.outlier_factor * float(np.median(errors)))
+        keep = errors <= limit
+        self.outliers_ = np.flatnonzero(~keep)
+        if len(self.outliers_) > 0 and keep.sum() >= len(self.terms):
+            coef = self._fit_once(X[keep], y[keep])
+        self.coef_ = coef
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X):  # noqa: N803
+        return np.asarray(X, dtype=float) @ self.coef_
+
+    def coefficients(self) -> dict[str, float]:
+        """Seconds per unit of each term, by name (after :meth:`fit`)."""
+        return dict(zip(self.terms, self.coef_.tolist(), strict=True))
+
+
+def _rate(seconds_per_unit: float) -> float | None:
+    return 1.0 / seconds_per_unit if seconds_per_unit > 1e-300 else None
+
+
+class DenseTimeRegressor(_NonNegativeTimeRegressor):
+    """Fits :class:`perfmodel.hardware.DenseParameters` (columns: ``DENSE_TERMS``)."""
+
+    terms = DENSE_TERMS
+
+    def parameters(self) -> DenseParameters:
+        c = self.coefficients()
+        rates = {field: _rate(c[term]) for term, field in DENSE_RATE_FIELD.items()}
+        return DenseParameters(call_overhead_s=c["call"], **rates)
+
+
+class SparseTimeRegressor(_NonNegativeTimeRegressor):
+    """Fits :class:`perfmodel.hardware.SparseParameters` (columns: ``SPARSE_TERMS``)."""
+
+    terms = SPARSE_TERMS
+
+    def parameters(self) -> SparseParameters:
+        c = self.coefficients()
+        rates = {field: _rate(c[term]) for term, field in SPARSE_RATE_FIELD.items()}
+        return SparseParameters(call_overhead_s=c["call"], **rates)
+
+
+def noise_of(measurements: Sequence[Measurement]) -> float:
+    """The run's noise: median coefficient of variation over every dense and sparse timing."""
+    dense = {id(m.dense): m.dense.cv for m in measurements}  # shared per layer: count once
+    values = [*dense.values(), *(m.sparse.cv for m in measurements)]
+    return statistics.median(values) if values else 0.0
+
+
+def fit_refined(
+    measurements: Sequence[Measurement],
+    memory: MemoryBandwidths,
+    threads: int,
+    vector_width: int = 16,
+    isa: str | None = None,
+    duration_s: float | None = None,
+) -> RefinedParameters:
+    """Fit the refined model's parameters to calibration measurements."""
+    dense_cases = {id(m.dense): m for m in measurements}.values()
+    dense_X = _design([dense_features(m.layer, vector_width) for m in dense_cases], DENSE_TERMS)
+    dense_y = np.array([m.dense.median_s for m in dense_cases])
+    sparse_X = _design(
+        [sparse_features(m.layer, m.density, vector_width) for m in measurements], SPARSE_TERMS
+    )
+    sparse_y = np.array([m.sparse.median_s for m in measurements])
+    dense_fit = DenseTimeRegressor().fit(dense_X, dense_y)
+    sparse_fit = SparseTimeRegressor().fit(sparse_X, sparse_y)
+
+    def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+        return float(np.mean(np.abs(predicted - measured) / measured))
+
+    dense_by_id = dict(
+        zip([id(m.dense) for m in dense_cases], dense_fit.predict(dense_X), strict=True)
+    )
+    predicted_speedup = np.array([dense_by_id[id(m.dense)] for m in measurements]) / (
+        sparse_fit.predict(sparse_X)
+    )
+    measured_speedup = np.array([m.speedup for m in measurements])
+    return RefinedParameters(
+        threads=threads,
+        vector_width=vector_width,
+        isa=isa,
+        memory=memory,
+        dense=dense_fit.parameters(),
+        sparse=sparse_fit.parameters(),
+        fit=FitQuality(
+            dense_mape=mape(dense_fit.predict(dense_X), dense_y),
+            sparse_mape=mape(sparse_fit.predict(sparse_X), sparse_y),
+            speedup_mape=mape(predicted_speedup, measured_speedup),
+            noise_cv=noise_of(measurements),
+            measurements=len(measurements),
+            outliers_dropped=len(dense_fit.outliers_) + len(sparse_fit.outliers_),
+            duration_s=duration_s,
+        ),
+    )
+
+
+def simulate(
+    profile: HardwareProfile,
+    plan: Plan,
+    noise_cv: float = 0.0,
+    seed: int = 0,
+) -> list[Measurement]:
+    """The measurements ``profile``'s refined model predicts for ``plan`` (tests, examples).
+
+    With ``noise_cv`` > 0 every timing gets ``plan.repeats`` samples with that relative
+    spread (their median stays at the prediction).
+    """
+    rng = np.random.default_rng(seed)
+    model = RefinedRoofline()
+
+    def timing(seconds: float) -> Timing:
+        if noise_cv <= 0:
+            return Timing(seconds, 0.0, (seconds,))
+        spread = rng.normal(0.0, noise_cv, plan.repeats)
+        spread -= np.median(spread)
+        return Timing.of([seconds * max(1.0 + v, 0.05) for v in spread])
+
+    measurements = []
+    for batch in plan.batches:
+        for spec in plan.layers:
+            layer = spec.with_batch(batch)
+            dense = timing(model.dense_time_s(layer, profile))
+            for s in plan.sparsities:
+                sparse = timing(model.sparse_time(layer, profile, 1.0 - s).total_s)
+                measurements.append(Measurement(layer, 1.0 - s, dense, "simulated", sparse))
+    return measurements
+
+
+# ------------------------------------------------------------------------------ the profile
+
+
+@dataclass
+class CalibrationData:
+    """Everything one run measured: the input of :func:`build_profile`."""
+
+    measurements: list[Measurement]
+    memory: MemoryBandwidths
+    gemm_flops_per_s: float
+    threads: int
+    vector_width: int = 16
+    isa: str | None = None
+    kernel: str = "native"
+    load: str = field(default_factory=load_summary)
+    duration_s: float | None = None
+
+
+REFERENCE_LAYER = Conv2dSpec(
+    name="alexnet.conv3", in_channels=256, out_channels=384, in_height=13, in_width=13,
+    kernel=3, padding=1,
+)  # fmt: skip
+
+
+def build_profile(
+    data: CalibrationData, name: str, max_cv: float = DEFAULT_MAX_CV
+) -> HardwareProfile:
+    """Check the noise, fit, and assemble the profile (nothing is written).
+
+    Raises:
+        NoisyRunError: the median coefficient of variation of the timings exceeds ``max_cv``.
+    """
+    noise = noise_of(data.measurements)
+    if noise > max_cv:
+        raise NoisyRunError(noise, max_cv, data.load)
+    refined = fit_refined(
+        data.measurements, data.memory, data.threads, data.vector_width, data.isa,
+        data.duration_s,
+    )  # fmt: skip
+    import torch
+
+    F = data.gemm_flops_per_s
+    # The paper's α, for the paper model on this profile: the sparse kernel's density-dependent
+    # time per useful FLOP on AlexNet conv3 (batch 1), relative to SGEMM's time per FLOP.
+    draft = HardwareProfile(
+        schema_version=SCHEMA_VERSION,
+        name=name,
+        dense_flops_per_s=F,
+        memory_bandwidth_bytes_per_s=data.memory.dram_bytes_per_s,
+        sparse_overhead=1.0,
+        provenance=Provenance(kind="calibration", source="sweetspot calibrate"),
+        refined=refined,
+    )
+    variable = RefinedRoofline().sparse_time(REFERENCE_LAYER, draft, 1.0).compute_s
+    alpha = max(variable * F / REFERENCE_LAYER.flops, 1e-3)
+    host = platform.node() or "unknown"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("sweetspot")
+    except PackageNotFoundError:
+        ours = "unknown"
+    return draft.model_copy(
+        update={
+            "description": f"{cpu_model()}, calibrated with {data.threads} thread(s)",
+            "sparse_overhead": alpha,
+            "cores": os.cpu_count(),
+            "simd_width_fp32": data.vector_width,
+            "provenance": Provenance(
+                kind="calibration",
+                source=f"sweetspot calibrate {ours} (model.calibration)",
+                host=host,
+                cpu=cpu_model(),
+                date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                threads=data.threads,
+                torch=torch.__version__,
+                notes=(
+                    f"F: 1024² SGEMM; B: DRAM read; α: sparse kernel on AlexNet conv3 vs F; "
+                    f"{data.kernel} kernel ({data.isa}); {data.load} at the end; "
+                    f"noise CV {noise:.3f}; fit speedup MAPE {refined.fit.speedup_mape:.3f}"
+                ),
+            ),
+        }
+    )
+
+
+def run_benchmarks(
+    plan: Plan, threads: int, progress: Progress | None = None, seed: int = 0
+) -> CalibrationData:
+    """Measure this host as ``plan`` says (module docstring, steps 1–3)."""
+    import torch
+
+    from model.sparse import kernel_info
+
+    def report(event: dict) -> None:
+        if progress:
+            progress(event)
+
+    started = time.monotonic()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        info = kernel_info()
+        wait_for_idle(threads, plan.idle_timeout_s, progress)
+        cases = [(layer, b) for b in plan.batches for layer in plan.layers]
+        total = len(cases) + 1
+        report({"stage": "memory", "done": 0, "total": total})
+        memory, gemm = measure_memory(threads)
+        measurements: list[Measurement] = []
+        for index, (layer, batch) in enumerate(cases, start=1):
+            report({"stage": "layers", "done": index, "total": total, "layer": layer.name,
+                    "batch": batch})  # fmt: skip
+            measurements += measure_layer(
+                layer.with_batch(batch), plan.sparsities, plan.repeats, plan.warmup,
+                plan.min_sample_s, seed + index,
+            )  # fmt: skip
+        report({"stage": "done", "done": total, "total": total})
+    finally:
+        torch.set_num_threads(previous)
+    return CalibrationData(
+        measurements=measurements,
+        memory=memory,
+        gemm_flops_per_s=gemm,
+        threads=threads,
+        vector_width=info.vector_width or 16,
+        isa=info.isa,
+        kernel=info.implementation,
+        duration_s=time.monotonic() - started,
+    )
+
+
+def calibrate(
+    name: str = DEFAULT_NAME,
+    quick: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    *,
+    max_cv: float = DEFAULT_MAX_CV,
+) -> HardwareProfile:
+    """Measure this host and fit a profile; writes nothing (the caller saves it).
+
+    For the REST service's calibration job: run it in a worker process (it keeps the CPUs
+    busy for up to 3 minutes, 60 s with ``quick``), pass ``progress`` to receive events
+    ``{"stage": "idle"|"memory"|"layers"|"done", "done": i, "total": n, ...}``, then
+    :func:`perfmodel.save_profile` the result.
+
+    Args:
+        name: profile name (``host`` by default: ``--hardware host`` then finds it).
+        quick: the reduced plan (fewer layers, sparsities and repeats).
+        threads: threads to measure with (default: ``torch.get_num_threads()``); the profile
+            predicts for this thread count.
+        progress: called with one event dict per step.
+        max_cv: refuse the run when the median coefficient of variation exceeds this.
+
+    Raises:
+        NoisyRunError: the timings were too noisy to trust.
+        RuntimeError: the native sparse kernel is unavailable (the reference would be timed).
+    """
+    import torch
+
+    from model.sparse import kernel_info
+
+    threads = threads or torch.get_num_threads()
+    if not kernel_info().native:
+        raise RuntimeError(
+            f"the native sparse kernel is not available ({kernel_info().reason}); "
+            "calibrating the reference implementation would describe nothing useful"
+        )
+    data = run_benchmarks(plan_for(quick), threads, progress)
+    return build_profile(data, name, max_cv)
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``sweetspot calibrate``."""
+    parser.add_argument(
+        "--name", default=DEFAULT_NAME, help=f"profile name to write (default: {DEFAULT_NAME})"
+    )
+    parser.add_argument("--quick", action="store_true", help="the ≤ 60 s plan (less accurate)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads to measure with (default: all torch uses)",
+    )
+    parser.add_argument(
+        "--max-cv",
+        type=float,
+        default=DEFAULT_MAX_CV,
+        help=f"refuse runs noisier than this median coefficient of variation ({DEFAULT_MAX_CV})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the profile as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _progress_bar(quiet: bool) -> tuple[Progress | None, Callable[[], None]]:
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc="calibrate", unit="step", file=sys.stderr, leave=False)
+
+    def progress(event: dict) -> None:
+        if event.get("stage") == "idle":
+            busy = event.get("busy_cpus")
+            busy_text = "unknown" if busy is None else f"{busy:.1f}"
+            bar.write(f"busy CPUs before measuring: {busy_text} ({event['load']})", file=sys.stderr)
+            return
+        bar.total = event.get("total", bar.total)
+        bar.n = event.get("done", bar.n)
+        if "layer" in event:
+            bar.set_postfix_str(f"{event['layer']} batch {event['batch']}")
+        bar.refresh()
+
+    return progress, bar.close
+
+
+def run(args: argparse.Namespace) -> int:
+    """``sweetspot calibrate``: measure, fit, save to the user profile directory."""
+    if args.threads is not None and args.threads < 1:
+        print("sweetspot: --threads must be >= 1", file=sys.stderr)
+        return 2
+    progress, close = _progress_bar(args.quiet)
+    try:
+        profile = calibrate(args.name, args.quick, args.threads, progress, max_cv=args.max_cv)
+    except NoisyRunError as error:
+        close()
+        print(f"sweetspot: {error}", file=sys.stderr)
+        return EXIT_NOISY
+    except (RuntimeError, ValueError) as error:
+        close()
+        print(f"sweetspot: {error}", file=sys.stderr)
+        return 1
+    close()
+    path = save_profile(profile)
+    if args.json:
+        print(profile.model_dump_json(indent=2, exclude_none=True))
+        return 0
+    print(format_profile(profile, path))
+    return 0
+
+
+def format_profile(profile: HardwareProfile, path) -> str:
+    """A short human summary of a calibrated profile."""
+    r = profile.refined
+    assert r is not None
+    d, s, m, f = r.dense, r.sparse, r.memory, r.fit
+
+    def g(rate: float | None, unit: float, suffix: str) -> str:
+        return "negligible" if rate is None else f"{rate / unit:.3g} {suffix}"
+
+    lines = [
+        f"profile {profile.name!r} written to {path}",
+        f"  (use: sweetspot predict --hardware {profile.name}; user profiles live in "
+        f"{user_profile_dir()}, $SWEETSPOT_PROFILE_DIR overrides)",
+        f"host {profile.provenance.host}, {profile.provenance.cpu}, {r.threads} thread(s), "
+        f"{r.isa} kernel",
+        f"paper model:  F {profile.dense_flops_per_s / 1e9:.1f} GFLOP/s (SGEMM), "
+        f"B {profile.memory_bandwidth_bytes_per_s / 1e9:.1f} GB/s (DRAM read), "
+        f"α {profile.sparse_overhead:.2f}",
+        f"memory:       L1 {m.l1_bytes_per_s / 1e9:.0f} GB/s, "
+        f"L2 {m.l2_bytes_per_s / 1e9:.0f} GB/s, "
+        f"DRAM {m.dram_bytes_per_s / 1e9:.1f} GB/s",
+        f"dense:        overhead {d.call_overhead_s * 1e6:.1f} µs; 1x1 "
+        f"{g(d.conv1x1_flops_per_s, 1e9, 'GF/s')}, 3x3 {g(d.conv3x3_flops_per_s, 1e9, 'GF/s')}, "
+        f"other conv {g(d.conv_flops_per_s, 1e9, 'GF/s')}, "
+        f"fc {g(d.linear_flops_per_s, 1e9, 'GF/s')}; "
+        f"layout {g(d.layout_bytes_per_s, 1e9, 'GB/s')}",
+        f"sparse:       overhead {s.call_overhead_s * 1e6:.1f} µs; inner loop "
+        f"{g(s.inner_loop_bytes_per_s, 1e9, 'GB/s')}, visits "
+        f"{g(s.nonzero_visits_per_s, 1e9, 'G/s')}, packing {g(s.pack_bytes_per_s, 1e9, 'GB/s')}, "
+        f"output {g(s.output_bytes_per_s, 1e9, 'GB/s')}",
+        f"fit:          {f.measurements} cases, noise CV {f.noise_cv:.3f}, MAPE dense "
+        f"{f.dense_mape:.1%}, sparse {f.sparse_mape:.1%}, speedup {f.speedup_mape:.1%}"
+        + (f", {f.duration_s:.0f} s" if f.duration_s else ""),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.calibration", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""The refined performance model: the paper's roofline plus the costs it leaves out, per host.
+
+Park et al. (ICLR 2017, §2.2) predict ``t_dense = C/F`` and
+``t_sparse = max(α·x·C/F, (S_A + β·x·S_W)/B)``. On a real CPU three things it leaves out decide
+the answer for most layers (RESEARCH.md §7, docs/sparse-kernel.md):
+
+- **per-call overhead**: a small CIFAR layer at batch 1 takes tens of µs, most of it fixed;
+- **the dense backend's rate depends on the layer family and its layout work**: oneDNN runs
+  3×3 stride-1 convolutions with a fast algorithm (above the FMA peak), 1×1 convolutions as a
+  GEMM, and reorders activations (NCHW ↔ blocked) and weights on every call;
+- **the sparse kernel's inner loop is bound by loads from L1**, one unaligned input vector per
+  16-wide FMA, on vectors that include the padded columns of the layout, plus per-image
+  packing, output copy and partial-sum traffic.
+
+Dense time (``C'`` = FLOPs with channels rounded up to the vector width, the blocking of
+oneDNN; ``S_A`` activations, ``S_W`` weights, bytes)::
+
+    t_dense = o_d + C'/F_family + S_A/B_layout + S_W/B_weights
+
+Sparse time (direct sparse convolution, density ``x``; the geometry replicates the kernel's
+layout and cache blocking, :func:`sparse_conv_geometry`)::
+
+    fixed    = o_s + N·(packed input bytes)/B_pack + N·(output bytes)/B_out + P/B_partial
+    variable = V·64 B/B_inner + T/R_visit
+    t_sparse = fixed + variable
+
+with ``V = x·N·W·nvec`` vector FMAs (``W`` weights, ``nvec`` output vectors per channel
+including the layout's padded columns), ``T = x·N·W·tiles`` non-zero visits (one per
+register tile) and ``P`` the bytes of partial sums reloaded per input-channel block.
+Sparse fully connected layers: ``o_s + x·N·8·W/B_csr`` (batch < 16, CSR streamed per image)
+or ``o_s + 2·x·N·W/F_linear`` (batch ≥ 16).
+
+All rates are fitted on the host by :mod:`model.calibration` (non-negative least squares on
+relative error, scikit-learn) and stored in the profile's ``refined`` block; the prediction
+here needs no torch. The split into ``fixed`` and ``variable`` plays the role of the paper's
+memory and compute terms: the sweet spot's upper bound is where the density-dependent time
+falls below the fixed time (past it, more sparsity buys less than 2× more).
+
+Parameters are valid for the thread count they were calibrated with (``refined.threads``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from perfmodel.hardware import HardwareProfile, ProfileError
+from perfmodel.layers import Conv2dSpec, LinearSpec
+from perfmodel.roofline import MODELS, Layer, RooflineModel, SparseTime
+
+DENSE_TERMS: tuple[str, ...] = (
+    "call",
+    "flops_conv1x1",
+    "flops_conv3x3",
+    "flops_conv",
+    "flops_linear",
+    "activation_bytes",
+    "conv_weight_bytes",
+    "linear_weight_bytes",
+)
+"""Columns of the dense design matrix; the fitted coefficient of each is seconds per unit."""
+
+SPARSE_FIXED_TERMS: tuple[str, ...] = (
+    "call",
+    "pack_bytes",
+    "strided_pack_bytes",
+    "output_bytes",
+    "partial_sum_bytes",
+    "tile_setups",
+)
+SPARSE_VARIABLE_TERMS: tuple[str, ...] = (
+    "inner_loop_bytes",
+    "nonzero_visits",
+    "linear_csr_bytes",
+    "linear_flops",
+)
+SPARSE_TERMS: tuple[str, ...] = SPARSE_FIXED_TERMS + SPARSE_VARIABLE_TERMS
+"""Columns of the sparse design matrix (fixed terms first, then density-dependent ones)."""
+
+# Constants of the kernel in model/sparse/csrc/sparse_conv.cpp (docs/sparse-kernel.md).
+TILE_VECTORS = 12  # output vectors held in registers per tile
+L1_BUDGET_FLOATS = 6144  # one input-channel block's input: 24 KiB
+PARTIAL_SUM_FLOATS = 65536  # partial sums of one strip: 256 KiB, in L2
+MIN_BLOCK_CHANNELS = 16  # below this the strip is halved instead
+# NB: a tile of v accumulators issues v independent FMAs per non-zero; below the FMA latency
+# (4 cycles on Zen 4 and Skylake-X) the chain, not the issue rate, sets the pace.
+FMA_LATENCY_VECTORS = 4
+BATCHED_LINEAR = 16  # the sparse linear kernel broadcasts weights across images from here
+
+# Which dense rate applies: 3×3 stride 1 ungrouped is where oneDNN's fast algorithm runs.
+DENSE_RATE_FIELD = {
+    "flops_conv1x1": "conv1x1_flops_per_s",
+    "flops_conv3x3": "conv3x3_flops_per_s",
+    "flops_conv": "conv_flops_per_s",
+    "flops_linear": "linear_flops_per_s",
+    "activation_bytes": "layout_bytes_per_s",
+    "conv_weight_bytes": "conv_weight_bytes_per_s",
+    "linear_weight_bytes": "linear_weight_bytes_per_s",
+}
+SPARSE_RATE_FIELD = {
+    "pack_bytes": "pack_bytes_per_s",
+    "strided_pack_bytes": "strided_pack_bytes_per_s",
+    "output_bytes": "output_bytes_per_s",
+    "inner_loop_bytes": "inner_loop_bytes_per_s",
+    "nonzero_visits": "nonzero_visits_per_s",
+    "partial_sum_bytes": "partial_sum_bytes_per_s",
+    "tile_setups": "tile_setups_per_s",
+    "linear_csr_bytes": "linear_csr_bytes_per_s",
+    "linear_flops": "linear_flops_per_s",
+}
+
+
+class MissingRefinedParametersError(ProfileError):
+    """The refined model was asked to predict on a profile that was never calibrated."""
+
+    def __init__(self, profile: str):
+        super().__init__(
+            f"hardware profile {profile!r} has no refined parameters (only `sweetspot calibrate` "
+            "writes them); use the 'paper' performance model, or 'auto' to pick per profile"
+        )
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return _ceil_div(value, multiple) * multiple
+
+
+@dataclass(frozen=True, slots=True)
+class SparseConvGeometry:
+    """What the direct sparse kernel does per image and per group, from the shapes alone.
+
+    Mirrors ``make_layout``/``make_blocking`` of ``sparse_conv.cpp`` (spatial layout, the one
+    ``auto`` uses): ``nvec`` output vectors per channel (``P·Wph`` outputs, the row pitch
+    includes padding columns), ``tiles`` register tiles per channel over all strips,
+    ``strips``, ``channel_blocks`` (input-channel blocks of one group kept in L1),
+    ``packed_floats`` (the padded input buffer of all groups) and ``effective_vectors``: the
+    vectors per channel counted as at least :data:`FMA_LATENCY_VECTORS` per tile.
+    """
+
+    nvec: int
+    tiles: int
+    effective_vectors: int
+    strips: int
+    channel_blocks: int
+    packed_floats: int
+
+
+def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseConvGeometry:
+    """Layout and cache blocking of ``layer`` in the sparse kernel (see the class)."""
+    (R, S), (sh, sw), (ph, pw), (dh, dw) = layer.kernel, layer.stride, layer.padding, layer.dilation
+    P, Q = layer.out_height, layer.out_width
+    C = layer.in_channels // layer.groups
+    Wph = max(_ceil_div(layer.in_width + pw, sw), Q)
+    Hph = _ceil_div(layer.in_height + 2 * ph, sh) + 1
+    plane = sh * sw * Hph * Wph
+    nvec = _ceil_div(P * Wph, vector_width)
+    phases = min(sh * sw, R * S)
+    reach = ((R - 1) * dh // sh) * Wph + ((S - 1) * dw) // sw + 1
+
+    def footprint(strip: int) -> int:
+        return min(plane, phases * (strip * vector_width + reach))
+
+    def round_tiles(v: int) -> int:
+        return max(TILE_VECTORS, v // TILE_VECTORS * TILE_VECTORS)
+
+    strip = min(nvec, round_tiles(PARTIAL_SUM_FLOATS // (layer.out_channels * vector_width)))
+    while strip > TILE_VECTORS and L1_BUDGET_FLOATS // footprint(strip) < min(
+        MIN_BLOCK_CHANNELS, C
+    ):
+        strip = round_tiles(strip // 2)
+    cblock = min(max(L1_BUDGET_FLOATS // footprint(strip), 1), C)
+    strips = _ceil_div(nvec, strip)
+    full, rest = divmod(nvec, strip)
+
+    def tile_sizes(vectors: int) -> list[int]:
+        whole, last = divmod(vectors, TILE_VECTORS)
+        return [TILE_VECTORS] * whole + ([last] if last else [])
+
+    sizes = tile_sizes(strip) * full + tile_sizes(rest)
+    return SparseConvGeometry(
+        nvec=nvec,
+        tiles=len(sizes),
+        effective_vectors=sum(max(v, FMA_LATENCY_VECTORS) for v in sizes),
+        strips=strips,
+        channel_blocks=_ceil_div(C, cblock),
+        packed_floats=layer.groups * C * plane,
+    )
+
+
+def _padded(channels: int, width: int) -> int:
+    return _round_up(channels, width)
+
+
+def dense_features(layer: Layer, vector_width: int = 16) -> dict[str, float]:
+    """The dense design row of ``layer`` (keys: :data:`DENSE_TERMS`)."""
+    row = dict.fromkeys(DENSE_TERMS, 0.0)
+    row["call"] = 1.0
+    row["activation_bytes"] = float(layer.activation_bytes)
+    if isinstance(layer, LinearSpec):
+        row["flops_linear"] = float(layer.flops)
+        row["linear_weight_bytes"] = float(layer.weight_bytes)
+        return row
+    # NB: oneDNN blocks channels by the vector width, so 24 channels cost like 32; inputs with
+    # fewer channels than a vector (RGB stems) take a dedicated path and are not padded.
+    cg, kg = layer.in_channels // layer.groups, layer.out_channels // layer.groups
+    padding = _padded(kg, vector_width) / kg
+    if cg >= vector_width:
+        padding *= _padded(cg, vector_width) / cg
+    flops = layer.flops * padding
+    if layer.kernel == (1, 1):
+        row["flops_conv1x1"] = flops
+    elif (
+        layer.kernel == (3, 3)
+        and layer.stride == (1, 1)
+        and layer.dilation == (1, 1)
+        and layer.groups == 1
+    ):
+        row["flops_conv3x3"] = flops
+    else:
+        row["flops_conv"] = flops
+    row["conv_weight_bytes"] = float(layer.weight_bytes)
+    return row
+
+
+def sparse_features(layer: Layer, density: float, vector_width: int = 16) -> dict[str, float]:
+    """The sparse design row of ``layer`` at ``density`` (keys: :data:`SPARSE_TERMS`)."""
+    row = dict.fromkeys(SPARSE_TERMS, 0.0)
+    row["call"] = 1.0
+    N, bytes_ = layer.batch, layer.dtype_bytes
+    nonzeros = density * layer.weight_count  # NB: expected count; continuous in the density
+    if isinstance(layer, LinearSpec):
+        row["pack_bytes"] = float(N * layer.in_features * bytes_)
+        row["output_bytes"] = float(N * layer.out_features * bytes_)
+        if N < BATCHED_LINEAR:
+            row["linear_csr_bytes"] = N * 8.0 * nonzeros  # 4 B value + 4 B column index
+        else:
+            row["linear_flops"] = 2.0 * N * nonzeros
+        return row
+    geometry = sparse_conv_geometry(layer, vector_width)
+    # Stride 1 packs rows with memcpy; a stride splits every row into phase planes, element
+    # by element.
+    strided = layer.stride != (1, 1)
+    row["strided_pack_bytes" if strided else "pack_bytes"] = float(
+        N * geometry.packed_floats * bytes_
+    )
+    outputs = layer.out_channels * layer.out_height * layer.out_width
+    row["output_bytes"] = float(N * outputs * bytes_)
+    # Each non-zero of a group's output channel meets every output vector of that channel once.
+    row["inner_loop_bytes"] = nonzeros * N * geometry.effective_vectors * vector_width * bytes_
+    row["nonzero_visits"] = nonzeros * N * geometry.tiles
+    # Every channel block after the first reloads and stores the strip's partial sums, whatever
+    # the density (NB: empty CSR segments are assumed to cost the same as short ones).
+    if geometry.channel_blocks > 1:
+        row["partial_sum_bytes"] = float(
+            N
+            * layer.out_channels
+            * geometry.nvec
+            * vector_width
+            * bytes_
+            * 2
+            * (geometry.channel_blocks - 1)
+        )
+    # Starting and finishing a tile for every output channel in every channel block.
+    row["tile_setups"] = float(N * layer.out_channels * geometry.tiles * geometry.channel_blocks)
+    return row
+
+
+def _seconds_per_unit(rate: float | None) -> float:
+    return 0.0 if rate is None else 1.0 / rate
+
+
+def dense_coefficients(hw: HardwareProfile) -> dict[str, float]:
+    """Seconds per unit of each dense term, from the profile's refined parameters."""
+    params = _refined(hw).dense
+    coefficients = {"call": params.call_overhead_s}
+    for term, field in DENSE_RATE_FIELD.items():
+        coefficients[term] = _seconds_per_unit(getattr(params, field))
+    return coefficients
+
+
+def sparse_coefficients(hw: HardwareProfile) -> dict[str, float]:
+    """Seconds per unit of each sparse term, from the profile's refined parameters."""
+    params = _refined(hw).sparse
+    coefficients = {"call": params.call_overhead_s}
+    for term, field in SPARSE_RATE_FIELD.items():
+        coefficients[term] = _seconds_per_unit(getattr(params, field))
+    return coefficients
+
+
+def _refined(hw: HardwareProfile):
+    if hw.refined is None:
+        raise MissingRefinedParametersError(hw.name)
+    return hw.refined
+
+
+@dataclass(frozen=True, slots=True)
+class AdditiveSparseTime(SparseTime):
+    """Sparse time as a sum: ``memory_s`` the fixed part, ``compute_s`` the density-dependent.
+
+    ``bound`` is "compute" while the density-dependent part dominates; past the crossing the
+    layer is bound by its fixed costs (overhead, packing, output), which is where the
+    sweet spot's upper bound lies.
+    """
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.memory_s
+
+
+class RefinedRoofline(RooflineModel):
+    """The refined model (module docstring); needs a calibrated profile.
+
+    Raises :class:`MissingRefinedParametersError` (a :class:`ProfileError`) on a profile without a
+    ``refined`` block rather than silently answering with the paper's numbers; pass
+    ``model="auto"`` to :func:`perfmodel.predict_network` to get the refined model where a
+    profile has it and the paper's otherwise.
+    """
+
+    name = "refined"
+
+    def dense_time_s(self, layer: Layer, hw: HardwareProfile) -> float:
+        width = _refined(hw).vector_width
+        coefficients = dense_coefficients(hw)
+        row = dense_features(layer, width)
+        return sum(coefficients[term] * row[term] for term in DENSE_TERMS)
+
+    def sparse_time(self, layer: Layer, hw: HardwareProfile, density: float) -> SparseTime:
+        width = _refined(hw).vector_width
+        coefficients = sparse_coefficients(hw)
+        row = sparse_features(layer, density, width)
+        fixed = sum(coefficients[term] * row[term] for term in SPARSE_FIXED_TERMS)
+        variable = sum(coefficients[term] * row[term] for term in SPARSE_VARIABLE_TERMS)
+        return AdditiveSparseTime(compute_s=variable, memory_s=fixed)
+
+
+MODELS["refined"] = RefinedRoofline

@@ -1,0 +1,147 @@
+"""Calibration: the fit recovers known parameters, noise is refused, the command writes `host`."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import numpy as np
+import pytest
+from test_refined_model import refined_profile
+
+from model import calibration
+from model.calibration import (
+    CALIBRATION_LAYERS,
+    EXIT_NOISY,
+    CalibrationData,
+    DenseTimeRegressor,
+    NoisyRunError,
+    SparseTimeRegressor,
+    Timing,
+    build_profile,
+    fit_refined,
+    plan_for,
+    simulate,
+    time_interleaved,
+)
+from perfmodel import Conv2dSpec, get_profile, predict_network, profile_names
+from perfmodel.refined import DENSE_RATE_FIELD, SPARSE_RATE_FIELD
+
+TRUE = refined_profile()
+
+
+def _data(measurements, threads: int = 1) -> CalibrationData:
+    return CalibrationData(
+        measurements=measurements, memory=TRUE.refined.memory, gemm_flops_per_s=60e9,
+        threads=threads, isa="avx512", load="load 0.10 0.10 0.10 on 2 cores",
+    )  # fmt: skip
+
+
+def test_fit_recovers_the_parameters_that_generated_the_timings():
+    fitted = fit_refined(simulate(TRUE, plan_for(quick=False)), TRUE.refined.memory, threads=1)
+    for params, truth, fields in (
+        (fitted.dense, TRUE.refined.dense, DENSE_RATE_FIELD.values()),
+        (fitted.sparse, TRUE.refined.sparse, SPARSE_RATE_FIELD.values()),
+    ):
+        assert params.call_overhead_s == pytest.approx(truth.call_overhead_s, rel=1e-3)
+        for field in fields:
+            assert getattr(params, field) == pytest.approx(getattr(truth, field), rel=1e-3), field
+    assert fitted.fit.speedup_mape < 1e-6
+
+
+def test_fit_tolerates_mild_noise():
+    measurements = simulate(TRUE, plan_for(quick=False), noise_cv=0.03, seed=1)
+    fitted = fit_refined(measurements, TRUE.refined.memory, threads=1)
+    assert fitted.fit.noise_cv < 0.05
+    truth = TRUE.refined.sparse.inner_loop_bytes_per_s
+    assert fitted.sparse.inner_loop_bytes_per_s == pytest.approx(truth, rel=0.1)
+
+
+def test_estimators_follow_scikit_learn_conventions():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(1, 10, size=(40, len(DenseTimeRegressor.terms)))
+    coef = rng.uniform(0.1, 1, size=X.shape[1])
+    estimator = DenseTimeRegressor()
+    assert estimator.fit(X, X @ coef) is estimator
+    np.testing.assert_allclose(estimator.coef_, coef, rtol=1e-6)
+    assert len(estimator.outliers_) == 0
+    assert estimator.get_params() == {"outlier_factor": 4.0, "min_outlier_error": 0.25}
+    with pytest.raises(ValueError, match="must be"):
+        SparseTimeRegressor().fit(X, X @ coef)  # wrong number of columns
+
+
+def test_build_profile_writes_provenance_and_schema():
+    profile = build_profile(_data(simulate(TRUE, plan_for(quick=True))), "box")
+    assert profile.name == "box" and profile.schema_version == 2
+    assert profile.provenance.kind == "calibration"
+    assert profile.provenance.threads == 1 and profile.provenance.torch
+    assert profile.provenance.cpu and profile.provenance.host and profile.provenance.date
+    assert profile.refined.threads == 1
+    assert profile.sparse_overhead > 0
+
+
+def test_noisy_run_is_refused():
+    noisy = simulate(TRUE, plan_for(quick=True), noise_cv=0.5, seed=2)
+    with pytest.raises(NoisyRunError, match=r"too noisy.*no profile written"):
+        build_profile(_data(noisy), "host")
+
+
+def test_timing_reports_median_and_coefficient_of_variation():
+    timing = Timing.of([1.0, 1.0, 4.0])
+    assert timing.median_s == 1.0
+    assert timing.cv == pytest.approx(np.std([1, 1, 4]) / 2.0)
+
+
+def test_time_interleaved_uses_the_injected_clock():
+    ticks = itertools.count()
+    timings = time_interleaved({"a": lambda: None}, repeats=3, min_sample_s=0.5,
+                               clock=lambda: float(next(ticks)))  # fmt: skip
+    assert timings["a"].median_s == pytest.approx(1.0)
+    assert timings["a"].cv == 0.0
+
+
+def test_calibration_never_sees_validation_layers_or_sparsities():
+    from model.validation import VALIDATION_LAYERS, VALIDATION_SPARSITIES
+
+    shapes = {layer.describe() for layer in CALIBRATION_LAYERS}
+    assert not shapes & {layer.describe() for layer in VALIDATION_LAYERS}
+    assert not set(plan_for(False).sparsities) & set(VALIDATION_SPARSITIES)
+
+
+def _args(**overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    calibration.add_arguments(parser)
+    args = parser.parse_args(["--quiet"])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+@pytest.fixture
+def fake_native(monkeypatch):
+    """Calibration refuses the reference kernel; these tests never time anything anyway."""
+    from model.sparse.native import KernelInfo
+
+    info = KernelInfo("native", "avx512", 16, 1, "build", "test")
+    monkeypatch.setattr("model.sparse.kernel_info", lambda: info)
+
+
+def test_calibrate_command_writes_host_profile(monkeypatch, capsys, fake_native):
+    clean = _data(simulate(TRUE, plan_for(quick=True)))
+    monkeypatch.setattr(calibration, "run_benchmarks", lambda plan, threads, progress: clean)
+    assert calibration.run(_args(quick=True, threads=1)) == 0
+    assert "host" in profile_names()
+    out = capsys.readouterr().out
+    assert "sweetspot predict --hardware host" in out
+    conv = Conv2dSpec(name="c", in_channels=64, out_channels=64, in_height=28, in_width=28,
+                      kernel=3, padding=1)  # fmt: skip
+    result = predict_network([conv], get_profile("host"), model="auto")
+    assert result.performance_model == "refined"
+
+
+def test_calibrate_command_refuses_noisy_run(monkeypatch, capsys, fake_native):
+    noisy = _data(simulate(TRUE, plan_for(quick=True), noise_cv=0.5, seed=3))
+    monkeypatch.setattr(calibration, "run_benchmarks", lambda plan, threads, progress: noisy)
+    assert calibration.run(_args(quick=True)) == EXIT_NOISY
+    assert "too noisy" in capsys.readouterr().err
+    assert "host" not in profile_names()

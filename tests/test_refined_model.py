@@ -1,0 +1,205 @@
+"""The refined model (perfmodel.refined): versioned profiles, geometry, sweet spots, fallback."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from perfmodel import (
+    MODELS,
+    SCHEMA_VERSION,
+    Conv2dSpec,
+    HardwareProfile,
+    LinearSpec,
+    MissingRefinedParametersError,
+    ProfileError,
+    RefinedRoofline,
+    RooflineModel,
+    get_profile,
+    parse_profile,
+    predict_network,
+    save_profile,
+)
+from perfmodel.hardware import (
+    DenseParameters,
+    FitQuality,
+    MemoryBandwidths,
+    Provenance,
+    RefinedParameters,
+    SparseParameters,
+)
+from perfmodel.refined import sparse_conv_geometry
+
+MODEL = RefinedRoofline()
+
+
+def refined_profile(name: str = "host") -> HardwareProfile:
+    """A calibrated-looking profile with made-up but plausible parameters."""
+    refined = RefinedParameters(
+        threads=1,
+        vector_width=16,
+        isa="avx512",
+        memory=MemoryBandwidths(l1_bytes_per_s=160e9, l2_bytes_per_s=90e9, dram_bytes_per_s=18e9),
+        dense=DenseParameters(
+            call_overhead_s=20e-6, conv1x1_flops_per_s=120e9, conv3x3_flops_per_s=200e9,
+            conv_flops_per_s=150e9, linear_flops_per_s=80e9, layout_bytes_per_s=12e9,
+            conv_weight_bytes_per_s=4e9, linear_weight_bytes_per_s=30e9,
+        ),
+        sparse=SparseParameters(
+            call_overhead_s=15e-6, pack_bytes_per_s=40e9, strided_pack_bytes_per_s=3e9,
+            output_bytes_per_s=60e9, inner_loop_bytes_per_s=170e9, nonzero_visits_per_s=6e9,
+            partial_sum_bytes_per_s=130e9, tile_setups_per_s=1e8, linear_csr_bytes_per_s=7e9,
+            linear_flops_per_s=20e9,
+        ),
+        fit=FitQuality(dense_mape=0.1, sparse_mape=0.1, speedup_mape=0.1, noise_cv=0.03,
+                       measurements=100),
+    )  # fmt: skip
+    return HardwareProfile(
+        schema_version=SCHEMA_VERSION,
+        name=name,
+        dense_flops_per_s=60e9,
+        memory_bandwidth_bytes_per_s=18e9,
+        sparse_overhead=1.0,
+        provenance=Provenance(
+            kind="calibration", source="test", host="box", threads=1, torch="2.13.0"
+        ),
+        refined=refined,
+    )
+
+
+CONV3 = Conv2dSpec(name="conv3", in_channels=256, out_channels=384, in_height=13, in_width=13,
+                   kernel=3, padding=1)  # fmt: skip
+
+
+def test_refined_is_registered():
+    assert MODELS["refined"] is RefinedRoofline
+    assert isinstance(MODEL, RooflineModel)
+
+
+def test_calibrated_profile_round_trips(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEETSPOT_PROFILE_DIR", str(tmp_path))
+    profile = refined_profile()
+    path = save_profile(profile)
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["provenance"]["threads"] == 1
+    assert get_profile("host") == profile
+
+
+def test_shipped_paper_profiles_are_schema_1_without_refined_block():
+    for name in ("atom-c2750", "xeon-e5-2697v4", "xeon-phi-7250"):
+        profile = get_profile(name)
+        assert profile.schema_version == 1
+        assert profile.refined is None
+
+
+def test_hand_written_v1_profile_loads(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({
+        "schema_version": 1, "name": "old", "dense_flops_per_s": 1e11,
+        "memory_bandwidth_bytes_per_s": 2e10, "sparse_overhead": 2.5,
+        "provenance": {"kind": "user", "source": "written by hand for version 1"},
+    }))  # fmt: skip
+    profile = get_profile(path)
+    assert profile.schema_version == 1 and profile.refined is None
+    assert profile.sparse_overhead == 2.5
+
+
+def test_profile_from_a_newer_version_is_refused_with_a_reason():
+    data = refined_profile().model_dump(mode="json")
+    data["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ProfileError, match="written by a newer Sweetspot"):
+        parse_profile(data)
+
+
+def test_refined_on_uncalibrated_profile_errors_and_auto_falls_back(xeon):
+    with pytest.raises(MissingRefinedParametersError, match="no refined parameters"):
+        MODEL.dense_time_s(CONV3, xeon)
+    assert predict_network([CONV3], xeon, model="auto").performance_model == "paper"
+    assert predict_network([CONV3], refined_profile(), model="auto").performance_model == (
+        "refined"
+    )
+
+
+def test_speedup_grows_with_sparsity_and_overhead_caps_it():
+    hw = refined_profile()
+    speedups = [MODEL.speedup(CONV3, hw, 1 - s / 100) for s in range(0, 101, 5)]
+    assert all(b >= a for a, b in itertools.pairwise(speedups))
+    tiny = Conv2dSpec(name="t", in_channels=16, out_channels=16, in_height=8, in_width=8,
+                      kernel=3, padding=1)  # fmt: skip
+    # Per-call overhead bounds a tiny layer's speedup however sparse it gets.
+    assert MODEL.speedup(tiny, hw, 0.0) < 3.0
+    assert MODEL.speedup(CONV3, hw, 0.05) > 3.0
+
+
+def test_geometry_matches_the_kernel_layout():
+    pytest.importorskip("torch")
+    from model.sparse.csr import conv_layout
+
+    for spec in (CONV3, Conv2dSpec(name="s2", in_channels=16, out_channels=32, in_height=32,
+                                   in_width=32, kernel=3, stride=2, padding=1)):  # fmt: skip
+        layout = conv_layout(spec.in_channels, spec.in_height, spec.in_width, spec.kernel,
+                             spec.stride, spec.padding, spec.dilation)  # fmt: skip
+        geometry = sparse_conv_geometry(spec)
+        assert geometry.nvec == -(-layout.flat_outputs // 16)
+        assert geometry.packed_floats == spec.in_channels * layout.plane
+
+
+conv_specs = st.builds(
+    Conv2dSpec,
+    name=st.just("c"),
+    batch=st.integers(1, 64),
+    in_channels=st.sampled_from([3, 16, 32, 64, 192, 512]),
+    out_channels=st.sampled_from([16, 32, 64, 128, 256, 1024]),
+    in_height=st.integers(7, 64),
+    in_width=st.integers(7, 64),
+    kernel=st.sampled_from([1, 3, 5]),
+    stride=st.sampled_from([1, 2]),
+    padding=st.integers(0, 2),
+)
+linear_specs = st.builds(
+    LinearSpec, name=st.just("fc"), batch=st.integers(1, 512),
+    in_features=st.integers(8, 8192), out_features=st.integers(8, 8192),
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(layer=st.one_of(conv_specs, linear_specs))
+def test_sweet_spot_is_consistent_with_the_numeric_search(layer):
+    hw = refined_profile()
+    speedups = [MODEL.speedup(layer, hw, 1 - s / 100) for s in range(0, 101, 5)]
+    assert all(b >= a - 1e-12 for a, b in itertools.pairwise(speedups))
+    spot = MODEL.sweet_spot(layer, hw)
+    assert (spot is None) == (MODEL.speedup(layer, hw, 0.0) <= 1.0)
+    if spot is not None:
+        assert 0 <= spot.min_sparsity <= spot.max_sparsity <= 1
+        if spot.min_sparsity > 1e-3:
+            assert MODEL.speedup(layer, hw, 1 - spot.min_sparsity + 1e-3) < 1.0
+        assert MODEL.speedup(layer, hw, 1 - min(spot.min_sparsity + 1e-3, 1.0)) >= 1.0 - 1e-9
+        # Past the upper bound the fixed costs dominate: at most 2× more speedup remains.
+        assert MODEL.speedup(layer, hw, 0.0) <= 2.0 * spot.max_speedup + 1e-9
+
+
+def test_refined_prediction_never_imports_torch(tmp_path):
+    path = tmp_path / "host.json"
+    path.write_text(refined_profile().model_dump_json())
+    script = f"""
+import sys
+import perfmodel
+spec = perfmodel.Conv2dSpec(name="c", in_channels=64, out_channels=64, in_height=28,
+                            in_width=28, kernel=3, padding=1)
+result = perfmodel.predict_network([spec], perfmodel.get_profile({str(path)!r}), model="auto")
+assert result.performance_model == "refined"
+assert "torch" not in sys.modules, "perfmodel imported torch"
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,78 @@
+"""`sweetspot validate`: the scores, and a quick end-to-end run (no timing figures asserted)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from test_refined_model import refined_profile
+
+from model import validation
+from model.validation import score
+from perfmodel import save_profile
+
+
+def _case(layer, sparsity, predicted, measured, batch=1):
+    return {"layer": layer, "batch": batch, "sparsity": sparsity,
+            "predicted_speedup": predicted, "measured_speedup": measured}  # fmt: skip
+
+
+def test_scores():
+    cases = [
+        _case("a", 0.5, 0.5, 0.5),  # exact
+        _case("a", 0.9, 2.1, 2.0),  # +5%
+        _case("b", 0.5, 0.75, 1.0),  # -25%
+        _case("b", 0.9, 3.0, 2.0),  # +50%
+    ]
+    result = score(cases)
+    assert result["mape"] == pytest.approx((0 + 0.05 + 0.25 + 0.5) / 4)
+    assert result["within_10pct"] == 0.5
+    assert result["within_20pct"] == 0.5
+    # a: both cross 1 between 0.5 and 0.9 at 0.5 + 0.4·0.5/1.6 and 0.5 + 0.4·0.5/1.5;
+    # b: measured is ≥ 1 from 0.5, predicted crosses at 0.5 + 0.4·0.25/2.25.
+    a = abs(0.4 * 0.5 / 1.6 - 0.4 * 0.5 / 1.5) * 100
+    b = 0.4 * 0.25 / 2.25 * 100
+    assert result["breakeven_error_pp"] == pytest.approx((a + b) / 2)
+
+
+def test_curve_that_never_breaks_even_counts_as_100_percent():
+    cases = [_case("a", 0.5, 0.5, 0.5), _case("a", 0.9, 0.9, 1.5)]
+    # predicted never reaches 1 (→ 1.0); measured crosses at 0.5 + 0.4·0.5/1.0 = 0.7.
+    assert score(cases)["breakeven_error_pp"] == pytest.approx(30.0)
+
+
+def test_validate_quick_end_to_end(tmp_path, capsys):
+    save_profile(refined_profile())
+    parser = argparse.ArgumentParser()
+    validation.add_arguments(parser)
+    plot = tmp_path / "validation.png"
+    args = parser.parse_args(
+        [
+            "--hardware",
+            "host",
+            "--quick",
+            "--json",
+            "--quiet",
+            "--plot",
+            str(plot),
+            "--repeats",
+            "2",
+        ]
+    )
+    assert validation.run(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"mape", "within_10pct", "within_20pct", "breakeven_error_pp", "cases"} <= set(result)
+    assert result["performance_model"] == "refined" and result["threads"] == 1
+    assert len(result["cases"]) == 4
+    for case in result["cases"]:
+        assert {"layer", "batch", "sparsity", "predicted_speedup", "measured_speedup"} <= set(case)
+        assert case["predicted_speedup"] > 0 and case["measured_speedup"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validate_unknown_profile_exits_2(capsys):
+    parser = argparse.ArgumentParser()
+    validation.add_arguments(parser)
+    assert validation.run(parser.parse_args(["--hardware", "nope", "--quick", "--quiet"])) == 2
+    assert "valid names" in capsys.readouterr().err
