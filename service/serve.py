@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ class WorkerPool:
     def _spawn(self, index: int) -> subprocess.Popen:
         env = dict(os.environ)
         env["SWEETSPOT_DATA_DIR"] = str(self.settings.data_dir)
+        env["SWEETSPOT_PARENT_PID"] = str(os.getpid())  # workers exit if serve disappears
         if self.settings.database_url:
             env["SWEETSPOT_DATABASE_URL"] = self.settings.database_url
         command = [sys.executable, "-m", "service.worker", "--worker-id",
@@ -68,6 +70,9 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     from service.api.app import create_app
 
     app = create_app(settings)  # migrates the database before any worker starts
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with the default handler
+    # that would kill this process before the pool is closed and leave orphaned workers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     pool = WorkerPool(settings, workers).start() if workers else None
     print(f"sweetspot: serving http://{host}:{port} (API docs at /docs), {workers} worker(s), "
           f"data in {settings.data_dir}", file=sys.stderr)  # fmt: skip

@@ -38,7 +38,11 @@ class Worker:
 
     def run_forever(self) -> None:
         log.info("worker %s polling %s", self.worker_id, self.settings.url)
+        parent = os.environ.get("SWEETSPOT_PARENT_PID")
         while not self.stop.is_set():
+            if parent and str(os.getppid()) != parent:  # started by serve, which is gone
+                log.warning("parent process %s is gone; worker %s exits", parent, self.worker_id)
+                return
             if not self.run_once():
                 self.stop.wait(self.poll_s)
 

@@ -50,5 +50,21 @@ class Server:
         wait(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200)
 
     def stop(self) -> None:
+        """SIGTERM, as a service manager would; its local workers must go with it."""
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
+        wait(lambda: not self.worker_pids(), timeout_s=20)
+
+    def worker_pids(self) -> list[int]:
+        """Live worker processes started by this server (their ids end in its pid)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "service.worker" in command and command.rstrip().endswith(f"-{self.process.pid}"):
+                pids.append(int(entry.name))
+        return pids
