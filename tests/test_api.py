@@ -358,3 +358,33 @@ def test_a_job_lost_twice_fails_with_the_reason(tmp_path):
         session.commit()
         assert store.recover_lost(session, settings.stale_after_s, "fail") == [(job.id, "failed")]
         assert "not retried" in session.get(Job, job.id).status_reason
+
+
+def test_repeated_sweet_spot_queries_are_served_from_memory_but_stay_correct(tmp_path):
+    import json
+
+    settings = _settings(tmp_path, api_tokens="t1")
+    with TestClient(create_app(settings)) as client:
+        auth = {"Authorization": "Bearer t1"}
+        query = {"model": "lenet5", "hardware": "atom-c2750", "batch": 2}
+        first = client.get("/v1/sweet-spots", params=query, headers=auth)
+        second = client.get("/v1/sweet-spots", params=query, headers=auth)
+        assert first.status_code == second.status_code == 200
+        assert first.content == second.content
+        # The fast path still needs a token …
+        assert client.get("/v1/sweet-spots", params=query).status_code == 401
+        # … and a changed profile file is noticed (a calibration rewrote it, say).
+        profile = {"name": "box", "dense_flops_per_s": 1e11,
+                   "memory_bandwidth_bytes_per_s": 2e10, "sparse_overhead": 2.0,
+                   "provenance": {"kind": "user", "source": "t"}}  # fmt: skip
+        assert client.post("/v1/hardware", json=profile, headers=auth).status_code == 201
+        query["hardware"] = "box"
+        before = client.get("/v1/sweet-spots", params=query, headers=auth).json()
+        path = settings.profiles_dir / "box.json"
+        path.write_text(json.dumps({**profile, "sparse_overhead": 4.0}))
+        os_stat = path.stat()
+        import os
+
+        os.utime(path, ns=(os_stat.st_atime_ns, os_stat.st_mtime_ns + 10**9))
+        after = client.get("/v1/sweet-spots", params=query, headers=auth).json()
+        assert before["layers"][1]["speedup"] != after["layers"][1]["speedup"]

@@ -8,6 +8,7 @@ no worker is alive.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -53,6 +54,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Everything imported so far (torch, models, registries) lives for the whole process:
+        # move it out of the collector's sight, or each full collection walks millions of
+        # objects and stalls every request for hundreds of milliseconds (see bench api).
+        gc.collect()
+        gc.freeze()
         stop = threading.Event()
         thread = threading.Thread(target=_monitor, args=(app, stop), daemon=True)
         thread.start()
@@ -73,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
-    _install_metrics(app)
+    app.add_middleware(sweet_spots.CachedSweetSpots, tokens=settings.tokens)
+    _install_metrics(app)  # added last: outermost, so it also counts the fast path
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(
