@@ -57,6 +57,9 @@ class Worker:
         return True
 
     def run_job(self, job_id: str, request: dict) -> None:
+        if request.get("kind") == "calibration":
+            _calibration(self, job_id, request)
+            return
         from model.pipeline import PruneRequest, run_pruning
         from model.training import Cancelled
 
@@ -120,6 +123,60 @@ class Worker:
             else:
                 store.finish(session, job_id, status, reason, result)
         log.info("job %s %s: %s", job_id, status, reason)
+
+
+def _calibration(worker: Worker, job_id: str, request: dict) -> None:
+    """A calibration job: microbenchmarks of this host, then the profile is saved. It cannot
+    be interrupted midway (a cancel lands when it finishes)."""
+    import json
+
+    from model.calibration import calibrate
+    from perfmodel import save_profile
+
+    progress = {"value": 0.0}
+    finished = threading.Event()
+    thread = _heartbeat_thread(worker, job_id, progress, finished)
+
+    def on_progress(event: dict) -> None:
+        total = event.get("total") or 0
+        if total:
+            progress["value"] = min(float(event.get("done", 0)) / total, 0.99)
+        with worker.sessions() as session:
+            store.add_event(session, job_id, {"type": "calibration", **event})
+
+    status, reason, result = store.FAILED, "", None
+    try:
+        profile = calibrate(request.get("name", "host"), bool(request.get("quick", True)),
+                            request.get("threads"), on_progress)  # fmt: skip
+        save_profile(profile, worker.settings.profiles_dir)
+        out = worker.settings.artifacts.job_dir(job_id)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(profile.model_dump_json(indent=2, exclude_none=True))
+        status, reason = store.SUCCEEDED, f"profile {profile.name!r} written"
+        result = {"profile": json.loads(profile.model_dump_json(exclude_none=True))}
+    except Exception as error:  # a noisy run, no native kernel, …: the job's failure
+        log.exception("calibration job %s failed", job_id)
+        status, reason = store.FAILED, f"{type(error).__name__}: {error}"
+    finally:
+        finished.set()
+        thread.join()
+    with worker.sessions() as session:
+        store.register_artifacts(session, job_id, worker.settings.artifacts)
+        store.finish(session, job_id, status, reason, result)
+
+
+def _heartbeat_thread(worker: Worker, job_id: str, progress: dict, done: threading.Event):
+    def beat() -> None:
+        while not done.wait(worker.settings.heartbeat_s):
+            try:
+                with worker.sessions() as session:
+                    store.heartbeat(session, job_id, worker.worker_id, progress["value"])
+            except Exception:  # a busy database must not kill the heartbeat
+                log.exception("heartbeat failed for job %s", job_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _total_epochs(request: dict) -> int:

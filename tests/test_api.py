@@ -388,3 +388,47 @@ def test_repeated_sweet_spot_queries_are_served_from_memory_but_stay_correct(tmp
         os.utime(path, ns=(os_stat.st_atime_ns, os_stat.st_mtime_ns + 10**9))
         after = client.get("/v1/sweet-spots", params=query, headers=auth).json()
         assert before["layers"][1]["speedup"] != after["layers"][1]["speedup"]
+
+
+def test_calibration_runs_as_a_job_and_writes_the_profile(client, settings, monkeypatch):
+    import model.calibration
+    from perfmodel import get_profile
+
+    def fake_calibrate(name, quick, threads, progress):
+        """Stands in for ≈1 minute of microbenchmarks (tested in test_calibration.py)."""
+        for done in range(3):
+            progress({"stage": "layers", "done": done, "total": 3})
+        paper = get_profile("atom-c2750")
+        return paper.model_copy(update={"name": name, "description": "calibrated here"})
+
+    monkeypatch.setattr(model.calibration, "calibrate", fake_calibrate)
+    assert client.post("/v1/hardware/calibrate", json={"name": "atom-c2750"}).status_code == 409
+    response = client.post("/v1/hardware/calibrate", json={"name": "lab", "quick": True})
+    assert response.status_code == 202
+    job = response.json()
+    assert job["request"]["kind"] == "calibration"
+    assert Worker(settings).run_once()
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done["status_reason"]
+    assert done["result"]["profile"]["name"] == "lab"
+    assert client.get("/v1/hardware/lab").json()["description"] == "calibrated here"
+    names = {a["name"] for a in client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]}
+    assert "profile.json" in names
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert [e["type"] for e in events] == ["calibration"] * 3
+    predicted = client.get("/v1/sweet-spots", params={"model": "lenet5", "hardware": "lab"})
+    assert predicted.status_code == 200 and predicted.json()["hardware"] == "lab"
+
+
+def test_a_failed_calibration_is_a_failed_job_with_the_reason(client, settings, monkeypatch):
+    import model.calibration
+
+    def noisy(name, quick, threads, progress):
+        raise model.calibration.NoisyRunError(0.4, 0.15, "3.9 3.1 2.0")
+
+    monkeypatch.setattr(model.calibration, "calibrate", noisy)
+    job = client.post("/v1/hardware/calibrate", json={}).json()
+    Worker(settings).run_once()
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "failed" and "NoisyRunError" in done["status_reason"]
+    assert client.get("/v1/hardware/host").status_code == 404

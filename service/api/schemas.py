@@ -194,6 +194,18 @@ class JobCreate(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
 
+class CalibrationCreate(BaseModel):
+    """Calibrate the workers' host: microbenchmarks, fit, and a new profile under ``name``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("host", max_length=64, pattern=NAME_PATTERN,
+                      description="profile to write (must not be a built-in one)")  # fmt: skip
+    quick: bool = Field(True, description="the ≤ 60 s plan instead of the ≤ 3 min one")
+    threads: int | None = Field(None, ge=1, le=64, description="threads to calibrate for")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
 class TransitionPublic(BaseModel):
     from_status: JobStatus | None
     to_status: JobStatus

@@ -6,10 +6,12 @@ from fastapi import APIRouter, HTTPException, Response, status
 
 from perfmodel import HardwareProfile, get_profile, profile_names, save_profile
 from perfmodel.hardware import BUILTIN_DIR
-from service.api.deps import OwnerDep, SettingsDep
+from service import jobs as store
+from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.errors import UnknownName
 from service.api.routes import sweet_spots
-from service.api.schemas import ErrorPublic, ProfilesPublic
+from service.api.routes.jobs import to_public
+from service.api.schemas import CalibrationCreate, ErrorPublic, JobPublic, ProfilesPublic
 
 router = APIRouter(prefix="/hardware", tags=["hardware"])
 
@@ -47,3 +49,20 @@ def create_profile(
     sweet_spots.clear_cache()
     response.headers["Location"] = f"/v1/hardware/{profile.name}"
     return profile
+
+
+@router.post(
+    "/calibrate", status_code=status.HTTP_202_ACCEPTED,
+    responses={409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
+)  # fmt: skip
+def calibrate_host(
+    body: CalibrationCreate, session: SessionDep, owner: OwnerDep, response: Response
+) -> JobPublic:
+    """Calibrate the host the workers run on, as a job; it writes the profile ``name``
+    (default ``host``) when it succeeds. Follow it like any job."""
+    if (BUILTIN_DIR / f"{body.name}.json").exists():
+        raise HTTPException(409, f"{body.name!r} is a built-in profile; choose another name")
+    request = {"kind": "calibration", **body.model_dump(exclude={"idempotency_key"})}
+    job, _ = store.create_job(session, owner, request, body.idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return to_public(session, job)

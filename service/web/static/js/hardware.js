@@ -1,7 +1,7 @@
 // Hardware: every profile's roofline numbers (F, B, α, β) with where they came from, and a
 // form for a custom profile (validated by POST /v1/hardware).
-// Calibrating this host from the page needs a calibration endpoint, which the API does not
-// have yet; the page says so instead of offering a control that cannot work.
+// "Calibrate this host" submits POST /v1/hardware/calibrate (a job run by a worker) and opens
+// its job page; the new profile appears here when it succeeds.
 
 import { api, cached, forget } from "./api.js";
 import { announce, errorBox, field, fill, fmt, h, showError } from "./dom.js";
@@ -32,11 +32,36 @@ export async function renderHardware(main) {
     await load();
     const row = list.querySelector(`tr[data-profile="${CSS.escape(profile.name)}"] th`);
     if (row) { row.tabIndex = -1; row.focus(); }
-  }), h("section", { class: "panel", "aria-labelledby": "hw-cal" },
-    h("h2", { id: "hw-cal" }, "Calibrate this host"),
-    h("p", { class: "muted" }, "Not available from the page yet: this service has no ",
-      "calibration endpoint. Profiles from a calibration run show their host and date above.")));
+  }), calibrateForm());
   return null;
+}
+
+function calibrateForm() {
+  const name = h("input", { type: "text", value: "host", required: true,
+    pattern: "[a-z0-9][a-z0-9._-]*" });
+  const quick = h("input", { type: "checkbox", checked: true });
+  const error = errorBox(null);
+  const form = h("form", { class: "panel", "aria-labelledby": "hw-cal" },
+    h("h2", { id: "hw-cal" }, "Calibrate this host"),
+    h("p", { class: "muted" }, "Microbenchmarks of the machine the workers run on (dense and ",
+      "sparse kernels, memory bandwidth), fitted into the refined model and saved as a ",
+      "profile. It keeps the CPUs busy for up to a minute (three without quick)."),
+    field("cal-name", "Profile name", name, "lower case; built-in names are refused"),
+    h("div", { class: "field" }, h("label", {}, quick, " quick plan (≤ 60 s)")),
+    h("button", { type: "submit" }, "Calibrate"), error);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const job = await api("/v1/hardware/calibrate", { method: "POST",
+        body: { name: name.value.trim(), quick: quick.checked } });
+      announce(`Calibration job ${job.id} queued`);
+      forget("/v1/hardware");
+      location.hash = `#/jobs/${job.id}`;
+    } catch (e) {
+      showError(error, e);
+    }
+  });
+  return form;
 }
 
 function table(profiles) {

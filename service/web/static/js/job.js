@@ -206,6 +206,17 @@ export async function renderJob(main, { id }) {
 
   function showResult() {
     const res = job.result;
+    if (res && res.profile) {  // a calibration job: the profile it wrote
+      const p = res.profile;
+      result.hidden = false;
+      fill(result, h("h2", { id: "job-result" }, "Result"),
+        h("p", {}, "Profile ", h("a", { href: "#/hardware" }, p.name), " written: F = ",
+          `${fmt.num(p.dense_flops_per_s / 1e9, 4)} GFLOP/s, B = `,
+          `${fmt.num(p.memory_bandwidth_bytes_per_s / 1e9, 4)} GB/s, α = ${p.sparse_overhead}. `,
+          h("a", { href: `#/explorer?model=alexnet&hardware=${encodeURIComponent(p.name)}` },
+            "Predict sweet spots with it")));
+      return;
+    }
     if (!res || !res.layers) {
       result.hidden = true;
       return;
