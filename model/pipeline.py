@@ -260,7 +260,11 @@ def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None
     """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh."""
     out_dir.mkdir(parents=True, exist_ok=True)
     request_file = out_dir / "request.json"
-    identity = {k: v for k, v in asdict(request).items() if k != "measure"}  # same job either way
+    # Whether it is measured, and how many threads or processes run it, do not change the job:
+    # a checkpoint resumes under any of them.
+    identity = {k: v for k, v in asdict(request).items() if k != "measure"}
+    identity["config"] = {k: v for k, v in request.config.items()
+                          if k not in ("threads", "procs")}  # fmt: skip
     current = json.dumps(identity, indent=2, sort_keys=True)
     checkpoint = out_dir / "checkpoint.pt"
     if resume and checkpoint.exists():

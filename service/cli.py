@@ -371,7 +371,7 @@ def _settings(args: argparse.Namespace):
     from service.settings import Settings
 
     overrides = {}
-    for flag in ("data_dir", "database_url", "api_tokens", "max_concurrent_jobs"):
+    for flag in ("data_dir", "database_url", "api_tokens", "max_concurrent_jobs", "job_procs"):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[flag] = value
@@ -497,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run jobs from the job store (a worker process)")
     worker.add_argument("--worker-id", help="name recorded in job transitions")
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    worker.add_argument("--procs", dest="job_procs", type=int,
+                        help="data-parallel processes per job (env SWEETSPOT_JOB_PROCS)")
     _add_settings_flags(worker)
     worker.set_defaults(func=_worker)
 

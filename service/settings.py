@@ -48,6 +48,8 @@ class Settings(BaseSettings):
         "requeue", description="what happens to a job whose worker died (requeued once at most)"
     )
     job_threads: int | None = Field(None, ge=1, description="torch threads per job")
+    job_procs: int = Field(1, ge=1, le=64, description="data-parallel processes per job, "
+                           "unless its config sets procs (torchrun-style, on this host)")
 
     @field_validator("stale_after_s")
     @classmethod

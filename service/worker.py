@@ -92,9 +92,12 @@ class Worker:
         thread.start()
         status, reason, result = store.FAILED, "", None
         try:
+            config = dict(request.get("config") or {})
+            if self.settings.job_procs > 1:
+                config.setdefault("procs", self.settings.job_procs)
             prune_request = PruneRequest(
                 method=request["method"], model=request["model"], dataset=request["dataset"],
-                hardware=request["hardware"], config=dict(request.get("config") or {}),
+                hardware=request["hardware"], config=config,
                 checkpoint=request.get("checkpoint_path"), measure=request.get("measure", True),
             )  # fmt: skip
             manifest = run_pruning(prune_request, out_dir, callbacks=[on_event], cancel=cancel)

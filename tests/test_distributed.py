@@ -42,3 +42,24 @@ def test_procs_is_validated():
 
     with pytest.raises(ValueError, match="procs must be between 1 and 64"):
         TrainConfig(procs=0)
+
+
+def test_a_worker_runs_jobs_data_parallel_with_procs(tmp_path):
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.settings import Settings
+    from service.worker import Worker
+
+    settings = Settings(data_dir=tmp_path / "data", job_procs=2)
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/v1/jobs", json={"model": "lenet5", "dataset": "synthetic",
+                                            "measure": False, "config": CONFIG}).json()
+        assert Worker(settings).run_once()
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["status_reason"]
+        manifest = client.get(f"/v1/jobs/{job['id']}/artifacts/manifest.json").json()
+        assert manifest["config"]["train"]["procs"] == 2
+        assert json.dumps(done["request"]["config"]) == json.dumps(CONFIG)  # stored as asked
