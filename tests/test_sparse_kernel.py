@@ -284,3 +284,36 @@ def test_native_op_checks_its_arguments(native_kernel):
         op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **{**args, "groups": 2})
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         op(x[:, :, :2, :2].contiguous(), csr.values, offsets, csr.row_ptr, None, relu=False, **args)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("batch", [1, 3, 20])
+@pytest.mark.parametrize("features", [(70, 33), (40000, 9)])
+def test_native_linear_int16_and_int32_columns(native_kernel, batch, features):
+    """The linear op takes int32 or (unsigned) 16-bit column indices, rows of any length
+    (masked tails), and rejects out-of-range indices with an error instead of reading them."""
+    from model.sparse import linear_weight_to_csr, sparse_linear
+
+    F_in, K = features
+    generator = torch.Generator().manual_seed(batch)
+    weight = torch.randn(K, F_in, generator=generator)
+    weight[torch.rand(weight.shape, generator=generator) < 0.7] = 0.0
+    weight[0] = 0.0  # an empty row
+    weight[1, -40:] = 1.5  # indices >= 32768 when F_in = 40000 (negative as int16)
+    csr = linear_weight_to_csr(weight)
+    x = torch.randn(batch, F_in, generator=generator)
+    bias = torch.randn(K, generator=generator)
+    expected = F.linear(x, weight, bias)
+    torch.testing.assert_close(sparse_linear(x, csr, bias), expected, rtol=RTOL, atol=ATOL)
+    cols16 = torch.where(csr.cols >= 32768, csr.cols - 65536, csr.cols).to(torch.int16)
+    op = native_kernel.sparse_linear_forward
+    for cols in (csr.cols, cols16):
+        out = op(x, csr.values, cols, csr.row_ptr, bias, K, False)
+        torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
+        bad = cols.clone()
+        # F_in itself, or 65535 (int16 -1) when F_in does not fit in int16
+        bad[-1] = F_in if cols.dtype == torch.int32 or F_in < 32768 else -1
+        with pytest.raises(RuntimeError, match="column index out of range"):
+            op(x, csr.values, bad, csr.row_ptr, bias, K, False)
+    with pytest.raises(RuntimeError, match="column index out of range"):
+        op(x, csr.values, -csr.cols - 1, csr.row_ptr, bias, K, False)

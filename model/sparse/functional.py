@@ -7,6 +7,8 @@ raises if it is unavailable); ``"reference"`` always runs the reference.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from typing import Literal
 
 import torch
@@ -45,6 +47,11 @@ def _check_tensor(x: object, what: str, dims: int | None = None) -> torch.Tensor
     if not x.is_contiguous():
         raise ValueError(f"{what} must be contiguous; call .contiguous() first")
     return x
+
+
+# Layouts are immutable and cheap to key; building one costs ≈3 µs, a visible share of a
+# small layer's sparse op at batch 1.
+_conv_layout = functools.lru_cache(maxsize=1024)(conv_layout)
 
 
 def _module(implementation: Implementation):  # -> ModuleType | None
@@ -116,35 +123,55 @@ def sparse_conv2d(
             )
     if batch_layout not in _BATCH_LAYOUTS:
         raise ValueError(f"batch_layout must be auto, spatial or blocked, not {batch_layout!r}")
-    layout = conv_layout(
+    layout = _conv_layout(
         weight.in_channels // weight.groups,
         input.shape[2],
         input.shape[3],
-        weight.kernel,
+        tuple(weight.kernel),
         stride_,
         padding_,
         dilation_,
     )
     offsets = weight.input_offsets(layout)
     module = _module(implementation)
-    with torch.no_grad():
-        if module is None:
+    if module is None:
+        with torch.no_grad():
             return reference.sparse_conv2d(input, weight, layout, bias, fuse_relu)
-        return module.sparse_conv2d_forward(
-            input,
-            weight.values,
-            offsets,
-            weight.row_ptr,
-            bias,
-            weight.out_channels,
-            list(weight.kernel),
-            list(stride_),
-            list(padding_),
-            list(dilation_),
-            weight.groups,
-            fuse_relu,
-            _BATCH_LAYOUTS[batch_layout],
-        )
+    # The extension op records no autograd history, so no no_grad() context (≈3 µs a call).
+    return module.sparse_conv2d_forward(
+        input,
+        weight.values,
+        offsets,
+        weight.row_ptr,
+        bias,
+        weight.out_channels,
+        list(weight.kernel),
+        list(stride_),
+        list(padding_),
+        list(dilation_),
+        weight.groups,
+        fuse_relu,
+        _BATCH_LAYOUTS[batch_layout],
+    )
+
+
+_COLS16: weakref.WeakKeyDictionary[LinearCSR, tuple[torch.Tensor, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _native_cols(weight: LinearCSR) -> torch.Tensor:
+    """Column indices for the native kernel: unsigned 16-bit (stored as int16) when
+    ``in_features <= 65536``, a quarter less memory traffic at batch 1 (cached per weight)."""
+    if weight.in_features > 65536:
+        return weight.cols
+    cached = _COLS16.get(weight)
+    if cached is not None and cached[0] is weight.cols:
+        return cached[1]
+    cols = weight.cols.to(torch.int32)
+    cols16 = torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16).contiguous()
+    _COLS16[weight] = (weight.cols, cols16)
+    return cols16
 
 
 def sparse_linear(
@@ -176,11 +203,17 @@ def sparse_linear(
     lead = input.shape[:-1]
     x = input.reshape(-1, weight.in_features)  # (N, F)
     module = _module(implementation)
-    with torch.no_grad():
-        if module is None:
+    if module is None:
+        with torch.no_grad():
             out = reference.sparse_linear(x, weight, bias, fuse_relu)
-        else:
-            out = module.sparse_linear_forward(
-                x, weight.values, weight.cols, weight.row_ptr, bias, weight.out_features, fuse_relu
-            )
+    else:  # the extension op records no autograd history
+        out = module.sparse_linear_forward(
+            x,
+            weight.values,
+            _native_cols(weight),
+            weight.row_ptr,
+            bias,
+            weight.out_features,
+            fuse_relu,
+        )
     return out.reshape(*lead, weight.out_features)

@@ -32,6 +32,7 @@
 #include <climits>
 #include <cstdlib>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -128,6 +129,27 @@ Layout make_layout(int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_
   return L;
 }
 
+// Copies n floats (optionally through ReLU). Rows here are short; below 16 floats a memcpy
+// call per row costs more than the copy (≈10% of an 8×8 layer, perf), so 8–15 floats are
+// two overlapping unaligned 8-float vectors (masked stores were slower on Zen 4 when the
+// destination line is not cached). From 16 floats on, memcpy measured as fast as vectors.
+inline void copy_row(float* __restrict d, const float* __restrict s, int64_t n, bool relu) {
+#if defined(__AVX2__)
+  if (n >= 8 && n < 16) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 x0 = _mm256_loadu_ps(s), x1 = _mm256_loadu_ps(s + n - 8);
+    _mm256_storeu_ps(d, relu ? _mm256_max_ps(x0, zero) : x0);
+    _mm256_storeu_ps(d + n - 8, relu ? _mm256_max_ps(x1, zero) : x1);
+    return;
+  }
+#endif
+  if (relu) {
+    for (int64_t i = 0; i < n; ++i) d[i] = std::max(s[i], 0.f);
+  } else if (n > 0) {
+    std::memcpy(d, s, sizeof(float) * n);
+  }
+}
+
 // Pack channels [c0, c1) of one image (src: (C_total, H, W) contiguous) into dst (already
 // zeroed), element stride `lanes` (1 = spatial, VW = blocked lane `lane`).
 void pack_channels(const float* src, float* dst, const Layout& L, int64_t c0, int64_t c1,
@@ -142,7 +164,7 @@ void pack_channels(const float* src, float* dst, const Layout& L, int64_t c0, in
       const float* sr = s + h * L.W;
       if (L.sw == 1) {
         if (lanes == 1) {
-          std::memcpy(d + row + L.pw, sr, sizeof(float) * L.W);
+          copy_row(d + row + L.pw, sr, L.W, false);
         } else {
           float* dr = d + (row + L.pw) * lanes + lane;
           for (int64_t w = 0; w < L.W; ++w) dr[w * lanes] = sr[w];
@@ -310,11 +332,7 @@ void emit_spatial(const ConvArgs& a, const Layout& L, int64_t k, int64_t v0, int
     const int64_t x1 = std::min<int64_t>(L.Q, o1 - y * L.Wph);
     const float* r = acc + (y * L.Wph - o0);
     float* o = out + y * L.Q;
-    if (a.relu) {
-      for (int64_t x = x0; x < x1; ++x) o[x] = std::max(r[x], 0.f);
-    } else if (x1 > x0) {
-      std::memcpy(o + x0, r + x0, sizeof(float) * (x1 - x0));
-    }
+    copy_row(o + x0, r + x0, x1 - x0, a.relu);
   }
 }
 
@@ -498,14 +516,21 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
 }
 
 
+// Validates the CSR arrays. Column indices are int32, or (when `allow_u16`, sparse_linear)
+// int16 read as unsigned 16-bit; their range is checked here unless `check_cols` is false
+// (the small-batch linear kernel checks them on the fly, saving a pass over memory).
 void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& row_ptr,
-               int64_t rows, int64_t max_offset, const char* what) {
+               int64_t rows, int64_t max_offset, const char* what, bool allow_u16 = false,
+               bool check_cols = true) {
   TORCH_CHECK(values.dim() == 1 && offsets.dim() == 1 && row_ptr.dim() == 1, what,
               ": CSR values, column indices and row pointers must be 1-D tensors");
   TORCH_CHECK(values.scalar_type() == at::kFloat, what, ": CSR values must be float32, got ",
               values.scalar_type());
-  TORCH_CHECK(offsets.scalar_type() == at::kInt && row_ptr.scalar_type() == at::kInt, what,
-              ": CSR column indices and row pointers must be int32");
+  TORCH_CHECK((offsets.scalar_type() == at::kInt ||
+               (allow_u16 && offsets.scalar_type() == at::kShort)) &&
+                  row_ptr.scalar_type() == at::kInt,
+              what, ": CSR column indices and row pointers must be int32",
+              allow_u16 ? " (or int16 holding unsigned 16-bit column indices)" : "");
   TORCH_CHECK(values.device().is_cpu() && offsets.device().is_cpu() && row_ptr.device().is_cpu(),
               what, ": CSR tensors must be on the CPU");
   TORCH_CHECK(values.is_contiguous() && offsets.is_contiguous() && row_ptr.is_contiguous(), what,
@@ -519,11 +544,35 @@ void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Te
               ": row pointers must start at 0 and end at the number of non-zeros");
   for (int64_t i = 0; i < rows; ++i)
     TORCH_CHECK(rp[i] <= rp[i + 1], what, ": row pointers must be non-decreasing");
-  const int32_t* o = offsets.data_ptr<int32_t>();
-  int32_t lo = 0, hi = 0;
-  for (int64_t j = 0; j < offsets.numel(); ++j) {
-    lo = std::min(lo, o[j]);
-    hi = std::max(hi, o[j]);
+  if (!check_cols) return;
+  int64_t lo = 0, hi = 0;
+  if (offsets.scalar_type() == at::kShort) {
+    const uint16_t* o = reinterpret_cast<const uint16_t*>(offsets.data_ptr<int16_t>());
+    uint16_t h = 0;
+    for (int64_t j = 0; j < offsets.numel(); ++j) h = std::max(h, o[j]);
+    hi = h;
+  } else {
+    const int32_t* o = offsets.data_ptr<int32_t>();
+    const int64_t n = offsets.numel();
+    int32_t l = 0, h = 0;
+    int64_t j = 0;
+#if defined(__AVX512F__) && !defined(SWEETSPOT_FORCE_AVX2)
+    // Vectorised: GCC leaves this reduction scalar (≈10% of a batch-1 conv at 90%, perf).
+    __m512i vl = _mm512_setzero_si512(), vh = _mm512_setzero_si512();
+    for (; j + 16 <= n; j += 16) {
+      const __m512i x = _mm512_loadu_si512(o + j);
+      vl = _mm512_min_epi32(vl, x);
+      vh = _mm512_max_epi32(vh, x);
+    }
+    l = _mm512_reduce_min_epi32(vl);
+    h = _mm512_reduce_max_epi32(vh);
+#endif
+    for (; j < n; ++j) {
+      l = std::min(l, o[j]);
+      h = std::max(h, o[j]);
+    }
+    lo = l;
+    hi = h;
   }
   TORCH_CHECK(lo >= 0 && hi < max_offset, what, ": column index out of range [0, ", max_offset,
               ") — were the offsets computed for this input size?");
@@ -587,79 +636,105 @@ std::vector<int64_t> conv_layout(int64_t C, int64_t H, int64_t W, std::vector<in
   return {L.P, L.Q, L.Hph, L.Wph, L.plane, L.M};
 }
 
-// ---------------------------------------------------------------------------------------
-// Sparse fully connected layer: out (N, K) = x (N, F) · Wᵀ + b with W in CSR (K rows).
-at::Tensor sparse_linear_forward(const at::Tensor& input, const at::Tensor& values,
-                                 const at::Tensor& cols, const at::Tensor& row_ptr,
-                                 const c10::optional<at::Tensor>& bias, int64_t out_features,
-                                 bool relu) {
-  TORCH_CHECK(input.dim() == 2, "sparse_linear: input must be 2-D (N, in_features), got ",
-              input.dim(), "-D");
-  TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_linear: input must be float32, got ",
-              input.scalar_type());
-  TORCH_CHECK(input.device().is_cpu(), "sparse_linear: input must be on the CPU");
-  TORCH_CHECK(input.is_contiguous(), "sparse_linear: input must be contiguous");
-  const int64_t N = input.size(0), F = input.size(1), K = out_features;
-  check_csr(values, cols, row_ptr, K, F, "sparse_linear");
-  const float* bias_ptr = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == K &&
-                    bias->is_contiguous() && bias->device().is_cpu(),
-                "sparse_linear: bias must be a contiguous float32 CPU tensor of ", K,
-                " elements");
-    bias_ptr = bias->data_ptr<float>();
-  }
-  at::Tensor output = at::empty({N, K}, input.options());
-  if (N == 0) return output;
-  const float* x = input.data_ptr<float>();
-  const float* v = values.data_ptr<float>();
-  const int32_t* c = cols.data_ptr<int32_t>();
-  const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  float* y = output.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, values.numel() / K));
 
+// Loads 16 column indices as int32 (int32 or unsigned 16-bit storage).
+#if defined(__AVX512F__) && !defined(SWEETSPOT_FORCE_AVX2)
+inline __m512i load_cols16(const int32_t* c) { return _mm512_loadu_si512(c); }
+inline __m512i load_cols16(const uint16_t* c) {
+  return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
+}
+#endif
+
+// y (N, K) = x (N, F) · Wᵀ + b, W in CSR with column indices of type Idx (int32 or uint16).
+// Batch < VW: each row is walked with vector loads of values and indices and a masked gather
+// of x; indices out of [0, F) are never dereferenced and raise an error afterwards. Batch 1
+// is bound by streaming the CSR arrays (docs/sparse-kernel.md, "fully connected layers").
+template <typename Idx>
+void linear_kernel(const float* x, const float* v, const Idx* c, const int32_t* rp,
+                   const float* bias_ptr, float* y, int64_t N, int64_t F, int64_t K, int64_t nnz,
+                   bool relu) {
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nnz / K));
   if (N < VW) {
-    // Small batch: gather along each row, images one after another (batch 1 is the target).
+    std::atomic<bool> bad{false};
     at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
+      bool chunk_bad = false;
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t b = rp[k], e = rp[k + 1];
         for (int64_t n = 0; n < N; ++n) {
           const float* xn = x + n * F;
-          float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+          float s0 = 0.f;
           int64_t j = b;
-#if defined(__AVX512F__)
-          // 16 non-zeros at a time: vector loads of values and columns stream the CSR
-          // arrays at full bandwidth (scalar loads reached a third of it), gather x.
+#if defined(__AVX512F__) && !defined(SWEETSPOT_FORCE_AVX2)
+          const __m512i fv = _mm512_set1_epi32(static_cast<int32_t>(F));
           __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+          __mmask16 ok = 0xFFFF;
           for (; j + 32 <= e; j += 32) {
             _mm_prefetch(reinterpret_cast<const char*>(v + j + 512), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(v + j + 528), _MM_HINT_T0);
             _mm_prefetch(reinterpret_cast<const char*>(c + j + 512), _MM_HINT_T0);
-            const __m512i c0 = _mm512_loadu_si512(c + j);
-            const __m512i c1 = _mm512_loadu_si512(c + j + 16);
-            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), _mm512_i32gather_ps(c0, xn, 4), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j + 16), _mm512_i32gather_ps(c1, xn, 4),
+            if (sizeof(Idx) == 4)
+              _mm_prefetch(reinterpret_cast<const char*>(c + j + 528), _MM_HINT_T0);
+            const __m512i c0 = load_cols16(c + j);
+            const __m512i c1 = load_cols16(c + j + 16);
+            const __mmask16 m0 = _mm512_cmplt_epu32_mask(c0, fv);
+            const __mmask16 m1 = _mm512_cmplt_epu32_mask(c1, fv);
+            ok &= m0 & m1;
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j),
+                                   _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, c0, xn, 4),
+                                   acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j + 16),
+                                   _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, c1, xn, 4),
                                    acc1);
           }
+          if (j + 16 <= e) {
+            const __m512i c0 = load_cols16(c + j);
+            const __mmask16 m0 = _mm512_cmplt_epu32_mask(c0, fv);
+            ok &= m0;
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j),
+                                   _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, c0, xn, 4),
+                                   acc0);
+            j += 16;
+          }
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+          if (j < e) {  // masked tail: lanes past the row end load nothing
+            const __mmask16 live = static_cast<__mmask16>((1u << (e - j)) - 1);
+            __m512i c0;
+            if (sizeof(Idx) == 4)
+              c0 = _mm512_maskz_loadu_epi32(live, c + j);
+            else
+              c0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, c + j));
+            const __mmask16 m0 = _mm512_cmplt_epu32_mask(c0, fv) & live;
+            ok &= static_cast<__mmask16>(m0 | ~live);
+            acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, v + j),
+                                   _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, c0, xn, 4),
+                                   acc1);
+            j = e;
+          }
+#endif
+          if (ok != 0xFFFF) chunk_bad = true;
           s0 = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 #endif
-          for (; j + 4 <= e; j += 4) {
-            s0 += v[j] * xn[c[j]];
-            s1 += v[j + 1] * xn[c[j + 1]];
-            s2 += v[j + 2] * xn[c[j + 2]];
-            s3 += v[j + 3] * xn[c[j + 3]];
+          for (; j < e; ++j) {
+            const uint32_t col = static_cast<uint32_t>(c[j]);
+            if (col < static_cast<uint32_t>(F))
+              s0 += v[j] * xn[col];
+            else
+              chunk_bad = true;
           }
-          for (; j < e; ++j) s0 += v[j] * xn[c[j]];
-          float r = (s0 + s1) + (s2 + s3) + (bias_ptr ? bias_ptr[k] : 0.f);
+          const float r = s0 + (bias_ptr ? bias_ptr[k] : 0.f);
           y[n * K + k] = relu_if(r, relu);
         }
       }
+      if (chunk_bad) bad.store(true);
     });
-    return output;
+    TORCH_CHECK(!bad.load(), "sparse_linear: column index out of range [0, ", F, ")");
+    return;
   }
-  // Larger batch: transpose x to (F, Npad) once, then broadcast-weight FMAs across images.
+  // Larger batch (indices checked by check_csr): transpose x to (F, Npad) once, then
+  // broadcast-weight FMAs across images.
   const int64_t Np = ceil_div(N, VW) * VW;
-  at::Tensor xt_t = at::zeros({F, Np}, input.options());
-  float* xt = xt_t.data_ptr<float>();
+  std::vector<float> xt_v(static_cast<size_t>(F * Np), 0.f);
+  float* xt = xt_v.data();
   at::parallel_for(0, F, 64, [&](int64_t f0, int64_t f1) {
     for (int64_t f = f0; f < f1; ++f)
       for (int64_t n = 0; n < N; ++n) xt[f * Np + n] = x[n * F + f];
@@ -688,6 +763,46 @@ at::Tensor sparse_linear_forward(const at::Tensor& input, const at::Tensor& valu
       for (int64_t n = 0; n < N; ++n) y[n * K + k] = relu_if(acc[n], relu);
     }
   });
+}
+
+// ---------------------------------------------------------------------------------------
+// Sparse fully connected layer: out (N, K) = x (N, F) · Wᵀ + b with W in CSR (K rows).
+at::Tensor sparse_linear_forward(const at::Tensor& input, const at::Tensor& values,
+                                 const at::Tensor& cols, const at::Tensor& row_ptr,
+                                 const c10::optional<at::Tensor>& bias, int64_t out_features,
+                                 bool relu) {
+  TORCH_CHECK(input.dim() == 2, "sparse_linear: input must be 2-D (N, in_features), got ",
+              input.dim(), "-D");
+  TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_linear: input must be float32, got ",
+              input.scalar_type());
+  TORCH_CHECK(input.device().is_cpu(), "sparse_linear: input must be on the CPU");
+  TORCH_CHECK(input.is_contiguous(), "sparse_linear: input must be contiguous");
+  const int64_t N = input.size(0), F = input.size(1), K = out_features;
+  // Batch < VW checks column indices inside the kernel (one pass over memory, not two).
+  check_csr(values, cols, row_ptr, K, F, "sparse_linear", /*allow_u16=*/true,
+            /*check_cols=*/N >= VW || N == 0);
+  TORCH_CHECK(cols.scalar_type() != at::kShort || F <= 65536,
+              "sparse_linear: 16-bit column indices need in_features <= 65536");
+  const float* bias_ptr = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == K &&
+                    bias->is_contiguous() && bias->device().is_cpu(),
+                "sparse_linear: bias must be a contiguous float32 CPU tensor of ", K,
+                " elements");
+    bias_ptr = bias->data_ptr<float>();
+  }
+  at::Tensor output = at::empty({N, K}, input.options());
+  if (N == 0) return output;
+  const float* x = input.data_ptr<float>();
+  const float* v = values.data_ptr<float>();
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  float* y = output.data_ptr<float>();
+  if (cols.scalar_type() == at::kShort) {
+    linear_kernel(x, v, reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>()), rp, bias_ptr,
+                  y, N, F, K, values.numel(), relu);
+  } else {
+    linear_kernel(x, v, cols.data_ptr<int32_t>(), rp, bias_ptr, y, N, F, K, values.numel(), relu);
+  }
   return output;
 }
 
