@@ -30,3 +30,8 @@ def network_layers(name: str, batch: int = 1) -> list[Conv2dSpec | LinearSpec]:
         UnknownNetworkError: ``name`` is not registered (its message lists valid names).
     """
     return [spec.with_batch(batch) for spec in _specs(name)]
+
+
+def clear_cache() -> None:
+    """Forget the cached specs (benchmarks time the extraction itself with it)."""
+    _specs.cache_clear()

@@ -206,7 +206,7 @@ def _bench_predict(args: argparse.Namespace) -> int:
     import statistics
     import time
 
-    from model.analysis import _specs, network_layers
+    from model.analysis import clear_cache, network_layers
     from model.networks import UnknownNetworkError
 
     hardware = _load_profile(args.hardware)
@@ -221,7 +221,7 @@ def _bench_predict(args: argparse.Namespace) -> int:
         predict_network(layers, hardware, name=args.model)
         predict_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        _specs.cache_clear()  # measure building the network and extracting its layers too
+        clear_cache()  # measure building the network and extracting its layers too
         predict_network(network_layers(args.model, args.batch), hardware, name=args.model)
         end_to_end_s.append(time.perf_counter() - start)
     result = {

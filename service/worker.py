@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 from service import jobs as store
 from service.db import make_engine, make_sessionmaker, migrate
@@ -65,60 +66,55 @@ class Worker:
 
         out_dir = self.settings.artifacts.job_dir(job_id)
         cancel = threading.Event()
-        progress = {"value": 0.0}
-        beating = threading.Event()
         total_epochs = _total_epochs(request)
         done = {"epochs": 0}
+
+        def on_status(status: str) -> None:
+            if status in (store.CANCELLING, store.CANCELLED) or self.stop.is_set():
+                cancel.set()
+
+        heartbeat = Heartbeat(self, job_id, on_status)
 
         def on_event(event: dict) -> None:
             if event.get("type") == "epoch":
                 done["epochs"] += 1
-                progress["value"] = min(done["epochs"] / total_epochs, 0.99)
+                heartbeat.progress = min(done["epochs"] / total_epochs, 0.99)
             with self.sessions() as session:
                 store.add_event(session, job_id, event)
 
-        def beat() -> None:
-            while not beating.wait(self.settings.heartbeat_s):
-                try:
-                    with self.sessions() as session:
-                        status = store.heartbeat(session, job_id, self.worker_id, progress["value"])
-                except Exception:  # a busy database must not kill the heartbeat
-                    log.exception("heartbeat failed for job %s", job_id)
-                    continue
-                if status in (store.CANCELLING, store.CANCELLED) or self.stop.is_set():
-                    cancel.set()
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-        thread.start()
         status, reason, result = store.FAILED, "", None
-        try:
-            config = dict(request.get("config") or {})
-            if self.settings.job_procs > 1:
-                config.setdefault("procs", self.settings.job_procs)
-            prune_request = PruneRequest(
-                method=request["method"], model=request["model"], dataset=request["dataset"],
-                hardware=request["hardware"], config=config,
-                checkpoint=request.get("checkpoint_path"), measure=request.get("measure", True),
-            )  # fmt: skip
-            manifest = run_pruning(prune_request, out_dir, callbacks=[on_event], cancel=cancel)
-            status, reason = store.SUCCEEDED, "finished"
-            result = {key: manifest.get(key) for key in ("accuracy", "model_speedup")}
-            result["layers"] = [
-                {k: layer.get(k) for k in ("name", "sparsity", "format", "predicted_speedup",
-                                           "measured_speedup", "state")}
-                for layer in manifest.get("layers", [])
-            ]  # fmt: skip
-        except Cancelled:
-            status, reason = store.CANCELLED, "cancelled by request; training stopped"
-            if self.stop.is_set():  # shutting down, nobody asked to cancel: run it again later
-                status = store.QUEUED
-                reason = "worker shut down; requeued to resume from its last checkpoint"
-        except Exception as error:  # any failure of the job is the job's, not the worker's
-            log.exception("job %s failed", job_id)
-            status, reason = store.FAILED, f"{type(error).__name__}: {error}"
-        finally:
-            beating.set()
-            thread.join()
+        with heartbeat:
+            try:
+                config = dict(request.get("config") or {})
+                if self.settings.job_procs > 1:
+                    config.setdefault("procs", self.settings.job_procs)
+                prune_request = PruneRequest(
+                    method=request["method"], model=request["model"],
+                    dataset=request["dataset"], hardware=request["hardware"], config=config,
+                    checkpoint=request.get("checkpoint_path"),
+                    measure=request.get("measure", True),
+                )  # fmt: skip
+                manifest = run_pruning(prune_request, out_dir, callbacks=[on_event],
+                                       cancel=cancel)  # fmt: skip
+                status, reason = store.SUCCEEDED, "finished"
+                result = {key: manifest.get(key) for key in ("accuracy", "model_speedup")}
+                result["layers"] = [
+                    {k: layer.get(k) for k in ("name", "sparsity", "format", "predicted_speedup",
+                                               "measured_speedup", "state")}
+                    for layer in manifest.get("layers", [])
+                ]  # fmt: skip
+            except Cancelled:
+                status, reason = store.CANCELLED, "cancelled by request; training stopped"
+                if self.stop.is_set():  # shutting down, nobody asked to cancel: run it again later
+                    status = store.QUEUED
+                    reason = "worker shut down; requeued to resume from its last checkpoint"
+            except Exception as error:  # any failure of the job is the job's, not the worker's
+                log.exception("job %s failed", job_id)
+                status, reason = store.FAILED, f"{type(error).__name__}: {error}"
+        self.record_outcome(job_id, status, reason, result)
+
+    def record_outcome(self, job_id: str, status: str, reason: str, result: dict | None) -> None:
+        """Register the job's files, then finish it (or put it back in the queue)."""
         with self.sessions() as session:
             store.register_artifacts(session, job_id, self.settings.artifacts)
             if status == store.QUEUED:
@@ -136,50 +132,66 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
     from model.calibration import calibrate
     from perfmodel import save_profile
 
-    progress = {"value": 0.0}
-    finished = threading.Event()
-    thread = _heartbeat_thread(worker, job_id, progress, finished)
+    heartbeat = Heartbeat(worker, job_id)
 
     def on_progress(event: dict) -> None:
         total = event.get("total") or 0
         if total:
-            progress["value"] = min(float(event.get("done", 0)) / total, 0.99)
+            heartbeat.progress = min(float(event.get("done", 0)) / total, 0.99)
         with worker.sessions() as session:
             store.add_event(session, job_id, {"type": "calibration", **event})
 
     status, reason, result = store.FAILED, "", None
-    try:
-        profile = calibrate(request.get("name", "host"), bool(request.get("quick", True)),
-                            request.get("threads"), on_progress)  # fmt: skip
-        save_profile(profile, worker.settings.profiles_dir)
-        out = worker.settings.artifacts.job_dir(job_id)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "profile.json").write_text(profile.model_dump_json(indent=2, exclude_none=True))
-        status, reason = store.SUCCEEDED, f"profile {profile.name!r} written"
-        result = {"profile": json.loads(profile.model_dump_json(exclude_none=True))}
-    except Exception as error:  # a noisy run, no native kernel, …: the job's failure
-        log.exception("calibration job %s failed", job_id)
-        status, reason = store.FAILED, f"{type(error).__name__}: {error}"
-    finally:
-        finished.set()
-        thread.join()
-    with worker.sessions() as session:
-        store.register_artifacts(session, job_id, worker.settings.artifacts)
-        store.finish(session, job_id, status, reason, result)
+    with heartbeat:
+        try:
+            profile = calibrate(request.get("name", "host"), bool(request.get("quick", True)),
+                                request.get("threads"), on_progress)  # fmt: skip
+            save_profile(profile, worker.settings.profiles_dir)
+            out = worker.settings.artifacts.job_dir(job_id)
+            out.mkdir(parents=True, exist_ok=True)
+            text = profile.model_dump_json(indent=2, exclude_none=True)
+            (out / "profile.json").write_text(text)
+            status, reason = store.SUCCEEDED, f"profile {profile.name!r} written"
+            result = {"profile": json.loads(profile.model_dump_json(exclude_none=True))}
+        except Exception as error:  # a noisy run, no native kernel, …: the job's failure
+            log.exception("calibration job %s failed", job_id)
+            status, reason = store.FAILED, f"{type(error).__name__}: {error}"
+    worker.record_outcome(job_id, status, reason, result)
 
 
-def _heartbeat_thread(worker: Worker, job_id: str, progress: dict, done: threading.Event):
-    def beat() -> None:
-        while not done.wait(worker.settings.heartbeat_s):
+class Heartbeat:
+    """While a job runs: refresh its heartbeat every ``heartbeat_s`` from a thread, publish
+    ``progress`` (set it from the job), and hand the job's status to ``on_status`` after each
+    beat (that is how a cancel request reaches a running job)."""
+
+    def __init__(
+        self, worker: Worker, job_id: str, on_status: Callable[[str], None] | None = None
+    ):
+        self.worker, self.job_id = worker, job_id
+        self.on_status = on_status or (lambda _status: None)
+        self.progress = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}",
+                                        daemon=True)  # fmt: skip
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        worker = self.worker
+        while not self._done.wait(worker.settings.heartbeat_s):
             try:
                 with worker.sessions() as session:
-                    store.heartbeat(session, job_id, worker.worker_id, progress["value"])
+                    status = store.heartbeat(session, self.job_id, worker.worker_id, self.progress)
             except Exception:  # a busy database must not kill the heartbeat
-                log.exception("heartbeat failed for job %s", job_id)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-    thread.start()
-    return thread
+                log.exception("heartbeat failed for job %s", self.job_id)
+                continue
+            self.on_status(status)
 
 
 def _total_epochs(request: dict) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import warnings
 
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from tests_support import onnx_bytes
 
 from model.analysis import network_layers
 from model.networks import NETWORKS, create_model
@@ -38,34 +38,9 @@ def test_export_gives_the_same_layer_list_as_the_module(name, tmp_path):
     assert layers_from_onnx(data, batch=8) == network_layers(name, batch=8)
 
 
-def _handmade(auto_pad: str = "NOTSET") -> bytes:
-    """x(N,4,9,9) → Conv 3×3 stride 2 → MatMul with a (·, 6) weight, symbolic batch."""
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 4, 3, 3], [0.0] * 288)
-    fc = helper.make_tensor("fc.weight", TensorProto.FLOAT, [200, 6], [0.0] * 1200)
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 200])
-    conv_attrs = {"strides": [2, 2], "kernel_shape": [3, 3]}
-    if auto_pad == "NOTSET":
-        conv_attrs["pads"] = [1, 1, 1, 1]
-    else:
-        conv_attrs["auto_pad"] = auto_pad
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w"], ["y"], name="my_conv", **conv_attrs),
-            helper.make_node("Reshape", ["y", "shape"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "fc.weight"], ["out"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 9, 9])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-        initializer=[weight, fc, shape],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return model.SerializeToString()
-
-
 @pytest.mark.parametrize("auto_pad", ["NOTSET", "SAME_UPPER"])
 def test_handmade_graph_with_symbolic_batch(auto_pad):
-    conv, fc = layers_from_onnx(_handmade(auto_pad), batch=2)
+    conv, fc = layers_from_onnx(onnx_bytes(auto_pad), batch=2)
     assert conv.name == "my_conv"
     assert (conv.out_channels, conv.stride, conv.padding, conv.batch) == (8, (2, 2), (1, 1), 2)
     assert (conv.out_height, conv.out_width) == (5, 5)
@@ -88,4 +63,3 @@ def test_graph_without_layers():
     data = helper.make_model(graph).SerializeToString()
     with pytest.raises(OnnxImportError, match="no Conv, Gemm or MatMul"):
         layers_from_onnx(data)
-    assert onnx.load_from_string(data).graph.node[0].op_type == "Relu"

@@ -10,13 +10,13 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests_support import conv_specs, linear_specs
 
 from perfmodel import (
     MODELS,
     SCHEMA_VERSION,
     Conv2dSpec,
     HardwareProfile,
-    LinearSpec,
     MissingRefinedParametersError,
     ProfileError,
     RefinedRoofline,
@@ -151,22 +151,6 @@ def test_geometry_matches_the_kernel_layout():
         assert geometry.packed_floats == spec.in_channels * layout.plane
 
 
-conv_specs = st.builds(
-    Conv2dSpec,
-    name=st.just("c"),
-    batch=st.integers(1, 64),
-    in_channels=st.sampled_from([3, 16, 32, 64, 192, 512]),
-    out_channels=st.sampled_from([16, 32, 64, 128, 256, 1024]),
-    in_height=st.integers(7, 64),
-    in_width=st.integers(7, 64),
-    kernel=st.sampled_from([1, 3, 5]),
-    stride=st.sampled_from([1, 2]),
-    padding=st.integers(0, 2),
-)
-linear_specs = st.builds(
-    LinearSpec, name=st.just("fc"), batch=st.integers(1, 512),
-    in_features=st.integers(8, 8192), out_features=st.integers(8, 8192),
-)  # fmt: skip
 
 
 @settings(max_examples=200, deadline=None)

@@ -7,8 +7,9 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests_support import conv_specs, linear_specs
 
-from perfmodel import Conv2dSpec, LinearSpec, PaperRoofline, RooflineModel, get_profile
+from perfmodel import Conv2dSpec, PaperRoofline, RooflineModel, get_profile
 from perfmodel.roofline import get_model
 
 MODEL = PaperRoofline()
@@ -82,22 +83,6 @@ def test_unknown_model_name_lists_valid_names():
         get_model("refined-v9")
 
 
-conv_specs = st.builds(
-    Conv2dSpec,
-    name=st.just("c"),
-    batch=st.integers(1, 64),
-    in_channels=st.sampled_from([3, 16, 32, 64, 192, 512]),
-    out_channels=st.sampled_from([16, 32, 64, 128, 256, 1024]),
-    in_height=st.integers(7, 64),
-    in_width=st.integers(7, 64),
-    kernel=st.sampled_from([1, 3, 5]),
-    stride=st.sampled_from([1, 2]),
-    padding=st.integers(0, 2),
-)
-linear_specs = st.builds(
-    LinearSpec, name=st.just("fc"), batch=st.integers(1, 512),
-    in_features=st.integers(8, 8192), out_features=st.integers(8, 8192),
-)  # fmt: skip
 profiles = st.sampled_from(["atom-c2750", "xeon-e5-2697v4", "xeon-phi-7250"]).map(get_profile)
 
 

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from perfmodel import Conv2dSpec, LinearSpec
 
-def onnx_bytes() -> bytes:
-    """x(N,4,9,9) → Conv 3×3 /2 'my_conv' → Reshape → MatMul 'fc.weight' (200×6)."""
+conv_specs = st.builds(
+    Conv2dSpec,
+    name=st.just("c"),
+    batch=st.integers(1, 64),
+    in_channels=st.sampled_from([3, 16, 32, 64, 192, 512]),
+    out_channels=st.sampled_from([16, 32, 64, 128, 256, 1024]),
+    in_height=st.integers(7, 64),
+    in_width=st.integers(7, 64),
+    kernel=st.sampled_from([1, 3, 5]),
+    stride=st.sampled_from([1, 2]),
+    padding=st.integers(0, 2),
+)
+"""Convolution specs across the shapes real CNNs have (hypothesis)."""
+linear_specs = st.builds(
+    LinearSpec, name=st.just("fc"), batch=st.integers(1, 512),
+    in_features=st.integers(8, 8192), out_features=st.integers(8, 8192),
+)  # fmt: skip
+
+
+def onnx_bytes(auto_pad: str = "NOTSET") -> bytes:
+    """x(N,4,9,9) → Conv 3×3 /2 'my_conv' → Reshape → MatMul 'fc.weight' (200×6); the
+    convolution pads 1 explicitly, or by ``auto_pad`` ("SAME_UPPER", …)."""
     weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 4, 3, 3], [0.0] * 288)
     fc = helper.make_tensor("fc.weight", TensorProto.FLOAT, [200, 6], [0.0] * 1200)
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 200])
+    padding = {"pads": [1, 1, 1, 1]} if auto_pad == "NOTSET" else {"auto_pad": auto_pad}
     graph = helper.make_graph(
         [
             helper.make_node("Conv", ["x", "w"], ["y"], name="my_conv", strides=[2, 2],
-                             kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                             kernel_shape=[3, 3], **padding),
             helper.make_node("Reshape", ["y", "shape"], ["flat"]),
             helper.make_node("MatMul", ["flat", "fc.weight"], ["out"]),
         ],

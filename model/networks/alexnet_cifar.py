@@ -27,9 +27,9 @@ fc8    1024→10
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from model.networks.alexnet import AlexNet
 from model.networks.registry import register
 
 WIDTHS = (48, 128, 192, 192, 128)  # half of AlexNet's conv widths
@@ -64,15 +64,7 @@ class AlexNetCifar(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.norm1(self.relu(self.conv1(x))))
-        x = self.pool2(self.norm2(self.relu(self.conv2(x))))
-        x = self.relu(self.conv3(x))
-        x = self.relu(self.conv4(x))
-        x = self.pool5(self.relu(self.conv5(x)))
-        x = self.dropout(self.relu(self.fc6(torch.flatten(x, 1))))
-        x = self.dropout(self.relu(self.fc7(x)))
-        return self.fc8(x)
+    forward = AlexNet.forward  # the same layer sequence as Caffe's AlexNet
 
 
 @register(

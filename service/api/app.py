@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -88,8 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
             allow_methods=["*"], allow_headers=["*"],
         )  # fmt: skip
-
-    from fastapi import Depends
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
     for module in (sweet_spots, hardware, catalogue, jobs, uploads):

@@ -36,6 +36,19 @@ def _location(loc: tuple) -> str:
     return ".".join(parts) or "request"
 
 
+STATUS: dict[type[Exception], int] = {
+    UnknownProfileError: 422,  # names in a request: the body lists the valid ones
+    UnknownNetworkError: 422,
+    UnknownMethodError: 422,
+    ProfileError: 422,
+    OnnxImportError: 422,
+    JobNotFound: 404,
+    InvalidTransition: 409,
+    IdempotencyConflictError: 409,
+}
+"""Domain errors and their HTTP status; anything with a ``valid`` list gets it in the body."""
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -57,37 +70,12 @@ def install(app: FastAPI) -> None:
     async def _unknown(_request: Request, error: UnknownName) -> JSONResponse:
         return _error(error.status_code, str(error), valid=error.valid)
 
-    @app.exception_handler(UnknownProfileError)
-    async def _profile(_request: Request, error: UnknownProfileError) -> JSONResponse:
-        return _error(422, str(error), valid=error.valid)
+    async def _domain(_request: Request, error: Exception) -> JSONResponse:
+        status = next(STATUS[t] for t in type(error).__mro__ if t in STATUS)  # subclasses too
+        return _error(status, str(error), valid=getattr(error, "valid", None))
 
-    @app.exception_handler(UnknownNetworkError)
-    async def _network(_request: Request, error: UnknownNetworkError) -> JSONResponse:
-        return _error(422, str(error), valid=error.valid)
-
-    @app.exception_handler(UnknownMethodError)
-    async def _method(_request: Request, error: UnknownMethodError) -> JSONResponse:
-        return _error(422, str(error), valid=error.valid)
-
-    @app.exception_handler(ProfileError)
-    async def _bad_profile(_request: Request, error: ProfileError) -> JSONResponse:
-        return _error(422, str(error))
-
-    @app.exception_handler(OnnxImportError)
-    async def _onnx(_request: Request, error: OnnxImportError) -> JSONResponse:
-        return _error(422, str(error))
-
-    @app.exception_handler(JobNotFound)
-    async def _not_found(_request: Request, error: JobNotFound) -> JSONResponse:
-        return _error(404, str(error))
-
-    @app.exception_handler(InvalidTransition)
-    async def _conflict(_request: Request, error: InvalidTransition) -> JSONResponse:
-        return _error(409, str(error))
-
-    @app.exception_handler(IdempotencyConflictError)
-    async def _idempotency(_request: Request, error: IdempotencyConflictError) -> JSONResponse:
-        return _error(409, str(error))
+    for error_type in STATUS:
+        app.add_exception_handler(error_type, _domain)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:

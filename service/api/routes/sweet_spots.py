@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from model.analysis import network_layers
-from perfmodel import HardwareProfile, get_profile, predict_network
+from perfmodel import HardwareProfile, get_profile, predict_network, profile_names
 from perfmodel.hardware import NAME_PATTERN
 from perfmodel.onnx_import import layers_from_onnx, load_onnx
 from service.api.deps import SettingsDep
@@ -35,14 +35,8 @@ def _profile(hardware: str | HardwareProfile) -> HardwareProfile:
     if isinstance(hardware, HardwareProfile):
         return hardware
     if not re.match(NAME_PATTERN, hardware):  # names only: never read server paths
-        raise UnknownName(f"unknown hardware profile {hardware!r}", _names())
+        raise UnknownName(f"unknown hardware profile {hardware!r}", profile_names())
     return get_profile(hardware)
-
-
-def _names() -> list[str]:
-    from perfmodel import profile_names
-
-    return profile_names()
 
 
 def _json(data: dict) -> Response:
