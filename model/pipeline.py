@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from model.networks import create_model, network_info
 from model.pruning import make_config, method_info
 from model.training import Callback, TrainConfig, Trainer, layer_sparsity
+from model.training.distributed import Cluster
 from perfmodel import get_profile, predict_network
 from perfmodel.extract import extract_layers
 from perfmodel.roofline import get_model
@@ -109,8 +110,13 @@ def run_pruning(
     cancel: threading.Event | None = None,
     resume: bool = True,
     log: Callable[[str], None] = lambda _message: None,
+    cluster: Cluster | None = None,
 ) -> dict[str, Any]:
     """Run one pruning job and write its artifacts; returns the manifest.
+
+    ``cluster``: this process is rank 0 of a data-parallel job on ``cluster.nodes`` hosts;
+    the other nodes run :func:`join_pruning`. Without it, the config's ``procs`` processes
+    run on this host.
 
     Raises:
         ValueError / LookupError: bad request (unknown names list the valid ones).
@@ -119,20 +125,17 @@ def run_pruning(
     info = network_info(request.model)
     hardware = get_profile(request.hardware)
     train_config, method_config = split_config(request.method, request.config)
+    cluster = _cluster(train_config, cluster)
+    if cluster.node_rank != 0:
+        raise ValueError("run_pruning runs node 0 of a job; other nodes call join_pruning")
     _prepare_out_dir(out_dir, request, resume)
     net, data, hooks, predictions, by_name = _build(request, train_config, method_config)
     batch = getattr(method_config, "inference_batch", 1)
     ranks = None
-    if train_config.procs > 1:  # data-parallel: this process is rank 0
-        from model.training import distributed
-
-        if train_config.threads is None:
-            train_config.threads = max(1, (os.cpu_count() or 1) // train_config.procs)
-        log(f"data-parallel training on {train_config.procs} processes (gloo)")
-        ranks, port = distributed.launch(
-            train_config.procs, _rank_main, (request, out_dir, resume, train_config.threads)
-        )
-        distributed.init(0, train_config.procs, port)
+    if cluster.distributed:  # data-parallel: this process is rank 0
+        log(f"data-parallel training on {cluster.nodes} host(s) × {cluster.procs} "
+            f"process(es) (gloo)")  # fmt: skip
+        ranks, cluster = _start_node(cluster, request, out_dir, resume, train_config)
 
     events_file = (out_dir / "events.jsonl").open("a")
 
@@ -156,11 +159,8 @@ def run_pruning(
         result = trainer.fit(resume=resume)
     finally:
         events_file.close()
-        if ranks is not None:
-            from model.training import distributed
-
-            distributed.shutdown()
-            ranks.join()
+        if cluster.distributed:
+            _stop_node(ranks)
     _save(net, out_dir / "pruned.safetensors")
 
     performance_model = get_model(predictions.performance_model)
@@ -239,32 +239,117 @@ def _build(request: PruneRequest, train_config: TrainConfig, method_config: Any)
     return net, data, hooks, predictions, by_name
 
 
-def _rank_main(index: int, world: int, port: int, request: PruneRequest, out_dir: Path,
-               resume: bool, threads: int) -> None:  # fmt: skip
-    """A data-parallel rank ≥ 1: the same job, no events, no checkpoints, no artifacts."""
+def join_pruning(
+    request: PruneRequest,
+    out_dir: Path,
+    cluster: Cluster,
+    cancel: threading.Event | None = None,
+    resume: bool = True,
+    log: Callable[[str], None] = lambda _message: None,
+) -> None:
+    """Run node ``cluster.node_rank`` ≥ 1 of a data-parallel job whose node 0 runs
+    :func:`run_pruning` with the same request: its ``procs`` ranks train their share of each
+    batch; rank 0 makes the decisions and writes every artifact, so nothing is written here
+    (``out_dir`` need not be shared: rank 0 sends its resume point). Returns when the job's
+    training ends; raises :class:`model.training.Cancelled` when it stopped early (a cancel
+    on node 0, or ``cancel`` set here: then ``rank_left`` is true on every rank)."""
+    train_config, _ = split_config(request.method, request.config)
+    if cluster.node_rank == 0:
+        raise ValueError("node 0 of a job runs run_pruning, not join_pruning")
+    log(f"joining as node {cluster.node_rank} of {cluster.nodes} "
+        f"({cluster.master_addr}:{cluster.master_port})")  # fmt: skip
+    ranks, cluster = _start_node(cluster, request, out_dir, resume, train_config, primary=False)
+    try:
+        _train_rank(0, cluster, request, out_dir, resume, train_config.threads, cancel)
+    finally:
+        _stop_node(ranks)
+
+
+def _cluster(train_config: TrainConfig, cluster: Cluster | None) -> Cluster:
+    """The job's layout: the caller's, else ``procs`` processes on this host."""
+    if cluster is None:
+        if train_config.nodes > 1:
+            raise ValueError(
+                f"nodes={train_config.nodes} needs a rendezvous: submit the job to the service "
+                "(workers on other hosts join it) or run `sweetspot prune --nodes N "
+                "--node-rank K --master HOST:PORT` on every host"
+            )
+        cluster = Cluster(procs=train_config.procs)
+    train_config.procs, train_config.nodes = cluster.procs, cluster.nodes  # the manifest's record
+    return cluster
+
+
+def _start_node(
+    cluster: Cluster, request: PruneRequest, out_dir: Path, resume: bool,
+    train_config: TrainConfig, primary: bool = True,
+) -> tuple[Any, Cluster]:  # fmt: skip
+    """Spawn this node's other ranks; on node 0, join the process group as rank 0."""
     from model.training import distributed
+
+    if train_config.threads is None:
+        train_config.threads = max(1, (os.cpu_count() or 1) // cluster.procs)
+    ranks, cluster = distributed.launch(
+        cluster, _rank_main, (request, out_dir, resume, train_config.threads)
+    )
+    if primary:
+        distributed.init(cluster)
+    return ranks, cluster
+
+
+def _stop_node(ranks: Any) -> None:
+    """Leave the process group and wait for this node's spawned ranks; a failure there is
+    logged, never raised over the job's own outcome (its exception is the one that matters)."""
+    from model.training import distributed
+
+    distributed.shutdown()
+    if ranks is None:
+        return
+    try:
+        ranks.join()
+    except Exception as error:  # reported; the caller's outcome stands
+        import logging
+
+        logging.getLogger("sweetspot.pipeline").warning("a data-parallel rank failed: %s", error)
+
+
+def _rank_main(index: int, cluster: Cluster, request: PruneRequest, out_dir: Path,
+               resume: bool, threads: int) -> None:  # fmt: skip
+    """A spawned rank (local index ``index + 1`` on its node)."""
+    _train_rank(index + 1, cluster, request, out_dir, resume, threads)
+
+
+def _train_rank(local_index: int, cluster: Cluster, request: PruneRequest, out_dir: Path,
+                resume: bool, threads: int | None,
+                cancel: threading.Event | None = None) -> None:  # fmt: skip
+    """A data-parallel rank other than 0: the same job, no events, checkpoints or artifacts.
+    Spawned ranks end quietly on a cancel (their node's first rank reports it)."""
+    from model.training import Cancelled, distributed
 
     train_config, method_config = split_config(request.method, request.config)
     train_config.threads = threads
     net, data, hooks, _, _ = _build(request, train_config, method_config)
-    distributed.init(index + 1, world, port)
+    distributed.init(cluster, local_index)
     try:
         trainer = Trainer(net, data.train, data.test, train_config, hooks=hooks,
-                          checkpoint_path=out_dir / "checkpoint.pt")  # fmt: skip
+                          checkpoint_path=out_dir / "checkpoint.pt", cancel=cancel)  # fmt: skip
         trainer.fit(resume=resume)
+    except Cancelled:
+        if local_index == 0:
+            raise
     finally:
-        distributed.shutdown()
+        if local_index != 0:
+            distributed.shutdown()
 
 
 def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:
     """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh."""
     out_dir.mkdir(parents=True, exist_ok=True)
     request_file = out_dir / "request.json"
-    # Whether it is measured, and how many threads or processes run it, do not change the job:
-    # a checkpoint resumes under any of them.
+    # Whether it is measured, and how many threads, processes or hosts run it, do not change
+    # the job: a checkpoint resumes under any of them.
     identity = {k: v for k, v in asdict(request).items() if k != "measure"}
     identity["config"] = {k: v for k, v in request.config.items()
-                          if k not in ("threads", "procs")}  # fmt: skip
+                          if k not in ("threads", "procs", "nodes")}  # fmt: skip
     current = json.dumps(identity, indent=2, sort_keys=True)
     checkpoint = out_dir / "checkpoint.pt"
     if resume and checkpoint.exists():

@@ -263,6 +263,23 @@ def _prune_config(args: argparse.Namespace) -> dict:
     return config
 
 
+def _prune_cluster(args: argparse.Namespace, procs: int):
+    """``--nodes/--node-rank/--master``: this host's place in a job on several hosts."""
+    if args.nodes is None and args.node_rank is None and args.master is None:
+        return None
+    from model.training.distributed import Cluster, parse_master
+
+    if args.master is None:
+        raise CliError("--nodes/--node-rank need --master HOST:PORT (node 0's address and a "
+                       "free port there)", EXIT_USAGE)  # fmt: skip
+    try:
+        host, port = parse_master(args.master)
+        return Cluster(nodes=args.nodes or 1, node_rank=args.node_rank or 0, procs=procs,
+                       master_addr=host, master_port=port)  # fmt: skip
+    except ValueError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+
+
 def _prune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -270,7 +287,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     from model.data import DatasetError
     from model.networks import UnknownNetworkError
-    from model.pipeline import PruneRequest, run_pruning, split_config
+    from model.pipeline import PruneRequest, join_pruning, run_pruning, split_config
     from model.pruning import UnknownMethodError
     from model.training import PHASES
 
@@ -308,10 +325,17 @@ def _prune(args: argparse.Namespace) -> int:
         elif kind == "log":
             note(event["message"])
 
+    cluster = _prune_cluster(args, train_config.procs)
     try:
+        if cluster is not None and cluster.node_rank > 0:
+            join_pruning(request, Path(args.out), cluster, resume=not args.no_resume, log=note)
+            bar.close()
+            print(f"node {cluster.node_rank} of {cluster.nodes} finished; node 0 wrote the "
+                  "artifacts")  # fmt: skip
+            return 0
         manifest = run_pruning(
             request, Path(args.out), callbacks=[progress], resume=not args.no_resume,
-            log=note,
+            log=note, cluster=cluster,
         )  # fmt: skip
     except (UnknownNetworkError, UnknownMethodError) as error:
         raise CliError(str(error), EXIT_USAGE) from None
@@ -478,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from these dense weights (.safetensors or weights-only .pt)")
     prune.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="any hyperparameter of the trainer or the method, e.g. lasso=0.002")
+    prune.add_argument("--nodes", type=int,
+                       help="hosts that train this job together (data-parallel, torchrun-style;"
+                            " run the same command on each with its --node-rank)")
+    prune.add_argument("--node-rank", type=int, help="this host's index, 0 … nodes−1 (node 0 "
+                       "writes the artifacts)")  # fmt: skip
+    prune.add_argument("--master", metavar="HOST:PORT",
+                       help="node 0's address and a free port on it (the rendezvous)")
     prune.add_argument("--no-measure", action="store_true", help="skip timing on this host")
     prune.add_argument("--no-resume", action="store_true",
                        help="start afresh even if DIR holds a checkpoint of this job")

@@ -1,4 +1,4 @@
-"""Data-parallel training on several processes with ``torch.distributed`` (gloo on CPU).
+"""Data-parallel training on several processes and hosts with ``torch.distributed`` (gloo).
 
 Every rank sees the same shuffled global batch and trains on its slice of it; gradients are
 summed weighted by slice size and divided by the global batch size, which is exactly the
@@ -8,8 +8,13 @@ stay identical across ranks; pruning decisions are still made once, on rank 0, a
 checkpoints. No DDP wrapper: module names stay as they are, so pruning hooks address layers
 by their usual paths.
 
-:func:`launch` starts ranks 1..N-1 as spawned processes next to the caller, which becomes
-rank 0 — the way ``torchrun`` does on one host.
+A job runs on ``nodes`` hosts with ``procs`` processes each, the way ``torchrun
+--nnodes --nproc-per-node`` lays them out: node ``k``'s first process (the caller of
+:func:`launch`) is global rank ``k·procs`` and spawns ranks ``k·procs+1 … k·procs+procs−1``
+next to itself. Node 0's first process is rank 0: it hosts the rendezvous (a TCP store on
+``master_addr:master_port``) that every other rank connects to. :class:`Cluster` says where a
+process sits; the service's workers agree on it through the job store (``service.jobs``), the
+command line through ``sweetspot prune --nodes/--node-rank/--master``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +31,53 @@ import torch.distributed as dist
 from torch import nn
 
 TIMEOUT = timedelta(seconds=300)  # a rank that died makes the others fail, not hang forever
+
+# What a rank reports at each step (the maximum over ranks wins, see :func:`stop_code`).
+RUNNING, CANCEL_REQUESTED, RANK_LEAVING = 0, 1, 2
+
+
+@dataclass
+class Cluster:
+    """Where this process's node sits in a job of ``nodes`` hosts × ``procs`` processes."""
+
+    nodes: int = 1
+    node_rank: int = 0
+    procs: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0  # 0: node 0 picks a free port (one host only)
+    timeout_s: float = TIMEOUT.total_seconds()  # rendezvous and collectives
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= 64:
+            raise ValueError(f"nodes must be between 1 and 64, got {self.nodes}")
+        if not 0 <= self.node_rank < self.nodes:
+            raise ValueError(f"node_rank must be in [0, {self.nodes - 1}], got {self.node_rank}")
+        if not 1 <= self.procs <= 64:
+            raise ValueError(f"procs must be between 1 and 64, got {self.procs}")
+        if self.nodes > 1 and not self.master_port:
+            raise ValueError("a job on several nodes needs the master's port (--master ADDR:PORT)")
+        if not 0 <= self.master_port < 65536:
+            raise ValueError(f"master port must be in [1, 65535], got {self.master_port}")
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.procs
+
+    @property
+    def first_rank(self) -> int:
+        return self.node_rank * self.procs
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def parse_master(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` → ``(host, port)``, with a message that says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--master must be HOST:PORT with a port in 1..65535, got {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -39,10 +92,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init(rank: int, world: int, port: int) -> None:
+def init(cluster: Cluster, local_index: int = 0) -> None:
+    """Join the job's process group as rank ``cluster.first_rank + local_index``; blocks until
+    every rank has joined (at most ``cluster.timeout_s``, then a RuntimeError)."""
+    host = cluster.master_addr
+    address = f"[{host}]" if ":" in host else host
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-        timeout=TIMEOUT,
+        "gloo", init_method=f"tcp://{address}:{cluster.master_port}",
+        rank=cluster.first_rank + local_index, world_size=cluster.world,
+        timeout=timedelta(seconds=cluster.timeout_s),
     )  # fmt: skip
 
 
@@ -72,13 +130,18 @@ def average_gradients(model: nn.Module, local_n: int, global_n: int) -> None:
         offset += count
 
 
-def any_rank(flag: bool, world: int) -> bool:
-    """True on every rank if it is true on any (e.g. a cancel seen by rank 0)."""
+def stop_code(cancel_set: bool, rank: int, world: int) -> int:
+    """Whether to stop, agreed by all ranks at each step: :data:`CANCEL_REQUESTED` when rank 0
+    (the job's owner) was asked to cancel, :data:`RANK_LEAVING` when another rank is shutting
+    down (its host's worker stops: the job should be requeued, not cancelled), else RUNNING."""
+    mine = RUNNING
+    if cancel_set:
+        mine = CANCEL_REQUESTED if rank == 0 else RANK_LEAVING
     if world == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+        return mine
+    value = torch.tensor([float(mine)])
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return int(value.item())
 
 
 def sum_over_ranks(values: Sequence[float]) -> list[float]:
@@ -100,13 +163,18 @@ def broadcast_module(model: nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def launch(world: int, child: Callable[..., None], args: tuple) -> tuple[Any, int]:
-    """Spawn ranks 1..world-1 running ``child(index, world, port, *args)``; returns the process
-    context and the rendezvous port. The caller then calls ``init(0, world, port)``."""
+def launch(cluster: Cluster, child: Callable[..., None], args: tuple) -> tuple[Any, Cluster]:
+    """Spawn this node's other ``procs − 1`` ranks running ``child(i, cluster, *args)`` with
+    ``i`` = 0 … procs−2 (local index ``i + 1``). On a one-node job without a port, one is
+    picked here. Returns the process context (None when there are no children) and the
+    cluster; the caller then calls ``init(cluster)`` as the node's first rank."""
+    if not cluster.master_port:
+        cluster = Cluster(**{**cluster.__dict__, "master_port": free_port()})
+    if cluster.procs == 1:
+        return None, cluster
     import torch.multiprocessing as mp
 
-    port = free_port()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    context = mp.start_processes(child, args=(world, port, *args), nprocs=world - 1,
+    context = mp.start_processes(child, args=(cluster, *args), nprocs=cluster.procs - 1,
                                  join=False, start_method="spawn")  # fmt: skip
-    return context, port
+    return context, cluster

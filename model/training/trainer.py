@@ -41,7 +41,13 @@ PHASES = ("dense", "prune", "finetune")
 
 class Cancelled(Exception):  # noqa: N818 - reads as "the run was cancelled"
     """The run was cancelled from outside; resuming continues from the last checkpoint
-    (the end of the last completed epoch), so a resumed run equals an uninterrupted one."""
+    (the end of the last completed epoch), so a resumed run equals an uninterrupted one.
+    ``rank_left``: not a cancel request but another rank of a data-parallel job stopping
+    (its worker shuts down), so the job should run again rather than end."""
+
+    def __init__(self, message: str, rank_left: bool = False):
+        super().__init__(message)
+        self.rank_left = rank_left
 
 
 @dataclass
@@ -60,7 +66,8 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     log_every: int = 20  # steps between "step" events
     checkpoint_every: int = 1  # epochs between checkpoints (0: never)
-    procs: int = 1  # data-parallel processes (torch.distributed, gloo on CPU); same global batch
+    procs: int = 1  # data-parallel processes per host (torch.distributed, gloo); same global batch
+    nodes: int = 1  # hosts the job's processes span (service: workers that join the job)
 
     def __post_init__(self) -> None:
         for name in ("dense_epochs", "prune_epochs", "finetune_epochs"):
@@ -77,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if not 1 <= self.procs <= 64:
             raise ValueError(f"procs must be between 1 and 64, got {self.procs}")
+        if not 1 <= self.nodes <= 64:
+            raise ValueError(f"nodes must be between 1 and 64, got {self.nodes}")
 
 
 class PruningHooks(Protocol):
@@ -237,7 +246,9 @@ class Trainer:
         tmp.replace(self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, weights_only=True)
+        self.load_state(torch.load(path, weights_only=True))
+
+    def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.phase, self.epoch, self.step = state["phase"], state["epoch"], state["step"]
         self.dense_accuracy = state["dense_accuracy"]
@@ -289,7 +300,12 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         tracked = self.hooks.tracked_parameters() if phase == "prune" and self.hooks else set()
         for inputs, targets in self._loader(epoch_key):
-            if distributed.any_rank(self.cancel.is_set(), self.world):
+            stop = distributed.stop_code(self.cancel.is_set(), self.rank, self.world)
+            if stop == distributed.RANK_LEAVING:
+                self.emit({"type": "log", "message": "a data-parallel rank is leaving; stopped"})
+                raise Cancelled(f"a rank left during {phase} epoch {self.epoch + 1}",
+                                rank_left=True)  # fmt: skip
+            if stop:
                 self.emit({"type": "log", "message": "cancelled"})
                 raise Cancelled(f"cancelled during {phase} epoch {self.epoch + 1}")
             global_n = len(targets)
@@ -351,8 +367,13 @@ class Trainer:
         """Run (or resume) all phases; raises :class:`Cancelled` if cancelled."""
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
+        state = None
+        if resume and self.rank == 0 and self.checkpoint_path and self.checkpoint_path.exists():
+            state = torch.load(self.checkpoint_path, weights_only=True)
+        if self.world > 1:  # rank 0's resume point: other hosts need not see its files
+            state = distributed.broadcast_object(state)
+        if state is not None:
+            self.load_state(state)
         else:
             torch.manual_seed(self.config.seed)
         epochs = {
