@@ -156,7 +156,7 @@ def run_pruning(
 
     trainer.callbacks.append(keep_dense)
     try:
-        result = trainer.fit(resume=resume)
+        result = _fit(trainer, resume, cluster)
     finally:
         events_file.close()
         if cluster.distributed:
@@ -265,6 +265,22 @@ def join_pruning(
         _stop_node(ranks)
 
 
+def _fit(trainer: Trainer, resume: bool, cluster: Cluster) -> Any:
+    """``trainer.fit``; in a data-parallel job a failing collective (a rank died) becomes
+    :class:`model.training.distributed.RankLostError`."""
+    from model.training import distributed
+
+    try:
+        return trainer.fit(resume=resume)
+    except RuntimeError as error:
+        if cluster.distributed and distributed.is_rank_lost(error):
+            raise distributed.RankLostError(
+                f"a rank of this {cluster.nodes}-host × {cluster.procs}-process job was lost: "
+                f"{error}"
+            ) from error
+        raise
+
+
 def _cluster(train_config: TrainConfig, cluster: Cluster | None) -> Cluster:
     """The job's layout: the caller's, else ``procs`` processes on this host."""
     if cluster is None:
@@ -292,7 +308,16 @@ def _start_node(
         cluster, _rank_main, (request, out_dir, resume, train_config.threads)
     )
     if primary:
-        distributed.init(cluster)
+        try:
+            distributed.init(cluster)
+        except RuntimeError as error:
+            _stop_node(ranks)
+            raise distributed.RendezvousTimeoutError(
+                f"not all {cluster.world} ranks ({cluster.nodes} host(s) × {cluster.procs}) "
+                f"joined within {cluster.timeout_s:g} s ({error}); start workers on more hosts, "
+                f"check that they reach {cluster.master_addr}:{cluster.master_port}, or lower "
+                "nodes"
+            ) from error
     return ranks, cluster
 
 
@@ -332,7 +357,7 @@ def _train_rank(local_index: int, cluster: Cluster, request: PruneRequest, out_d
     try:
         trainer = Trainer(net, data.train, data.test, train_config, hooks=hooks,
                           checkpoint_path=out_dir / "checkpoint.pt", cancel=cancel)  # fmt: skip
-        trainer.fit(resume=resume)
+        _fit(trainer, resume, cluster)
     except Cancelled:
         if local_index == 0:
             raise

@@ -73,6 +73,11 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Open while a job on several hosts waits for / trains with its other nodes:
+    # {"id", "addr", "port", "nodes", "procs"} (service.jobs.open_rendezvous).
+    rendezvous: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )
 
 
 class Transition(Base):
@@ -84,6 +89,22 @@ class Transition(Base):
     to_status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class JobNode(Base):
+    """A worker that joined a job as node ``node_rank`` ≥ 1 of one rendezvous."""
+
+    __tablename__ = "job_nodes"
+    __table_args__ = (
+        UniqueConstraint("job_id", "rendezvous", "node_rank", name="uq_job_nodes_rank"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    rendezvous: Mapped[str] = mapped_column(String(32))
+    node_rank: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str] = mapped_column(String(64))
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class JobEvent(Base):

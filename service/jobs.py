@@ -9,6 +9,12 @@ place. States follow the job APIs users know (Ray Jobs, Determined; RESEARCH.md 
     queued → cancelled;  running → queued (requeued once after its worker died)
 
 Every transition is recorded with its time and reason.
+
+A job on several hosts (config ``nodes`` > 1) is claimed like any other by the worker that
+becomes its node 0; that worker opens a *rendezvous* on the job (its address and a port) and
+idle workers join it as nodes 1 … nodes−1 (:func:`join_next`: one row per node in
+``job_nodes``, made unique by the database, so two workers never take the same node). The
+rendezvous closes whenever the job leaves ``running``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db import Artifact, Job, JobEvent, Metric, Transition, utcnow
+from service.db import Artifact, Job, JobEvent, JobNode, Metric, Transition, utcnow
 from service.storage import ArtifactStore
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
@@ -58,6 +64,8 @@ def _transition(session: Session, job: Job, to: str, reason: str) -> None:
         raise InvalidTransition(f"job {job.id} is {job.status}; it cannot become {to}")
     session.add(Transition(job_id=job.id, from_status=job.status, to_status=to, reason=reason))
     job.status, job.status_reason = to, reason
+    if to != RUNNING:  # no more nodes join it (a requeued job opens a new one)
+        job.rendezvous = None
     if to == RUNNING:
         job.started_at = utcnow()
     if to in TERMINAL:
@@ -152,7 +160,7 @@ def delete_job(session: Session, owner: str | None, job_id: str, storage: Artifa
             f"job {job_id} is {job.status}; only finished jobs (succeeded, failed, cancelled) "
             "can be deleted — cancel it first"
         )
-    for table in (Transition, JobEvent, Metric, Artifact):
+    for table in (Transition, JobEvent, Metric, Artifact, JobNode):
         session.execute(delete(table).where(table.job_id == job_id))
     session.delete(job)
     session.commit()
@@ -208,6 +216,63 @@ def _claim_skip_locked(session: Session, worker_id: str) -> Job | None:
     return job
 
 
+def open_rendezvous(
+    session: Session, job_id: str, worker_id: str, addr: str, port: int, nodes: int, procs: int
+) -> dict[str, Any]:
+    """Node 0 of a job on several hosts (``worker_id`` runs it) invites the other nodes."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    session.refresh(job)
+    if job.status != RUNNING or job.worker_id != worker_id:
+        raise InvalidTransition(f"job {job_id} is {job.status} with worker {job.worker_id}; "
+                                f"worker {worker_id} cannot open its rendezvous")  # fmt: skip
+    rendezvous = {"id": new_id(), "addr": addr, "port": int(port), "nodes": int(nodes),
+                  "procs": int(procs)}  # fmt: skip
+    job.rendezvous = rendezvous
+    session.commit()
+    return rendezvous
+
+
+def join_next(session: Session, worker_id: str) -> tuple[Job, dict[str, Any], int] | None:
+    """Take the next free node of a running job's open rendezvous: ``(job, rendezvous,
+    node_rank)``, or None. The unique (job, rendezvous, node) row decides between workers
+    racing for the same node, on SQLite and PostgreSQL alike."""
+    candidates = session.scalars(
+        select(Job).where(Job.status == RUNNING, Job.rendezvous.is_not(None))
+        .order_by(Job.started_at, Job.id)
+    ).all()  # fmt: skip
+    for job in candidates:
+        rendezvous = dict(job.rendezvous or {})
+        if job.worker_id == worker_id or not rendezvous:
+            continue
+        while True:
+            joined = session.scalar(
+                select(func.count()).select_from(JobNode)
+                .where(JobNode.job_id == job.id, JobNode.rendezvous == rendezvous["id"])
+            ) or 0  # fmt: skip
+            if joined >= rendezvous["nodes"] - 1:
+                break
+            node_rank = joined + 1
+            session.add(JobNode(job_id=job.id, rendezvous=rendezvous["id"], node_rank=node_rank,
+                                worker_id=worker_id))  # fmt: skip
+            try:
+                session.commit()
+            except IntegrityError:  # another worker took this node: look again
+                session.rollback()
+                continue
+            return job, rendezvous, node_rank
+    session.rollback()
+    return None
+
+
+def nodes_of(session: Session, job_id: str) -> list[JobNode]:
+    """The workers that joined the job's nodes ≥ 1, over all its attempts."""
+    return list(session.scalars(
+        select(JobNode).where(JobNode.job_id == job_id).order_by(JobNode.id)
+    ))  # fmt: skip
+
+
 def heartbeat(session: Session, job_id: str, worker_id: str, progress: float | None) -> str:
     """Record that the worker is alive; returns the job's status (``cancelling`` → stop)."""
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
@@ -232,6 +297,24 @@ def requeue(session: Session, job_id: str, reason: str) -> Job:
         job.attempts = max(job.attempts - 1, 0)  # a clean shutdown is not a failed attempt
     elif job.status == CANCELLING:
         _transition(session, job, CANCELLED, "cancelled while its worker shut down")
+    session.commit()
+    return job
+
+
+def requeue_lost(session: Session, job_id: str, reason: str, policy: str) -> Job:
+    """A running job lost one of its nodes: requeue it once (``policy`` "requeue", as for a
+    dead worker) to resume from its checkpoint, or fail it."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    session.refresh(job)
+    if job.status == CANCELLING:
+        _transition(session, job, CANCELLED, f"{reason} while cancelling")
+    elif job.status == RUNNING and policy == "requeue" and job.attempts < 2:
+        _transition(session, job, QUEUED, f"{reason}; requeued to resume from its checkpoint")
+        job.worker_id = None
+    elif job.status == RUNNING:
+        _transition(session, job, FAILED, f"{reason}; not retried (attempt {job.attempts})")
     session.commit()
     return job
 

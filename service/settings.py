@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     job_threads: int | None = Field(None, ge=1, description="torch threads per job")
     job_procs: int = Field(1, ge=1, le=64, description="data-parallel processes per job, "
                            "unless its config sets procs (torchrun-style, on this host)")
+    advertise_address: str | None = Field(
+        None, description="address other hosts reach this worker at, for jobs on several hosts "
+        "(config nodes > 1); default: this host name's address"
+    )
+    rendezvous_timeout_s: float = Field(
+        300.0, gt=0, description="how long a job on several hosts waits for its other nodes to "
+        "join (and for any of its ranks in a collective) before it fails"
+    )
 
     @field_validator("stale_after_s")
     @classmethod

@@ -23,6 +23,7 @@ from service.db import make_engine, make_sessionmaker, migrate
 from service.settings import Settings
 
 log = logging.getLogger("sweetspot.worker")
+LOST = "lost"  # outcome of a job that lost one of its data-parallel ranks
 
 
 class Worker:
@@ -48,21 +49,56 @@ class Worker:
                 self.stop.wait(self.poll_s)
 
     def run_once(self) -> bool:
-        """Recover lost jobs, then claim and run one job; False when there was none."""
+        """Recover lost jobs, then join a job on several hosts that waits for nodes, or claim
+        and run one queued job; False when there was nothing to do."""
         with self.sessions() as session:
             store.recover_lost(session, self.settings.stale_after_s, self.settings.lost_job_policy)
-            job = store.claim_next(session, self.worker_id)
+            # Joining first: a job already holding node 0 should not wait while its
+            # would-be nodes claim jobs of their own.
+            joined = store.join_next(session, self.worker_id)
+            job = None if joined else store.claim_next(session, self.worker_id)
+        if joined:
+            self.run_node(*joined)
+            return True
         if job is None:
             return False
         self.run_job(job.id, dict(job.request))
         return True
 
+    def run_node(self, job, rendezvous: dict, node_rank: int) -> None:
+        """Train node ``node_rank`` ≥ 1 of a job whose node 0 runs on another worker. Node 0
+        owns the job (its status, events, artifacts); this worker only logs the outcome. A
+        shutdown here stops the whole job's training, and node 0 requeues it."""
+        from model.pipeline import join_pruning
+        from model.training import Cancelled
+        from model.training.distributed import Cluster
+
+        job_id, request = job.id, dict(job.request)
+        with self.sessions() as session:
+            store.add_event(session, job_id, {
+                "type": "log", "message": f"worker {self.worker_id} joined as node {node_rank} "
+                f"of {rendezvous['nodes']}",
+            })  # fmt: skip
+        cluster = Cluster(nodes=rendezvous["nodes"], node_rank=node_rank,
+                          procs=rendezvous["procs"], master_addr=rendezvous["addr"],
+                          master_port=rendezvous["port"],
+                          timeout_s=self.settings.rendezvous_timeout_s)  # fmt: skip
+        try:
+            join_pruning(_prune_request(request, self.settings), self.settings.artifacts.job_dir(
+                job_id), cluster, cancel=self.stop)  # fmt: skip
+            log.info("node %d of job %s finished", node_rank, job_id)
+        except Cancelled as error:
+            log.info("node %d of job %s stopped: %s", node_rank, job_id, error)
+        except Exception:  # node 0 records the job's failure; this worker goes on
+            log.exception("node %d of job %s failed", node_rank, job_id)
+
     def run_job(self, job_id: str, request: dict) -> None:
         if request.get("kind") == "calibration":
             _calibration(self, job_id, request)
             return
-        from model.pipeline import PruneRequest, run_pruning
+        from model.pipeline import run_pruning
         from model.training import Cancelled
+        from model.training.distributed import RankLostError
 
         out_dir = self.settings.artifacts.job_dir(job_id)
         cancel = threading.Event()
@@ -85,17 +121,10 @@ class Worker:
         status, reason, result = store.FAILED, "", None
         with heartbeat:
             try:
-                config = dict(request.get("config") or {})
-                if self.settings.job_procs > 1:
-                    config.setdefault("procs", self.settings.job_procs)
-                prune_request = PruneRequest(
-                    method=request["method"], model=request["model"],
-                    dataset=request["dataset"], hardware=request["hardware"], config=config,
-                    checkpoint=request.get("checkpoint_path"),
-                    measure=request.get("measure", True),
-                )  # fmt: skip
+                prune_request = _prune_request(request, self.settings)
+                cluster = self._open_rendezvous(job_id, prune_request, on_event)
                 manifest = run_pruning(prune_request, out_dir, callbacks=[on_event],
-                                       cancel=cancel)  # fmt: skip
+                                       cancel=cancel, cluster=cluster)  # fmt: skip
                 status, reason = store.SUCCEEDED, "finished"
                 result = {key: manifest.get(key) for key in ("accuracy", "model_speedup")}
                 result["layers"] = [
@@ -103,11 +132,18 @@ class Worker:
                                                "measured_speedup", "state")}
                     for layer in manifest.get("layers", [])
                 ]  # fmt: skip
-            except Cancelled:
+            except Cancelled as error:
                 status, reason = store.CANCELLED, "cancelled by request; training stopped"
-                if self.stop.is_set():  # shutting down, nobody asked to cancel: run it again later
+                if error.rank_left:  # another node's worker shut down
+                    status = store.QUEUED
+                    reason = "a node of the job shut down; requeued to resume from its last " \
+                             "checkpoint"
+                elif self.stop.is_set():  # shutting down, nobody asked to cancel: run it later
                     status = store.QUEUED
                     reason = "worker shut down; requeued to resume from its last checkpoint"
+            except RankLostError as error:  # a node died: like a lost worker (lost_job_policy)
+                log.warning("job %s lost a rank: %s", job_id, error)
+                status, reason = LOST, str(error)
             except Exception as error:  # any failure of the job is the job's, not the worker's
                 log.exception("job %s failed", job_id)
                 status, reason = store.FAILED, f"{type(error).__name__}: {error}"
@@ -119,9 +155,32 @@ class Worker:
             store.register_artifacts(session, job_id, self.settings.artifacts)
             if status == store.QUEUED:
                 store.requeue(session, job_id, reason)
+            elif status == LOST:
+                status = store.requeue_lost(session, job_id, reason,
+                                            self.settings.lost_job_policy).status  # fmt: skip
             else:
                 store.finish(session, job_id, status, reason, result)
         log.info("job %s %s: %s", job_id, status, reason)
+
+    def _open_rendezvous(self, job_id: str, request, on_event: Callable[[dict], None]):
+        """For a job on several hosts: publish where its other nodes meet this one (node 0)."""
+        from model.pipeline import split_config
+        from model.training.distributed import Cluster, free_port
+
+        train_config, _ = split_config(request.method, request.config)
+        if train_config.nodes == 1:
+            return None
+        address = self.settings.advertise_address or _host_address()
+        port = free_port()
+        with self.sessions() as session:
+            store.open_rendezvous(session, job_id, self.worker_id, address, port,
+                                  train_config.nodes, train_config.procs)  # fmt: skip
+        on_event({"type": "log", "message": f"waiting for {train_config.nodes - 1} more "
+                  f"worker(s) to join at {address}:{port} (at most "
+                  f"{self.settings.rendezvous_timeout_s:g} s)"})  # fmt: skip
+        return Cluster(nodes=train_config.nodes, node_rank=0, procs=train_config.procs,
+                       master_addr=address, master_port=port,
+                       timeout_s=self.settings.rendezvous_timeout_s)  # fmt: skip
 
 
 def _calibration(worker: Worker, job_id: str, request: dict) -> None:
@@ -192,6 +251,28 @@ class Heartbeat:
                 log.exception("heartbeat failed for job %s", self.job_id)
                 continue
             self.on_status(status)
+
+
+def _prune_request(request: dict, settings: Settings):
+    """The stored job request as the pipeline's; the worker's ``job_procs`` default applies."""
+    from model.pipeline import PruneRequest
+
+    config = dict(request.get("config") or {})
+    if settings.job_procs > 1:
+        config.setdefault("procs", settings.job_procs)
+    return PruneRequest(
+        method=request["method"], model=request["model"], dataset=request["dataset"],
+        hardware=request["hardware"], config=config, checkpoint=request.get("checkpoint_path"),
+        measure=request.get("measure", True),
+    )  # fmt: skip
+
+
+def _host_address() -> str:
+    """This host's address as its name resolves (what other hosts are likely to reach)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def _total_epochs(request: dict) -> int:

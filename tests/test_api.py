@@ -432,3 +432,48 @@ def test_a_failed_calibration_is_a_failed_job_with_the_reason(client, settings, 
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "failed" and "NoisyRunError" in done["status_reason"]
     assert client.get("/v1/hardware/host").status_code == 404
+
+
+def test_nodes_join_a_job_on_several_hosts_once_each(tmp_path):
+    """The rendezvous a job's node 0 opens is taken node by node (never twice, never by the
+    job's own worker), and it closes when the job leaves ``running``."""
+    settings = _settings(tmp_path)
+    app = create_app(settings)
+    with app.state.sessions() as session:
+        job, _ = store.create_job(session, "", {"model": "lenet5", "config": {"nodes": 3}}, None)
+        assert store.claim_next(session, "w0").id == job.id
+        assert store.join_next(session, "w1") is None  # no rendezvous yet
+        with pytest.raises(store.InvalidTransition, match="cannot open its rendezvous"):
+            store.open_rendezvous(session, job.id, "someone-else", "10.0.0.1", 29500, 3, 1)
+        rendezvous = store.open_rendezvous(session, job.id, "w0", "10.0.0.1", 29500, 3, 2)
+        assert store.join_next(session, "w0") is None  # node 0 does not join itself
+        joined = [store.join_next(session, w) for w in ("w1", "w2", "w3")]
+        assert [(j[0].id, j[2]) for j in joined[:2]] == [(job.id, 1), (job.id, 2)]
+        assert joined[1][1] == rendezvous and joined[2] is None  # all nodes taken
+        assert [n.worker_id for n in store.nodes_of(session, job.id)] == ["w1", "w2"]
+        store.requeue_lost(session, job.id, "a rank of this job was lost", "requeue")
+        row = session.get(Job, job.id)
+        assert row.status == "queued" and row.rendezvous is None
+        assert "requeued to resume" in row.status_reason
+        store.claim_next(session, "w1")
+        store.requeue_lost(session, job.id, "a rank was lost again", "requeue")
+        assert session.get(Job, job.id).status == "failed"  # requeued once at most
+
+
+def test_a_job_on_two_hosts_without_a_rendezvous_fails_clearly(tmp_path):
+    """``nodes`` > 1 outside the service needs --master; inside, a lone worker waits at most
+    ``rendezvous_timeout_s`` for the other nodes and then fails the job with that reason."""
+    settings = _settings(tmp_path, rendezvous_timeout_s=3.0)
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/v1/jobs", json={"model": "lenet5", "dataset": "synthetic",
+                                            "measure": False,
+                                            "config": {**TINY, "nodes": 2}}).json()  # fmt: skip
+        assert client.post("/v1/jobs", json={"model": "lenet5", "config": {"nodes": 0}}
+                           ).status_code == 422  # fmt: skip
+        started = time.perf_counter()
+        assert Worker(settings).run_once()
+        assert time.perf_counter() - started < 60
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "failed"
+        assert "not all 2 ranks" in done["status_reason"]
+        assert "joined within 3 s" in done["status_reason"]

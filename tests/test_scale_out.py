@@ -115,3 +115,64 @@ def test_three_workers_twelve_jobs_each_exactly_once_and_a_killed_worker(tmp_pat
                 process.terminate()
                 process.wait(timeout=30)
         server.stop()
+
+
+def test_one_job_on_two_worker_hosts_survives_losing_a_node(tmp_path, database):
+    """A job with ``nodes: 2``: the worker that claims it becomes node 0 and a second worker
+    joins as node 1 (as on another host: it shares only the database). Killing node 1 mid-job
+    makes node 0 requeue the job; it resumes from its checkpoint once a new worker joins."""
+    from service.jobs import nodes_of
+
+    env = {**os.environ, "SWEETSPOT_DATA_DIR": str(tmp_path), "SWEETSPOT_DATABASE_URL": database,
+           "SWEETSPOT_HEARTBEAT_S": "0.3", "SWEETSPOT_STALE_AFTER_S": "5",
+           "SWEETSPOT_RENDEZVOUS_TIMEOUT_S": "90"}  # fmt: skip
+    server = Server(tmp_path, workers=0, env=env)
+    workers = {}
+    try:
+        job_id = httpx.post(f"{server.url}/v1/jobs", json={
+            "model": "lenet5", "dataset": "synthetic", "measure": False,
+            "config": {**TINY, "dense_epochs": 6, "prune_epochs": 3, "nodes": 2},
+        }).json()["id"]  # fmt: skip
+
+        def job() -> dict:
+            return httpx.get(f"{server.url}/v1/jobs/{job_id}").json()
+
+        def messages() -> list[str]:
+            events = httpx.get(f"{server.url}/v1/jobs/{job_id}/events").json()["data"]
+            return [e["data"].get("message", "") for e in events if e["type"] == "log"]
+
+        workers["w0"] = _worker(env, "w0")
+        wait(lambda: any("waiting for 1 more worker" in m for m in messages()))
+        assert job()["status"] == "running" and job()["worker_id"] == "w0"
+        workers["w1"] = _worker(env, "w1")
+        wait(lambda: any(e["type"] == "epoch" for e in httpx.get(
+            f"{server.url}/v1/jobs/{job_id}/events").json()["data"]))  # fmt: skip
+        assert any("w1 joined as node 1 of 2" in m for m in messages())
+        workers["w1"].kill()  # node 1's host dies mid-job
+        workers["w1"].wait()
+        wait(lambda: job()["attempts"] == 2 and job()["status"] == "running")
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        workers["w2"] = _worker(env, "w2")
+        wait(lambda: job()["status"] in ("succeeded", "failed"), timeout_s=240)
+        final = job()
+        assert final["status"] == "succeeded", final["status_reason"]
+        engine = create_engine(database)
+        with Session(engine) as session:
+            assert [(n.worker_id, n.node_rank) for n in nodes_of(session, job_id)] == [
+                ("w1", 1), ("w2", 1)]  # fmt: skip
+            reasons = [t.reason for t in session.scalars(select(Transition).where(
+                Transition.job_id == job_id))]  # fmt: skip
+            assert any("was lost" in r and "requeued" in r for r in reasons), reasons
+            dense_starts = [e for e in session.scalars(select(JobEvent).where(
+                JobEvent.job_id == job_id, JobEvent.type == "phase"))
+                if e.data.get("phase") == "dense"]  # fmt: skip
+            assert len(dense_starts) == 1  # resumed from the checkpoint, not restarted
+        engine.dispose()
+        manifest = httpx.get(f"{server.url}/v1/jobs/{job_id}/artifacts/manifest.json").json()
+        assert manifest["config"]["train"]["nodes"] == 2
+    finally:
+        for process in workers.values():
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+        server.stop()

@@ -80,6 +80,25 @@ def parse_master(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class RankLostError(RuntimeError):
+    """Another rank of the job stopped answering (its process or host died, or the network
+    between them failed): the job cannot go on with this process group."""
+
+
+class RendezvousTimeoutError(RuntimeError):
+    """Not every rank of the job arrived in time (too few workers, or a wrong address)."""
+
+
+def is_rank_lost(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because a peer went away (gloo's transport
+    errors and timeouts are plain RuntimeErrors naming gloo)."""
+    dist_error = getattr(dist, "DistError", ())
+    return isinstance(error, RankLostError) or (
+        isinstance(error, RuntimeError)
+        and (isinstance(error, dist_error) or "gloo" in str(error).lower())
+    )
+
+
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
