@@ -106,7 +106,10 @@ def measure_cut(
     original, cut = original.eval(), cut.eval()
     example = torch.randn(batch, *input_shape)
     before = {n: m for n, m in original.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
-    after = {n: m for n, m in cut.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    from model.fibres import FibreConv2d
+
+    layer_types = nn.Conv2d | nn.Linear | FibreConv2d
+    after = {n: m for n, m in cut.named_modules() if isinstance(m, layer_types)}
     changed = {n for n in after if n in before and after[n].weight.shape != before[n].weight.shape}
     original_inputs = capture_activations(original, example, changed)
     cut_inputs = capture_activations(cut, example, changed)

@@ -179,13 +179,13 @@ def run_pruning(
     if getattr(hooks, "structured", False):
         surgery = _cut(net, info, batch, log)
     if surgery is not None:
-        cut_result, cut_specs = surgery
+        cut_result, cut_specs, fibres = surgery
         manifest["structure"] = "structured"
         _structured_layers(manifest, by_name, cut_specs, sparsity, states, performance_model,
                            hardware)  # fmt: skip
         save_file({k: v.contiguous() for k, v in cut_result.model.state_dict().items()},
                   str(out_dir / "cut.safetensors"))  # fmt: skip
-        manifest["cut"] = _cut_summary(cut_result, net, info, data.num_classes)
+        manifest["cut"] = _cut_summary(cut_result, fibres, net, info, data.num_classes)
         if request.measure:
             log("measuring the cut network against the original on this host")
             from model.measure import measure_cut
@@ -446,26 +446,33 @@ def _structured_layers(manifest, by_name, cut_specs, sparsity, states, performan
     """
     for name, prediction in by_name.items():
         after = cut_specs.get(name)
+        before_s = performance_model.dense_time_s(prediction.layer, hardware)
         if after is None:
-            fmt, predicted, shape = "removed", None, None
+            fmt, predicted, shape, flops_kept = "removed", None, None, 0.0
+        elif isinstance(after, FibreSpec):
+            after_s = after.time_s(performance_model, hardware)
+            fmt, shape = "fibres", after.describe()
+            predicted = before_s / after_s if after_s > 0 else None
+            flops_kept = after.conv.flops * after.kept / after.total / prediction.layer.flops
         else:
-            before_s = performance_model.dense_time_s(prediction.layer, hardware)
             predicted = before_s / performance_model.dense_time_s(after, hardware)
             fmt = "dense" if after.weight_count == prediction.layer.weight_count else "cut"
-            shape = after.describe()
+            shape, flops_kept = after.describe(), after.flops / prediction.layer.flops
         manifest["layers"].append({
             "name": name, "kind": prediction.layer.kind, "sparsity": sparsity.get(name, 0.0),
             "format": fmt, "state": states.get(name), "dense_time_s": prediction.dense_time_s,
             "sweet_spot": _spot(prediction), "predicted_speedup": predicted,
             "measured_speedup": None, "shape": prediction.layer.describe(),
-            "cut_shape": shape,
-            "flops_kept": 0.0 if after is None else after.flops / prediction.layer.flops,
+            "cut_shape": shape, "flops_kept": flops_kept,
         })  # fmt: skip
     _totals(manifest)
 
 
 def _cut(net, info, batch, log):
-    """Surgery on the trained network, or None (with a log line) when it is not supported."""
+    """Surgery on the trained network, then fibre removal on what is left: the cut network,
+    its layer specs by name and the fibre report; or None (with a log line) when surgery is
+    not supported."""
+    from model.fibres import remove_fibres
     from model.surgery import SurgeryError, cut
 
     try:
@@ -473,11 +480,62 @@ def _cut(net, info, batch, log):
     except SurgeryError as error:
         log(f"surgery skipped, keeping the sparse-kernel path: {error}")
         return None
+    fibres = remove_fibres(result.model, tuple(info.input_shape))
+    for layer in fibres.layers:
+        if layer.replaced:
+            log(f"{layer.name}: {layer.fibres_total - layer.fibres_kept} of "
+                f"{layer.fibres_total} shape fibres removed (a smaller dense GEMM)")  # fmt: skip
     specs = extract_layers(result.model, info.input_shape, batch=batch)
-    return result, {spec.name: spec for spec in specs if "#" not in spec.name}
+    by_name = {spec.name: spec for spec in specs if "#" not in spec.name}
+    for layer in fibres.layers:
+        if layer.replaced:
+            gemm = layer.fibre_spec.with_batch(batch) if layer.fibre_spec else None
+            by_name[layer.name] = FibreSpec(layer.dense_spec.with_batch(batch), gemm,
+                                            layer.fibres_kept, layer.fibres_total)  # fmt: skip
+    return result, by_name, fibres
 
 
-def _cut_summary(result, net, info, num_classes: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FibreSpec:
+    """A convolution that fibre removal turned into a gathered GEMM (``gemm``: None when no
+    fibre is left). Predicted time: the GEMM's dense time plus the gather, one write and one
+    read of the gathered input at the profile's memory bandwidth."""
+
+    conv: Any  # the convolution before fibre removal (perfmodel Conv2dSpec)
+    gemm: Any  # perfmodel Conv2dSpec of the 1×1 GEMM, or None
+    kept: int
+    total: int
+
+    def time_s(self, performance_model: Any, hardware: Any) -> float:
+        if self.gemm is None:
+            return 0.0
+        gathered = self.gemm.batch * self.gemm.in_channels * self.gemm.in_height * \
+            self.gemm.in_width * self.gemm.dtype_bytes  # fmt: skip
+        gather_s = 2 * gathered / hardware.memory_bandwidth_bytes_per_s
+        return performance_model.dense_time_s(self.gemm, hardware) + gather_s
+
+    def describe(self) -> str:
+        return f"{self.conv.describe()}, {self.kept}/{self.total} fibres"
+
+
+def load_cut_network(out_dir: str | Path) -> torch.nn.Module:
+    """The cut network of a structured job's folder (``manifest.json`` + ``cut.safetensors``):
+    rebuilt from the recorded widths and fibre layers, weights loaded, in eval mode."""
+    from model.fibres import rebuild_fibres
+    from model.surgery import rebuild
+
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    cut = manifest.get("cut")
+    if not cut:
+        raise ValueError(f"{out_dir} holds no cut network (an unstructured job)")
+    net = rebuild(manifest["model"], cut["num_classes"], cut["architecture"])
+    net = rebuild_fibres(net, cut.get("fibres") or {})
+    net.load_state_dict(load_file(str(out_dir / cut["weights"])))
+    return net.eval()
+
+
+def _cut_summary(result, fibres, net, info, num_classes: int) -> dict[str, Any]:
     from model.cost import count_cost
 
     before = count_cost(net, info.input_shape)
@@ -485,7 +543,9 @@ def _cut_summary(result, net, info, num_classes: int) -> dict[str, Any]:
     return {
         "weights": "cut.safetensors", "num_classes": num_classes,
         "architecture": result.architecture.to_dict(), "removed_blocks": result.removed_blocks,
-        "widths": result.kept,
+        "widths": result.kept, "fibres": fibres.architecture,
+        "fibre_layers": {layer.name: {"kept": layer.fibres_kept, "total": layer.fibres_total}
+                         for layer in fibres.layers if layer.replaced},
         "cost": {"macs_before": before.macs, "macs_after": after.macs,
                  "params_before": before.params, "params_after": after.params},
     }  # fmt: skip

@@ -18,10 +18,15 @@ differ). So, in eval mode, the cut network computes the same function as the mas
 
 Which channels may change width (ours, documented in ``docs/methods.md``): the channels inside a
 residual block (conv1 → conv2, and conv2 → conv3 in a bottleneck) and every channel of a plain
-chain (LeNet-5, LeNet-300-100, VGG-16, the SSL CIFAR ConvNet). Residual-stream channels
-(a stem, the second conv of a basic block) keep their width: identity shortcuts add them. Grouped
-convolutions and cross-channel LRN (AlexNet) are not cut. Shape-fibre zeros are left to the
-sparse path.
+chain (LeNet-5, LeNet-300-100, VGG-16, the SSL CIFAR ConvNet). Residual-stream channels keep
+their width (identity shortcuts add them), except in a stage that starts with a 1×1 projection
+shortcut (:class:`StreamGroup`): there a stream channel goes when *every* producer writing the
+stream (the projection and the last conv of each block, with their BatchNorms) has it all zero
+with zero BN scale and shift, so the channel is exactly 0 everywhere in the stage and identity
+additions keep it 0 (Li et al. 2017 §3.3, second convs following the projection). The stem, the
+stages before the first projection (ResNet-18/34 ``layer1``) and the option-A CIFAR ResNets
+(zero-padding shortcuts, no projection) keep their stream width. Grouped convolutions and
+cross-channel LRN (AlexNet) are not cut. Shape-fibre zeros are left to the sparse path.
 
 The result is described by an :class:`Architecture` (per-layer widths, norms, bias maps,
 constant blocks), stored in the manifest, from which :func:`rebuild` builds the cut network
@@ -60,6 +65,34 @@ class ChannelGroup:
     producer: str
     norm: str | None
     consumers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StreamGroup:
+    """Residual-stream channels of one stage that starts with a projection shortcut; cut together.
+
+    In ``x_{b+1} = relu(branch_b(x_b) + x_b)`` the stage's stream is written by the projection
+    (block 0's shortcut) and by the last conv of every block, and carried by identity
+    shortcuts; the first conv of every block but block 0 (which, like the projection, reads the
+    previous stage's stream) reads it, and so does the next stage (its first conv and
+    projection) or the classifier.
+
+    Attributes:
+        blocks: the stage's residual blocks (module paths), the projection's block first.
+        producers: the projection conv, then the last conv of each block.
+        norms: the BatchNorm after each producer (``None`` where there is none).
+        consumers: layers reading the stream (conv input channels or linear input features).
+    """
+
+    blocks: tuple[str, ...]
+    producers: tuple[str, ...]
+    norms: tuple[str | None, ...]
+    consumers: tuple[str, ...]
+
+    @property
+    def projection(self) -> str:
+        """The 1×1 projection conv whose filters rank the stream's channels (Li et al. §3.3)."""
+        return self.producers[0]
 
 
 class BiasMapConv2d(nn.Conv2d):
@@ -129,8 +162,30 @@ def _block_shortcut(block: nn.Module) -> nn.Module | None:
     return getattr(block, "shortcut", None) or getattr(block, "downsample", None)
 
 
-def _block_convs(block: nn.Module) -> list[str]:
+def block_convs(block: nn.Module) -> list[str]:
+    """Attribute names of a residual block's branch convs in order (``conv1``, ``conv2`` [,
+    ``conv3``]); the last one writes the residual stream."""
     return [n for n in ("conv1", "conv2", "conv3") if hasattr(block, n)]
+
+
+def _projection_paths(block: nn.Module) -> tuple[str, str | None] | None:
+    """(conv, norm) attribute paths of a block's 1×1 projection shortcut ``Sequential(conv[,
+    BN])``, or None for an identity, a parameter-free (option A) or any other shortcut."""
+    attr = "shortcut" if getattr(block, "shortcut", None) is not None else "downsample"
+    shortcut = getattr(block, attr, None)
+    if not isinstance(shortcut, nn.Sequential) or not 1 <= len(shortcut) <= 2:
+        return None
+    conv = shortcut[0]
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        return None
+    if len(shortcut) == 2 and not isinstance(shortcut[1], nn.BatchNorm2d):
+        return None
+    return f"{attr}.0", f"{attr}.1" if len(shortcut) == 2 else None
+
+
+def _is_identity(block: nn.Module) -> bool:
+    shortcut = _block_shortcut(block)
+    return shortcut is None or isinstance(shortcut, nn.Identity)
 
 
 def _execution_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
@@ -166,7 +221,7 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Chann
     if blocks:
         groups = []
         for name, block in blocks.items():
-            convs = _block_convs(block)
+            convs = block_convs(block)
             for first, second in itertools.pairwise(convs):
                 bn = f"bn{first[-1]}"
                 groups.append(ChannelGroup(f"{name}.{first}", f"{name}.{bn}",
@@ -186,6 +241,95 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Chann
                  if isinstance(modules[n], nn.BatchNorm1d | nn.BatchNorm2d)]  # fmt: skip
         groups.append(ChannelGroup(producer, norms[0] if norms else None, (consumer,)))
     return groups
+
+
+def stream_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[StreamGroup]:
+    """The residual streams that may change width: one per stage starting with a projection.
+
+    A stage runs from a block with a projection shortcut through the identity-shortcut blocks
+    after it. Stages that start otherwise (after the stem, or with a zero-padding shortcut) are
+    left out, and so is a stage whose stream flows into a shortcut that is neither an identity
+    nor a projection. Networks without residual blocks have none.
+    """
+    blocks = residual_blocks(model)
+    if not blocks:
+        return []
+    # Stages as (blocks, projection conv, its norm); one starting without a projection: None.
+    stages: list[tuple[list[str], str, str | None] | None] = []
+    for name, block in blocks.items():
+        paths = _projection_paths(block)
+        if paths is not None:
+            norm = f"{name}.{paths[1]}" if paths[1] else None
+            stages.append(([name], f"{name}.{paths[0]}", norm))
+        elif _is_identity(block) and stages:
+            if stages[-1] is not None:
+                stages[-1][0].append(name)
+        else:
+            stages.append(None)
+    modules = dict(model.named_modules())
+    names = list(blocks)
+    order = _execution_order(model, input_shape)
+    groups = []
+    for stage_info in stages:
+        if stage_info is None:
+            continue
+        stage, projection, projection_norm = stage_info
+        producers, norms = [projection], [projection_norm]
+        for name in stage:
+            last = block_convs(blocks[name])[-1]
+            producers.append(f"{name}.{last}")
+            norms.append(f"{name}.bn{last[-1]}")
+        consumers = [f"{name}.conv1" for name in stage[1:]]  # block 0 reads the previous stream
+        following = names.index(stage[-1]) + 1
+        if following < len(names):
+            after = blocks[names[following]]
+            paths = _projection_paths(after)
+            if paths is None:  # the stream flows on into a shortcut we cannot narrow
+                continue
+            consumers += [f"{names[following]}.conv1", f"{names[following]}.{paths[0]}"]
+        else:  # the first layer after the last block reads the stream (the classifier)
+            inside = {n for n in order if n.startswith(f"{stage[-1]}.")}
+            last_index = max(order.index(n) for n in inside)
+            rest = [n for n in order[last_index + 1 :]
+                    if isinstance(modules[n], nn.Conv2d | nn.Linear)]  # fmt: skip
+            if not rest:
+                continue
+            consumers.append(rest[0])
+        groups.append(StreamGroup(tuple(stage), tuple(producers), tuple(norms), tuple(consumers)))
+    return groups
+
+
+def stream_keep(group: StreamGroup, keep: dict[str, int]) -> int | None:
+    """Channels a plan keeps in ``group``'s stream (None when the plan leaves it alone).
+
+    Raises:
+        ValueError: the plan gives the stream's producers different widths.
+    """
+    widths = {keep[p] for p in group.producers if p in keep}
+    if len(widths) > 1:
+        raise ValueError(
+            f"the residual stream of {group.blocks[0]} must keep one width in all of "
+            f"{', '.join(group.producers)}; the plan gives {sorted(widths)}"
+        )
+    return widths.pop() if widths else None
+
+
+def zero_stream_channels(model: nn.Module, group: StreamGroup) -> torch.Tensor:
+    """Boolean (C,): stream channels that are exactly 0 everywhere in the stage — every
+    producer's filter and bias are zero and its BatchNorm's scale and shift are zero."""
+    modules = dict(model.named_modules())
+    zero = torch.ones(_out_channels(modules[group.producers[0]]), dtype=torch.bool)
+    for producer, norm in zip(group.producers, group.norms, strict=True):
+        layer = modules[producer]
+        zero &= filter_norms(layer) == 0
+        if layer.bias is not None:
+            zero &= layer.bias.detach() == 0
+        if norm is not None:
+            bn = modules[norm]
+            if not bn.affine:  # β = 0 but the normalised constant −μ/σ is not
+                return torch.zeros_like(zero)
+            zero &= (bn.weight.detach() == 0) & (bn.bias.detach() == 0)
+    return zero
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -258,6 +402,18 @@ def _new_norm(old: nn.Module, features: int) -> nn.Module:
                      device=old.weight.device if old.affine else None)  # fmt: skip
 
 
+def _narrowed_norm(old: nn.Module, rows: torch.Tensor) -> nn.Module:
+    """A copy of BatchNorm ``old`` keeping only the features ``rows`` (eval mode)."""
+    new = _new_norm(old, len(rows))
+    with torch.no_grad():
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            source = getattr(old, attr)
+            if source is not None:
+                getattr(new, attr).copy_(source.detach()[rows])
+        new.num_batches_tracked.copy_(old.num_batches_tracked)
+    return new.eval()
+
+
 def narrow(model: nn.Module, architecture: Architecture) -> nn.Module:
     """Replace ``model``'s modules in place by empty ones of the recorded shapes; returns it.
 
@@ -289,19 +445,30 @@ def plan_architecture(
     model: nn.Module, input_shape: tuple[int, ...], keep: dict[str, int]
 ) -> Architecture:
     """The architecture of ``model`` with producer ``name`` narrowed to ``keep[name]`` channels
-    (its norm and consumers follow); for counting the cost of a plan without weights."""
+    (its norm and consumers follow); for counting the cost of a plan without weights.
+
+    A residual stream (:class:`StreamGroup`) narrows when the plan names its projection or any
+    of its producers (all with the same width): every producer, norm and consumer follows.
+    """
     modules = dict(model.named_modules())
     arch = Architecture()
     shapes: dict[str, list[int]] = {}
+    units: list[tuple[tuple[str, ...], tuple[str | None, ...], tuple[str, ...], int]] = []
     for group in channel_groups(model, input_shape):
-        if group.producer not in keep:
-            continue
-        producer = modules[group.producer]
-        channels, kept = _out_channels(producer), keep[group.producer]
-        shapes.setdefault(group.producer, [_in_channels(producer), channels])[1] = kept
-        if group.norm:
-            arch.norms[group.norm] = kept
-        for name in group.consumers:
+        if group.producer in keep:
+            units.append(((group.producer,), (group.norm,), group.consumers, keep[group.producer]))
+    for stream in stream_groups(model, input_shape):
+        width = stream_keep(stream, keep)
+        if width is not None:
+            units.append((stream.producers, stream.norms, stream.consumers, width))
+    for producers, norms, consumers, kept in units:
+        channels = _out_channels(modules[producers[0]])
+        for name in producers:
+            shapes.setdefault(name, [_in_channels(modules[name]), channels])[1] = kept
+        for norm in norms:
+            if norm:
+                arch.norms[norm] = kept
+        for name in consumers:
             consumer = modules[name]
             per_channel = _in_channels(consumer) // channels
             shapes.setdefault(name, [_in_channels(consumer), _out_channels(consumer)])[0] = (
@@ -351,9 +518,7 @@ def capture_activations(
 
 
 def _branch_is_dead(block: nn.Module) -> bool:
-    return any(
-        getattr(block, conv).weight.detach().abs().sum() == 0 for conv in _block_convs(block)
-    )
+    return any(getattr(block, conv).weight.detach().abs().sum() == 0 for conv in block_convs(block))
 
 
 def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) -> CutResult:
@@ -375,8 +540,23 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
               if not any(g.producer.startswith(f"{b}.") for b in dead)]  # fmt: skip
     modules = dict(model.named_modules())
     keeps = {g.producer: kept_channels(model, g) for g in groups}
+    streams = []  # (group, channels kept) of the residual streams that lose channels
+    for stream in stream_groups(model, input_shape):
+        keep = ~zero_stream_channels(model, stream)
+        if not keep.any():  # keep one channel so every layer stays a valid module (it is 0)
+            keep[0] = True
+        if not keep.all():
+            streams.append((stream, keep))
+
+    def survives(path: str) -> bool:
+        """Not inside a removed branch (a removed block keeps its shortcut)."""
+        for block in dead:
+            if path.startswith(f"{block}."):
+                return path[len(block) + 1 :].startswith(("shortcut.", "downsample."))
+        return True
+
     # Inputs of every consumer (for the constants of removed filters) and dead branches' outputs.
-    last_norm = {b: f"{b}.bn{_block_convs(blocks[b])[-1][-1]}" for b in dead}
+    last_norm = {b: f"{b}.bn{block_convs(blocks[b])[-1][-1]}" for b in dead}
     inputs = capture_activations(model, example, {c for g in groups for c in g.consumers})
     branch_out = capture_activations(model, example, set(last_norm.values()), output=True)
 
@@ -397,11 +577,16 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
             if not constant.any():
                 continue
             x = inputs[name][:1]
+            columns = constant  # (C,) or, for a linear consumer after a flatten, (features,)
+            if isinstance(consumer, nn.Linear):
+                columns = constant.repeat_interleave(consumer.in_features // len(constant))
+            if not x[:, columns].any():  # the removed channels are exactly 0: nothing to add
+                continue
             weight = consumer.weight.detach()
             if isinstance(consumer, nn.Conv2d):
                 contribution = F.conv2d(
-                    x[:, constant],
-                    weight[:, constant],
+                    x[:, columns],
+                    weight[:, columns],
                     None,
                     consumer.stride,
                     consumer.padding,
@@ -413,8 +598,15 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
                 else:
                     bias_maps[name] = contribution
             else:
-                features = constant.repeat_interleave(consumer.in_features // len(constant))
-                extra_bias[name] = (x[:, features] @ weight[:, features].T)[0]  # (K,)
+                extra_bias[name] = (x[:, columns] @ weight[:, columns].T)[0]  # (K,)
+
+    for stream, keep in streams:
+        index = keep.nonzero().flatten()
+        channels = len(keep)
+        for name in filter(survives, stream.producers):
+            out_index[name] = index
+        for name in filter(survives, stream.consumers):
+            in_index[name] = (index, channels)
 
     layer_names = set(out_index) | set(in_index)
     with torch.no_grad():
@@ -448,17 +640,20 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
             if group.norm is None:
                 continue
             rows = out_index[group.producer]
-            old = modules[group.norm]
-            new = _new_norm(old, len(rows))
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                source = getattr(old, attr)
-                if source is not None:
-                    getattr(new, attr).copy_(source.detach()[rows])
-            new.num_batches_tracked.copy_(old.num_batches_tracked)
-            _set_module(cut_model, group.norm, new.eval())
+            _set_module(cut_model, group.norm, _narrowed_norm(modules[group.norm], rows))
             arch.norms[group.norm] = len(rows)
+        for stream, _ in streams:
+            for producer, norm in zip(stream.producers, stream.norms, strict=True):
+                if norm is None or not survives(norm):
+                    continue
+                rows = out_index[producer]
+                _set_module(cut_model, norm, _narrowed_norm(modules[norm], rows))
+                arch.norms[norm] = len(rows)
+        stream_rows = {block: keep for stream, keep in streams for block in stream.blocks}
         for name in dead:
             constant = branch_out[last_norm[name]][0]  # (K, H, W): the branch ignores its input
+            if name in stream_rows:  # its stream channels that go are 0 in the constant too
+                constant = constant[stream_rows[name]]
             shortcut = _block_shortcut(cut_model.get_submodule(name))
             replacement = ConstantBranch(shortcut, tuple(constant.shape))
             replacement.constant.copy_(constant)

@@ -43,17 +43,15 @@ def prune_job(capsys, out: Path, method: str, model: str, *extra: str) -> dict:
 def check_structured(manifest: dict, out: Path) -> None:
     """A structured job: a cut network that rebuilds from the manifest and runs."""
     import torch
-    from safetensors.torch import load_file
 
-    from model.surgery import rebuild
+    from model.pipeline import load_cut_network
 
     assert manifest["structure"] == "structured"
     assert manifest["artifacts"]["cut_weights"] == "cut.safetensors"
     cut = manifest["cut"]
-    net = rebuild(manifest["model"], cut["num_classes"], cut["architecture"])
-    net.load_state_dict(load_file(str(out / "cut.safetensors")))
+    net = load_cut_network(out)
     assert cut["cost"]["macs_after"] <= cut["cost"]["macs_before"]
     for layer in manifest["layers"]:
-        assert layer["format"] in ("dense", "cut", "removed")
+        assert layer["format"] in ("dense", "cut", "fibres", "removed")
         assert layer["cut_shape"] is not None or layer["format"] == "removed"
     assert torch.isfinite(net.eval()(torch.randn(1, 1, 28, 28))).all()

@@ -98,3 +98,39 @@ def test_resnet_plans_prune_only_first_convs_and_skip_by_id():
     assert keep["layer1.0.conv1"] == 6  # int(16 · 0.4)
     assert keep["layer1.7.conv1"] == 16  # layer 16 skipped
     assert keep["layer2.1.conv1"] == 22 and keep["layer3.1.conv1"] == 57
+
+
+def _resnet34_cost_by_hand(inner: list[int], streams: list[int]) -> tuple[int, int]:
+    """MACs and parameters of a ResNet-34 at 224×224 with block widths ``inner`` and stage
+    stream widths ``streams``, projections included (He et al. Table 1, counted by hand)."""
+    macs, params = 3 * 64 * 49 * 112 * 112, 3 * 64 * 49  # stem 7×7/2
+    previous, widths = 64, iter(inner)
+    for stage, (blocks, size) in enumerate(zip((3, 4, 6, 3), (56, 28, 14, 7), strict=True)):
+        stream = streams[stage]
+        if stage > 0:  # the 1×1 projection of the stage's first block
+            macs, params = macs + previous * stream * size**2, params + previous * stream
+        for block in range(blocks):
+            width, source = next(widths), previous if block == 0 else stream
+            layer = 9 * (source * width + width * stream)  # conv1 3×3, conv2 3×3
+            macs, params = macs + layer * size**2, params + layer
+        previous = stream
+    return macs + previous * 1000, params + previous * 1000 + 1000  # fc
+
+
+@pytest.mark.parametrize("case", ["ResNet-34-pruned-A", "ResNet-34-pruned-B"])
+def test_resnet34_follow_projection_plans_cost_what_a_hand_count_says(case):
+    """Li's ResNet-34-A/B ratios with the second convs following the projections (§3.3)."""
+    config = CASES[case][1]
+    follow = L1FilterConfig(stage_ratios=config.stage_ratios, skip=config.skip,
+                            second_conv="follow-projection")  # fmt: skip
+    with torch.device("meta"):
+        model = create_model("resnet34")
+        keep = plan(model, IMAGENET, follow)
+        narrow(model, plan_architecture(model, IMAGENET, keep))
+        pruned = count_cost(model, IMAGENET)
+    streams = [64] + [int(c * (1 - p) + 1e-9) for c, p in
+                      zip((128, 256, 512), config.stage_ratios[1:], strict=True)]  # fmt: skip
+    assert [keep.get(f"layer{s}.0.downsample.0") for s in (2, 3, 4)] == streams[1:]
+    inner = [keep[f"layer{s}.{b}.conv1"] for s, n in zip((1, 2, 3, 4), (3, 4, 6, 3), strict=True)
+             for b in range(n)]  # fmt: skip
+    assert (pruned.macs, pruned.params) == _resnet34_cost_by_hand(inner, streams)

@@ -126,3 +126,61 @@ def test_unsupported_networks_are_refused():
         model = create_model("alexnet_cifar")
     with pytest.raises(SurgeryError, match="not AlexNetCifar"):
         channel_groups(model, (3, 32, 32))
+
+
+def test_stream_groups_are_the_stages_that_start_with_a_projection():
+    from model.surgery import stream_groups
+
+    with torch.device("meta"):
+        resnet18, resnet50 = create_model("resnet18"), create_model("resnet50")
+        resnet20, vgg16 = create_model("resnet20"), create_model("vgg16")
+    streams = stream_groups(resnet18, (3, 64, 64))
+    assert [s.projection for s in streams] == [f"layer{i}.0.downsample.0" for i in (2, 3, 4)]
+    assert streams[0].producers == ("layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2")
+    assert streams[0].norms == ("layer2.0.downsample.1", "layer2.0.bn2", "layer2.1.bn2")
+    assert streams[0].consumers == ("layer2.1.conv1", "layer3.0.conv1", "layer3.0.downsample.0")
+    assert streams[2].consumers == ("layer4.1.conv1", "fc")
+    bottlenecks = stream_groups(resnet50, (3, 64, 64))  # layer1 widens 64 → 256: a projection
+    assert [s.blocks[0] for s in bottlenecks] == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    assert bottlenecks[3].producers[1:] == ("layer4.0.conv3", "layer4.1.conv3", "layer4.2.conv3")
+    assert stream_groups(resnet20, (3, 32, 32)) == []  # option A: zero-padding shortcuts
+    assert stream_groups(vgg16, (3, 32, 32)) == []
+
+
+def _zero_stream(model: nn.Module, stage: str, index: list[int]) -> None:
+    """Zero stream channels ``index`` of a stage: projection, every second conv, BN affine."""
+    blocks = model.get_submodule(stage)
+    pairs = [(blocks[0].downsample[0], blocks[0].downsample[1])]
+    pairs += [(block.conv2, block.bn2) for block in blocks]
+    with torch.no_grad():
+        for conv, bn in pairs:
+            conv.weight[index] = 0
+            bn.weight[index] = 0
+            bn.bias[index] = 0
+
+
+def test_resnet18_stream_channels_cut_exactly_with_removed_blocks():
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10)
+    _randomise_norms(model, torch.Generator().manual_seed(1))
+    model.eval()
+    _zero_stream(model, "layer2", list(range(0, 128, 2)))
+    with torch.no_grad():
+        model.layer2[1].bn2.bias[0] = 0.5  # channel 0 is a constant, not 0: it stays
+    _zero_stream(model, "layer3", list(range(100)))
+    _zero_filters(model.layer3[0].conv1, list(range(256)))  # block 0 goes, its projection stays
+    _zero_filters(model.layer3[1].conv1, [3, 4])  # constants into a narrowed block
+    _zero_stream(model, "layer4", list(range(12, 512, 3)))
+    _zero_filters(model.layer4[1].conv1, list(range(512)))  # a removed block in a cut stream
+    result = cut(model, (3, 64, 64))
+    assert result.removed_blocks == ["layer3.0", "layer4.1"]
+    assert result.kept["layer2.0.downsample.0"] == result.kept["layer2.1.conv2"] == 65
+    assert result.kept["layer3.0.downsample.0"] == 156 and "layer3.0.conv2" not in result.kept
+    assert result.model.layer4[0].conv1.in_channels == 156
+    assert result.model.fc.in_features == 512 - 167
+    assert result.architecture.constant_blocks["layer4.1"] == [512 - 167, 2, 2]
+    assert result.model.layer1[1].conv2.out_channels == 64  # no projection: full width
+    _assert_same(model, result.model, (3, 64, 64))
+    again = rebuild("resnet18", 10, result.architecture.to_dict())
+    again.load_state_dict(result.model.state_dict())
+    _assert_same(model, again, (3, 64, 64))

@@ -8,10 +8,16 @@ RESEARCH.md §5).
    layer (§3.2).
 3. Across layers (§3.3): *independent* scores each layer on its original weights; *greedy*
    ignores the input channels already removed from the previous layer.
-4. ResNets (§3.3, Fig. 3): only the first conv of each residual block is pruned freely; the
-   second keeps the width the shortcut needs. Sensitive layers are skipped (``skip``: Li's layer
-   ids — stem conv = 1, first conv of residual block ``b`` = ``2b`` — or module paths) and
-   ratios are set per stage (``stage_ratios``).
+4. ResNets (§3.3, Fig. 3): the first conv of each residual block is pruned freely. The second
+   keeps the width the shortcut needs (``second_conv="keep"``, default), or, with
+   ``second_conv="follow-projection"`` (Li's ResNet-34-pruned-C rule), follows the projection
+   shortcut: in a stage whose first block has a 1×1 projection, the projection's filters are
+   ranked by L1 norm and the same filter indices go from the projection and from the second
+   conv (the last conv of a bottleneck) of every block of the stage, BatchNorms included, so
+   those residual-stream channels are 0 throughout the stage. Stages without a projection (the
+   first stage of ResNet-18/34, every option-A CIFAR ResNet stage) keep their width. Sensitive
+   layers are skipped (``skip``: Li's layer ids — stem conv = 1, first conv of residual block
+   ``b`` = ``2b`` — or module paths) and ratios are set per stage (``stage_ratios``).
 5. Retrain once (§4: constant lr, 40 epochs on CIFAR-10): here the fine-tune phase, with the
    pruned filters frozen at zero.
 
@@ -30,12 +36,21 @@ import torch
 from torch import nn
 
 from model.pruning.masking import MaskedWeights
-from model.surgery import channel_groups, filter_norms
+from model.surgery import (
+    StreamGroup,
+    block_convs,
+    channel_groups,
+    filter_norms,
+    residual_blocks,
+    stream_groups,
+    stream_keep,
+)
 from model.training import Callback
 from perfmodel.predict import LayerPrediction
 
 SELECTIONS = ("independent", "greedy")
 CRITERIA = ("smallest", "largest", "random")
+SECOND_CONV = ("keep", "follow-projection")
 
 
 @dataclass
@@ -47,6 +62,9 @@ class L1FilterConfig:
     layer_ratios: dict[str, float] = field(default_factory=dict)  # per-layer overrides
     skip: list[int | str] = field(default_factory=list)  # sensitive layers: Li ids or paths
     selection: str = "independent"  # Li's default; "greedy" is §3.3's alternative
+    # ResNet second convs: "keep" their width (Li's ResNet-56/110 and ResNet-34-A/B), or
+    # "follow-projection" (§3.3, ResNet-34-pruned-C: the projection's ranking, stage-wide)
+    second_conv: str = "keep"
     inference_batch: int = 1  # batch size the speedups are predicted and measured for
 
     def __post_init__(self) -> None:
@@ -55,6 +73,8 @@ class L1FilterConfig:
             raise ValueError(f"pruning ratios must be in [0, 1), got {ratios}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}")
+        if self.second_conv not in SECOND_CONV:
+            raise ValueError(f"second_conv must be one of {', '.join(SECOND_CONV)}")
 
 
 def layer_ids(model: nn.Module) -> dict[str, int]:
@@ -80,22 +100,54 @@ def prunable_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
             if isinstance(modules[g.producer], nn.Conv2d)]  # fmt: skip
 
 
+def followed_streams(
+    model: nn.Module, input_shape: Sequence[int], config: L1FilterConfig
+) -> list[StreamGroup]:
+    """The residual streams pruned by the projection's ranking (none unless
+    ``second_conv="follow-projection"``): one per stage whose first block has a projection."""
+    if config.second_conv != "follow-projection":
+        return []
+    return stream_groups(model, tuple(input_shape))
+
+
 def layer_ratios(
     model: nn.Module, input_shape: Sequence[int], config: L1FilterConfig
 ) -> dict[str, float]:
-    """Pruning ratio of every prunable layer (0 for skipped ones)."""
+    """Pruning ratio of every prunable layer (0 for skipped ones).
+
+    With ``second_conv="follow-projection"`` every producer of a followed residual stream (the
+    projection and each block's second conv) gets the stream's ratio: 0 when ``skip`` names the
+    projection or any of those second convs (by path or Li id), else ``layer_ratios`` of the
+    projection, else the stage's ratio, else ``ratio``.
+
+    Raises:
+        ValueError: ``layer_ratios`` names a second conv that follows a projection (set the
+            stream's ratio on the projection instead).
+    """
     ids = layer_ids(model)
     skip = {str(s) for s in config.skip}
-    ratios = {}
-    for name in prunable_layers(model, input_shape):
-        if name in skip or str(ids.get(name)) in skip:
-            ratios[name] = 0.0
-        elif name in config.layer_ratios:
-            ratios[name] = config.layer_ratios[name]
-        elif config.stage_ratios and _stage(name) is not None:
-            ratios[name] = config.stage_ratios[_stage(name)]
-        else:
-            ratios[name] = config.ratio
+
+    def skipped(name: str) -> bool:
+        return name in skip or str(ids.get(name)) in skip
+
+    def ratio(name: str) -> float:
+        if name in config.layer_ratios:
+            return config.layer_ratios[name]
+        if config.stage_ratios and _stage(name) is not None:
+            return config.stage_ratios[_stage(name)]
+        return config.ratio
+
+    ratios = {name: 0.0 if skipped(name) else ratio(name)
+              for name in prunable_layers(model, input_shape)}  # fmt: skip
+    for stream in followed_streams(model, input_shape, config):
+        followers = [p for p in stream.producers[1:] if p in config.layer_ratios]
+        if followers:
+            raise ValueError(
+                f"{', '.join(followers)} follow {stream.projection}'s ranking; set the stream's "
+                f"ratio on {stream.projection} in layer_ratios"
+            )
+        p = 0.0 if any(map(skipped, stream.producers)) else ratio(stream.projection)
+        ratios.update(dict.fromkeys(stream.producers, p))
     return ratios
 
 
@@ -109,7 +161,9 @@ def keep_counts(ratios: dict[str, float], model: nn.Module) -> dict[str, int]:
 
 
 def plan(model: nn.Module, input_shape: Sequence[int], config: L1FilterConfig) -> dict[str, int]:
-    """Layer path → filters kept, for every prunable layer (the pruning plan)."""
+    """Layer path → filters kept, for every prunable layer (the pruning plan); with
+    ``second_conv="follow-projection"`` also every producer of a followed residual stream (the
+    same count for the projection and the stage's second convs)."""
     return keep_counts(layer_ratios(model, input_shape, config), model)
 
 
@@ -123,6 +177,11 @@ def select_filters(
 ) -> dict[str, torch.Tensor]:
     """Boolean keep-mask (C,) per planned layer.
 
+    A residual stream (:func:`model.surgery.stream_groups`) whose projection or second convs
+    are in ``keep`` is ranked by the projection's filters; the projection and every second conv
+    of its stage get the same mask (Li et al. §3.3). Streams are decided before the first
+    convs of their stage, so ``greedy`` scores those convs without the stream channels removed.
+
     Args:
         keep: filters to keep per layer (from :func:`plan`).
         selection: ``independent`` (scores on the original weights) or ``greedy`` (ignoring the
@@ -135,23 +194,36 @@ def select_filters(
     modules = dict(model.named_modules())
     inputs_kept: dict[str, torch.Tensor] = {}
     masks = {}
-    for group in channel_groups(model, tuple(input_shape)):
-        if group.producer not in keep:
-            continue
-        layer = modules[group.producer]
-        weight = layer.weight.detach()
-        if selection == "greedy" and group.producer in inputs_kept:
-            weight = weight[:, inputs_kept[group.producer]]
+
+    def choose(producer: str, kept: int) -> torch.Tensor:
+        weight = modules[producer].weight.detach()  # (C, in, R, S)
+        if selection == "greedy" and producer in inputs_kept:
+            weight = weight[:, inputs_kept[producer]]
         scores = weight.abs().reshape(weight.shape[0], -1).sum(1)  # (C,) eq. 1
         if criterion == "largest":
             scores = -scores
         elif criterion == "random":
             scores = torch.rand(len(scores), generator=generator)
         mask = torch.zeros(len(scores), dtype=torch.bool)
-        mask[torch.argsort(scores, descending=True, stable=True)[: keep[group.producer]]] = True
-        masks[group.producer] = mask
+        mask[torch.argsort(scores, descending=True, stable=True)[:kept]] = True
+        return mask
+
+    streams = {}
+    for stream in stream_groups(model, tuple(input_shape)):
+        width = stream_keep(stream, keep)
+        if width is not None:
+            streams[stream.blocks[0]] = (stream, width)
+    for group in channel_groups(model, tuple(input_shape)):
+        stream, width = streams.pop(group.producer.rpartition(".")[0], (None, 0))
+        if stream is not None:  # the stage's stream, before its first conv reads it
+            mask = choose(stream.projection, width)
+            masks.update(dict.fromkeys(stream.producers, mask))
+            inputs_kept.update(dict.fromkeys(stream.consumers, mask))
+        if group.producer not in keep:
+            continue
+        masks[group.producer] = choose(group.producer, keep[group.producer])
         for consumer in group.consumers:
-            inputs_kept[consumer] = mask
+            inputs_kept[consumer] = masks[group.producer]
     return masks
 
 
@@ -159,6 +231,9 @@ def parameter_masks(model: nn.Module, input_shape: Sequence[int],
                     filters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # fmt: skip
     """0/1 masks of the parameters of pruned filters: weight rows, bias, BN scale and shift."""
     norms = {g.producer: g.norm for g in channel_groups(model, tuple(input_shape))}
+    if set(filters) - set(norms):  # residual-stream producers (second convs, projections)
+        for stream in stream_groups(model, tuple(input_shape)):
+            norms.update(zip(stream.producers, stream.norms, strict=True))
     params = dict(model.named_parameters())
     masks = {}
     for layer, keep in filters.items():
@@ -197,10 +272,20 @@ class L1Filter(MaskedWeights):
         filters = select_filters(model, self.input_shape, keep, self.config.selection)
         self.param_masks = parameter_masks(model, self.input_shape, filters)
         modules = dict(model.named_modules())
+        streams = followed_streams(model, self.input_shape, self.config)
+        leader = {p: s.projection for s in streams for p in s.producers[1:]}
+        if self.config.second_conv == "follow-projection":
+            self._identity_stages(model, streams, emit)
         for name, mask in filters.items():
             channels = modules[name].out_channels
             removed = channels - int(mask.sum())
-            if ratios[name] == 0:
+            if name in leader:
+                self.states[name] = "pruned" if ratios[name] else "skipped"
+                emit({"type": "decision", "epoch": 0, "layer": name,
+                      "action": "prune" if ratios[name] else "exclude",
+                      "reason": f"follows {leader[name]}: removed the same {removed} of "
+                                f"{channels} residual-stream channels"})  # fmt: skip
+            elif ratios[name] == 0:
                 self.states[name] = "skipped"
                 emit({"type": "decision", "epoch": 0, "layer": name, "action": "exclude",
                       "reason": "skipped (sensitive layer or ratio 0)"})  # fmt: skip
@@ -211,6 +296,21 @@ class L1Filter(MaskedWeights):
                                 f"{'smallest' if removed else 'no'} L1 norms (ratio "
                                 f"{ratios[name]:.2f}, {self.config.selection})"})  # fmt: skip
         self._apply(model)
+
+    def _identity_stages(
+        self, model: nn.Module, streams: list[StreamGroup], emit: Callback
+    ) -> None:
+        """Decision events for the second convs that cannot follow a projection (their stage
+        has identity or zero-padding shortcuts only): they keep the stream's width."""
+        followed = {b for s in streams for b in s.blocks}
+        for block_name, block in residual_blocks(model).items():
+            if block_name in followed:
+                continue
+            name = f"{block_name}.{block_convs(block)[-1]}"
+            self.states[name] = "skipped"
+            emit({"type": "decision", "epoch": 0, "layer": name, "action": "exclude",
+                  "reason": "no projection shortcut in its stage to follow: the residual "
+                            "stream keeps its width"})  # fmt: skip
 
     def end_epoch(self, model: nn.Module, epoch: int, emit: Callback) -> bool:
         return True  # pruned once; retraining continues in the fine-tune phase
@@ -235,4 +335,12 @@ def _input_shape(predictions: dict[str, LayerPrediction]) -> tuple[int, ...]:
     return (first.in_features,)
 
 
-__all__ = ["L1Filter", "L1FilterConfig", "filter_norms", "layer_ids", "plan", "select_filters"]
+__all__ = [
+    "L1Filter",
+    "L1FilterConfig",
+    "filter_norms",
+    "followed_streams",
+    "layer_ids",
+    "plan",
+    "select_filters",
+]
