@@ -477,3 +477,12 @@ def test_a_job_on_two_hosts_without_a_rendezvous_fails_clearly(tmp_path):
         assert done["status"] == "failed"
         assert "not all 2 ranks" in done["status_reason"]
         assert "joined within 3 s" in done["status_reason"]
+        # The failed rendezvous left nothing behind: the same worker process runs the next
+        # data-parallel job.
+        job = client.post("/v1/jobs", json={"model": "lenet5", "dataset": "synthetic",
+                                            "measure": False,
+                                            "config": {**TINY, "procs": 2}}).json()  # fmt: skip
+        worker = Worker(settings.model_copy(update={"rendezvous_timeout_s": 120.0}))
+        assert worker.run_once()
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["status_reason"]

@@ -113,14 +113,21 @@ def free_port() -> int:
 
 def init(cluster: Cluster, local_index: int = 0) -> None:
     """Join the job's process group as rank ``cluster.first_rank + local_index``; blocks until
-    every rank has joined (at most ``cluster.timeout_s``, then a RuntimeError)."""
-    host = cluster.master_addr
-    address = f"[{host}]" if ":" in host else host
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://{address}:{cluster.master_port}",
-        rank=cluster.first_rank + local_index, world_size=cluster.world,
-        timeout=timedelta(seconds=cluster.timeout_s),
-    )  # fmt: skip
+    every rank has joined (at most ``cluster.timeout_s``, then a RuntimeError).
+
+    The rendezvous is a TCP store that rank 0 hosts and that waits for all ranks *before* the
+    process group is made: a rendezvous that times out leaves nothing behind, so the same
+    process (a worker) can run the next data-parallel job (a failed ``init_process_group``
+    would leave torch's group numbering one ahead of the next job's fresh ranks)."""
+    rank = cluster.first_rank + local_index
+    timeout = timedelta(seconds=cluster.timeout_s)
+    # Every rank checks in (wait_for_workers counts a client only when it is set); rank 0
+    # waits until all have.
+    store = dist.TCPStore(cluster.master_addr, cluster.master_port, world_size=cluster.world,
+                          is_master=rank == 0, timeout=timeout,
+                          wait_for_workers=True)  # fmt: skip
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=cluster.world,
+                            timeout=timeout)  # fmt: skip
 
 
 def shutdown() -> None:
