@@ -1,7 +1,9 @@
-"""AutoPrune mechanics: estimators, the sign rule, recoverability, no decay/momentum on masked
-weights, filter masks, resume."""
+"""AutoPrune mechanics: estimators (what they change: speed, not direction; leaky's hysteresis),
+the sign rule, recoverability, no decay/momentum on masked weights, filter masks, resume."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -42,6 +44,81 @@ def test_mask_update_follows_the_sign_of_the_weights_pull(estimator):
     assert torch.allclose(mask.grad.abs(), estimator_derivative(mask.detach(), estimator))
     # masked weights (m ≤ 0) get no gradient; live ones get the plain one
     assert torch.equal(weight.grad, torch.tensor([-1.0, -1.0, 0.0, 0.0]))
+
+
+def _mask_trainer(estimator: str, masks: list[float], strength: float = 0.01):
+    """A 1→N linear layer (weights +0.5) whose masks the hooks train with plain SGD, lr 1."""
+    model = nn.Sequential(nn.Linear(1, len(masks), bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(0.5)
+    hooks = AutoPrune({}, AutoPruneConfig(estimator=estimator, strength=strength, mask_lr=1.0))
+    hooks.start(model, lambda e: None)
+    with torch.no_grad():
+        hooks.mask_params["0"].copy_(torch.tensor(masks).view(-1, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    hooks.attach(model, optimizer, "prune")
+
+    def train_step(pull: torch.Tensor | float) -> torch.Tensor:
+        """One step in which the loss pulls each effective weight by ``pull`` (= −∂L/∂(w·h(m)))
+        away from zero; returns the masks after the step."""
+        optimizer.zero_grad(set_to_none=True)
+        out = model(torch.ones(1, 1))  # (1, N): the effective weights
+        (-(torch.as_tensor(pull) * out)).sum().backward()
+        hooks.regularize(model)
+        optimizer.step()
+        hooks.after_step(model, {})
+        return hooks.mask_params["0"].detach().flatten().clone()
+
+    return train_step
+
+
+def test_the_estimator_sets_the_speed_not_the_direction_of_a_mask_update():
+    # Both terms of ∂m (data and regulariser) carry the same h'(m) > 0, so every estimator moves
+    # a mask the same way; only how far depends on h'(m).
+    masks = [-2.0, -0.3, -0.01, 0.01, 0.3, 2.0] * 3
+    pulls = torch.tensor([-0.05] * 6 + [0.005] * 6 + [0.05] * 6)  # λ = 0.01 lies in between
+    start = torch.tensor(masks)
+    moves = {e: _mask_trainer(e, masks)(pulls) - start for e in ("linear", "leaky", "softplus")}
+    assert torch.equal(torch.sign(moves["linear"]), torch.sign(pulls - 0.01))  # pull vs λ
+    for estimator in ("leaky", "softplus"):
+        assert torch.equal(torch.sign(moves[estimator]), torch.sign(moves["linear"]))
+        speed = estimator_derivative(start, estimator)
+        assert torch.allclose(moves[estimator], moves["linear"] * speed, atol=1e-7)
+
+
+def test_leaky_holds_a_just_pruned_mask_where_linear_lets_it_flip_back():
+    # The one place linear and leaky differ in outcome. The step that prunes a mask is taken
+    # at h'(0+) = 1 and overshoots below 0; below 0 leaky moves at h'(0−) = 0.1, so undoing the
+    # overshoot takes 10× the evidence: hysteresis at the threshold. Softplus is continuous at
+    # 0 (its smaller h' shrinks the overshoot and the way back alike): no hysteresis.
+    steps_off = {}
+    for estimator in ("linear", "leaky", "softplus"):
+        train_step = _mask_trainer(estimator, [0.005])
+        history = [train_step(-0.04)]  # pruned: 0.005 − (0.04 + 0.01)·h'(0.005)
+        history += [train_step(0.02) for _ in range(60)]  # then the data wants it back (> λ)
+        run = torch.cat(history)
+        assert run[0] < 0 and run[-1] > 0  # pruned, and recovered within 60 steps
+        steps_off[estimator] = int((run <= 0).sum())
+    assert steps_off["linear"] == 5  # 0.045 back at 0.01 a step
+    assert abs(steps_off["softplus"] - steps_off["linear"]) <= 1
+    assert steps_off["leaky"] >= 9 * steps_off["linear"]
+
+
+def test_softplus_equals_the_linear_estimator_with_masks_started_further_up():
+    # With h'(m) on the whole update, m' = −η·u·h'(m) is dφ = −η·u in φ(m) = ∫ dm / h'(m):
+    # for softplus φ(m) = m + τ(1 − e^{−m/τ}). A mask at m₀ under softplus is pruned when a
+    # linear-estimator mask started at φ(m₀) is, which is why softplus prunes less at equal λ.
+    tau, m0 = 0.5, 0.995
+    phi = m0 + tau * (1 - math.exp(-m0 / tau))  # 1.427
+
+    def steps_to_prune(estimator: str, start: float) -> int:
+        train_step = _mask_trainer(estimator, [start])
+        return next(k for k in range(1, 1000) if train_step(0.0)[0] <= 0)  # λ alone
+
+    linear_from_phi = steps_to_prune("linear", phi)
+    assert steps_to_prune("linear", m0) == 100  # ⌈m₀ / (η·λ)⌉
+    assert linear_from_phi > 140
+    assert abs(steps_to_prune("softplus", m0) - linear_from_phi) <= 1
 
 
 def _data(n: int = 96) -> TensorDataset:
