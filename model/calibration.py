@@ -12,8 +12,9 @@ What runs (docs/calibration.md has the details and the equations of :mod:`perfmo
 4. noise check: the median coefficient of variation of all timings must stay under
    ``max_cv``, else :class:`NoisyRunError` and no profile;
 5. fit (:class:`DenseTimeRegressor`, :class:`SparseTimeRegressor`: scikit-learn estimators,
-   non-negative least squares on relative error) and build a :class:`HardwareProfile`
-   (schema 2) with provenance and the ``refined`` block.
+   non-negative least squares on relative error; the sparse kernel's FMA latency floor by a
+   grid search around them, :func:`fit_sparse`) and build a :class:`HardwareProfile`
+   (schema 3) with provenance and the ``refined`` block.
 
 The validation layers of :mod:`model.validation` are never among the calibration layers, nor
 are its sparsities.
@@ -55,6 +56,7 @@ from perfmodel.refined import (
     DENSE_TERMS,
     SPARSE_RATE_FIELD,
     SPARSE_TERMS,
+    TILE_VECTORS,
     RefinedRoofline,
     dense_features,
     sparse_features,
@@ -103,10 +105,18 @@ CALIBRATION_LAYERS: tuple[Layer, ...] = (
     _conv("c3.192@10", 192, 192, 10, 3),
     _conv("c3.320@6", 320, 320, 6, 3),
     _conv("c3.32-64@12", 32, 64, 12, 3),
+    # One 16-channel block (oneDNN keeps a single output block in registers; at batch 1
+    # PyTorch's default runs its own im2col + GEMM path), and a large image whose activations
+    # (1.2 MB per image) overflow L2: the CIFAR ResNet and ResNet-50 stage-1 regimes.
+    _conv("c3.16@24", 16, 16, 24, 3),
+    _conv("c3.32@24", 32, 32, 24, 3),
+    _conv("c3.64@48", 64, 64, 48, 3),
     # Strided, 5×5 and 7×7 (the "other convolution" family).
     _conv("c3s2.48-96@24", 48, 96, 24, 3, stride=2),
+    _conv("c3s2.16-32@40", 16, 32, 40, 3, stride=2),
     _conv("c5.32-64@20", 32, 64, 20, 5),
     _conv("c5.64-96@12", 64, 96, 12, 5),
+    _conv("c5.16-32@20", 16, 32, 20, 5),
     _conv("c7s2.3-32@64", 3, 32, 64, 7, stride=2),
     # 1×1 (a GEMM for the dense backend).
     _conv("c1.256-64@14", 256, 64, 14, 1),
@@ -454,14 +464,50 @@ class DenseTimeRegressor(_NonNegativeTimeRegressor):
 
 
 class SparseTimeRegressor(_NonNegativeTimeRegressor):
-    """Fits :class:`perfmodel.hardware.SparseParameters` (columns: ``SPARSE_TERMS``)."""
+    """Fits :class:`perfmodel.hardware.SparseParameters` (columns: ``SPARSE_TERMS``, built with
+    some FMA latency floor: :func:`fit_sparse` picks it)."""
 
     terms = SPARSE_TERMS
 
-    def parameters(self) -> SparseParameters:
+    def parameters(self, fma_latency_vectors: float) -> SparseParameters:
+        """The fitted rates, with the latency floor the design matrix was built with."""
         c = self.coefficients()
         rates = {field: _rate(c[term]) for term, field in SPARSE_RATE_FIELD.items()}
-        return SparseParameters(call_overhead_s=c["call"], **rates)
+        return SparseParameters(
+            call_overhead_s=c["call"], fma_latency_vectors=fma_latency_vectors, **rates
+        )
+
+
+# Candidate FMA latency floors of a register tile, in vectors (1 = none): the FMA latency
+# (4–5 cycles) over the loop's cycles per vector (1–1.5 unaligned loads) on the x86 cores we
+# know, up to the 12-vector tile itself.
+LATENCY_VECTORS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, float(TILE_VECTORS))
+
+
+def fit_sparse(
+    measurements: Sequence[Measurement],
+    vector_width: int = 16,
+    latency_vectors: Sequence[float] = LATENCY_VECTORS,
+) -> tuple[SparseTimeRegressor, float, np.ndarray]:
+    """The sparse fit at the latency floor whose fit has the least RMS relative error.
+
+    The floor enters the features non-linearly, so each candidate gets its own linear fit;
+    returns the regressor, the floor and the design matrix it was fitted on.
+    """
+    if not latency_vectors:
+        raise ValueError("fit_sparse needs at least one latency floor to try")
+    y = np.array([m.sparse.median_s for m in measurements])
+    best = None
+    for floor in latency_vectors:
+        X = _design(
+            [sparse_features(m.layer, m.density, vector_width, floor) for m in measurements],
+            SPARSE_TERMS,
+        )
+        fit = SparseTimeRegressor().fit(X, y)
+        error = float(np.sqrt(np.mean((fit.predict(X) / y - 1.0) ** 2)))
+        if best is None or error < best[0] - 1e-12:
+            best = (error, fit, floor, X)
+    return best[1], best[2], best[3]
 
 
 def noise_of(measurements: Sequence[Measurement]) -> float:
@@ -483,12 +529,9 @@ def fit_refined(
     dense_cases = {id(m.dense): m for m in measurements}.values()
     dense_X = _design([dense_features(m.layer, vector_width) for m in dense_cases], DENSE_TERMS)
     dense_y = np.array([m.dense.median_s for m in dense_cases])
-    sparse_X = _design(
-        [sparse_features(m.layer, m.density, vector_width) for m in measurements], SPARSE_TERMS
-    )
     sparse_y = np.array([m.sparse.median_s for m in measurements])
     dense_fit = DenseTimeRegressor().fit(dense_X, dense_y)
-    sparse_fit = SparseTimeRegressor().fit(sparse_X, sparse_y)
+    sparse_fit, latency_vectors, sparse_X = fit_sparse(measurements, vector_width)
 
     def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
         return float(np.mean(np.abs(predicted - measured) / measured))
@@ -506,7 +549,7 @@ def fit_refined(
         isa=isa,
         memory=memory,
         dense=dense_fit.parameters(),
-        sparse=sparse_fit.parameters(),
+        sparse=sparse_fit.parameters(latency_vectors),
         fit=FitQuality(
             dense_mape=mape(dense_fit.predict(dense_X), dense_y),
             sparse_mape=mape(sparse_fit.predict(sparse_X), sparse_y),
@@ -820,11 +863,13 @@ def format_profile(profile: HardwareProfile, path) -> str:
         f"{g(d.conv1x1_flops_per_s, 1e9, 'GF/s')}, 3x3 {g(d.conv3x3_flops_per_s, 1e9, 'GF/s')}, "
         f"other conv {g(d.conv_flops_per_s, 1e9, 'GF/s')}, "
         f"fc {g(d.linear_flops_per_s, 1e9, 'GF/s')}; "
-        f"layout {g(d.layout_bytes_per_s, 1e9, 'GB/s')}",
+        f"layout {g(d.layout_bytes_per_s, 1e9, 'GB/s')}, "
+        f"output {g(d.output_bytes_per_s, 1e9, 'GB/s')}",
         f"sparse:       overhead {s.call_overhead_s * 1e6:.1f} µs; inner loop "
-        f"{g(s.inner_loop_bytes_per_s, 1e9, 'GB/s')}, visits "
-        f"{g(s.nonzero_visits_per_s, 1e9, 'G/s')}, packing {g(s.pack_bytes_per_s, 1e9, 'GB/s')}, "
-        f"output {g(s.output_bytes_per_s, 1e9, 'GB/s')}",
+        f"{g(s.inner_loop_bytes_per_s, 1e9, 'GB/s')} (latency floor "
+        f"{s.fma_latency_vectors:g} vectors), visits {g(s.nonzero_visits_per_s, 1e9, 'G/s')}, "
+        f"per-call non-zeros {g(s.call_nonzeros_per_s, 1e9, 'G/s')}, packing "
+        f"{g(s.pack_bytes_per_s, 1e9, 'GB/s')}, output {g(s.output_bytes_per_s, 1e9, 'GB/s')}",
         f"fit:          {f.measurements} cases, noise CV {f.noise_cv:.3f}, MAPE dense "
         f"{f.dense_mape:.1%}, sparse {f.sparse_mape:.1%}, speedup {f.speedup_mape:.1%}"
         + (f", {f.duration_s:.0f} s" if f.duration_s else ""),

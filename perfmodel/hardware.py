@@ -12,7 +12,10 @@ fitted parameters of the refined model (:class:`RefinedParameters`, used by
 kernel's inner-loop and packing bandwidths, and the measured cache and DRAM bandwidths.
 
 Schema versions (``schema_version``): 1 is the paper's four numbers with provenance (every
-file without the field is version 1 and still loads); 2 adds the optional ``refined`` block.
+file without the field is version 1 and still loads); 2 adds the optional ``refined`` block;
+3 adds three refined parameters (dense ``output_bytes_per_s``, sparse ``call_nonzeros_per_s``
+and ``fma_latency_vectors``). Older files load unchanged and predict exactly as before: the new
+rates default to ``None`` (negligible) and the latency floor to the 4 vectors version 2 assumed.
 A file from a newer Sweetspot than this one is refused with a message saying so.
 
 Profiles are data files (JSON or TOML), never code. The three platforms of the paper ship in
@@ -33,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 BUILTIN_DIR = Path(__file__).with_name("profiles")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version written by this Sweetspot; every version up to it loads (see the module docstring)."""
 
 Rate = Annotated[float, Field(gt=0)]
@@ -82,9 +85,10 @@ class MemoryBandwidths(BaseModel):
 class DenseParameters(BaseModel):
     """Fitted time of the best dense backend (the faster of PyTorch's default and oneDNN).
 
-    ``t = call_overhead_s + C'/F_family + S_A/layout + S_W/weight_layout`` with ``C'`` the
-    FLOPs with channels padded to the vector width (see :mod:`perfmodel.refined`). A rate of
-    ``None`` means the fit found the term negligible on this host.
+    ``t = call_overhead_s + C'/F_family + S_A/layout + S_out/output + S_W/weight_layout`` with
+    ``C'`` the FLOPs with channels padded to the vector width, ``S_A`` input + output bytes,
+    ``S_out`` output bytes (see :mod:`perfmodel.refined`). A rate of ``None`` means the fit
+    found the term negligible on this host (or, for ``output_bytes_per_s``, a schema-2 profile).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -98,6 +102,10 @@ class DenseParameters(BaseModel):
     linear_flops_per_s: OptionalRate = Field(description="Fully connected layers.")
     layout_bytes_per_s: OptionalRate = Field(
         description="Activations (input + output) reordered to and from the backend's layout."
+    )
+    output_bytes_per_s: OptionalRate = Field(
+        description="Output activations again, on top of the layout rate: written in the "
+        "blocked layout, then reordered into a newly allocated NCHW tensor (schema 3)."
     )
     conv_weight_bytes_per_s: OptionalRate = Field(
         description="Convolution weights reordered on every call."
@@ -125,6 +133,16 @@ class SparseParameters(BaseModel):
     )
     nonzero_visits_per_s: OptionalRate = Field(
         description="Per non-zero per register tile: the weight broadcast and loop overhead."
+    )
+    call_nonzeros_per_s: OptionalRate = Field(
+        description="Per non-zero of a convolution and per call, whatever the batch: the CSR "
+        "argument check and the first pass over the weights (schema 3)."
+    )
+    fma_latency_vectors: float = Field(
+        4.0,
+        ge=1,
+        description="A register tile of v output vectors costs max(v, this) vectors: below it "
+        "the FMA latency, not the loads, sets the pace (fitted; schema 2 assumed 4).",
     )
     partial_sum_bytes_per_s: OptionalRate = Field(
         description="Partial sums reloaded and stored per input-channel block (in L2)."

@@ -6,27 +6,38 @@ the answer for most layers (RESEARCH.md §7, docs/sparse-kernel.md):
 
 - **per-call overhead**: a small CIFAR layer at batch 1 takes tens of µs, most of it fixed;
 - **the dense backend's rate depends on the layer family and its layout work**: oneDNN runs
-  3×3 stride-1 convolutions with a fast algorithm (above the FMA peak), 1×1 convolutions as a
-  GEMM, and reorders activations (NCHW ↔ blocked) and weights on every call;
+  1×1 convolutions with a dedicated kernel and the others with its direct kernel (16-channel
+  blocks; ``ONEDNN_VERBOSE`` shows ``jit:avx512_core``, ``convolution_direct`` for every
+  calibration and validation shape), reorders activations (NCHW ↔ blocked) and weights on every
+  call and allocates its output;
 - **the sparse kernel's inner loop is bound by loads from L1**, one unaligned input vector per
   16-wide FMA, on vectors that include the padded columns of the layout, plus per-image
-  packing, output copy and partial-sum traffic.
+  packing, output copy and partial-sum traffic, and a pass over the weights on every call.
 
 Dense time (``C'`` = FLOPs with channels rounded up to the vector width, the blocking of
-oneDNN; ``S_A`` activations, ``S_W`` weights, bytes)::
+oneDNN; ``S_A`` activations (input + output), ``S_out`` output activations, ``S_W`` weights,
+bytes)::
 
-    t_dense = o_d + C'/F_family + S_A/B_layout + S_W/B_weights
+    t_dense = o_d + C'/F_family + S_A/B_layout + S_out/B_output + S_W/B_weights
+
+``B_output`` charges the output a second time (written blocked, reordered into a newly
+allocated NCHW tensor): a layer that makes few FLOPs per output pixel (few input channels,
+small kernel) pays relatively more for it.
 
 Sparse time (direct sparse convolution, density ``x``; the geometry replicates the kernel's
 layout and cache blocking, :func:`sparse_conv_geometry`)::
 
     fixed    = o_s + N·(packed input bytes)/B_pack + N·(output bytes)/B_out + P/B_partial
-    variable = V·64 B/B_inner + T/R_visit
+               + (tile setups)/R_setup
+    variable = V·64 B/B_inner + T/R_visit + x·W/R_call
     t_sparse = fixed + variable
 
-with ``V = x·N·W·nvec`` vector FMAs (``W`` weights, ``nvec`` output vectors per channel
-including the layout's padded columns), ``T = x·N·W·tiles`` non-zero visits (one per
-register tile) and ``P`` the bytes of partial sums reloaded per input-channel block.
+with ``V = x·N·W·Σ_tiles max(v, λ)`` vector FMAs (``W`` weights, ``v`` the output vectors of a
+register tile, the layout's padded columns included; below ``λ`` vectors the FMA latency, not
+the loads, sets the pace), ``T = x·N·W·tiles`` non-zero visits (one per register tile), ``P``
+the bytes of partial sums reloaded per input-channel block and ``x·W/R_call`` one pass over the
+non-zeros per call whatever the batch (the CSR argument check, and the weights' first trip
+from memory). ``λ`` (``fma_latency_vectors``) is fitted per host with the rates.
 Sparse fully connected layers: ``o_s + x·N·8·W/B_csr`` (batch < 16, CSR streamed per image)
 or ``o_s + 2·x·N·W/F_linear`` (batch ≥ 16).
 
@@ -54,6 +65,7 @@ DENSE_TERMS: tuple[str, ...] = (
     "flops_conv",
     "flops_linear",
     "activation_bytes",
+    "output_bytes",
     "conv_weight_bytes",
     "linear_weight_bytes",
 )
@@ -70,6 +82,7 @@ SPARSE_FIXED_TERMS: tuple[str, ...] = (
 SPARSE_VARIABLE_TERMS: tuple[str, ...] = (
     "inner_loop_bytes",
     "nonzero_visits",
+    "call_nonzeros",
     "linear_csr_bytes",
     "linear_flops",
 )
@@ -82,17 +95,20 @@ L1_BUDGET_FLOATS = 6144  # one input-channel block's input: 24 KiB
 PARTIAL_SUM_FLOATS = 65536  # partial sums of one strip: 256 KiB, in L2
 MIN_BLOCK_CHANNELS = 16  # below this the strip is halved instead
 # NB: a tile of v accumulators issues v independent FMAs per non-zero; below the FMA latency
-# (4 cycles on Zen 4 and Skylake-X) the chain, not the issue rate, sets the pace.
-FMA_LATENCY_VECTORS = 4
+# the chain, not the loads, sets the pace. The floor is fitted per host (SparseParameters.
+# fma_latency_vectors); 4 is what schema-2 profiles were fitted with.
+FMA_LATENCY_VECTORS = 4.0
 BATCHED_LINEAR = 16  # the sparse linear kernel broadcasts weights across images from here
 
-# Which dense rate applies: 3×3 stride 1 ungrouped is where oneDNN's fast algorithm runs.
+# Which dense rate applies: 1×1 (oneDNN's 1×1 kernel), 3×3 stride 1 ungrouped (the most common
+# shape, its own rate), every other convolution, fully connected.
 DENSE_RATE_FIELD = {
     "flops_conv1x1": "conv1x1_flops_per_s",
     "flops_conv3x3": "conv3x3_flops_per_s",
     "flops_conv": "conv_flops_per_s",
     "flops_linear": "linear_flops_per_s",
     "activation_bytes": "layout_bytes_per_s",
+    "output_bytes": "output_bytes_per_s",
     "conv_weight_bytes": "conv_weight_bytes_per_s",
     "linear_weight_bytes": "linear_weight_bytes_per_s",
 }
@@ -102,6 +118,7 @@ SPARSE_RATE_FIELD = {
     "output_bytes": "output_bytes_per_s",
     "inner_loop_bytes": "inner_loop_bytes_per_s",
     "nonzero_visits": "nonzero_visits_per_s",
+    "call_nonzeros": "call_nonzeros_per_s",
     "partial_sum_bytes": "partial_sum_bytes_per_s",
     "tile_setups": "tile_setups_per_s",
     "linear_csr_bytes": "linear_csr_bytes_per_s",
@@ -133,18 +150,22 @@ class SparseConvGeometry:
 
     Mirrors ``make_layout``/``make_blocking`` of ``sparse_conv.cpp`` (spatial layout, the one
     ``auto`` uses): ``nvec`` output vectors per channel (``P·Wph`` outputs, the row pitch
-    includes padding columns), ``tiles`` register tiles per channel over all strips,
-    ``strips``, ``channel_blocks`` (input-channel blocks of one group kept in L1),
-    ``packed_floats`` (the padded input buffer of all groups) and ``effective_vectors``: the
-    vectors per channel counted as at least :data:`FMA_LATENCY_VECTORS` per tile.
+    includes padding columns), ``tiles`` register tiles per channel over all strips and
+    ``tile_vectors`` the output vectors of each, ``strips``, ``channel_blocks`` (input-channel
+    blocks of one group kept in L1) and ``packed_floats`` (the padded input buffer of all
+    groups).
     """
 
     nvec: int
     tiles: int
-    effective_vectors: int
+    tile_vectors: tuple[int, ...]
     strips: int
     channel_blocks: int
     packed_floats: int
+
+    def effective_vectors(self, latency_vectors: float = FMA_LATENCY_VECTORS) -> float:
+        """Vectors per channel with every tile counted as at least ``latency_vectors``."""
+        return float(sum(max(v, latency_vectors) for v in self.tile_vectors))
 
 
 def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseConvGeometry:
@@ -182,7 +203,7 @@ def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseCon
     return SparseConvGeometry(
         nvec=nvec,
         tiles=len(sizes),
-        effective_vectors=sum(max(v, FMA_LATENCY_VECTORS) for v in sizes),
+        tile_vectors=tuple(sizes),
         strips=strips,
         channel_blocks=_ceil_div(C, cblock),
         packed_floats=layer.groups * C * plane,
@@ -199,6 +220,7 @@ def dense_features(layer: Layer, vector_width: int = 16) -> dict[str, float]:
     row["call"] = 1.0
     row["activation_bytes"] = float(layer.activation_bytes)
     if isinstance(layer, LinearSpec):
+        row["output_bytes"] = float(layer.batch * layer.out_features * layer.dtype_bytes)
         row["flops_linear"] = float(layer.flops)
         row["linear_weight_bytes"] = float(layer.weight_bytes)
         return row
@@ -209,6 +231,8 @@ def dense_features(layer: Layer, vector_width: int = 16) -> dict[str, float]:
     if cg >= vector_width:
         padding *= _padded(cg, vector_width) / cg
     flops = layer.flops * padding
+    outputs = layer.out_channels * layer.out_height * layer.out_width
+    row["output_bytes"] = float(layer.batch * outputs * layer.dtype_bytes)
     if layer.kernel == (1, 1):
         row["flops_conv1x1"] = flops
     elif (
@@ -224,8 +248,14 @@ def dense_features(layer: Layer, vector_width: int = 16) -> dict[str, float]:
     return row
 
 
-def sparse_features(layer: Layer, density: float, vector_width: int = 16) -> dict[str, float]:
-    """The sparse design row of ``layer`` at ``density`` (keys: :data:`SPARSE_TERMS`)."""
+def sparse_features(
+    layer: Layer,
+    density: float,
+    vector_width: int = 16,
+    latency_vectors: float = FMA_LATENCY_VECTORS,
+) -> dict[str, float]:
+    """The sparse design row of ``layer`` at ``density`` (keys: :data:`SPARSE_TERMS`);
+    ``latency_vectors`` is the FMA latency floor of a register tile (``λ``, module docstring)."""
     row = dict.fromkeys(SPARSE_TERMS, 0.0)
     row["call"] = 1.0
     N, bytes_ = layer.batch, layer.dtype_bytes
@@ -248,8 +278,12 @@ def sparse_features(layer: Layer, density: float, vector_width: int = 16) -> dic
     outputs = layer.out_channels * layer.out_height * layer.out_width
     row["output_bytes"] = float(N * outputs * bytes_)
     # Each non-zero of a group's output channel meets every output vector of that channel once.
-    row["inner_loop_bytes"] = nonzeros * N * geometry.effective_vectors * vector_width * bytes_
+    effective_vectors = geometry.effective_vectors(latency_vectors)
+    row["inner_loop_bytes"] = nonzeros * N * effective_vectors * vector_width * bytes_
     row["nonzero_visits"] = nonzeros * N * geometry.tiles
+    # Once per call, not per image: the argument check reads every column index (the fitted
+    # rate also takes whatever else a call costs per non-zero, e.g. the CSR's trip from memory).
+    row["call_nonzeros"] = nonzeros
     # Every channel block after the first reloads and stores the strip's partial sums, whatever
     # the density (NB: empty CSR segments are assumed to cost the same as short ones).
     if geometry.channel_blocks > 1:
@@ -327,9 +361,11 @@ class RefinedRoofline(RooflineModel):
         return sum(coefficients[term] * row[term] for term in DENSE_TERMS)
 
     def sparse_time(self, layer: Layer, hw: HardwareProfile, density: float) -> SparseTime:
-        width = _refined(hw).vector_width
+        refined = _refined(hw)
         coefficients = sparse_coefficients(hw)
-        row = sparse_features(layer, density, width)
+        row = sparse_features(
+            layer, density, refined.vector_width, refined.sparse.fma_latency_vectors
+        )
         fixed = sum(coefficients[term] * row[term] for term in SPARSE_FIXED_TERMS)
         variable = sum(coefficients[term] * row[term] for term in SPARSE_VARIABLE_TERMS)
         return AdditiveSparseTime(compute_s=variable, memory_s=fixed)

@@ -20,11 +20,12 @@ from model.calibration import (
     Timing,
     build_profile,
     fit_refined,
+    fit_sparse,
     plan_for,
     simulate,
     time_interleaved,
 )
-from perfmodel import Conv2dSpec, get_profile, predict_network, profile_names
+from perfmodel import SCHEMA_VERSION, Conv2dSpec, get_profile, predict_network, profile_names
 from perfmodel.refined import DENSE_RATE_FIELD, SPARSE_RATE_FIELD
 
 TRUE = refined_profile()
@@ -46,7 +47,20 @@ def test_fit_recovers_the_parameters_that_generated_the_timings():
         assert params.call_overhead_s == pytest.approx(truth.call_overhead_s, rel=1e-3)
         for field in fields:
             assert getattr(params, field) == pytest.approx(getattr(truth, field), rel=1e-3), field
+    assert fitted.sparse.fma_latency_vectors == TRUE.refined.sparse.fma_latency_vectors
     assert fitted.fit.speedup_mape < 1e-6
+
+
+@pytest.mark.parametrize("floor", [1.0, 4.0])
+def test_fit_sparse_finds_the_latency_floor(floor):
+    sparse = TRUE.refined.sparse.model_copy(update={"fma_latency_vectors": floor})
+    truth = TRUE.model_copy(update={"refined": TRUE.refined.model_copy(update={"sparse": sparse})})
+    regressor, found, X = fit_sparse(simulate(truth, plan_for(quick=False)))
+    assert found == floor
+    assert X.shape == (len(regressor.predict(X)), len(SparseTimeRegressor.terms))
+    assert regressor.parameters(found).inner_loop_bytes_per_s == pytest.approx(
+        sparse.inner_loop_bytes_per_s, rel=1e-3
+    )
 
 
 def test_fit_tolerates_mild_noise():
@@ -72,7 +86,7 @@ def test_estimators_follow_scikit_learn_conventions():
 
 def test_build_profile_writes_provenance_and_schema():
     profile = build_profile(_data(simulate(TRUE, plan_for(quick=True))), "box")
-    assert profile.name == "box" and profile.schema_version == 2
+    assert profile.name == "box" and profile.schema_version == SCHEMA_VERSION == 3
     assert profile.provenance.kind == "calibration"
     assert profile.provenance.threads == 1 and profile.provenance.torch
     assert profile.provenance.cpu and profile.provenance.host and profile.provenance.date

@@ -17,6 +17,7 @@ from perfmodel import (
     SCHEMA_VERSION,
     Conv2dSpec,
     HardwareProfile,
+    LinearSpec,
     MissingRefinedParametersError,
     ProfileError,
     RefinedRoofline,
@@ -49,13 +50,13 @@ def refined_profile(name: str = "host") -> HardwareProfile:
         dense=DenseParameters(
             call_overhead_s=20e-6, conv1x1_flops_per_s=120e9, conv3x3_flops_per_s=200e9,
             conv_flops_per_s=150e9, linear_flops_per_s=80e9, layout_bytes_per_s=12e9,
-            conv_weight_bytes_per_s=4e9, linear_weight_bytes_per_s=30e9,
+            output_bytes_per_s=20e9, conv_weight_bytes_per_s=4e9, linear_weight_bytes_per_s=30e9,
         ),
         sparse=SparseParameters(
             call_overhead_s=15e-6, pack_bytes_per_s=40e9, strided_pack_bytes_per_s=3e9,
             output_bytes_per_s=60e9, inner_loop_bytes_per_s=170e9, nonzero_visits_per_s=6e9,
-            partial_sum_bytes_per_s=130e9, tile_setups_per_s=1e8, linear_csr_bytes_per_s=7e9,
-            linear_flops_per_s=20e9,
+            call_nonzeros_per_s=4e9, fma_latency_vectors=2.0, partial_sum_bytes_per_s=130e9,
+            tile_setups_per_s=1e8, linear_csr_bytes_per_s=7e9, linear_flops_per_s=20e9,
         ),
         fit=FitQuality(dense_mape=0.1, sparse_mape=0.1, speedup_mape=0.1, noise_cv=0.03,
                        measurements=100),
@@ -111,6 +112,85 @@ def test_hand_written_v1_profile_loads(tmp_path):
     assert profile.sparse_overhead == 2.5
 
 
+# A schema-2 profile (written before output_bytes_per_s, call_nonzeros_per_s and
+# fma_latency_vectors existed) and what the schema-2 code predicted with it: dense time and
+# sparse time at density 0.3, computed with perfmodel/refined.py as of schema 2.
+SCHEMA_2_REFINED = {
+    "threads": 1, "vector_width": 16, "isa": "avx512",
+    "memory": {"l1_bytes_per_s": 160e9, "l2_bytes_per_s": 90e9, "dram_bytes_per_s": 18e9},
+    "dense": {
+        "call_overhead_s": 2e-05, "conv1x1_flops_per_s": 120e9, "conv3x3_flops_per_s": 200e9,
+        "conv_flops_per_s": 150e9, "linear_flops_per_s": 80e9, "layout_bytes_per_s": 12e9,
+        "conv_weight_bytes_per_s": 4e9, "linear_weight_bytes_per_s": 30e9,
+    },
+    "sparse": {
+        "call_overhead_s": 1.5e-05, "pack_bytes_per_s": 40e9, "strided_pack_bytes_per_s": 3e9,
+        "output_bytes_per_s": 60e9, "inner_loop_bytes_per_s": 170e9, "nonzero_visits_per_s": 6e9,
+        "partial_sum_bytes_per_s": 130e9, "tile_setups_per_s": 1e8,
+        "linear_csr_bytes_per_s": 7e9, "linear_flops_per_s": 20e9,
+    },
+    "fit": {"dense_mape": 0.1, "sparse_mape": 0.1, "speedup_mape": 0.1, "noise_cv": 0.03,
+            "measurements": 100},
+}  # fmt: skip
+SCHEMA_2_PREDICTIONS = [
+    (CONV3.with_batch(4), 0.0070297646933333326, 0.00534543626280543),
+    (Conv2dSpec(name="s2", in_channels=16, out_channels=32, in_height=32, in_width=32, kernel=3,
+                stride=2, padding=1), 4.852864e-05, 5.395755487179487e-05),
+    (Conv2dSpec(name="c4", in_channels=512, out_channels=512, in_height=4, in_width=4, kernel=3,
+                padding=1), 0.0027622446933333335, 0.0012185260891704373),
+    (LinearSpec(name="fc", in_features=2048, out_features=1000, batch=8), 0.0007107946666666667,
+     0.005634543161904762),
+]  # fmt: skip
+
+
+def test_schema_2_profile_loads_and_predicts_as_before(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({
+        "schema_version": 2, "name": "old", "dense_flops_per_s": 60e9,
+        "memory_bandwidth_bytes_per_s": 18e9, "sparse_overhead": 1.0,
+        "provenance": {"kind": "calibration", "source": "sweetspot calibrate (schema 2)"},
+        "refined": SCHEMA_2_REFINED,
+    }))  # fmt: skip
+    hw = get_profile(path)
+    assert hw.schema_version == 2
+    assert hw.refined.dense.output_bytes_per_s is None
+    assert hw.refined.sparse.call_nonzeros_per_s is None
+    assert hw.refined.sparse.fma_latency_vectors == 4.0
+    for layer, dense_s, sparse_s in SCHEMA_2_PREDICTIONS:
+        assert MODEL.dense_time_s(layer, hw) == pytest.approx(dense_s, rel=1e-12)
+        assert MODEL.sparse_time(layer, hw, 0.3).total_s == pytest.approx(sparse_s, rel=1e-12)
+
+
+def test_new_terms_cost_what_their_rates_say():
+    hw = refined_profile()
+    layer = CONV3.with_batch(2)
+    dense = hw.refined.dense
+    without_output = hw.model_copy(update={"refined": hw.refined.model_copy(update={
+        "dense": dense.model_copy(update={"output_bytes_per_s": None})})})  # fmt: skip
+    output_bytes = 2 * 384 * 13 * 13 * 4
+    assert MODEL.dense_time_s(layer, hw) - MODEL.dense_time_s(layer, without_output) == (
+        pytest.approx(output_bytes / dense.output_bytes_per_s)
+    )
+    sparse = hw.refined.sparse
+    without_call = hw.model_copy(update={"refined": hw.refined.model_copy(update={
+        "sparse": sparse.model_copy(update={"call_nonzeros_per_s": None})})})  # fmt: skip
+    # Per call, not per image: the batch does not multiply it.
+    extra = MODEL.sparse_time(layer, hw, 0.5).compute_s
+    extra -= MODEL.sparse_time(layer, without_call, 0.5).compute_s
+    assert extra == pytest.approx(0.5 * layer.weight_count / sparse.call_nonzeros_per_s)
+
+
+def test_latency_floor_counts_short_tiles_as_longer():
+    # 512 channels at 4×4: 2 vectors per channel, one tile of 2 vectors.
+    small = Conv2dSpec(name="c4", in_channels=512, out_channels=512, in_height=4, in_width=4,
+                       kernel=3, padding=1)  # fmt: skip
+    geometry = sparse_conv_geometry(small)
+    assert geometry.tile_vectors == (2,)
+    assert geometry.effective_vectors(1.0) == 2.0
+    assert geometry.effective_vectors(4.0) == 4.0
+    assert sparse_conv_geometry(CONV3).tile_vectors == (12,)  # 13×14 outputs = 12 vectors
+
+
 def test_profile_from_a_newer_version_is_refused_with_a_reason():
     data = refined_profile().model_dump(mode="json")
     data["schema_version"] = SCHEMA_VERSION + 1
@@ -149,8 +229,6 @@ def test_geometry_matches_the_kernel_layout():
         geometry = sparse_conv_geometry(spec)
         assert geometry.nvec == -(-layout.flat_outputs // 16)
         assert geometry.packed_floats == spec.in_channels * layout.plane
-
-
 
 
 @settings(max_examples=200, deadline=None)
