@@ -46,12 +46,14 @@ def test_mask_update_follows_the_sign_of_the_weights_pull(estimator):
     assert torch.equal(weight.grad, torch.tensor([-1.0, -1.0, 0.0, 0.0]))
 
 
-def _mask_trainer(estimator: str, masks: list[float], strength: float = 0.01):
+def _mask_trainer(estimator: str, masks: list[float], strength: float = 0.01,
+                  regularizer: str = "all"):  # fmt: skip
     """A 1→N linear layer (weights +0.5) whose masks the hooks train with plain SGD, lr 1."""
     model = nn.Sequential(nn.Linear(1, len(masks), bias=False))
     with torch.no_grad():
         model[0].weight.fill_(0.5)
-    hooks = AutoPrune({}, AutoPruneConfig(estimator=estimator, strength=strength, mask_lr=1.0))
+    hooks = AutoPrune({}, AutoPruneConfig(estimator=estimator, strength=strength, mask_lr=1.0,
+                                          regularizer=regularizer))  # fmt: skip
     hooks.start(model, lambda e: None)
     with torch.no_grad():
         hooks.mask_params["0"].copy_(torch.tensor(masks).view(-1, 1))
@@ -102,6 +104,26 @@ def test_leaky_holds_a_just_pruned_mask_where_linear_lets_it_flip_back():
     assert steps_off["linear"] == 5  # 0.045 back at 0.01 a step
     assert abs(steps_off["softplus"] - steps_off["linear"]) <= 1
     assert steps_off["leaky"] >= 9 * steps_off["linear"]
+
+
+def test_the_live_regularizer_leaves_pruned_masks_to_the_data_where_linear_answers_fastest():
+    # regularizer="live": λ pulls only live masks. A pruned mask with no data pull stays put
+    # (under "all" it keeps sinking), and a weak pull (< λ) brings it back: how fast is h'(m<0)
+    # — fastest for linear (1), slowest for leaky (0.1): linear flips back most.
+    pulls = torch.tensor([0.0, 0.005])
+    all_rule = _mask_trainer("linear", [-0.2, -0.2])(pulls)
+    assert (all_rule < -0.2).all()  # both sink: λ beats a pull below it
+    moves = {}
+    for estimator in ("linear", "leaky", "softplus"):
+        train_step = _mask_trainer(estimator, [-0.2, -0.2], regularizer="live")
+        after = train_step(pulls)
+        assert after[0] == -0.2  # no pull, no move
+        moves[estimator] = float(after[1] + 0.2)
+    assert moves["linear"] == pytest.approx(0.005, abs=1e-6)
+    assert moves["leaky"] == pytest.approx(0.0005, abs=1e-6)
+    assert moves["leaky"] < moves["softplus"] < moves["linear"]
+    with pytest.raises(ValueError, match="regularizer must be one of"):
+        AutoPruneConfig(regularizer="none")
 
 
 def test_softplus_equals_the_linear_estimator_with_masks_started_further_up():
