@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tests_support import randomise_norms
 from torch import nn
 
 from model.fibres import (
@@ -44,14 +45,6 @@ def _assert_close(expected: torch.Tensor, actual: torch.Tensor) -> None:
     assert (expected - actual).abs().max().item() <= TOLERANCE
 
 
-def _randomise_norms(model: nn.Module, generator: torch.Generator) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.5)
 
 
 # ------------------------------------------------------------------------ one layer
@@ -281,7 +274,7 @@ def test_resnet20_cut_then_fibres_equals_masked():
     torch.manual_seed(0)
     model = create_model("resnet20").eval()
     generator = torch.Generator().manual_seed(7)
-    _randomise_norms(model, generator)
+    randomise_norms(model, generator)
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
             _zero_random_fibres(module, 0.8, generator)

@@ -58,6 +58,14 @@ def _worker(env: dict, worker_id: str) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)  # fmt: skip
 
 
+def _stop(workers: dict[str, subprocess.Popen], server: Server) -> None:
+    for process in workers.values():
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+    server.stop()
+
+
 def test_three_workers_twelve_jobs_each_exactly_once_and_a_killed_worker(tmp_path, database):
     env = {**os.environ, "SWEETSPOT_DATA_DIR": str(tmp_path), "SWEETSPOT_DATABASE_URL": database,
            "SWEETSPOT_HEARTBEAT_S": "0.3", "SWEETSPOT_STALE_AFTER_S": "2"}  # fmt: skip
@@ -110,11 +118,7 @@ def test_three_workers_twelve_jobs_each_exactly_once_and_a_killed_worker(tmp_pat
         engine.dispose()
         assert httpx.get(f"{server.url}/v1/jobs/{long_job}").json()["status"] == "succeeded"
     finally:
-        for process in workers.values():
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-        server.stop()
+        _stop(workers, server)
 
 
 def test_one_job_on_two_worker_hosts_survives_losing_a_node(tmp_path, database):
@@ -171,8 +175,4 @@ def test_one_job_on_two_worker_hosts_survives_losing_a_node(tmp_path, database):
         manifest = httpx.get(f"{server.url}/v1/jobs/{job_id}/artifacts/manifest.json").json()
         assert manifest["config"]["train"]["nodes"] == 2
     finally:
-        for process in workers.values():
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-        server.stop()
+        _stop(workers, server)

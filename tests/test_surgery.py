@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests_support import randomise_norms
 from torch import nn
 
 from model.networks import create_model
 from model.surgery import SurgeryError, channel_groups, cut, plan_architecture, rebuild
-
-
-def _randomise_norms(model: nn.Module, generator: torch.Generator) -> None:
-    """Non-trivial BN statistics and affine parameters, so removed channels carry constants."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.5)
 
 
 def _zero_filters(layer: nn.Module, index: list[int]) -> None:
@@ -42,7 +32,7 @@ def _assert_same(model: nn.Module, cut_model: nn.Module, shape: tuple[int, ...])
 def resnet20() -> nn.Module:
     torch.manual_seed(0)
     model = create_model("resnet20")
-    _randomise_norms(model, torch.Generator().manual_seed(1))
+    randomise_norms(model, torch.Generator().manual_seed(1))
     return model.eval()
 
 
@@ -50,7 +40,7 @@ def resnet20() -> nn.Module:
 def vgg16() -> nn.Module:
     torch.manual_seed(0)
     model = create_model("vgg16")
-    _randomise_norms(model, torch.Generator().manual_seed(1))
+    randomise_norms(model, torch.Generator().manual_seed(1))
     return model.eval()
 
 
@@ -162,7 +152,7 @@ def _zero_stream(model: nn.Module, stage: str, index: list[int]) -> None:
 def test_resnet18_stream_channels_cut_exactly_with_removed_blocks():
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10)
-    _randomise_norms(model, torch.Generator().manual_seed(1))
+    randomise_norms(model, torch.Generator().manual_seed(1))
     model.eval()
     _zero_stream(model, "layer2", list(range(0, 128, 2)))
     with torch.no_grad():

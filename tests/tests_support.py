@@ -46,3 +46,17 @@ def onnx_bytes(auto_pad: str = "NOTSET") -> bytes:
         initializer=[weight, fc, shape],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def randomise_norms(model, generator) -> None:
+    """Non-trivial BN statistics and affine parameters, so removed channels carry constants."""
+    import torch
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.5)
