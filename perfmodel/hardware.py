@@ -96,7 +96,7 @@ class DenseParameters(BaseModel):
     call_overhead_s: float = Field(ge=0, description="Fixed cost of one dense call.")
     conv1x1_flops_per_s: OptionalRate = Field(description="1×1 convolutions (a GEMM).")
     conv3x3_flops_per_s: OptionalRate = Field(
-        description="3×3 stride-1 ungrouped convolutions (oneDNN may use a fast algorithm)."
+        description="3×3 stride-1 ungrouped convolutions (the most common shape, its own rate)."
     )
     conv_flops_per_s: OptionalRate = Field(description="Every other convolution.")
     linear_flops_per_s: OptionalRate = Field(description="Fully connected layers.")
