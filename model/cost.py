@@ -76,11 +76,13 @@ def _fibre_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
         module.register_forward_hook(lambda m, _args, out, name=name: record(name, m, out))
         for name, module in layers.items()
     ]
+    training = model.training
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.no_grad():
             model.eval()(torch.zeros(1, *input_shape, device=device))
     finally:
+        model.train(training)
         for handle in handles:
             handle.remove()
     return macs

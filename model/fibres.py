@@ -50,7 +50,6 @@ from model.surgery import BiasMapConv2d
 from perfmodel.layers import Conv2dSpec
 
 DEFAULT_MIN_REMOVED = 0.75
-DEFAULT_MIN_WEIGHTS = 4096
 """Fraction of zero fibres from which :func:`remove_fibres` replaces a convolution.
 
 From :func:`measure_speed` on the 2-core development host (AMD EPYC, shared; 1 thread, batch
@@ -60,6 +59,10 @@ channels the fibre layer was 0.6–1.1× ``F.conv2d`` at 50 % of the fibres remo
 did not pay reliably (0.3–1.1× up to 80 %, 0.96–1.1× at 90 %): copies of the input, not
 multiply-adds, dominate such thin layers. See ``docs/methods.md`` ("Fibre removal").
 """
+DEFAULT_MIN_WEIGHTS = 4096
+"""Weights of the kept GEMM (``K ×`` kept fibres per group) below which a layer stays a
+convolution: the gather's fixed cost outweighs what it saves (16-channel 3×3 layers, and
+LeNet-5's conv2 cut to 1→50 with 6 of 25 fibres, ran slower as fibre layers)."""
 
 _COLS_BUDGET = 1 << 18
 """Elements of the gathered input ``cols`` per chunk (1 MiB in fp32, one core's L2 here):

@@ -131,36 +131,35 @@ def run_pruning(
     _prepare_out_dir(out_dir, request, resume)
     net, data, hooks, predictions, by_name = _build(request, train_config, method_config)
     batch = getattr(method_config, "inference_batch", 1)
-    ranks = None
-    if cluster.distributed:  # data-parallel: this process is rank 0
-        log(f"data-parallel training on {cluster.nodes} host(s) × {cluster.procs} "
-            f"process(es) (gloo)")  # fmt: skip
-        ranks, cluster = _start_node(cluster, request, out_dir, resume, train_config)
-
-    events_file = (out_dir / "events.jsonl").open("a")
-
-    def record(event: dict) -> None:
-        events_file.write(json.dumps(event) + "\n")
-        events_file.flush()
-
-    trainer = Trainer(
-        net, data.train, data.test, train_config, hooks=hooks,
-        callbacks=[record, *callbacks], checkpoint_path=out_dir / "checkpoint.pt", cancel=cancel,
-    )  # fmt: skip
     dense_path = out_dir / "dense.safetensors"
+    ranks, failed = None, True
+    with (out_dir / "events.jsonl").open("a") as events_file:
 
-    def keep_dense(event: dict) -> None:
-        """The baseline is saved when pruning starts, so it survives a cancel and resume."""
-        if event.get("type") == "phase" and event.get("phase") == "prune":
-            _save(net, dense_path)
+        def record(event: dict) -> None:
+            events_file.write(json.dumps(event) + "\n")
+            events_file.flush()
 
-    trainer.callbacks.append(keep_dense)
-    try:
-        result = _fit(trainer, resume, cluster)
-    finally:
-        events_file.close()
-        if cluster.distributed:
-            _stop_node(ranks)
+        def keep_dense(event: dict) -> None:
+            """The baseline is saved when pruning starts, so it survives a cancel and resume."""
+            if event.get("type") == "phase" and event.get("phase") == "prune":
+                _save(net, dense_path)
+
+        try:
+            if cluster.distributed:  # data-parallel: this process is rank 0
+                log(f"data-parallel training on {cluster.nodes} host(s) × {cluster.procs} "
+                    f"process(es) (gloo)")  # fmt: skip
+                ranks, cluster = _start_node(cluster, request, out_dir, resume, train_config,
+                                             cancel=cancel)  # fmt: skip
+            trainer = Trainer(
+                net, data.train, data.test, train_config, hooks=hooks,
+                callbacks=[record, *callbacks, keep_dense],
+                checkpoint_path=out_dir / "checkpoint.pt", cancel=cancel,
+            )  # fmt: skip
+            result = _fit(trainer, resume, cluster)
+            failed = False
+        finally:
+            if cluster.distributed:
+                _stop_node(ranks, abort=failed)
     _save(net, out_dir / "pruned.safetensors")
 
     performance_model = get_model(predictions.performance_model)
@@ -259,10 +258,12 @@ def join_pruning(
     log(f"joining as node {cluster.node_rank} of {cluster.nodes} "
         f"({cluster.master_addr}:{cluster.master_port})")  # fmt: skip
     ranks, cluster = _start_node(cluster, request, out_dir, resume, train_config, primary=False)
+    failed = True
     try:
         _train_rank(0, cluster, request, out_dir, resume, train_config.threads, cancel)
+        failed = False
     finally:
-        _stop_node(ranks)
+        _stop_node(ranks, abort=failed)
 
 
 def _fit(trainer: Trainer, resume: bool, cluster: Cluster) -> Any:
@@ -297,10 +298,11 @@ def _cluster(train_config: TrainConfig, cluster: Cluster | None) -> Cluster:
 
 def _start_node(
     cluster: Cluster, request: PruneRequest, out_dir: Path, resume: bool,
-    train_config: TrainConfig, primary: bool = True,
+    train_config: TrainConfig, primary: bool = True, cancel: threading.Event | None = None,
 ) -> tuple[Any, Cluster]:  # fmt: skip
-    """Spawn this node's other ranks; on node 0, join the process group as rank 0."""
-    from model.training import distributed
+    """Spawn this node's other ranks; on node 0, join the process group as rank 0 (a cancel
+    while it waits for the other nodes raises :class:`model.training.Cancelled`)."""
+    from model.training import Cancelled, distributed
 
     if train_config.threads is None:
         train_config.threads = max(1, (os.cpu_count() or 1) // cluster.procs)
@@ -309,9 +311,12 @@ def _start_node(
     )
     if primary:
         try:
-            distributed.init(cluster)
+            distributed.init(cluster, cancel=cancel)
+        except distributed.RendezvousCancelledError as error:
+            _stop_node(ranks, abort=True)
+            raise Cancelled(str(error)) from None
         except RuntimeError as error:
-            _stop_node(ranks)
+            _stop_node(ranks, abort=True)
             raise distributed.RendezvousTimeoutError(
                 f"not all {cluster.world} ranks ({cluster.nodes} host(s) × {cluster.procs}) "
                 f"joined within {cluster.timeout_s:g} s ({error}); start workers on more hosts, "
@@ -321,20 +326,31 @@ def _start_node(
     return ranks, cluster
 
 
-def _stop_node(ranks: Any) -> None:
-    """Leave the process group and wait for this node's spawned ranks; a failure there is
-    logged, never raised over the job's own outcome (its exception is the one that matters)."""
+def _stop_node(ranks: Any, abort: bool = False) -> None:
+    """Leave the process group and wait for this node's spawned ranks — all of them; with
+    ``abort`` (the job failed or stopped here) they are terminated first, since they may wait
+    in a collective for a rank that will not come. A failure there is logged, never raised over
+    the job's own outcome (its exception is the one that matters)."""
+    import logging
+
     from model.training import distributed
 
     distributed.shutdown()
     if ranks is None:
         return
-    try:
-        ranks.join()
-    except Exception as error:  # reported; the caller's outcome stands
-        import logging
-
-        logging.getLogger("sweetspot.pipeline").warning("a data-parallel rank failed: %s", error)
+    if abort:
+        for process in ranks.processes:
+            if process.is_alive():
+                process.terminate()
+    while True:
+        try:
+            if ranks.join():  # True once every rank has exited
+                return
+        except Exception as error:  # reported; the caller's outcome stands
+            logging.getLogger("sweetspot.pipeline").warning("a data-parallel rank failed: %s",
+                                                            error)  # fmt: skip
+            if all(not process.is_alive() for process in ranks.processes):
+                return
 
 
 def _rank_main(index: int, cluster: Cluster, request: PruneRequest, out_dir: Path,

@@ -289,7 +289,7 @@ def _prune(args: argparse.Namespace) -> int:
     from model.networks import UnknownNetworkError
     from model.pipeline import PruneRequest, join_pruning, run_pruning, split_config
     from model.pruning import UnknownMethodError
-    from model.training import PHASES
+    from model.training import PHASES, Cancelled
 
     request = PruneRequest(
         method=args.method, model=args.model, dataset=args.dataset, hardware=args.hardware,
@@ -341,6 +341,16 @@ def _prune(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     except (ValueError, DatasetError, FileNotFoundError, FloatingPointError) as error:
         raise CliError(str(error)) from None
+    except Cancelled as error:  # only a job on several nodes stops without being asked here
+        raise CliError(f"training stopped: {error}; run the same commands again to resume "
+                       "from the last finished epoch") from None  # fmt: skip
+    except RuntimeError as error:
+        if cluster is None or not cluster.distributed:
+            raise
+        where = ("node 0" if cluster.node_rank else "the other nodes") + \
+            f" ({cluster.master_addr}:{cluster.master_port})"  # fmt: skip
+        raise CliError(f"the job on {cluster.nodes} nodes failed: {error}; check that every "
+                       f"node runs the same command and reaches {where}") from None  # fmt: skip
     except KeyboardInterrupt:
         raise CliError(
             "interrupted; run the same command again to resume from the last finished epoch",

@@ -261,9 +261,21 @@ def join_next(session: Session, worker_id: str) -> tuple[Job, dict[str, Any], in
             except IntegrityError:  # another worker took this node: look again
                 session.rollback()
                 continue
+            session.refresh(job)  # requeued or re-opened meanwhile? then it is not this one
+            if job.status != RUNNING or (job.rendezvous or {}).get("id") != rendezvous["id"]:
+                leave_node(session, job.id, rendezvous["id"], node_rank)
+                break
             return job, rendezvous, node_rank
     session.rollback()
     return None
+
+
+def leave_node(session: Session, job_id: str, rendezvous_id: str, node_rank: int) -> None:
+    """Free a node taken by :func:`join_next` (its worker could not run it)."""
+    session.execute(delete(JobNode).where(JobNode.job_id == job_id,
+                                          JobNode.rendezvous == rendezvous_id,
+                                          JobNode.node_rank == node_rank))  # fmt: skip
+    session.commit()
 
 
 def nodes_of(session: Session, job_id: str) -> list[JobNode]:

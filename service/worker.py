@@ -11,6 +11,7 @@ request are unchanged.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -89,8 +90,13 @@ class Worker:
             log.info("node %d of job %s finished", node_rank, job_id)
         except Cancelled as error:
             log.info("node %d of job %s stopped: %s", node_rank, job_id, error)
-        except Exception:  # node 0 records the job's failure; this worker goes on
+        except Exception as error:  # node 0 records the job's outcome; this worker goes on
             log.exception("node %d of job %s failed", node_rank, job_id)
+            with self.sessions() as session:  # say why on the job, and free the node
+                store.add_event(session, job_id, {
+                    "type": "log", "message": f"node {node_rank} on worker {self.worker_id} "
+                    f"failed: {type(error).__name__}: {error}"})  # fmt: skip
+                store.leave_node(session, job_id, rendezvous["id"], node_rank)
 
     def run_job(self, job_id: str, request: dict) -> None:
         if request.get("kind") == "calibration":
@@ -165,19 +171,27 @@ class Worker:
     def _open_rendezvous(self, job_id: str, request, on_event: Callable[[dict], None]):
         """For a job on several hosts: publish where its other nodes meet this one (node 0)."""
         from model.pipeline import split_config
+        from model.training import Cancelled
         from model.training.distributed import Cluster, free_port
 
         train_config, _ = split_config(request.method, request.config)
         if train_config.nodes == 1:
             return None
-        address = self.settings.advertise_address or _host_address()
+        address = self.settings.advertise_address or _host_address(self.settings.url)
         port = free_port()
         with self.sessions() as session:
-            store.open_rendezvous(session, job_id, self.worker_id, address, port,
-                                  train_config.nodes, train_config.procs)  # fmt: skip
+            try:
+                store.open_rendezvous(session, job_id, self.worker_id, address, port,
+                                      train_config.nodes, train_config.procs)  # fmt: skip
+            except store.InvalidTransition as error:  # cancelled (or lost) since the claim
+                raise Cancelled(str(error)) from None
         on_event({"type": "log", "message": f"waiting for {train_config.nodes - 1} more "
                   f"worker(s) to join at {address}:{port} (at most "
                   f"{self.settings.rendezvous_timeout_s:g} s)"})  # fmt: skip
+        if _is_loopback(address):
+            on_event({"type": "log", "message": f"{address} is a loopback address: only "
+                      "workers on this host can join; set SWEETSPOT_ADVERTISE_ADDRESS (and "
+                      "GLOO_SOCKET_IFNAME) on each worker host"})  # fmt: skip
         return Cluster(nodes=train_config.nodes, node_rank=0, procs=train_config.procs,
                        master_addr=address, master_port=port,
                        timeout_s=self.settings.rendezvous_timeout_s)  # fmt: skip
@@ -267,8 +281,29 @@ def _prune_request(request: dict, settings: Settings):
     )  # fmt: skip
 
 
-def _host_address() -> str:
-    """This host's address as its name resolves (what other hosts are likely to reach)."""
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name
+        return address == "localhost"
+
+
+def _host_address(database_url: str) -> str:
+    """The address other worker hosts are likely to reach this one at: the local address of
+    the route to the database host (a UDP "connect" sends nothing), else what the host name
+    resolves to, else loopback."""
+    from sqlalchemy.engine import make_url
+
+    host = make_url(database_url).host
+    if host:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.connect((socket.gethostbyname(host), 9))
+                address = sock.getsockname()[0]
+            if not _is_loopback(address):
+                return address
+        except OSError:
+            pass
     try:
         return socket.gethostbyname(socket.gethostname())
     except OSError:

@@ -451,6 +451,8 @@ def test_nodes_join_a_job_on_several_hosts_once_each(tmp_path):
         assert [(j[0].id, j[2]) for j in joined[:2]] == [(job.id, 1), (job.id, 2)]
         assert joined[1][1] == rendezvous and joined[2] is None  # all nodes taken
         assert [n.worker_id for n in store.nodes_of(session, job.id)] == ["w1", "w2"]
+        store.leave_node(session, job.id, rendezvous["id"], 2)  # w2 could not run it
+        assert store.join_next(session, "w3")[2] == 2  # the node is free again
         store.requeue_lost(session, job.id, "a rank of this job was lost", "requeue")
         row = session.get(Job, job.id)
         assert row.status == "queued" and row.rendezvous is None
@@ -486,3 +488,31 @@ def test_a_job_on_two_hosts_without_a_rendezvous_fails_clearly(tmp_path):
         assert worker.run_once()
         done = client.get(f"/v1/jobs/{job['id']}").json()
         assert done["status"] == "succeeded", done["status_reason"]
+
+
+def test_a_job_waiting_for_its_nodes_is_cancelled_promptly(tmp_path):
+    """A cancel reaches node 0 while it waits for the other nodes: the job ends cancelled
+    within seconds, not failed after the rendezvous timeout."""
+    settings = _settings(tmp_path, rendezvous_timeout_s=120.0)
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/v1/jobs", json={"model": "lenet5", "dataset": "synthetic",
+                                            "measure": False,
+                                            "config": {**TINY, "nodes": 2}}).json()  # fmt: skip
+        worker = Worker(settings)
+        runner = threading.Thread(target=worker.run_once)
+        runner.start()
+
+        def waiting() -> bool:
+            events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+            return any("waiting for 1 more" in e["data"].get("message", "") for e in events)
+
+        deadline = time.monotonic() + 60
+        while not waiting():
+            assert time.monotonic() < deadline, "node 0 never opened its rendezvous"
+            time.sleep(0.1)
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        started = time.monotonic()
+        runner.join(timeout=60)
+        assert not runner.is_alive() and time.monotonic() - started < 30
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "cancelled", done["status_reason"]

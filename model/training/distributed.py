@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -57,7 +59,7 @@ class Cluster:
         if self.nodes > 1 and not self.master_port:
             raise ValueError("a job on several nodes needs the master's port (--master ADDR:PORT)")
         if not 0 <= self.master_port < 65536:
-            raise ValueError(f"master port must be in [1, 65535], got {self.master_port}")
+            raise ValueError(f"master port must be in [0, 65535], got {self.master_port}")
 
     @property
     def world(self) -> int:
@@ -89,6 +91,9 @@ class RendezvousTimeoutError(RuntimeError):
     """Not every rank of the job arrived in time (too few workers, or a wrong address)."""
 
 
+JOINED_KEY = "sweetspot/joined"
+
+
 def is_rank_lost(error: BaseException) -> bool:
     """Whether ``error`` is a collective failing because a peer went away (gloo's transport
     errors and timeouts are plain RuntimeErrors naming gloo)."""
@@ -111,23 +116,54 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init(cluster: Cluster, local_index: int = 0) -> None:
-    """Join the job's process group as rank ``cluster.first_rank + local_index``; blocks until
-    every rank has joined (at most ``cluster.timeout_s``, then a RuntimeError).
+class RendezvousCancelledError(RuntimeError):
+    """The job was cancelled (or its worker stopped) while it waited for its other ranks."""
 
-    The rendezvous is a TCP store that rank 0 hosts and that waits for all ranks *before* the
-    process group is made: a rendezvous that times out leaves nothing behind, so the same
-    process (a worker) can run the next data-parallel job (a failed ``init_process_group``
-    would leave torch's group numbering one ahead of the next job's fresh ranks)."""
+
+def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None = None) -> None:
+    """Join the job's process group as rank ``cluster.first_rank + local_index``; blocks until
+    every rank has joined: at most ``cluster.timeout_s`` (then :class:`RendezvousTimeoutError`),
+    and on rank 0 only until ``cancel`` is set (then :class:`RendezvousCancelledError`).
+
+    The rendezvous is a TCP store that rank 0 hosts; every rank checks in there and rank 0
+    waits, in short rounds, until all have, *before* the process group is made. A rendezvous
+    that times out or is cancelled therefore leaves nothing behind, and a process group that
+    fails to form is undone, so the same process (a worker) can run its next data-parallel job.
+    """
     rank = cluster.first_rank + local_index
     timeout = timedelta(seconds=cluster.timeout_s)
-    # Every rank checks in (wait_for_workers counts a client only when it is set); rank 0
-    # waits until all have.
+    deadline = time.monotonic() + cluster.timeout_s
     store = dist.TCPStore(cluster.master_addr, cluster.master_port, world_size=cluster.world,
                           is_master=rank == 0, timeout=timeout,
-                          wait_for_workers=True)  # fmt: skip
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=cluster.world,
-                            timeout=timeout)  # fmt: skip
+                          wait_for_workers=False)  # fmt: skip
+    joined = store.add(JOINED_KEY, 1)
+    while rank == 0 and joined < cluster.world:
+        if cancel is not None and cancel.wait(0.2):
+            raise RendezvousCancelledError("cancelled while waiting for the job's other ranks")
+        if cancel is None:
+            time.sleep(0.2)
+        if time.monotonic() > deadline:
+            raise RendezvousTimeoutError(
+                f"{joined} of {cluster.world} ranks joined within {cluster.timeout_s:g} s"
+            )
+        joined = store.add(JOINED_KEY, 0)
+    try:
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=cluster.world,
+                                timeout=timeout)  # fmt: skip
+    except Exception:
+        _forget_failed_group()
+        raise
+
+
+def _forget_failed_group() -> None:
+    """torch numbers process groups as they are made and counts one up even when making the
+    default group fails; reset the count so the next job's ranks agree on the group's name."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+        return
+    world = getattr(dist.distributed_c10d, "_world", None)
+    if world is not None and hasattr(world, "group_count"):
+        world.group_count = 0
 
 
 def shutdown() -> None:
