@@ -86,7 +86,10 @@ class NoisyRunError(RuntimeError):
 # ------------------------------------------------------------------------------ the layers
 
 
-def _conv(name: str, c: int, k: int, size: int, kernel: int, stride: int = 1, groups: int = 1):
+def square_conv(name: str, c: int, k: int, size: int, kernel: int, stride: int = 1,
+                groups: int = 1) -> Conv2dSpec:  # fmt: skip
+    """A ``c → k`` convolution on ``size × size`` images with "same" padding (the calibration
+    and validation layer lists)."""
     return Conv2dSpec(
         name=name, in_channels=c, out_channels=k, in_height=size, in_width=size, kernel=kernel,
         stride=stride, padding=kernel // 2, groups=groups,
@@ -95,33 +98,33 @@ def _conv(name: str, c: int, k: int, size: int, kernel: int, stride: int = 1, gr
 
 CALIBRATION_LAYERS: tuple[Layer, ...] = (
     # AlexNet (Caffe) conv2, conv3, conv5: the shapes the kernel was tuned on.
-    _conv("alexnet.conv2", 96, 256, 27, 5, groups=2),
-    _conv("alexnet.conv3", 256, 384, 13, 3),
-    _conv("alexnet.conv5", 384, 256, 13, 3, groups=2),
+    square_conv("alexnet.conv2", 96, 256, 27, 5, groups=2),
+    square_conv("alexnet.conv3", 256, 384, 13, 3),
+    square_conv("alexnet.conv5", 384, 256, 13, 3, groups=2),
     # 3×3 stride 1 across channel counts (incl. ones not a multiple of 16) and image sizes.
-    _conv("c3.24@40", 24, 24, 40, 3),
-    _conv("c3.48@24", 48, 48, 24, 3),
-    _conv("c3.96-160@20", 96, 160, 20, 3),
-    _conv("c3.192@10", 192, 192, 10, 3),
-    _conv("c3.320@6", 320, 320, 6, 3),
-    _conv("c3.32-64@12", 32, 64, 12, 3),
+    square_conv("c3.24@40", 24, 24, 40, 3),
+    square_conv("c3.48@24", 48, 48, 24, 3),
+    square_conv("c3.96-160@20", 96, 160, 20, 3),
+    square_conv("c3.192@10", 192, 192, 10, 3),
+    square_conv("c3.320@6", 320, 320, 6, 3),
+    square_conv("c3.32-64@12", 32, 64, 12, 3),
     # One 16-channel block (oneDNN keeps a single output block in registers; at batch 1
     # PyTorch's default runs its own im2col + GEMM path), and a large image whose activations
     # (1.2 MB per image) overflow L2: the CIFAR ResNet and ResNet-50 stage-1 regimes.
-    _conv("c3.16@24", 16, 16, 24, 3),
-    _conv("c3.32@24", 32, 32, 24, 3),
-    _conv("c3.64@48", 64, 64, 48, 3),
+    square_conv("c3.16@24", 16, 16, 24, 3),
+    square_conv("c3.32@24", 32, 32, 24, 3),
+    square_conv("c3.64@48", 64, 64, 48, 3),
     # Strided, 5×5 and 7×7 (the "other convolution" family).
-    _conv("c3s2.48-96@24", 48, 96, 24, 3, stride=2),
-    _conv("c3s2.16-32@40", 16, 32, 40, 3, stride=2),
-    _conv("c5.32-64@20", 32, 64, 20, 5),
-    _conv("c5.64-96@12", 64, 96, 12, 5),
-    _conv("c5.16-32@20", 16, 32, 20, 5),
-    _conv("c7s2.3-32@64", 3, 32, 64, 7, stride=2),
+    square_conv("c3s2.48-96@24", 48, 96, 24, 3, stride=2),
+    square_conv("c3s2.16-32@40", 16, 32, 40, 3, stride=2),
+    square_conv("c5.32-64@20", 32, 64, 20, 5),
+    square_conv("c5.64-96@12", 64, 96, 12, 5),
+    square_conv("c5.16-32@20", 16, 32, 20, 5),
+    square_conv("c7s2.3-32@64", 3, 32, 64, 7, stride=2),
     # 1×1 (a GEMM for the dense backend).
-    _conv("c1.256-64@14", 256, 64, 14, 1),
-    _conv("c1.128-256@20", 128, 256, 20, 1),
-    _conv("c1.512-128@7", 512, 128, 7, 1),
+    square_conv("c1.256-64@14", 256, 64, 14, 1),
+    square_conv("c1.128-256@20", 128, 256, 20, 1),
+    square_conv("c1.512-128@7", 512, 128, 7, 1),
     # Fully connected.
     LinearSpec(name="fc.2048-1024", in_features=2048, out_features=1024),
     LinearSpec(name="fc.4096-512", in_features=4096, out_features=512),

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from model.calibration import square_conv
 from perfmodel import Conv2dSpec, HardwareProfile, ProfileError, UnknownProfileError, get_profile
 from perfmodel.predict import resolve_model
 from perfmodel.roofline import Layer
@@ -35,32 +36,25 @@ from perfmodel.roofline import Layer
 Progress = Callable[[dict], None]
 
 
-def _conv(name: str, c: int, k: int, size: int, kernel: int, stride: int = 1) -> Conv2dSpec:
-    return Conv2dSpec(
-        name=name, in_channels=c, out_channels=k, in_height=size, in_width=size, kernel=kernel,
-        stride=stride, padding=kernel // 2,
-    )  # fmt: skip
-
-
 VALIDATION_LAYERS: tuple[Conv2dSpec, ...] = (
-    _conv("resnet50.layer1.conv2", 64, 64, 56, 3),
-    _conv("resnet50.layer2.conv2", 128, 128, 28, 3),
-    _conv("resnet50.layer3.conv2", 256, 256, 14, 3),
-    _conv("resnet50.layer4.conv2", 512, 512, 7, 3),
-    _conv("googlenet.3a.3x3", 96, 128, 28, 3),
-    _conv("googlenet.3a.5x5", 16, 32, 28, 5),
-    _conv("googlenet.4a.3x3", 96, 208, 14, 3),
-    _conv("googlenet.4a.5x5", 16, 48, 14, 5),
-    _conv("googlenet.5b.3x3", 192, 384, 7, 3),
-    _conv("googlenet.5b.5x5", 48, 128, 7, 5),
-    _conv("vgg16.conv1_2", 64, 64, 32, 3),
-    _conv("vgg16.conv2_2", 128, 128, 16, 3),
-    _conv("vgg16.conv3_3", 256, 256, 8, 3),
-    _conv("vgg16.conv4_3", 512, 512, 4, 3),
-    _conv("resnet20.layer1", 16, 16, 32, 3),
-    _conv("resnet20.layer2.down", 16, 32, 32, 3, stride=2),
-    _conv("resnet20.layer2", 32, 32, 16, 3),
-    _conv("resnet20.layer3", 64, 64, 8, 3),
+    square_conv("resnet50.layer1.conv2", 64, 64, 56, 3),
+    square_conv("resnet50.layer2.conv2", 128, 128, 28, 3),
+    square_conv("resnet50.layer3.conv2", 256, 256, 14, 3),
+    square_conv("resnet50.layer4.conv2", 512, 512, 7, 3),
+    square_conv("googlenet.3a.3x3", 96, 128, 28, 3),
+    square_conv("googlenet.3a.5x5", 16, 32, 28, 5),
+    square_conv("googlenet.4a.3x3", 96, 208, 14, 3),
+    square_conv("googlenet.4a.5x5", 16, 48, 14, 5),
+    square_conv("googlenet.5b.3x3", 192, 384, 7, 3),
+    square_conv("googlenet.5b.5x5", 48, 128, 7, 5),
+    square_conv("vgg16.conv1_2", 64, 64, 32, 3),
+    square_conv("vgg16.conv2_2", 128, 128, 16, 3),
+    square_conv("vgg16.conv3_3", 256, 256, 8, 3),
+    square_conv("vgg16.conv4_3", 512, 512, 4, 3),
+    square_conv("resnet20.layer1", 16, 16, 32, 3),
+    square_conv("resnet20.layer2.down", 16, 32, 32, 3, stride=2),
+    square_conv("resnet20.layer2", 32, 32, 16, 3),
+    square_conv("resnet20.layer3", 64, 64, 8, 3),
 )
 VALIDATION_SPARSITIES = (0.3, 0.4, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97)
 VALIDATION_BATCHES = (1, 32)

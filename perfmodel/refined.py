@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perfmodel.hardware import HardwareProfile, ProfileError
+from perfmodel.hardware import DenseParameters, HardwareProfile, ProfileError, SparseParameters
 from perfmodel.layers import Conv2dSpec, LinearSpec
 from perfmodel.roofline import MODELS, Layer, RooflineModel, SparseTime
 
@@ -305,22 +305,24 @@ def _seconds_per_unit(rate: float | None) -> float:
     return 0.0 if rate is None else 1.0 / rate
 
 
-def dense_coefficients(hw: HardwareProfile) -> dict[str, float]:
-    """Seconds per unit of each dense term, from the profile's refined parameters."""
-    params = _refined(hw).dense
+def _coefficients(
+    params: DenseParameters | SparseParameters, rate_field: dict[str, str]
+) -> dict[str, float]:
+    """Seconds per unit of each term: the call overhead, then 1/rate of each fitted rate."""
     coefficients = {"call": params.call_overhead_s}
-    for term, field in DENSE_RATE_FIELD.items():
+    for term, field in rate_field.items():
         coefficients[term] = _seconds_per_unit(getattr(params, field))
     return coefficients
+
+
+def dense_coefficients(hw: HardwareProfile) -> dict[str, float]:
+    """Seconds per unit of each dense term, from the profile's refined parameters."""
+    return _coefficients(_refined(hw).dense, DENSE_RATE_FIELD)
 
 
 def sparse_coefficients(hw: HardwareProfile) -> dict[str, float]:
     """Seconds per unit of each sparse term, from the profile's refined parameters."""
-    params = _refined(hw).sparse
-    coefficients = {"call": params.call_overhead_s}
-    for term, field in SPARSE_RATE_FIELD.items():
-        coefficients[term] = _seconds_per_unit(getattr(params, field))
-    return coefficients
+    return _coefficients(_refined(hw).sparse, SPARSE_RATE_FIELD)
 
 
 def _refined(hw: HardwareProfile):

@@ -54,6 +54,14 @@ def _check_tensor(x: object, what: str, dims: int | None = None) -> torch.Tensor
 _conv_layout = functools.lru_cache(maxsize=1024)(conv_layout)
 
 
+def _check_bias(bias: torch.Tensor | None, dimension: str, expected: int) -> None:
+    if bias is None:
+        return
+    _check_tensor(bias, "bias", dims=1)
+    if bias.numel() != expected:
+        raise ValueError(f"bias has {bias.numel()} elements, expected {dimension}={expected}")
+
+
 def _module(implementation: Implementation):  # -> ModuleType | None
     if implementation == "reference":
         return None
@@ -115,12 +123,7 @@ def sparse_conv2d(
         raise ValueError(
             f"input has {input.shape[1]} channels but the weight expects {weight.in_channels}"
         )
-    if bias is not None:
-        _check_tensor(bias, "bias", dims=1)
-        if bias.numel() != weight.out_channels:
-            raise ValueError(
-                f"bias has {bias.numel()} elements, expected out_channels={weight.out_channels}"
-            )
+    _check_bias(bias, "out_channels", weight.out_channels)
     if batch_layout not in _BATCH_LAYOUTS:
         raise ValueError(f"batch_layout must be auto, spatial or blocked, not {batch_layout!r}")
     layout = _conv_layout(
@@ -194,12 +197,7 @@ def sparse_linear(
             f"input's last dimension must be in_features={weight.in_features}, "
             f"got shape {tuple(input.shape)}"
         )
-    if bias is not None:
-        _check_tensor(bias, "bias", dims=1)
-        if bias.numel() != weight.out_features:
-            raise ValueError(
-                f"bias has {bias.numel()} elements, expected out_features={weight.out_features}"
-            )
+    _check_bias(bias, "out_features", weight.out_features)
     lead = input.shape[:-1]
     x = input.reshape(-1, weight.in_features)  # (N, F)
     module = _module(implementation)
