@@ -43,9 +43,9 @@ from model.networks import create_model, network_info
 from model.pruning import make_config, method_info
 from model.training import Callback, TrainConfig, Trainer, layer_sparsity
 from model.training.distributed import Cluster
-from perfmodel import get_profile, predict_network
+from perfmodel import Conv2dSpec, HardwareProfile, get_profile, predict_network
 from perfmodel.extract import extract_layers
-from perfmodel.roofline import get_model
+from perfmodel.roofline import PerformanceModel, get_model
 
 
 @dataclass
@@ -216,17 +216,26 @@ def run_pruning(
     return manifest
 
 
-def _build(request: PruneRequest, train_config: TrainConfig, method_config: Any) -> tuple:
-    """Data, network (seeded: identical in every rank), predictions and the method's hooks."""
+def build_network(model: str, dataset: str, seed: int, checkpoint: str | None = None) -> tuple:
+    """``(net, data, info)``: the dataset and the network built seeded (identical in every
+    process that asks), with the starting weights of ``checkpoint`` if given."""
     from model.data import get_dataset
 
-    info = network_info(request.model)
+    info = network_info(model)
+    data = get_dataset(dataset, input_shape=info.input_shape, seed=seed)
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes=data.num_classes)
+    if checkpoint:
+        net.load_state_dict(load_weights(checkpoint))
+    return net, data, info
+
+
+def _build(request: PruneRequest, train_config: TrainConfig, method_config: Any) -> tuple:
+    """Data, network (seeded: identical in every rank), predictions and the method's hooks."""
+    net, data, info = build_network(request.model, request.dataset, train_config.seed,
+                                    request.checkpoint)  # fmt: skip
     hardware = get_profile(request.hardware)
-    data = get_dataset(request.dataset, input_shape=info.input_shape, seed=train_config.seed)
-    torch.manual_seed(train_config.seed)
-    net = create_model(request.model, num_classes=data.num_classes)
     if request.checkpoint:
-        net.load_state_dict(load_weights(request.checkpoint))
         train_config.dense_epochs = 0
     batch = getattr(method_config, "inference_batch", 1)
     specs = extract_layers(net, info.input_shape, batch=batch)
@@ -517,12 +526,12 @@ class FibreSpec:
     fibre is left). Predicted time: the GEMM's dense time plus the gather, one write and one
     read of the gathered input at the profile's memory bandwidth."""
 
-    conv: Any  # the convolution before fibre removal (perfmodel Conv2dSpec)
-    gemm: Any  # perfmodel Conv2dSpec of the 1×1 GEMM, or None
+    conv: Conv2dSpec  # the convolution before fibre removal
+    gemm: Conv2dSpec | None  # the 1×1 GEMM on the output grid
     kept: int
     total: int
 
-    def time_s(self, performance_model: Any, hardware: Any) -> float:
+    def time_s(self, performance_model: PerformanceModel, hardware: HardwareProfile) -> float:
         if self.gemm is None:
             return 0.0
         gathered = self.gemm.batch * self.gemm.in_channels * self.gemm.in_height * \

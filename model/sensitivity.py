@@ -152,20 +152,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``sweetspot sensitivity``: train (or load) a network, analyse it, write the outputs."""
-    from model.data import get_dataset
-    from model.networks import create_model, network_info
-    from model.pipeline import load_weights
+    from model.pipeline import build_network
     from model.training import TrainConfig, Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = network_info(args.model)
-    data = get_dataset(args.dataset, input_shape=info.input_shape, seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = create_model(args.model, num_classes=data.num_classes)
-    if args.checkpoint:
-        model.load_state_dict(load_weights(args.checkpoint))
-    else:
+    model, data, info = build_network(args.model, args.dataset, args.seed, args.checkpoint)
+    if not args.checkpoint:
         config = TrainConfig(dense_epochs=args.dense_epochs, seed=args.seed, log_every=0,
                              checkpoint_every=0, threads=args.threads)  # fmt: skip
         Trainer(model, data.train, data.test, config).fit(resume=False)

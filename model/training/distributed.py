@@ -137,11 +137,10 @@ def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None 
                           is_master=rank == 0, timeout=timeout,
                           wait_for_workers=False)  # fmt: skip
     joined = store.add(JOINED_KEY, 1)
+    stop = cancel or threading.Event()
     while rank == 0 and joined < cluster.world:
-        if cancel is not None and cancel.wait(0.2):
+        if stop.wait(0.2):
             raise RendezvousCancelledError("cancelled while waiting for the job's other ranks")
-        if cancel is None:
-            time.sleep(0.2)
         if time.monotonic() > deadline:
             raise RendezvousTimeoutError(
                 f"{joined} of {cluster.world} ranks joined within {cluster.timeout_s:g} s"
