@@ -151,10 +151,11 @@ class Plan:
     layers: tuple[Layer, ...]
     sparsities: tuple[float, ...]
     batches: tuple[int, ...]
-    repeats: int  # timed rounds; medians over them
+    repeats: int  # timed rounds per pass; medians over all rounds of all passes
     warmup: int  # untimed rounds first
     min_sample_s: float  # a timing sample loops a call until it lasts at least this
     idle_timeout_s: float  # longest wait for idle CPUs before measuring anyway
+    passes: int = 1  # the whole sweep, repeated; samples pooled (see pool_timings)
 
 
 def plan_for(quick: bool) -> Plan:
@@ -162,7 +163,8 @@ def plan_for(quick: bool) -> Plan:
     if quick:
         layers = tuple(layer for layer in CALIBRATION_LAYERS if layer.name in QUICK_LAYERS)
         return Plan(layers, QUICK_SPARSITIES, CALIBRATION_BATCHES, 3, 1, 2e-3, 5.0)
-    return Plan(CALIBRATION_LAYERS, CALIBRATION_SPARSITIES, CALIBRATION_BATCHES, 7, 1, 2e-3, 20.0)
+    return Plan(CALIBRATION_LAYERS, CALIBRATION_SPARSITIES, CALIBRATION_BATCHES, 5, 1, 2e-3, 20.0,
+                passes=3)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ the host
@@ -230,11 +232,14 @@ def wait_for_idle(threads: int, timeout_s: float, progress: Progress | None = No
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per call: the median of the samples and their coefficient of variation."""
+    """Seconds per call: the median of the samples, their coefficient of variation and, for
+    timings pooled from several passes, the spread of the passes' medians (max / min − 1)."""
 
     median_s: float
     cv: float
     samples: tuple[float, ...] = ()
+    spread: float = 0.0
+    passes: int = 1
 
     @classmethod
     def of(cls, samples: Sequence[float]) -> Timing:
@@ -304,7 +309,7 @@ def _prune_exact(weight, sparsity: float, generator):
     return flat.reshape(weight.shape)
 
 
-def measure_layer(
+def time_layer(
     layer: Layer,
     sparsities: Sequence[float],
     repeats: int,
@@ -312,10 +317,11 @@ def measure_layer(
     min_sample_s: float = 2e-3,
     seed: int = 0,
     clock: Callable[[], float] = time.perf_counter,
-) -> list[Measurement]:
+) -> dict[str, Timing]:
     """Dense (both backends) and sparse at every sparsity, all interleaved in one set of rounds.
 
-    The dense timing is shared by the layer's cases; its backend is the faster median.
+    Keys: ``dense:default``, ``dense:onednn`` (when PyTorch has it), ``sparse:{sparsity}``. The
+    same ``seed`` builds the same input and weights, so timings of several passes pool.
     """
     import torch
     import torch.nn.functional as F
@@ -355,12 +361,84 @@ def measure_layer(
             csr = conv_weight_to_csr(_prune_exact(weight, s, generator), g)
             functions[f"sparse:{s}"] = lambda csr=csr: sparse_conv2d(x, csr, bias, st, pd, dl)
     with torch.no_grad():
-        timings = time_interleaved(functions, repeats, warmup, min_sample_s, clock)
+        return time_interleaved(functions, repeats, warmup, min_sample_s, clock)
+
+
+def pool_timings(passes: Sequence[dict[str, Timing]]) -> dict[str, Timing]:
+    """One timing per function from several passes: the median of all their samples; ``cv``
+    the mean within-pass CV (the noise of the machine during a pass, comparable to one pass's),
+    ``spread`` how far the passes' medians lie apart.
+
+    Passes spread over a run sample the machine's slow and fast phases (on a shared 2-core
+    host a 2-thread batch-1 call can run at half speed for seconds: docs/calibration.md,
+    "repeatability"), where one pass would catch just one.
+    """
+    if len(passes) == 1:
+        return dict(passes[0])
+    pooled = {}
+    for name in passes[0]:
+        timings = [run[name] for run in passes]
+        medians = [t.median_s for t in timings]
+        pooled[name] = Timing(
+            median_s=statistics.median([s for t in timings for s in t.samples]),
+            cv=statistics.fmean(t.cv for t in timings),
+            samples=tuple(s for t in timings for s in t.samples),
+            spread=max(medians) / min(medians) - 1.0 if min(medians) > 0 else 0.0,
+            passes=len(timings),
+        )
+    return pooled
+
+
+def measurements_of(
+    layer: Layer, sparsities: Sequence[float], timings: dict[str, Timing]
+) -> list[Measurement]:
+    """The cases of one layer from :func:`time_layer`'s timings; the dense backend is the one
+    with the faster median, shared by the layer's cases."""
     backend, dense = min(
         ((name.split(":", 1)[1], t) for name, t in timings.items() if name.startswith("dense:")),
         key=lambda item: item[1].median_s,
     )
     return [Measurement(layer, 1.0 - s, dense, backend, timings[f"sparse:{s}"]) for s in sparsities]
+
+
+def measure_layer(
+    layer: Layer,
+    sparsities: Sequence[float],
+    repeats: int,
+    warmup: int = 1,
+    min_sample_s: float = 2e-3,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[Measurement]:
+    """One pass of :func:`time_layer`, as :class:`Measurement` cases."""
+    timings = time_layer(layer, sparsities, repeats, warmup, min_sample_s, seed, clock)
+    return measurements_of(layer, sparsities, timings)
+
+
+def measure_passes(
+    layers: Sequence[Layer],
+    sparsities: Sequence[Sequence[float]],
+    passes: int,
+    repeats: int,
+    warmup: int = 1,
+    min_sample_s: float = 2e-3,
+    seed: int = 0,
+    progress: Callable[[int, Layer], None] | None = None,
+) -> list[list[dict[str, Timing]]]:
+    """Time every layer ``passes`` times, whole passes one after the other (every other pass in
+    reverse order); result ``[layer][pass]`` timings. ``progress(step, layer)`` before each."""
+    runs: list[list[dict[str, Timing]]] = [[] for _ in layers]
+    step = 0
+    for p in range(passes):
+        order = range(len(layers)) if p % 2 == 0 else reversed(range(len(layers)))
+        for i in order:
+            if progress:
+                progress(step, layers[i])
+            step += 1
+            runs[i].append(
+                time_layer(layers[i], sparsities[i], repeats, warmup, min_sample_s, seed + i + 1)
+            )
+    return runs
 
 
 def measure_memory(threads: int) -> tuple[MemoryBandwidths, float]:
@@ -520,6 +598,14 @@ def noise_of(measurements: Sequence[Measurement]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def spread_of(measurements: Sequence[Measurement]) -> float | None:
+    """Median spread of the passes' medians over every timing (``None`` for one pass)."""
+    if all(m.sparse.passes == 1 for m in measurements):
+        return None
+    dense = {id(m.dense): m.dense.spread for m in measurements}
+    return statistics.median([*dense.values(), *(m.sparse.spread for m in measurements)])
+
+
 def fit_refined(
     measurements: Sequence[Measurement],
     memory: MemoryBandwidths,
@@ -558,6 +644,7 @@ def fit_refined(
             sparse_mape=mape(sparse_fit.predict(sparse_X), sparse_y),
             speedup_mape=mape(predicted_speedup, measured_speedup),
             noise_cv=noise_of(measurements),
+            pass_spread=spread_of(measurements),
             measurements=len(measurements),
             outliers_dropped=len(dense_fit.outliers_) + len(sparse_fit.outliers_),
             duration_s=duration_s,
@@ -701,18 +788,22 @@ def run_benchmarks(
     try:
         info = kernel_info()
         wait_for_idle(threads, plan.idle_timeout_s, progress)
-        cases = [(layer, b) for b in plan.batches for layer in plan.layers]
-        total = len(cases) + 1
+        layers = [layer.with_batch(b) for b in plan.batches for layer in plan.layers]
+        total = plan.passes * len(layers) + 1
         report({"stage": "memory", "done": 0, "total": total})
         memory, gemm = measure_memory(threads)
+
+        def step(done: int, layer: Layer) -> None:
+            report({"stage": "layers", "done": done + 1, "total": total, "layer": layer.name,
+                    "batch": layer.batch})  # fmt: skip
+
+        runs = measure_passes(
+            layers, [plan.sparsities] * len(layers), plan.passes, plan.repeats, plan.warmup,
+            plan.min_sample_s, seed, step,
+        )  # fmt: skip
         measurements: list[Measurement] = []
-        for index, (layer, batch) in enumerate(cases, start=1):
-            report({"stage": "layers", "done": index, "total": total, "layer": layer.name,
-                    "batch": batch})  # fmt: skip
-            measurements += measure_layer(
-                layer.with_batch(batch), plan.sparsities, plan.repeats, plan.warmup,
-                plan.min_sample_s, seed + index,
-            )  # fmt: skip
+        for layer, timings in zip(layers, runs, strict=True):
+            measurements += measurements_of(layer, plan.sparsities, pool_timings(timings))
         report({"stage": "done", "done": total, "total": total})
     finally:
         torch.set_num_threads(previous)
@@ -873,7 +964,9 @@ def format_profile(profile: HardwareProfile, path) -> str:
         f"{s.fma_latency_vectors:g} vectors), visits {g(s.nonzero_visits_per_s, 1e9, 'G/s')}, "
         f"per-call non-zeros {g(s.call_nonzeros_per_s, 1e9, 'G/s')}, packing "
         f"{g(s.pack_bytes_per_s, 1e9, 'GB/s')}, output {g(s.output_bytes_per_s, 1e9, 'GB/s')}",
-        f"fit:          {f.measurements} cases, noise CV {f.noise_cv:.3f}, MAPE dense "
+        f"fit:          {f.measurements} cases, noise CV {f.noise_cv:.3f}"
+        + (f", pass spread {f.pass_spread:.3f}" if f.pass_spread is not None else "")
+        + ", MAPE dense "
         f"{f.dense_mape:.1%}, sparse {f.sparse_mape:.1%}, speedup {f.speedup_mape:.1%}"
         + (f", {f.duration_s:.0f} s" if f.duration_s else ""),
     ]

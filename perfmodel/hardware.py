@@ -167,6 +167,10 @@ class FitQuality(BaseModel):
     sparse_mape: float = Field(ge=0, description="Mean |relative error| of sparse times.")
     speedup_mape: float = Field(ge=0, description="Mean |relative error| of speedups.")
     noise_cv: float = Field(ge=0, description="Median coefficient of variation of timings.")
+    pass_spread: float | None = Field(
+        None, ge=0, description="Median spread (max / min − 1) of a timing's medians over the "
+        "calibration's passes; None for a one-pass run (and in older profiles).",
+    )  # fmt: skip
     measurements: int = Field(ge=0, description="Timed (layer, batch, density) cases.")
     outliers_dropped: int = Field(0, ge=0)
     duration_s: float | None = Field(None, ge=0, description="Wall time of the calibration.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 
 import numpy as np
@@ -21,8 +22,11 @@ from model.calibration import (
     build_profile,
     fit_refined,
     fit_sparse,
+    measure_passes,
     plan_for,
+    pool_timings,
     simulate,
+    spread_of,
     time_interleaved,
 )
 from perfmodel import SCHEMA_VERSION, Conv2dSpec, get_profile, predict_network, profile_names
@@ -112,6 +116,51 @@ def test_time_interleaved_uses_the_injected_clock():
                                clock=lambda: float(next(ticks)))  # fmt: skip
     assert timings["a"].median_s == pytest.approx(1.0)
     assert timings["a"].cv == 0.0
+
+
+def test_pooled_timing_takes_the_median_of_all_passes_and_reports_their_spread():
+    fast = {"f": Timing.of([1.0, 1.0, 1.2])}
+    slow = {"f": Timing.of([2.0, 2.0, 2.4])}
+    pooled = pool_timings([fast, slow, fast])["f"]
+    assert pooled.median_s == pytest.approx(1.2)  # of 1, 1, 1, 1, 1.2, 1.2, 2, 2, 2.4
+    assert pooled.samples == (1.0, 1.0, 1.2, 2.0, 2.0, 2.4, 1.0, 1.0, 1.2)
+    assert pooled.cv == pytest.approx(fast["f"].cv)  # within-pass noise, not the pass shift
+    assert pooled.spread == pytest.approx(1.0) and pooled.passes == 3
+    assert pool_timings([fast]) == fast
+
+
+def test_spread_of_a_run_is_none_for_one_pass():
+    one_pass = simulate(TRUE, plan_for(quick=True))
+    assert spread_of(one_pass) is None
+    dense = {id(m.dense): dataclasses.replace(m.dense, spread=0.3, passes=2) for m in one_pass}
+    pooled = [
+        dataclasses.replace(m, dense=dense[id(m.dense)],
+                            sparse=dataclasses.replace(m.sparse, spread=0.1, passes=2))
+        for m in one_pass
+    ]  # fmt: skip
+    assert len(dense) < len(pooled) / 2  # a layer's dense timing is shared by its cases
+    assert spread_of(pooled) == pytest.approx(0.1)
+    assert build_profile(_data(pooled), "host").refined.fit.pass_spread == pytest.approx(0.1)
+    assert build_profile(_data(one_pass), "host").refined.fit.pass_spread is None
+
+
+def test_measure_passes_alternates_order_and_keeps_each_layers_seed(monkeypatch):
+    calls = []
+
+    def fake_time_layer(layer, sparsities, repeats, warmup, min_sample_s, seed):
+        calls.append((layer.name, seed))
+        return {"dense:default": Timing.of([1.0]), "sparse:0.5": Timing.of([0.5])}
+
+    monkeypatch.setattr(calibration, "time_layer", fake_time_layer)
+    layers = [layer.with_batch(1) for layer in CALIBRATION_LAYERS[:3]]
+    steps = []
+    runs = measure_passes(layers, [(0.5,)] * 3, passes=2, repeats=1, seed=10,
+                          progress=lambda i, layer: steps.append((i, layer.name)))  # fmt: skip
+    names = [layer.name for layer in layers]
+    assert [name for name, _ in calls] == names + names[::-1]
+    assert {name: seed for name, seed in calls[:3]} == {name: seed for name, seed in calls[3:]}
+    assert steps == list(enumerate(names + names[::-1]))
+    assert [len(r) for r in runs] == [2, 2, 2]
 
 
 def test_calibration_never_sees_validation_layers_or_sparsities():

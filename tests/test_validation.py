@@ -9,7 +9,7 @@ import pytest
 from test_refined_model import refined_profile
 
 from model import validation
-from model.validation import score
+from model.validation import repeatability, score
 from perfmodel import save_profile
 
 
@@ -40,6 +40,43 @@ def test_curve_that_never_breaks_even_counts_as_100_percent():
     cases = [_case("a", 0.5, 0.5, 0.5), _case("a", 0.9, 0.9, 1.5)]
     # predicted never reaches 1 (→ 1.0); measured crosses at 0.5 + 0.4·0.5/1.0 = 0.7.
     assert score(cases)["breakeven_error_pp"] == pytest.approx(30.0)
+
+
+def test_repeatability_scores_each_pass_against_the_pooled_speedup():
+    cases = [
+        {**_case("a", 0.5, 1.0, 2.0), "pass_speedups": [2.0, 2.1, 2.5]},  # 0, +5%, +25%
+        {**_case("a", 0.9, 1.0, 4.0), "pass_speedups": [3.8, 4.0, 4.6]},  # -5%, 0, +15%
+    ]
+    result = repeatability(cases)
+    assert result["repeatability_10pct"] == pytest.approx(4 / 6)
+    assert result["repeatability_20pct"] == pytest.approx(5 / 6)
+    one_pass = [{**_case("a", 0.5, 1.0, 2.0), "pass_speedups": [2.0]}]
+    assert repeatability(one_pass) == {"repeatability_10pct": None, "repeatability_20pct": None}
+
+
+def test_validate_with_passes_pools_them(capsys):
+    save_profile(refined_profile())
+    parser = argparse.ArgumentParser()
+    validation.add_arguments(parser)
+    args = parser.parse_args(["--hardware", "host", "--quick", "--json", "--quiet",
+                              "--repeats", "1", "--passes", "2"])  # fmt: skip
+    assert validation.run(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["passes"] == 2
+    assert 0 <= result["repeatability_20pct"] <= 1
+    for case in result["cases"]:
+        assert len(case["pass_speedups"]) == 2 and min(case["pass_speedups"]) > 0
+        assert case["measured_speedup"] == pytest.approx(case["dense_s"] / case["sparse_s"])
+
+
+@pytest.mark.parametrize("option", ["--passes", "--repeats", "--threads"])
+def test_validate_rejects_counts_below_one(option, capsys):
+    save_profile(refined_profile())
+    parser = argparse.ArgumentParser()
+    validation.add_arguments(parser)
+    args = parser.parse_args(["--hardware", "host", "--quick", "--quiet", option, "0"])
+    assert validation.run(args) == 2
+    assert f"{option} must be >= 1" in capsys.readouterr().err
 
 
 def test_validate_quick_end_to_end(tmp_path, capsys):
