@@ -46,6 +46,7 @@ from perfmodel.hardware import (
     DenseParameters,
     FitQuality,
     MemoryBandwidths,
+    NativeDenseParameters,
     Provenance,
     RefinedParameters,
     SparseParameters,
@@ -54,11 +55,17 @@ from perfmodel.hardware import (
 from perfmodel.refined import (
     DENSE_RATE_FIELD,
     DENSE_TERMS,
+    NATIVE_DENSE_TERMS,
+    NATIVE_RATE_FIELD,
     SPARSE_RATE_FIELD,
     SPARSE_TERMS,
     TILE_VECTORS,
     RefinedRoofline,
     dense_features,
+    native_dense_features,
+    native_dense_time_s,
+    onednn_dense_time_s,
+    runs_native_dense,
     sparse_features,
 )
 from perfmodel.roofline import Layer
@@ -114,6 +121,14 @@ CALIBRATION_LAYERS: tuple[Layer, ...] = (
     square_conv("c3.16@24", 16, 16, 24, 3),
     square_conv("c3.32@24", 32, 32, 24, 3),
     square_conv("c3.64@48", 64, 64, 48, 3),
+    # Small inputs (≤ 20480 elements at batch 1, kernel ≤ 3): PyTorch's default runs its native
+    # im2col + GEMM path there (perfmodel.refined.runs_native_dense), often faster than oneDNN
+    # at batch 1; with the five above that qualify, enough cases to fit that path.
+    square_conv("c3.16-24@28", 16, 24, 28, 3),
+    square_conv("c3.48@16", 48, 48, 16, 3),
+    square_conv("c3.128@10", 128, 128, 10, 3),
+    square_conv("c3.384@6", 384, 384, 6, 3),
+    square_conv("c3s2.32-64@24", 32, 64, 24, 3, stride=2),
     # Strided, 5×5 and 7×7 (the "other convolution" family).
     square_conv("c3s2.48-96@24", 48, 96, 24, 3, stride=2),
     square_conv("c3s2.16-32@40", 16, 32, 40, 3, stride=2),
@@ -293,6 +308,9 @@ class Measurement:
     dense: Timing
     dense_backend: str
     sparse: Timing
+    # Every dense backend's timing by name ("default": F.conv2d, "onednn"); `dense` is the
+    # fastest. The refined model fits PyTorch's native path from "default" where it runs.
+    dense_backends: dict[str, Timing] = field(default_factory=dict, compare=False)
 
     @property
     def speedup(self) -> float:
@@ -394,11 +412,14 @@ def measurements_of(
 ) -> list[Measurement]:
     """The cases of one layer from :func:`time_layer`'s timings; the dense backend is the one
     with the faster median, shared by the layer's cases."""
-    backend, dense = min(
-        ((name.split(":", 1)[1], t) for name, t in timings.items() if name.startswith("dense:")),
-        key=lambda item: item[1].median_s,
-    )
-    return [Measurement(layer, 1.0 - s, dense, backend, timings[f"sparse:{s}"]) for s in sparsities]
+    backends = {
+        name.split(":", 1)[1]: t for name, t in timings.items() if name.startswith("dense:")
+    }
+    backend, dense = min(backends.items(), key=lambda item: item[1].median_s)
+    return [
+        Measurement(layer, 1.0 - s, dense, backend, timings[f"sparse:{s}"], backends)
+        for s in sparsities
+    ]
 
 
 def measure_layer(
@@ -544,6 +565,18 @@ class DenseTimeRegressor(_NonNegativeTimeRegressor):
         return DenseParameters(call_overhead_s=c["call"], **rates)
 
 
+class NativeDenseTimeRegressor(_NonNegativeTimeRegressor):
+    """Fits :class:`perfmodel.hardware.NativeDenseParameters` (columns:
+    ``NATIVE_DENSE_TERMS``)."""
+
+    terms = NATIVE_DENSE_TERMS
+
+    def parameters(self) -> NativeDenseParameters:
+        c = self.coefficients()
+        rates = {field: _rate(c[term]) for term, field in NATIVE_RATE_FIELD.items()}
+        return NativeDenseParameters(call_overhead_s=c["call"], **rates)
+
+
 class SparseTimeRegressor(_NonNegativeTimeRegressor):
     """Fits :class:`perfmodel.hardware.SparseParameters` (columns: ``SPARSE_TERMS``, built with
     some FMA latency floor: :func:`fit_sparse` picks it)."""
@@ -614,20 +647,42 @@ def fit_refined(
     isa: str | None = None,
     duration_s: float | None = None,
 ) -> RefinedParameters:
-    """Fit the refined model's parameters to calibration measurements."""
-    dense_cases = {id(m.dense): m for m in measurements}.values()
+    """Fit the refined model's parameters to calibration measurements.
+
+    Dense: oneDNN's model on every layer (on layers where ``F.conv2d`` runs PyTorch's native
+    path, on the forced-oneDNN timing); the native path's own model on the default backend's
+    timings of those layers, when there are enough of them. The dense prediction is the faster
+    of the two, as the measurement is.
+    """
+    dense_cases = list({id(m.dense): m for m in measurements}.values())
     dense_X = _design([dense_features(m.layer, vector_width) for m in dense_cases], DENSE_TERMS)
+
+    def onednn_time(m: Measurement) -> float:
+        native = runs_native_dense(m.layer, threads) and "onednn" in m.dense_backends
+        return (m.dense_backends["onednn"] if native else m.dense).median_s
+
+    dense_fit = DenseTimeRegressor().fit(dense_X, np.array([onednn_time(m) for m in dense_cases]))
+    dense_predicted = dense_fit.predict(dense_X)
+    native_cases = [
+        (i, m) for i, m in enumerate(dense_cases)
+        if runs_native_dense(m.layer, threads) and "default" in m.dense_backends
+    ]  # fmt: skip
+    native_fit = None
+    if len(native_cases) > len(NATIVE_DENSE_TERMS):
+        native_X = _design([native_dense_features(m.layer) for _, m in native_cases],
+                           NATIVE_DENSE_TERMS)  # fmt: skip
+        native_y = np.array([m.dense_backends["default"].median_s for _, m in native_cases])
+        native_fit = NativeDenseTimeRegressor().fit(native_X, native_y)
+        for (i, _), native in zip(native_cases, native_fit.predict(native_X), strict=True):
+            dense_predicted[i] = min(dense_predicted[i], native)
     dense_y = np.array([m.dense.median_s for m in dense_cases])
     sparse_y = np.array([m.sparse.median_s for m in measurements])
-    dense_fit = DenseTimeRegressor().fit(dense_X, dense_y)
     sparse_fit, latency_vectors, sparse_X = fit_sparse(measurements, vector_width)
 
     def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
         return float(np.mean(np.abs(predicted - measured) / measured))
 
-    dense_by_id = dict(
-        zip([id(m.dense) for m in dense_cases], dense_fit.predict(dense_X), strict=True)
-    )
+    dense_by_id = dict(zip([id(m.dense) for m in dense_cases], dense_predicted, strict=True))
     predicted_speedup = np.array([dense_by_id[id(m.dense)] for m in measurements]) / (
         sparse_fit.predict(sparse_X)
     )
@@ -638,15 +693,17 @@ def fit_refined(
         isa=isa,
         memory=memory,
         dense=dense_fit.parameters(),
+        native_dense=native_fit.parameters() if native_fit is not None else None,
         sparse=sparse_fit.parameters(latency_vectors),
         fit=FitQuality(
-            dense_mape=mape(dense_fit.predict(dense_X), dense_y),
+            dense_mape=mape(dense_predicted, dense_y),
             sparse_mape=mape(sparse_fit.predict(sparse_X), sparse_y),
             speedup_mape=mape(predicted_speedup, measured_speedup),
             noise_cv=noise_of(measurements),
             pass_spread=spread_of(measurements),
             measurements=len(measurements),
-            outliers_dropped=len(dense_fit.outliers_) + len(sparse_fit.outliers_),
+            outliers_dropped=len(dense_fit.outliers_) + len(sparse_fit.outliers_)
+            + (len(native_fit.outliers_) if native_fit is not None else 0),
             duration_s=duration_s,
         ),
     )
@@ -677,10 +734,14 @@ def simulate(
     for batch in plan.batches:
         for spec in plan.layers:
             layer = spec.with_batch(batch)
-            dense = timing(model.dense_time_s(layer, profile))
+            backends = {"onednn": timing(onednn_dense_time_s(layer, profile))}
+            native = native_dense_time_s(layer, profile)
+            if native is not None:
+                backends["default"] = timing(native)
+            backend, dense = min(backends.items(), key=lambda item: item[1].median_s)
             for s in plan.sparsities:
                 sparse = timing(model.sparse_time(layer, profile, 1.0 - s).total_s)
-                measurements.append(Measurement(layer, 1.0 - s, dense, "simulated", sparse))
+                measurements.append(Measurement(layer, 1.0 - s, dense, backend, sparse, backends))
     return measurements
 
 
@@ -936,7 +997,7 @@ def format_profile(profile: HardwareProfile, path) -> str:
     """A short human summary of a calibrated profile."""
     r = profile.refined
     assert r is not None
-    d, s, m, f = r.dense, r.sparse, r.memory, r.fit
+    d, n, s, m, f = r.dense, r.native_dense, r.sparse, r.memory, r.fit
 
     def g(rate: float | None, unit: float, suffix: str) -> str:
         return "negligible" if rate is None else f"{rate / unit:.3g} {suffix}"
@@ -959,6 +1020,19 @@ def format_profile(profile: HardwareProfile, path) -> str:
         f"fc {g(d.linear_flops_per_s, 1e9, 'GF/s')}; "
         f"layout {g(d.layout_bytes_per_s, 1e9, 'GB/s')}, "
         f"output {g(d.output_bytes_per_s, 1e9, 'GB/s')}",
+        *(
+            [
+                f"dense native: overhead {n.call_overhead_s * 1e6:.1f} µs; im2col "
+                f"{g(n.columns_bytes_per_s, 1e9, 'GB/s')} (strided "
+                f"{g(n.strided_columns_bytes_per_s, 1e9, 'GB/s')}), GEMM "
+                f"{g(n.gemm_flops_per_s, 1e9, 'GF/s')}, weights "
+                f"{g(n.weight_bytes_per_s, 1e9, 'GB/s')}, output "
+                f"{g(n.output_bytes_per_s, 1e9, 'GB/s')} (PyTorch's own path, small batch-1 "
+                "inputs)"
+            ]
+            if n is not None
+            else []
+        ),
         f"sparse:       overhead {s.call_overhead_s * 1e6:.1f} µs; inner loop "
         f"{g(s.inner_loop_bytes_per_s, 1e9, 'GB/s')} (latency floor "
         f"{s.fma_latency_vectors:g} vectors), visits {g(s.nonzero_visits_per_s, 1e9, 'G/s')}, "

@@ -115,6 +115,33 @@ class DenseParameters(BaseModel):
     )
 
 
+class NativeDenseParameters(BaseModel):
+    """Fitted time of PyTorch's native convolution (im2col + GEMM, ``slow_conv2d``), which
+    ``F.conv2d`` runs instead of oneDNN for small batch-1 inputs
+    (:func:`perfmodel.refined.runs_native_dense`); one image per thread, so at batch 1 it runs
+    on one core whatever the thread count.
+
+    ``t = call_overhead_s + S_cols/columns + 2·K·C·R·S·P·Q/gemm + S_out/output`` with
+    ``S_cols`` the im2col matrix's bytes (written, then read by the GEMM).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    call_overhead_s: float = Field(ge=0, description="Fixed cost of one native call.")
+    columns_bytes_per_s: OptionalRate = Field(
+        description="The im2col matrix (C·R·S × P·Q floats), unfolded and read by the GEMM."
+    )
+    strided_columns_bytes_per_s: OptionalRate = Field(
+        description="The same for strided or dilated convolutions (a gather per element)."
+    )
+    gemm_flops_per_s: OptionalRate = Field(description="The GEMM's FLOPs (unpadded).")
+    weight_bytes_per_s: OptionalRate = Field(
+        description="Weights streamed by the GEMM, once per image: what bounds a GEMM with few "
+        "output positions and many weights (late layers on small images)."
+    )
+    output_bytes_per_s: OptionalRate = Field(description="Output written (bias, then GEMM).")
+
+
 class SparseParameters(BaseModel):
     """Fitted time of the direct sparse kernel (:mod:`model.sparse`), see perfmodel.refined."""
 
@@ -186,6 +213,10 @@ class RefinedParameters(BaseModel):
     isa: str | None = Field(None, description="The sparse kernel's instruction set.")
     memory: MemoryBandwidths
     dense: DenseParameters
+    native_dense: NativeDenseParameters | None = Field(
+        None, description="PyTorch's native path where it runs (None: not fitted, older "
+        "profiles; the dense time is then oneDNN's everywhere).",
+    )  # fmt: skip
     sparse: SparseParameters
     fit: FitQuality
 

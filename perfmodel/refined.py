@@ -24,6 +24,14 @@ bytes)::
 allocated NCHW tensor): a layer that makes few FLOPs per output pixel (few input channels,
 small kernel) pays relatively more for it.
 
+Where ``F.conv2d`` runs PyTorch's native im2col + GEMM instead of oneDNN (batch 1, kernel
+≤ 3×3, ≤ 20480 input elements, no groups: :func:`runs_native_dense`), the measured dense time
+is the faster of the two, and so is the prediction: ``min(t_dense, t_native)`` with
+(``S_cols`` the im2col matrix, ``S_W`` the weights the GEMM streams per image)::
+
+    t_native = o_n + S_cols/B_cols (B_cols_strided if strided) + 2·K·C·R·S·P·Q/F_gemm
+               + S_W/B_gemm_weights + S_out/B_out
+
 Sparse time (direct sparse convolution, density ``x``; the geometry replicates the kernel's
 layout and cache blocking, :func:`sparse_conv_geometry`)::
 
@@ -54,7 +62,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perfmodel.hardware import DenseParameters, HardwareProfile, ProfileError, SparseParameters
+from perfmodel.hardware import (
+    DenseParameters,
+    HardwareProfile,
+    NativeDenseParameters,
+    ProfileError,
+    SparseParameters,
+)
 from perfmodel.layers import Conv2dSpec, LinearSpec
 from perfmodel.roofline import MODELS, Layer, RooflineModel, SparseTime
 
@@ -70,6 +84,23 @@ DENSE_TERMS: tuple[str, ...] = (
     "linear_weight_bytes",
 )
 """Columns of the dense design matrix; the fitted coefficient of each is seconds per unit."""
+
+NATIVE_DENSE_TERMS: tuple[str, ...] = (
+    "call",
+    "columns_bytes",
+    "strided_columns_bytes",
+    "gemm_flops",
+    "weight_bytes",
+    "output_bytes",
+)
+"""Columns of the design matrix of PyTorch's native convolution path (im2col + GEMM)."""
+NATIVE_RATE_FIELD = {
+    "columns_bytes": "columns_bytes_per_s",
+    "strided_columns_bytes": "strided_columns_bytes_per_s",
+    "gemm_flops": "gemm_flops_per_s",
+    "weight_bytes": "weight_bytes_per_s",
+    "output_bytes": "output_bytes_per_s",
+}
 
 SPARSE_FIXED_TERMS: tuple[str, ...] = (
     "call",
@@ -248,6 +279,56 @@ def dense_features(layer: Layer, vector_width: int = 16) -> dict[str, float]:
     return row
 
 
+# PyTorch's `use_mkldnn` (aten/src/ATen/native/Convolution.cpp, torch 2.x): below this many
+# input elements at batch 1 its own path beats oneDNN "for some case".
+NATIVE_MAX_INPUT_ELEMENTS = 20480
+
+
+def runs_native_dense(layer: Layer, threads: int) -> bool:
+    """Whether ``F.conv2d`` runs PyTorch's native im2col + GEMM (``slow_conv2d``, or
+    ``slow_conv_dilated2d`` when dilated) on ``layer`` rather than oneDNN: fp32 on CPU,
+    PyTorch's ``use_mkldnn`` rule. oneDNN needs both (a) a strided or dilated conv, batch
+    ≥ 16, a kernel other than 1×1 or more than one thread, and (b) groups, a kernel larger
+    than 3×3, batch > 1 or more than 20480 input elements. (tests/test_refined_model.py
+    checks this against the kernel PyTorch really calls.)"""
+    if isinstance(layer, LinearSpec):
+        return False
+    one_by_one = layer.kernel == (1, 1)
+    wants_onednn = (
+        layer.stride != (1, 1)
+        or layer.dilation != (1, 1)
+        or layer.batch >= 16
+        or not one_by_one
+        or threads > 1
+    )
+    onednn_pays = (
+        layer.groups > 1
+        or (layer.kernel[0] > 3 and layer.kernel[1] > 3)
+        or layer.batch > 1
+        or layer.batch * layer.in_channels * layer.in_height * layer.in_width
+        > NATIVE_MAX_INPUT_ELEMENTS
+    )
+    return not (wants_onednn and onednn_pays)
+
+
+def native_dense_features(layer: Conv2dSpec) -> dict[str, float]:
+    """The design row of PyTorch's native path (keys: :data:`NATIVE_DENSE_TERMS`): per image,
+    unfold the input into a ``C·R·S × P·Q`` matrix, one GEMM with the ``K × C·R·S`` weights,
+    the output initialised with the bias."""
+    positions = layer.batch * layer.out_height * layer.out_width
+    cg = layer.in_channels // layer.groups
+    columns = cg * layer.kernel[0] * layer.kernel[1] * positions * layer.groups
+    strided = layer.stride != (1, 1) or layer.dilation != (1, 1)
+    return {
+        "call": 1.0,
+        "columns_bytes": 0.0 if strided else float(columns * layer.dtype_bytes),
+        "strided_columns_bytes": float(columns * layer.dtype_bytes) if strided else 0.0,
+        "gemm_flops": float(layer.flops),
+        "weight_bytes": float(layer.batch * layer.weight_bytes),
+        "output_bytes": float(positions * layer.out_channels * layer.dtype_bytes),
+    }
+
+
 def sparse_features(
     layer: Layer,
     density: float,
@@ -306,7 +387,8 @@ def _seconds_per_unit(rate: float | None) -> float:
 
 
 def _coefficients(
-    params: DenseParameters | SparseParameters, rate_field: dict[str, str]
+    params: DenseParameters | NativeDenseParameters | SparseParameters,
+    rate_field: dict[str, str],
 ) -> dict[str, float]:
     """Seconds per unit of each term: the call overhead, then 1/rate of each fitted rate."""
     coefficients = {"call": params.call_overhead_s}
@@ -320,6 +402,11 @@ def dense_coefficients(hw: HardwareProfile) -> dict[str, float]:
     return _coefficients(_refined(hw).dense, DENSE_RATE_FIELD)
 
 
+def native_dense_coefficients(params: NativeDenseParameters) -> dict[str, float]:
+    """Seconds per unit of each term of PyTorch's native path."""
+    return _coefficients(params, NATIVE_RATE_FIELD)
+
+
 def sparse_coefficients(hw: HardwareProfile) -> dict[str, float]:
     """Seconds per unit of each sparse term, from the profile's refined parameters."""
     return _coefficients(_refined(hw).sparse, SPARSE_RATE_FIELD)
@@ -329,6 +416,24 @@ def _refined(hw: HardwareProfile):
     if hw.refined is None:
         raise MissingRefinedParametersError(hw.name)
     return hw.refined
+
+
+def onednn_dense_time_s(layer: Layer, hw: HardwareProfile) -> float:
+    """The dense time of ``layer`` on oneDNN (the default backend's for fully connected)."""
+    row = dense_features(layer, _refined(hw).vector_width)
+    coefficients = dense_coefficients(hw)
+    return sum(coefficients[term] * row[term] for term in DENSE_TERMS)
+
+
+def native_dense_time_s(layer: Layer, hw: HardwareProfile) -> float | None:
+    """The time of PyTorch's native path on ``layer``; ``None`` where ``F.conv2d`` does not
+    run it (:func:`runs_native_dense`) or the profile has no fit of it."""
+    refined = _refined(hw)
+    if refined.native_dense is None or not runs_native_dense(layer, refined.threads):
+        return None
+    coefficients = native_dense_coefficients(refined.native_dense)
+    row = native_dense_features(layer)
+    return sum(coefficients[term] * row[term] for term in NATIVE_DENSE_TERMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,10 +462,11 @@ class RefinedRoofline(RooflineModel):
     name = "refined"
 
     def dense_time_s(self, layer: Layer, hw: HardwareProfile) -> float:
-        width = _refined(hw).vector_width
-        coefficients = dense_coefficients(hw)
-        row = dense_features(layer, width)
-        return sum(coefficients[term] * row[term] for term in DENSE_TERMS)
+        """The best dense backend: oneDNN's time, or PyTorch's native path where ``F.conv2d``
+        runs it and it is faster (the measurement takes the faster of the two as well)."""
+        onednn = onednn_dense_time_s(layer, hw)
+        native = native_dense_time_s(layer, hw)
+        return onednn if native is None else min(onednn, native)
 
     def sparse_time(self, layer: Layer, hw: HardwareProfile, density: float) -> SparseTime:
         refined = _refined(hw)

@@ -8,7 +8,7 @@ import itertools
 
 import numpy as np
 import pytest
-from test_refined_model import refined_profile
+from test_refined_model import NATIVE, refined_profile, with_native
 
 from model import calibration
 from model.calibration import (
@@ -30,7 +30,7 @@ from model.calibration import (
     time_interleaved,
 )
 from perfmodel import SCHEMA_VERSION, Conv2dSpec, get_profile, predict_network, profile_names
-from perfmodel.refined import DENSE_RATE_FIELD, SPARSE_RATE_FIELD
+from perfmodel.refined import DENSE_RATE_FIELD, NATIVE_RATE_FIELD, SPARSE_RATE_FIELD
 
 TRUE = refined_profile()
 
@@ -53,6 +53,31 @@ def test_fit_recovers_the_parameters_that_generated_the_timings():
             assert getattr(params, field) == pytest.approx(getattr(truth, field), rel=1e-3), field
     assert fitted.sparse.fma_latency_vectors == TRUE.refined.sparse.fma_latency_vectors
     assert fitted.fit.speedup_mape < 1e-6
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fit_recovers_the_native_dense_path_from_the_default_backends_timings(threads):
+    truth = with_native(TRUE, threads)
+    measurements = simulate(truth, plan_for(quick=False))
+    eligible = {m.layer.name for m in measurements if "default" in m.dense_backends}
+    assert "c3.16-24@28" in eligible and "alexnet.conv3" not in eligible
+    assert any(m.dense_backend == "default" for m in measurements)  # the native path wins some
+    fitted = fit_refined(measurements, TRUE.refined.memory, threads=threads)
+    assert fitted.native_dense is not None
+    assert fitted.native_dense.call_overhead_s == pytest.approx(NATIVE.call_overhead_s, rel=1e-3)
+    for field in NATIVE_RATE_FIELD.values():
+        assert getattr(fitted.native_dense, field) == pytest.approx(getattr(NATIVE, field),
+                                                                    rel=1e-3), field  # fmt: skip
+    for field in DENSE_RATE_FIELD.values():  # oneDNN's fit uses oneDNN's timings everywhere
+        assert getattr(fitted.dense, field) == pytest.approx(getattr(TRUE.refined.dense, field),
+                                                             rel=1e-3), field  # fmt: skip
+    assert fitted.fit.dense_mape < 1e-6 and fitted.fit.speedup_mape < 1e-6
+
+
+def test_no_native_fit_without_the_default_backends_timings():
+    simulated = simulate(with_native(TRUE), plan_for(False))
+    measurements = [dataclasses.replace(m, dense_backends={}) for m in simulated]
+    assert fit_refined(measurements, TRUE.refined.memory, threads=1).native_dense is None
 
 
 @pytest.mark.parametrize("floor", [1.0, 4.0])

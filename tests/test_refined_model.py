@@ -31,13 +31,33 @@ from perfmodel.hardware import (
     DenseParameters,
     FitQuality,
     MemoryBandwidths,
+    NativeDenseParameters,
     Provenance,
     RefinedParameters,
     SparseParameters,
 )
-from perfmodel.refined import sparse_conv_geometry
+from perfmodel.refined import (
+    native_dense_time_s,
+    onednn_dense_time_s,
+    runs_native_dense,
+    sparse_conv_geometry,
+)
 
 MODEL = RefinedRoofline()
+
+
+NATIVE = NativeDenseParameters(
+    call_overhead_s=2e-6, columns_bytes_per_s=40e9, strided_columns_bytes_per_s=10e9,
+    gemm_flops_per_s=120e9, weight_bytes_per_s=30e9, output_bytes_per_s=40e9,
+)  # fmt: skip
+
+
+def with_native(profile: HardwareProfile, threads: int | None = None) -> HardwareProfile:
+    """``profile`` with a fit of PyTorch's native path (and, optionally, another thread count)."""
+    refined = profile.refined.model_copy(
+        update={"native_dense": NATIVE, "threads": threads or profile.refined.threads}
+    )
+    return profile.model_copy(update={"refined": refined})
 
 
 def refined_profile(name: str = "host") -> HardwareProfile:
@@ -265,3 +285,69 @@ print("ok")
                             timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _conv(c, k, size, kernel=3, stride=1, groups=1, batch=1, dilation=1):
+    return Conv2dSpec(name="x", in_channels=c, out_channels=k, in_height=size, in_width=size,
+                      kernel=kernel, stride=stride, padding=kernel // 2 * dilation,
+                      dilation=dilation, groups=groups, batch=batch)  # fmt: skip
+
+
+NATIVE_CASES = [  # (layer, threads): PyTorch's rule has a branch for each of these
+    (_conv(16, 16, 32), 2),  # 16384 input elements at batch 1: native
+    (_conv(20, 16, 32), 2),  # 20480: still native
+    (_conv(21, 16, 32), 2),  # 21504: oneDNN
+    (_conv(16, 16, 32, batch=2), 2),  # batch > 1: oneDNN
+    (_conv(16, 16, 16, kernel=5), 2),  # kernel > 3×3: oneDNN
+    (_conv(16, 16, 16, groups=2), 2),  # groups: oneDNN
+    (_conv(16, 32, 32, stride=2), 2),  # strided but small: native
+    (_conv(16, 16, 16, dilation=2), 1),  # dilated but small: native
+    (_conv(64, 64, 28, kernel=1), 1),  # 1×1, one thread: native whatever the size
+    (_conv(64, 64, 28, kernel=1), 2),  # 1×1, two threads, 50176 elements: oneDNN
+    (_conv(64, 64, 8, kernel=1), 2),  # 1×1, two threads, small: native
+    (_conv(64, 64, 28, kernel=1, batch=16), 1),  # batch ≥ 16: oneDNN
+]
+
+
+@pytest.mark.parametrize(("layer", "threads"), NATIVE_CASES)
+def test_runs_native_dense_follows_the_kernel_pytorch_calls(layer, threads):
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(layer.batch, layer.in_channels, layer.in_height, layer.in_width)
+    w = torch.randn(layer.out_channels, layer.in_channels // layer.groups, *layer.kernel)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as trace:
+            F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    finally:
+        torch.set_num_threads(previous)
+    names = {event.name for event in trace.events()}
+    native = {"aten::_slow_conv2d_forward", "aten::slow_conv_dilated2d"}  # im2col + GEMM
+    assert bool(native & names) == runs_native_dense(layer, threads), names
+    assert ("aten::mkldnn_convolution" in names) != runs_native_dense(layer, threads), names
+
+
+def test_dense_time_is_the_faster_of_onednn_and_the_native_path():
+    profile = with_native(refined_profile(), threads=2)
+    small, large = _conv(16, 16, 32), _conv(64, 64, 56)
+    native = native_dense_time_s(small, profile)
+    assert native is not None and native_dense_time_s(large, profile) is None
+    assert MODEL.dense_time_s(small, profile) == min(native, onednn_dense_time_s(small, profile))
+    assert MODEL.dense_time_s(large, profile) == onednn_dense_time_s(large, profile)
+    # The test parameters make the native path win on the small layer and lose on a wide one.
+    assert MODEL.dense_time_s(small, profile) == native
+    wide = _conv(16, 512, 32)
+    assert native_dense_time_s(wide, profile) > onednn_dense_time_s(wide, profile)
+    assert MODEL.dense_time_s(wide, profile) == onednn_dense_time_s(wide, profile)
+    # Without a native fit (older profiles) the dense time is oneDNN's everywhere.
+    assert MODEL.dense_time_s(small, refined_profile()) == onednn_dense_time_s(
+        small, refined_profile()
+    )
+
+
+def test_profile_with_a_native_fit_round_trips(tmp_path):
+    profile = with_native(refined_profile())
+    assert parse_profile(json.loads(profile.model_dump_json())) == profile
