@@ -7,8 +7,8 @@ What runs (docs/calibration.md has the details and the equations of :mod:`perfmo
    ``F``), and the per-call overhead of a tiny dense and sparse call;
 3. a sweep over calibration layers (shape families 1×1, 3×3, 5×5, 7×7 stride 2, strided and
    grouped convolutions, fully connected) × batch × sparsity: the best dense backend (faster
-   of PyTorch's default and oneDNN) and the direct sparse kernel, timed interleaved in rounds
-   after a warm-up, medians of repeats;
+   of PyTorch's default and oneDNN; both kept) and the direct sparse kernel, timed interleaved
+   in rounds after a warm-up, the whole sweep in passes whose samples pool into medians;
 4. noise check: the median coefficient of variation of all timings must stay under
    ``max_cv``, else :class:`NoisyRunError` and no profile;
 5. fit (:class:`DenseTimeRegressor`, :class:`SparseTimeRegressor`: scikit-learn estimators,
@@ -389,7 +389,7 @@ def pool_timings(passes: Sequence[dict[str, Timing]]) -> dict[str, Timing]:
 
     Passes spread over a run sample the machine's slow and fast phases (on a shared 2-core
     host a 2-thread batch-1 call can run at half speed for seconds: docs/calibration.md,
-    "repeatability"), where one pass would catch just one.
+    "Why passes"), where one pass would catch just one.
     """
     if len(passes) == 1:
         return dict(passes[0])
@@ -420,20 +420,6 @@ def measurements_of(
         Measurement(layer, 1.0 - s, dense, backend, timings[f"sparse:{s}"], backends)
         for s in sparsities
     ]
-
-
-def measure_layer(
-    layer: Layer,
-    sparsities: Sequence[float],
-    repeats: int,
-    warmup: int = 1,
-    min_sample_s: float = 2e-3,
-    seed: int = 0,
-    clock: Callable[[], float] = time.perf_counter,
-) -> list[Measurement]:
-    """One pass of :func:`time_layer`, as :class:`Measurement` cases."""
-    timings = time_layer(layer, sparsities, repeats, warmup, min_sample_s, seed, clock)
-    return measurements_of(layer, sparsities, timings)
 
 
 def measure_passes(

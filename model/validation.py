@@ -4,8 +4,9 @@ saw, and score the performance model's predicted speedups against the measuremen
 The validation set (:data:`VALIDATION_LAYERS`): the 3×3 convolutions of ResNet-50 (one per
 stage), GoogLeNet's 3×3 and 5×5 inception branches, VGG-16 (CIFAR) convolutions and CIFAR
 ResNet layers (incl. a stride-2 transition), at sparsities :data:`VALIDATION_SPARSITIES`
-(disjoint from calibration's) and batch 1 and 32. Timing is :func:`model.calibration.
-measure_layer`: the best dense backend and the sparse kernel interleaved, medians.
+(disjoint from calibration's) and batch 1 and 32. Timing is calibration's
+(:func:`model.calibration.measure_passes`): the best dense backend and the sparse kernel
+interleaved, the whole set in passes whose samples pool into medians.
 
 Scores (docs/calibration.md):
 
@@ -16,6 +17,8 @@ Scores (docs/calibration.md):
   (:func:`model.sparse.bench.break_even`); a curve that never reaches 1 counts as break-even
   at 100%, one above 1 everywhere at the lowest sparsity; mean absolute difference in
   percentage points.
+- ``repeatability_10pct``, ``repeatability_20pct`` (several passes): the fraction of
+  single-pass speedups within that relative distance of the pooled one.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def repeatability(cases: Sequence[dict]) -> dict:
 
     The model is scored against the pooled speedup; a single re-measurement lands within 20%
     of it only this often, which bounds what ``within_20pct`` can show on the machine at the
-    time (docs/calibration.md, "repeatability").
+    time (docs/calibration.md, "Why passes").
     """
     errors = [
         abs(s - c["measured_speedup"]) / c["measured_speedup"]
