@@ -53,6 +53,7 @@ from perfmodel.hardware import (
     user_profile_dir,
 )
 from perfmodel.refined import (
+    DENSE_CALL_FIELD,
     DENSE_RATE_FIELD,
     DENSE_TERMS,
     NATIVE_DENSE_TERMS,
@@ -548,7 +549,8 @@ class DenseTimeRegressor(_NonNegativeTimeRegressor):
     def parameters(self) -> DenseParameters:
         c = self.coefficients()
         rates = {field: _rate(c[term]) for term, field in DENSE_RATE_FIELD.items()}
-        return DenseParameters(call_overhead_s=c["call"], **rates)
+        calls = {field: c[term] for term, field in DENSE_CALL_FIELD.items()}
+        return DenseParameters(call_overhead_s=c["call"], **calls, **rates)
 
 
 class NativeDenseTimeRegressor(_NonNegativeTimeRegressor):

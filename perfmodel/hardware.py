@@ -85,7 +85,8 @@ class MemoryBandwidths(BaseModel):
 class DenseParameters(BaseModel):
     """Fitted time of the best dense backend (the faster of PyTorch's default and oneDNN).
 
-    ``t = call_overhead_s + C'/F_family + S_A/layout + S_out/output + S_W/weight_layout`` with
+    ``t = call_overhead_s + family_call_s + C'/F_family + S_A/layout + S_out/output
+    + S_W/weight_layout`` with
     ``C'`` the FLOPs with channels padded to the vector width, ``S_A`` input + output bytes,
     ``S_out`` output bytes (see :mod:`perfmodel.refined`). A rate of ``None`` means the fit
     found the term negligible on this host (or, for ``output_bytes_per_s``, a schema-2 profile).
@@ -94,6 +95,11 @@ class DenseParameters(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     call_overhead_s: float = Field(ge=0, description="Fixed cost of one dense call.")
+    conv1x1_call_s: float = Field(0.0, ge=0, description="Extra fixed cost of a 1×1 call.")
+    conv3x3_call_s: float = Field(
+        0.0, ge=0, description="Extra fixed cost of a 3×3 stride-1 ungrouped call."
+    )
+    conv_call_s: float = Field(0.0, ge=0, description="Extra fixed cost of any other conv call.")
     conv1x1_flops_per_s: OptionalRate = Field(description="1×1 convolutions (a GEMM).")
     conv3x3_flops_per_s: OptionalRate = Field(
         description="3×3 stride-1 ungrouped convolutions (the most common shape, its own rate)."
@@ -121,8 +127,9 @@ class NativeDenseParameters(BaseModel):
     (:func:`perfmodel.refined.runs_native_dense`); one image per thread, so at batch 1 it runs
     on one core whatever the thread count.
 
-    ``t = call_overhead_s + S_cols/columns + 2·K·C·R·S·P·Q/gemm + S_out/output`` with
-    ``S_cols`` the im2col matrix's bytes (written, then read by the GEMM).
+    ``t = call_overhead_s + S_cols/columns (strided_columns if strided or dilated)
+    + 2·K·C·R·S·P·Q/gemm + N·S_W/weights + S_out/output`` with ``S_cols`` the im2col matrix's
+    bytes (written, then read by the GEMM), ``S_W`` the weights' bytes.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -16,9 +16,9 @@ the answer for most layers (RESEARCH.md §7, docs/sparse-kernel.md):
 
 Dense time (``C'`` = FLOPs with channels rounded up to the vector width, the blocking of
 oneDNN; ``S_A`` activations (input + output), ``S_out`` output activations, ``S_W`` weights,
-bytes)::
+bytes; ``o_family`` the extra fixed cost of a call to that family's kernel)::
 
-    t_dense = o_d + C'/F_family + S_A/B_layout + S_out/B_output + S_W/B_weights
+    t_dense = o_d + o_family + C'/F_family + S_A/B_layout + S_out/B_output + S_W/B_weights
 
 ``B_output`` charges the output a second time (written blocked, reordered into a newly
 allocated NCHW tensor): a layer that makes few FLOPs per output pixel (few input channels,
@@ -74,6 +74,9 @@ from perfmodel.roofline import MODELS, Layer, RooflineModel, SparseTime
 
 DENSE_TERMS: tuple[str, ...] = (
     "call",
+    "call_conv1x1",
+    "call_conv3x3",
+    "call_conv",
     "flops_conv1x1",
     "flops_conv3x3",
     "flops_conv",
@@ -133,6 +136,12 @@ BATCHED_LINEAR = 16  # the sparse linear kernel broadcasts weights across images
 
 # Which dense rate applies: 1×1 (oneDNN's 1×1 kernel), 3×3 stride 1 ungrouped (the most common
 # shape, its own rate), every other convolution, fully connected.
+# Extra fixed cost per call of each convolution family, on top of the common one (seconds).
+DENSE_CALL_FIELD = {
+    "call_conv1x1": "conv1x1_call_s",
+    "call_conv3x3": "conv3x3_call_s",
+    "call_conv": "conv_call_s",
+}
 DENSE_RATE_FIELD = {
     "flops_conv1x1": "conv1x1_flops_per_s",
     "flops_conv3x3": "conv3x3_flops_per_s",
@@ -265,16 +274,18 @@ def dense_features(layer: Layer, vector_width: int = 16) -> dict[str, float]:
     outputs = layer.out_channels * layer.out_height * layer.out_width
     row["output_bytes"] = float(layer.batch * outputs * layer.dtype_bytes)
     if layer.kernel == (1, 1):
-        row["flops_conv1x1"] = flops
+        family = "conv1x1"
     elif (
         layer.kernel == (3, 3)
         and layer.stride == (1, 1)
         and layer.dilation == (1, 1)
         and layer.groups == 1
     ):
-        row["flops_conv3x3"] = flops
+        family = "conv3x3"
     else:
-        row["flops_conv"] = flops
+        family = "conv"
+    row[f"flops_{family}"] = flops
+    row[f"call_{family}"] = 1.0
     row["conv_weight_bytes"] = float(layer.weight_bytes)
     return row
 
@@ -399,7 +410,11 @@ def _coefficients(
 
 def dense_coefficients(hw: HardwareProfile) -> dict[str, float]:
     """Seconds per unit of each dense term, from the profile's refined parameters."""
-    return _coefficients(_refined(hw).dense, DENSE_RATE_FIELD)
+    dense = _refined(hw).dense
+    coefficients = _coefficients(dense, DENSE_RATE_FIELD)
+    for term, field in DENSE_CALL_FIELD.items():
+        coefficients[term] = getattr(dense, field)
+    return coefficients
 
 
 def native_dense_coefficients(params: NativeDenseParameters) -> dict[str, float]:

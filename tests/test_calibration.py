@@ -30,7 +30,12 @@ from model.calibration import (
     time_interleaved,
 )
 from perfmodel import SCHEMA_VERSION, Conv2dSpec, get_profile, predict_network, profile_names
-from perfmodel.refined import DENSE_RATE_FIELD, NATIVE_RATE_FIELD, SPARSE_RATE_FIELD
+from perfmodel.refined import (
+    DENSE_CALL_FIELD,
+    DENSE_RATE_FIELD,
+    NATIVE_RATE_FIELD,
+    SPARSE_RATE_FIELD,
+)
 
 TRUE = refined_profile()
 
@@ -51,6 +56,10 @@ def test_fit_recovers_the_parameters_that_generated_the_timings():
         assert params.call_overhead_s == pytest.approx(truth.call_overhead_s, rel=1e-3)
         for field in fields:
             assert getattr(params, field) == pytest.approx(getattr(truth, field), rel=1e-3), field
+    for field in DENSE_CALL_FIELD.values():  # each conv family's own fixed cost per call
+        assert getattr(fitted.dense, field) == pytest.approx(
+            getattr(TRUE.refined.dense, field), rel=1e-3, abs=1e-9
+        ), field
     assert fitted.sparse.fma_latency_vectors == TRUE.refined.sparse.fma_latency_vectors
     assert fitted.fit.speedup_mape < 1e-6
 

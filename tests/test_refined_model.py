@@ -68,7 +68,8 @@ def refined_profile(name: str = "host") -> HardwareProfile:
         isa="avx512",
         memory=MemoryBandwidths(l1_bytes_per_s=160e9, l2_bytes_per_s=90e9, dram_bytes_per_s=18e9),
         dense=DenseParameters(
-            call_overhead_s=20e-6, conv1x1_flops_per_s=120e9, conv3x3_flops_per_s=200e9,
+            call_overhead_s=20e-6, conv3x3_call_s=10e-6, conv_call_s=4e-6,
+            conv1x1_flops_per_s=120e9, conv3x3_flops_per_s=200e9,
             conv_flops_per_s=150e9, linear_flops_per_s=80e9, layout_bytes_per_s=12e9,
             output_bytes_per_s=20e9, conv_weight_bytes_per_s=4e9, linear_weight_bytes_per_s=30e9,
         ),
