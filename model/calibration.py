@@ -11,7 +11,8 @@ What runs (docs/calibration.md has the details and the equations of :mod:`perfmo
    in rounds after a warm-up, the whole sweep in passes whose samples pool into medians;
 4. noise check: the median coefficient of variation of all timings must stay under
    ``max_cv``, else :class:`NoisyRunError` and no profile;
-5. fit (:class:`DenseTimeRegressor`, :class:`SparseTimeRegressor`: scikit-learn estimators,
+5. fit (:class:`DenseTimeRegressor`, :class:`NativeDenseTimeRegressor`,
+   :class:`SparseTimeRegressor`: scikit-learn estimators,
    non-negative least squares on relative error; the sparse kernel's FMA latency floor by a
    grid search around them, :func:`fit_sparse`) and build a :class:`HardwareProfile`
    (schema 3) with provenance and the ``refined`` block.
@@ -122,14 +123,17 @@ CALIBRATION_LAYERS: tuple[Layer, ...] = (
     square_conv("c3.16@24", 16, 16, 24, 3),
     square_conv("c3.32@24", 32, 32, 24, 3),
     square_conv("c3.64@48", 64, 64, 48, 3),
-    # Small inputs (≤ 20480 elements at batch 1, kernel ≤ 3): PyTorch's default runs its native
-    # im2col + GEMM path there (perfmodel.refined.runs_native_dense), often faster than oneDNN
-    # at batch 1; with the five above that qualify, enough cases to fit that path.
+    # Small inputs (≤ 20480 elements at batch 1, no groups, not larger than 3 in both kernel
+    # dimensions): PyTorch's default runs its native im2col + GEMM path there
+    # (perfmodel.refined.runs_native_dense), often faster than oneDNN at batch 1; with the five
+    # above that qualify, enough cases to fit that path (two strided ones for its strided
+    # im2col).
     square_conv("c3.16-24@28", 16, 24, 28, 3),
     square_conv("c3.48@16", 48, 48, 16, 3),
     square_conv("c3.128@10", 128, 128, 10, 3),
     square_conv("c3.384@6", 384, 384, 6, 3),
     square_conv("c3s2.32-64@24", 32, 64, 24, 3, stride=2),
+    square_conv("c3s2.24-48@28", 24, 48, 28, 3, stride=2),
     # Strided, 5×5 and 7×7 (the "other convolution" family).
     square_conv("c3s2.48-96@24", 48, 96, 24, 3, stride=2),
     square_conv("c3s2.16-32@40", 16, 32, 40, 3, stride=2),
@@ -408,6 +412,11 @@ def pool_timings(passes: Sequence[dict[str, Timing]]) -> dict[str, Timing]:
     return pooled
 
 
+def fastest(backends: dict[str, Timing]) -> tuple[str, Timing]:
+    """The backend with the least median time, and its timing."""
+    return min(backends.items(), key=lambda item: item[1].median_s)
+
+
 def measurements_of(
     layer: Layer, sparsities: Sequence[float], timings: dict[str, Timing]
 ) -> list[Measurement]:
@@ -416,7 +425,7 @@ def measurements_of(
     backends = {
         name.split(":", 1)[1]: t for name, t in timings.items() if name.startswith("dense:")
     }
-    backend, dense = min(backends.items(), key=lambda item: item[1].median_s)
+    backend, dense = fastest(backends)
     return [
         Measurement(layer, 1.0 - s, dense, backend, timings[f"sparse:{s}"], backends)
         for s in sparsities
@@ -644,19 +653,19 @@ def fit_refined(
     """
     dense_cases = list({id(m.dense): m for m in measurements}.values())
     dense_X = _design([dense_features(m.layer, vector_width) for m in dense_cases], DENSE_TERMS)
-
-    def onednn_time(m: Measurement) -> float:
-        native = runs_native_dense(m.layer, threads) and "onednn" in m.dense_backends
-        return (m.dense_backends["onednn"] if native else m.dense).median_s
-
-    dense_fit = DenseTimeRegressor().fit(dense_X, np.array([onednn_time(m) for m in dense_cases]))
-    dense_predicted = dense_fit.predict(dense_X)
     native_cases = [
         (i, m) for i, m in enumerate(dense_cases)
-        if runs_native_dense(m.layer, threads) and "default" in m.dense_backends
+        if runs_native_dense(m.layer, threads) and {"default", "onednn"} <= m.dense_backends.keys()
     ]  # fmt: skip
+    if len(native_cases) <= len(NATIVE_DENSE_TERMS):
+        native_cases = []  # too few to fit the native path: oneDNN's model takes the best time
+    onednn_y = np.array([m.dense.median_s for m in dense_cases])
+    for i, m in native_cases:
+        onednn_y[i] = m.dense_backends["onednn"].median_s
+    dense_fit = DenseTimeRegressor().fit(dense_X, onednn_y)
+    dense_predicted = dense_fit.predict(dense_X)
     native_fit = None
-    if len(native_cases) > len(NATIVE_DENSE_TERMS):
+    if native_cases:
         native_X = _design([native_dense_features(m.layer) for _, m in native_cases],
                            NATIVE_DENSE_TERMS)  # fmt: skip
         native_y = np.array([m.dense_backends["default"].median_s for _, m in native_cases])
@@ -671,6 +680,8 @@ def fit_refined(
         return float(np.mean(np.abs(predicted - measured) / measured))
 
     dense_by_id = dict(zip([id(m.dense) for m in dense_cases], dense_predicted, strict=True))
+    fits = [dense_fit, sparse_fit, *([native_fit] if native_fit is not None else [])]
+    dropped = sum(len(fit.outliers_) for fit in fits)
     predicted_speedup = np.array([dense_by_id[id(m.dense)] for m in measurements]) / (
         sparse_fit.predict(sparse_X)
     )
@@ -690,8 +701,7 @@ def fit_refined(
             noise_cv=noise_of(measurements),
             pass_spread=spread_of(measurements),
             measurements=len(measurements),
-            outliers_dropped=len(dense_fit.outliers_) + len(sparse_fit.outliers_)
-            + (len(native_fit.outliers_) if native_fit is not None else 0),
+            outliers_dropped=dropped,
             duration_s=duration_s,
         ),
     )
@@ -726,7 +736,7 @@ def simulate(
             native = native_dense_time_s(layer, profile)
             if native is not None:
                 backends["default"] = timing(native)
-            backend, dense = min(backends.items(), key=lambda item: item[1].median_s)
+            backend, dense = fastest(backends)
             for s in plan.sparsities:
                 sparse = timing(model.sparse_time(layer, profile, 1.0 - s).total_s)
                 measurements.append(Measurement(layer, 1.0 - s, dense, backend, sparse, backends))
@@ -1002,7 +1012,9 @@ def format_profile(profile: HardwareProfile, path) -> str:
         f"memory:       L1 {m.l1_bytes_per_s / 1e9:.0f} GB/s, "
         f"L2 {m.l2_bytes_per_s / 1e9:.0f} GB/s, "
         f"DRAM {m.dram_bytes_per_s / 1e9:.1f} GB/s",
-        f"dense:        overhead {d.call_overhead_s * 1e6:.1f} µs; 1x1 "
+        f"dense:        overhead {d.call_overhead_s * 1e6:.1f} µs (+ 1x1 "
+        f"{d.conv1x1_call_s * 1e6:.1f}, 3x3 {d.conv3x3_call_s * 1e6:.1f}, other conv "
+        f"{d.conv_call_s * 1e6:.1f}); 1x1 "
         f"{g(d.conv1x1_flops_per_s, 1e9, 'GF/s')}, 3x3 {g(d.conv3x3_flops_per_s, 1e9, 'GF/s')}, "
         f"other conv {g(d.conv_flops_per_s, 1e9, 'GF/s')}, "
         f"fc {g(d.linear_flops_per_s, 1e9, 'GF/s')}; "

@@ -16,7 +16,10 @@ file without the field is version 1 and still loads); 2 adds the optional ``refi
 3 adds three refined parameters (dense ``output_bytes_per_s``, sparse ``call_nonzeros_per_s``
 and ``fma_latency_vectors``). Older files load unchanged and predict exactly as before: the new
 rates default to ``None`` (negligible) and the latency floor to the 4 vectors version 2 assumed.
-A file from a newer Sweetspot than this one is refused with a message saying so.
+Within version 3, later fields are optional and absent from older files: a fit of PyTorch's
+native convolution path (``native_dense``, absent: oneDNN everywhere), per-family dense call
+costs (absent: none) and the calibration's pass spread (absent: unknown); those files predict
+as they did. A file from a newer Sweetspot than this one is refused with a message saying so.
 
 Profiles are data files (JSON or TOML), never code. The three platforms of the paper ship in
 ``perfmodel/profiles/``; users keep their own in the profile directory
@@ -83,7 +86,9 @@ class MemoryBandwidths(BaseModel):
 
 
 class DenseParameters(BaseModel):
-    """Fitted time of the best dense backend (the faster of PyTorch's default and oneDNN).
+    """Fitted time of oneDNN (and of PyTorch's default for fully connected layers); where
+    ``F.conv2d`` runs PyTorch's native path, :class:`NativeDenseParameters` gives the other
+    candidate and the prediction is the faster.
 
     ``t = call_overhead_s + family_call_s + C'/F_family + S_A/layout + S_out/output
     + S_W/weight_layout`` with

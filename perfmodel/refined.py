@@ -24,8 +24,9 @@ bytes; ``o_family`` the extra fixed cost of a call to that family's kernel)::
 allocated NCHW tensor): a layer that makes few FLOPs per output pixel (few input channels,
 small kernel) pays relatively more for it.
 
-Where ``F.conv2d`` runs PyTorch's native im2col + GEMM instead of oneDNN (batch 1, kernel
-≤ 3×3, ≤ 20480 input elements, no groups: :func:`runs_native_dense`), the measured dense time
+Where ``F.conv2d`` runs PyTorch's native im2col + GEMM instead of oneDNN (batch 1, a kernel
+not larger than 3 in both dimensions, ≤ 20480 input elements, no groups; at one thread also
+unstrided 1×1 below batch 16: :func:`runs_native_dense`), the measured dense time
 is the faster of the two, and so is the prediction: ``min(t_dense, t_native)`` with
 (``S_cols`` the im2col matrix, ``S_W`` the weights the GEMM streams per image)::
 
@@ -300,8 +301,8 @@ def runs_native_dense(layer: Layer, threads: int) -> bool:
     ``slow_conv_dilated2d`` when dilated) on ``layer`` rather than oneDNN: fp32 on CPU,
     PyTorch's ``use_mkldnn`` rule. oneDNN needs both (a) a strided or dilated conv, batch
     ≥ 16, a kernel other than 1×1 or more than one thread, and (b) groups, a kernel larger
-    than 3×3, batch > 1 or more than 20480 input elements. (tests/test_refined_model.py
-    checks this against the kernel PyTorch really calls.)"""
+    than 3 in both dimensions, batch > 1 or more than 20480 input elements.
+    (tests/test_refined_model.py checks this against the kernel PyTorch really calls.)"""
     if isinstance(layer, LinearSpec):
         return False
     one_by_one = layer.kernel == (1, 1)
@@ -433,11 +434,14 @@ def _refined(hw: HardwareProfile):
     return hw.refined
 
 
+def _dot(coefficients: dict[str, float], row: dict[str, float], terms: tuple[str, ...]) -> float:
+    return sum(coefficients[term] * row[term] for term in terms)
+
+
 def onednn_dense_time_s(layer: Layer, hw: HardwareProfile) -> float:
     """The dense time of ``layer`` on oneDNN (the default backend's for fully connected)."""
     row = dense_features(layer, _refined(hw).vector_width)
-    coefficients = dense_coefficients(hw)
-    return sum(coefficients[term] * row[term] for term in DENSE_TERMS)
+    return _dot(dense_coefficients(hw), row, DENSE_TERMS)
 
 
 def native_dense_time_s(layer: Layer, hw: HardwareProfile) -> float | None:
@@ -446,9 +450,8 @@ def native_dense_time_s(layer: Layer, hw: HardwareProfile) -> float | None:
     refined = _refined(hw)
     if refined.native_dense is None or not runs_native_dense(layer, refined.threads):
         return None
-    coefficients = native_dense_coefficients(refined.native_dense)
     row = native_dense_features(layer)
-    return sum(coefficients[term] * row[term] for term in NATIVE_DENSE_TERMS)
+    return _dot(native_dense_coefficients(refined.native_dense), row, NATIVE_DENSE_TERMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,8 +492,8 @@ class RefinedRoofline(RooflineModel):
         row = sparse_features(
             layer, density, refined.vector_width, refined.sparse.fma_latency_vectors
         )
-        fixed = sum(coefficients[term] * row[term] for term in SPARSE_FIXED_TERMS)
-        variable = sum(coefficients[term] * row[term] for term in SPARSE_VARIABLE_TERMS)
+        fixed = _dot(coefficients, row, SPARSE_FIXED_TERMS)
+        variable = _dot(coefficients, row, SPARSE_VARIABLE_TERMS)
         return AdditiveSparseTime(compute_s=variable, memory_s=fixed)
 
 

@@ -289,9 +289,11 @@ print("ok")
 
 
 def _conv(c, k, size, kernel=3, stride=1, groups=1, batch=1, dilation=1):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     return Conv2dSpec(name="x", in_channels=c, out_channels=k, in_height=size, in_width=size,
-                      kernel=kernel, stride=stride, padding=kernel // 2 * dilation,
-                      dilation=dilation, groups=groups, batch=batch)  # fmt: skip
+                      kernel=(kh, kw), stride=stride, padding=(kh // 2 * dilation,
+                      kw // 2 * dilation), dilation=dilation, groups=groups,
+                      batch=batch)  # fmt: skip
 
 
 NATIVE_CASES = [  # (layer, threads): PyTorch's rule has a branch for each of these
@@ -307,6 +309,10 @@ NATIVE_CASES = [  # (layer, threads): PyTorch's rule has a branch for each of th
     (_conv(64, 64, 28, kernel=1), 2),  # 1×1, two threads, 50176 elements: oneDNN
     (_conv(64, 64, 8, kernel=1), 2),  # 1×1, two threads, small: native
     (_conv(64, 64, 28, kernel=1, batch=16), 1),  # batch ≥ 16: oneDNN
+    (_conv(64, 64, 28, kernel=1, batch=4), 1),  # 1×1, one thread, batch 4: native
+    (_conv(64, 64, 28, kernel=1, groups=2), 1),  # 1×1, one thread, grouped: native
+    (_conv(16, 16, 16, kernel=(1, 7)), 2),  # 1×7: not larger than 3 in both dimensions
+    (_conv(16, 16, 16, kernel=(5, 3)), 2),  # 5×3: native as well
 ]
 
 

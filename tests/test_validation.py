@@ -42,14 +42,14 @@ def test_curve_that_never_breaks_even_counts_as_100_percent():
     assert score(cases)["breakeven_error_pp"] == pytest.approx(30.0)
 
 
-def test_repeatability_scores_each_pass_against_the_pooled_speedup():
+def test_repeatability_is_the_agreement_between_pairs_of_passes():
     cases = [
-        {**_case("a", 0.5, 1.0, 2.0), "pass_speedups": [2.0, 2.1, 2.5]},  # 0, +5%, +25%
-        {**_case("a", 0.9, 1.0, 4.0), "pass_speedups": [3.8, 4.0, 4.6]},  # -5%, 0, +15%
+        {**_case("a", 0.5, 1.0, 2.0), "pass_speedups": [2.0, 2.1, 2.5]},  # 5%, 25%, 19%
+        {**_case("a", 0.9, 1.0, 4.0), "pass_speedups": [4.0, 4.0]},  # 0%
     ]
     result = repeatability(cases)
-    assert result["repeatability_10pct"] == pytest.approx(4 / 6)
-    assert result["repeatability_20pct"] == pytest.approx(5 / 6)
+    assert result["repeatability_10pct"] == pytest.approx(2 / 4)
+    assert result["repeatability_20pct"] == pytest.approx(3 / 4)
     one_pass = [{**_case("a", 0.5, 1.0, 2.0), "pass_speedups": [2.0]}]
     assert repeatability(one_pass) == {"repeatability_10pct": None, "repeatability_20pct": None}
 
@@ -66,7 +66,29 @@ def test_validate_with_passes_pools_them(capsys):
     assert 0 <= result["repeatability_20pct"] <= 1
     for case in result["cases"]:
         assert len(case["pass_speedups"]) == 2 and min(case["pass_speedups"]) > 0
-        assert case["measured_speedup"] == pytest.approx(case["dense_s"] / case["sparse_s"])
+
+
+def test_validate_scores_the_pooled_timings_of_its_passes(monkeypatch):
+    from model import calibration
+    from model.calibration import Timing
+
+    calls = []
+
+    def fake_time_layer(layer, sparsities, repeats, warmup, min_sample_s, seed):
+        calls.append(layer.name)
+        sparse = 1.0 if calls.count(layer.name) == 1 else 0.5  # the second pass is faster
+        return {"dense:default": Timing.of([2.0]), "dense:onednn": Timing.of([3.0]),
+                **{f"sparse:{s}": Timing.of([sparse]) for s in sparsities}}  # fmt: skip
+
+    monkeypatch.setattr(calibration, "time_layer", fake_time_layer)
+    result = validation.validate(refined_profile(), quick=True, passes=2)
+    assert result["passes"] == 2 and len(calls) == 4
+    for case in result["cases"]:
+        assert case["pass_speedups"] == [2.0, 4.0]
+        assert case["dense_backend"] == "default" and case["dense_s"] == 2.0
+        assert case["sparse_s"] == 0.75  # the median of both passes' samples
+        assert case["measured_speedup"] == pytest.approx(2.0 / 0.75)
+    assert result["repeatability_20pct"] == 0.0  # the passes disagree by 100%
 
 
 @pytest.mark.parametrize("option", ["--passes", "--repeats", "--threads"])
