@@ -76,6 +76,7 @@ Progress = Callable[[dict], None]
 
 DEFAULT_NAME = "host"
 DEFAULT_MAX_CV = 0.10  # median CV of all timings; above it the medians are not trustworthy
+WARN_PASS_SPREAD = 0.30  # passes whose medians differ more: the host changed speed meanwhile
 EXIT_NOISY = 3
 
 
@@ -984,6 +985,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     close()
     path = save_profile(profile)
+    spread = profile.refined.fit.pass_spread if profile.refined else None
+    if spread is not None and spread > WARN_PASS_SPREAD:
+        print(
+            f"sweetspot: warning: the passes' medians differ by {spread:.0%} (median over all "
+            "timings): this host's speed changed during calibration; the profile pools the "
+            "passes, but a rerun on a quieter machine gives a steadier fit",
+            file=sys.stderr,
+        )
     if args.json:
         print(profile.model_dump_json(indent=2, exclude_none=True))
         return 0

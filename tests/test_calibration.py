@@ -254,6 +254,24 @@ def test_calibrate_command_writes_host_profile(monkeypatch, capsys, fake_native)
     assert result.performance_model == "refined"
 
 
+@pytest.mark.parametrize(("spread", "warned"), [(0.1, False), (0.6, True)])
+def test_calibrate_command_warns_when_the_passes_disagree(monkeypatch, capsys, fake_native,
+                                                          spread, warned):  # fmt: skip
+    simulated = simulate(TRUE, plan_for(quick=True))
+    dense = {id(m.dense): dataclasses.replace(m.dense, spread=spread, passes=3) for m in simulated}
+    pooled = [
+        dataclasses.replace(m, dense=dense[id(m.dense)],
+                            sparse=dataclasses.replace(m.sparse, spread=spread, passes=3))
+        for m in simulated
+    ]  # fmt: skip
+    data = _data(pooled)
+    monkeypatch.setattr(calibration, "run_benchmarks", lambda plan, threads, progress: data)
+    assert calibration.run(_args(quick=True, threads=1)) == 0  # the profile is still written
+    assert "host" in profile_names()
+    err = capsys.readouterr().err
+    assert ("passes' medians differ by 60%" in err) == warned
+
+
 def test_calibrate_command_refuses_noisy_run(monkeypatch, capsys, fake_native):
     noisy = _data(simulate(TRUE, plan_for(quick=True), noise_cv=0.5, seed=3))
     monkeypatch.setattr(calibration, "run_benchmarks", lambda plan, threads, progress: noisy)
