@@ -967,6 +967,19 @@ def _progress_bar(quiet: bool) -> tuple[Progress | None, Callable[[], None]]:
     return progress, bar.close
 
 
+def pass_spread_warning(profile: HardwareProfile) -> str | None:
+    """What to tell the user when the calibration's passes disagreed (``None`` if they did
+    not, or the run had one pass)."""
+    spread = profile.refined.fit.pass_spread if profile.refined else None
+    if spread is None or spread <= WARN_PASS_SPREAD:
+        return None
+    return (
+        f"the passes' medians differ by {spread:.0%} (median over all timings): this host's "
+        "speed changed during calibration; the profile pools the passes, but a rerun on a "
+        "quieter machine gives a steadier fit"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """``sweetspot calibrate``: measure, fit, save to the user profile directory."""
     if args.threads is not None and args.threads < 1:
@@ -985,14 +998,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     close()
     path = save_profile(profile)
-    spread = profile.refined.fit.pass_spread if profile.refined else None
-    if spread is not None and spread > WARN_PASS_SPREAD:
-        print(
-            f"sweetspot: warning: the passes' medians differ by {spread:.0%} (median over all "
-            "timings): this host's speed changed during calibration; the profile pools the "
-            "passes, but a rerun on a quieter machine gives a steadier fit",
-            file=sys.stderr,
-        )
+    warning = pass_spread_warning(profile)
+    if warning:
+        print(f"sweetspot: warning: {warning}", file=sys.stderr)
     if args.json:
         print(profile.model_dump_json(indent=2, exclude_none=True))
         return 0

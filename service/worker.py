@@ -202,7 +202,7 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
     be interrupted midway (a cancel lands when it finishes)."""
     import json
 
-    from model.calibration import calibrate
+    from model.calibration import calibrate, pass_spread_warning
     from perfmodel import save_profile
 
     heartbeat = Heartbeat(worker, job_id)
@@ -225,6 +225,8 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
             text = profile.model_dump_json(indent=2, exclude_none=True)
             (out / "profile.json").write_text(text)
             status, reason = store.SUCCEEDED, f"profile {profile.name!r} written"
+            if warning := pass_spread_warning(profile):
+                reason += f" (warning: {warning})"
             result = {"profile": json.loads(profile.model_dump_json(exclude_none=True))}
         except Exception as error:  # a noisy run, no native kernel, …: the job's failure
             log.exception("calibration job %s failed", job_id)

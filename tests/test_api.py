@@ -420,6 +420,26 @@ def test_calibration_runs_as_a_job_and_writes_the_profile(client, settings, monk
     assert predicted.status_code == 200 and predicted.json()["hardware"] == "lab"
 
 
+def test_a_calibration_whose_passes_disagreed_succeeds_with_a_warning(client, settings,
+                                                                     monkeypatch):  # fmt: skip
+    from test_refined_model import refined_profile
+
+    import model.calibration
+
+    def fake_calibrate(name, quick, threads, progress):
+        profile = refined_profile(name)
+        fit = profile.refined.fit.model_copy(update={"pass_spread": 0.45})
+        refined = profile.refined.model_copy(update={"fit": fit})
+        return profile.model_copy(update={"refined": refined})
+
+    monkeypatch.setattr(model.calibration, "calibrate", fake_calibrate)
+    job = client.post("/v1/hardware/calibrate", json={"name": "lab"}).json()
+    assert Worker(settings).run_once()
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded"
+    assert "warning: the passes' medians differ by 45%" in done["status_reason"]
+
+
 def test_a_failed_calibration_is_a_failed_job_with_the_reason(client, settings, monkeypatch):
     import model.calibration
 
