@@ -313,6 +313,11 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             print(f"sweetspot: --{option} must be >= 1", file=sys.stderr)
             return 2
+    calibrated = hardware.refined.threads if hardware.refined else None
+    if args.threads is not None and calibrated is not None and args.threads != calibrated:
+        print(f"sweetspot: warning: {hardware.name!r} was calibrated with {calibrated} thread(s); "
+              f"its predictions hold for that count, not for --threads {args.threads}",
+              file=sys.stderr)  # fmt: skip
     bar = None
     progress = None
     if not args.quiet:

@@ -91,6 +91,19 @@ def test_validate_scores_the_pooled_timings_of_its_passes(monkeypatch):
     assert result["repeatability_20pct"] == 0.0  # the passes disagree by 100%
 
 
+def test_validate_warns_when_threads_differ_from_the_calibration(capsys):
+    save_profile(refined_profile())  # calibrated with 1 thread
+    parser = argparse.ArgumentParser()
+    validation.add_arguments(parser)
+    args = parser.parse_args(["--hardware", "host", "--quick", "--quiet", "--repeats", "1",
+                              "--threads", "2"])  # fmt: skip
+    assert validation.run(args) == 0
+    assert "calibrated with 1 thread(s)" in capsys.readouterr().err
+    args.threads = 1
+    assert validation.run(args) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option", ["--passes", "--repeats", "--threads"])
 def test_validate_rejects_counts_below_one(option, capsys):
     save_profile(refined_profile())
