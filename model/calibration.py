@@ -333,19 +333,13 @@ def _prune_exact(weight, sparsity: float, generator):
     return flat.reshape(weight.shape)
 
 
-def time_layer(
-    layer: Layer,
-    sparsities: Sequence[float],
-    repeats: int,
-    warmup: int = 1,
-    min_sample_s: float = 2e-3,
-    seed: int = 0,
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, Timing]:
-    """Dense (both backends) and sparse at every sparsity, all interleaved in one set of rounds.
+def layer_functions(
+    layer: Layer, sparsities: Sequence[float], seed: int = 0
+) -> dict[str, Callable[[], object]]:
+    """The calls to time for one layer: dense (both backends) and sparse at every sparsity, on
+    one input and one set of weights drawn from ``seed``.
 
-    Keys: ``dense:default``, ``dense:onednn`` (when PyTorch has it), ``sparse:{sparsity}``. The
-    same ``seed`` builds the same input and weights, so timings of several passes pool.
+    Keys: ``dense:default``, ``dense:onednn`` (when PyTorch has it), ``sparse:{sparsity}``.
     """
     import torch
     import torch.nn.functional as F
@@ -384,6 +378,19 @@ def time_layer(
         for s in sparsities:
             csr = conv_weight_to_csr(_prune_exact(weight, s, generator), g)
             functions[f"sparse:{s}"] = lambda csr=csr: sparse_conv2d(x, csr, bias, st, pd, dl)
+    return functions
+
+
+def time_layer(
+    functions: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    min_sample_s: float = 2e-3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:
+    """One layer's :func:`layer_functions`, all interleaved in one set of rounds (no autograd)."""
+    import torch
+
     with torch.no_grad():
         return time_interleaved(functions, repeats, warmup, min_sample_s, clock)
 
@@ -421,7 +428,7 @@ def fastest(backends: dict[str, Timing]) -> tuple[str, Timing]:
 def measurements_of(
     layer: Layer, sparsities: Sequence[float], timings: dict[str, Timing]
 ) -> list[Measurement]:
-    """The cases of one layer from :func:`time_layer`'s timings; the dense backend is the one
+    """The cases of one layer from its timings (:func:`time_layer`); the dense backend is the one
     with the faster median, shared by the layer's cases."""
     backends = {
         name.split(":", 1)[1]: t for name, t in timings.items() if name.startswith("dense:")
@@ -444,8 +451,14 @@ def measure_passes(
     progress: Callable[[int, Layer], None] | None = None,
 ) -> list[list[dict[str, Timing]]]:
     """Time every layer ``passes`` times, whole passes one after the other (every other pass in
-    reverse order); result ``[layer][pass]`` timings. ``progress(step, layer)`` before each."""
+    reverse order); result ``[layer][pass]`` timings. ``progress(step, layer)`` before each.
+
+    Each layer's input and pruned weights (seed ``seed + index + 1``) are built once, on its
+    first pass, and kept until its last: drawing and converting them again would cost as much
+    per pass as a third of the timing (the random pruning's permutations, the CSR builds).
+    """
     runs: list[list[dict[str, Timing]]] = [[] for _ in layers]
+    built: list[dict[str, Callable[[], object]] | None] = [None] * len(layers)
     step = 0
     for p in range(passes):
         order = range(len(layers)) if p % 2 == 0 else reversed(range(len(layers)))
@@ -453,9 +466,11 @@ def measure_passes(
             if progress:
                 progress(step, layers[i])
             step += 1
-            runs[i].append(
-                time_layer(layers[i], sparsities[i], repeats, warmup, min_sample_s, seed + i + 1)
-            )
+            functions = built[i]
+            if functions is None:
+                functions = layer_functions(layers[i], sparsities[i], seed + i + 1)
+            built[i] = functions if p + 1 < passes else None
+            runs[i].append(time_layer(functions, repeats, warmup, min_sample_s))
     return runs
 
 

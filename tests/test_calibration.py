@@ -194,12 +194,18 @@ def test_spread_of_a_run_is_none_for_one_pass():
 
 
 def test_measure_passes_alternates_order_and_keeps_each_layers_seed(monkeypatch):
-    calls = []
+    calls, builds = [], []
 
-    def fake_time_layer(layer, sparsities, repeats, warmup, min_sample_s, seed):
-        calls.append((layer.name, seed))
+    def fake_layer_functions(layer, sparsities, seed):
+        builds.append(layer.name)
+        return {"layer": (layer.name, seed)}  # stands in for the calls to time
+
+    def fake_time_layer(functions, repeats, warmup, min_sample_s):
+        name, seed = functions["layer"]
+        calls.append((name, seed))
         return {"dense:default": Timing.of([float(seed)]), "sparse:0.5": Timing.of([0.5])}
 
+    monkeypatch.setattr(calibration, "layer_functions", fake_layer_functions)
     monkeypatch.setattr(calibration, "time_layer", fake_time_layer)
     layers = [layer.with_batch(1) for layer in CALIBRATION_LAYERS[:3]]
     steps = []
@@ -210,6 +216,7 @@ def test_measure_passes_alternates_order_and_keeps_each_layers_seed(monkeypatch)
         (n, 11 + i) for i, n in reversed(list(enumerate(names)))
     ]
     assert steps == list(enumerate(names + names[::-1]))
+    assert builds == names  # inputs and weights are built once per layer, not per pass
     # each layer's timings, in pass order, whatever order the pass ran in
     dense = [[t["dense:default"].median_s for t in r] for r in runs]
     assert dense == [[11, 11], [12, 12], [13, 13]]

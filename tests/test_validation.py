@@ -74,12 +74,17 @@ def test_validate_scores_the_pooled_timings_of_its_passes(monkeypatch):
 
     calls = []
 
-    def fake_time_layer(layer, sparsities, repeats, warmup, min_sample_s, seed):
-        calls.append(layer.name)
-        sparse = 1.0 if calls.count(layer.name) == 1 else 0.5  # the second pass is faster
+    def fake_layer_functions(layer, sparsities, seed):
+        return {"layer": (layer.name, sparsities)}  # stands in for the calls to time
+
+    def fake_time_layer(functions, repeats, warmup, min_sample_s):
+        name, sparsities = functions["layer"]
+        calls.append(name)
+        sparse = 1.0 if calls.count(name) == 1 else 0.5  # the second pass is faster
         return {"dense:default": Timing.of([2.0]), "dense:onednn": Timing.of([3.0]),
                 **{f"sparse:{s}": Timing.of([sparse]) for s in sparsities}}  # fmt: skip
 
+    monkeypatch.setattr(calibration, "layer_functions", fake_layer_functions)
     monkeypatch.setattr(calibration, "time_layer", fake_time_layer)
     result = validation.validate(refined_profile(), quick=True, passes=2)
     assert result["passes"] == 2 and len(calls) == 4
