@@ -281,13 +281,24 @@ def time_interleaved(
     A sample loops a function enough times to last ``min_sample_s`` (short calls are
     otherwise all timer noise) and reports seconds per call. Interleaving makes machine noise
     hit every contender alike (RESEARCH.md §7).
+
+    The loop counts come from warm calls: a function's first call is untimed (it builds caches,
+    e.g. the sparse kernel's offsets, and can be 1000× a steady call), then a burst of calls
+    lasting a quarter of ``min_sample_s`` gives the time per call. Counting from the first call
+    made samples of one or two cold calls for small layers (a batch-1 CIFAR layer's first
+    sparse case read 40–70% slow).
     """
     loops = {}
     for name, function in functions.items():
-        started = clock()
         function()
-        first = max(clock() - started, 1e-7)
-        loops[name] = max(1, math.ceil(min_sample_s / first))
+        calls, started = 0, clock()
+        while True:
+            function()
+            calls += 1
+            elapsed = clock() - started
+            if elapsed >= min_sample_s / 4:
+                break
+        loops[name] = max(1, math.ceil(min_sample_s * calls / max(elapsed, 1e-9)))
     for _ in range(max(warmup - 1, 0)):
         for function in functions.values():
             function()

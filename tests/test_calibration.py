@@ -166,6 +166,22 @@ def test_time_interleaved_uses_the_injected_clock():
     assert timings["a"].cv == 0.0
 
 
+def test_time_interleaved_counts_loops_from_warm_calls_not_the_first_one():
+    # A first call 1000x a steady one (lazy set-up, cold caches) must not shrink every sample
+    # to a single call: samples still last min_sample_s.
+    now, calls = [0.0], [0]
+
+    def function():
+        now[0] += 1.0 if calls[0] == 0 else 1e-3
+        calls[0] += 1
+
+    timings = time_interleaved({"f": function}, repeats=3, min_sample_s=0.01,
+                               clock=lambda: now[0])  # fmt: skip
+    assert timings["f"].median_s == pytest.approx(1e-3)
+    timed = calls[0] - 1 - 3  # the untimed first call and the quarter-sample burst
+    assert timed >= 3 * 10
+
+
 def test_pooled_timing_takes_the_median_of_all_passes_and_reports_their_spread():
     fast = {"f": Timing.of([1.0, 1.0, 1.2])}
     slow = {"f": Timing.of([2.0, 2.0, 2.0])}  # steady: CV 0
