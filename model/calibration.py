@@ -9,6 +9,8 @@ What runs (docs/calibration.md has the details and the equations of :mod:`perfmo
    grouped convolutions, fully connected) × batch × sparsity: the best dense backend (faster
    of PyTorch's default and oneDNN; both kept) and the direct sparse kernel, timed interleaved
    in rounds after a warm-up, the whole sweep in passes whose samples pool into medians;
+   glibc is told to keep freed memory first (:mod:`model.allocator`: otherwise large calls
+   page-fault their buffers in on every call, by the history of allocations);
 4. noise check: the median coefficient of variation of all timings must stay under
    ``max_cv``, else :class:`NoisyRunError` and no profile;
 5. fit (:class:`DenseTimeRegressor`, :class:`NativeDenseTimeRegressor`,
@@ -41,6 +43,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LinearRegression
 
+from model.allocator import keep_freed_memory
 from perfmodel import Conv2dSpec, HardwareProfile, LinearSpec, save_profile
 from perfmodel.hardware import (
     SCHEMA_VERSION,
@@ -786,6 +789,7 @@ class CalibrationData:
     kernel: str = "native"
     load: str = field(default_factory=load_summary)
     duration_s: float | None = None
+    allocator: str = "unknown"  # model.allocator.keep_freed_memory()
 
 
 REFERENCE_LAYER = Conv2dSpec(
@@ -848,7 +852,8 @@ def build_profile(
                 torch=torch.__version__,
                 notes=(
                     f"F: 1024² SGEMM; B: DRAM read; α: sparse kernel on AlexNet conv3 vs F; "
-                    f"{data.kernel} kernel ({data.isa}); {data.load} at the end; "
+                    f"{data.kernel} kernel ({data.isa}); allocator: {data.allocator}; "
+                    f"{data.load} at the end; "
                     f"noise CV {noise:.3f}; fit speedup MAPE {refined.fit.speedup_mape:.3f}"
                 ),
             ),
@@ -869,6 +874,7 @@ def run_benchmarks(
             progress(event)
 
     started = time.monotonic()
+    allocator = keep_freed_memory()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -902,6 +908,7 @@ def run_benchmarks(
         isa=info.isa,
         kernel=info.implementation,
         duration_s=time.monotonic() - started,
+        allocator=allocator,
     )
 
 

@@ -3,7 +3,8 @@
 Per layer: each Conv2d/Linear of the pruned model is timed as it is (dense kernel) and as a
 :class:`model.sparse.SparseConv2d`/``SparseLinear`` on the input it really receives, in the
 same process, interleaved, after a warm-up, taking medians (RESEARCH.md §7: shared machines are
-noisy; only ratios measured together mean anything). Whole model: the pruned network with
+noisy; only ratios measured together mean anything), with freed memory kept as calibration
+measures (:mod:`model.allocator`). Whole model: the pruned network with
 dense kernels against the same network converted by the plan.
 """
 
@@ -16,11 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from model.allocator import keep_freed_memory
 from model.surgery import capture_activations
 
 
 def _median_times(functions: Sequence[Callable[[], object]], repeats: int) -> list[float]:
     """Median seconds per call of each function, timed round-robin after one warm-up call."""
+    keep_freed_memory()
     for function in functions:
         function()
     samples: list[list[float]] = [[] for _ in functions]

@@ -145,6 +145,7 @@ def validate(
     """
     import torch
 
+    from model.allocator import keep_freed_memory
     from model.calibration import load_summary, measure_passes, measurements_of, noise_of
     from model.sparse import kernel_info
 
@@ -161,6 +162,7 @@ def validate(
         if progress:
             progress({"done": done, "total": total, "layer": layer.name, "batch": layer.batch})
 
+    allocator = keep_freed_memory()  # as calibration measured
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     started = time.monotonic()
@@ -195,6 +197,7 @@ def validate(
         "performance_model": model.name,
         "threads": threads,
         "kernel": kernel_info().implementation,
+        "allocator": allocator,
         "quick": quick,
         "passes": passes,
         "load": load_summary(),
