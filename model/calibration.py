@@ -138,6 +138,11 @@ CALIBRATION_LAYERS: tuple[Layer, ...] = (
     square_conv("c3.384@6", 384, 384, 6, 3),
     square_conv("c3s2.32-64@24", 32, 64, 24, 3, stride=2),
     square_conv("c3s2.24-48@28", 24, 48, 28, 3, stride=2),
+    # Images so small that a register tile holds two output vectors (5×5: 30 outputs with the
+    # padded column), where the FMA latency floor λ would show (the smallest tiles above hold
+    # three): late-stage CIFAR layers. (+0.002–0.005 within_20pct on stored runs.)
+    square_conv("c3.256@5", 256, 256, 5, 3),
+    square_conv("c3.128-192@5", 128, 192, 5, 3),
     # Strided, 5×5 and 7×7 (the "other convolution" family).
     square_conv("c3s2.48-96@24", 48, 96, 24, 3, stride=2),
     square_conv("c3s2.16-32@40", 16, 32, 40, 3, stride=2),
