@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -525,6 +526,27 @@ def measure_memory(threads: int) -> tuple[MemoryBandwidths, float]:
     return memory, 2 * 1024**3 / gemm.median_s
 
 
+def l2_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """The L2 cache of one core, from sysfs (``None`` where the kernel does not say)."""
+    for index in sorted(root.glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        if level != "2" or kind not in {"Unified", "Data"}:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        try:
+            if size[-1:] in units:
+                return int(size[:-1]) * units[size[-1]]
+            return int(size)
+        except ValueError:
+            return None
+    return None
+
+
 # ------------------------------------------------------------------------------ the fit
 
 
@@ -634,6 +656,7 @@ def fit_sparse(
     measurements: Sequence[Measurement],
     vector_width: int = 16,
     latency_vectors: Sequence[float] = LATENCY_VECTORS,
+    cache_bytes: int | None = None,
 ) -> tuple[SparseTimeRegressor, float, np.ndarray]:
     """The sparse fit at the latency floor whose fit has the least RMS relative error.
 
@@ -646,7 +669,10 @@ def fit_sparse(
     best = None
     for floor in latency_vectors:
         X = _design(
-            [sparse_features(m.layer, m.density, vector_width, floor) for m in measurements],
+            [
+                sparse_features(m.layer, m.density, vector_width, floor, cache_bytes)
+                for m in measurements
+            ],
             SPARSE_TERMS,
         )
         fit = SparseTimeRegressor().fit(X, y)
@@ -678,8 +704,10 @@ def fit_refined(
     vector_width: int = 16,
     isa: str | None = None,
     duration_s: float | None = None,
+    cache_bytes: int | None = None,
 ) -> RefinedParameters:
-    """Fit the refined model's parameters to calibration measurements.
+    """Fit the refined model's parameters to calibration measurements (``cache_bytes``: the
+    L2 of the cores measured, for the sparse cold-activation term; ``None``: no such term).
 
     Dense: oneDNN's model on every layer (on layers where ``F.conv2d`` runs PyTorch's native
     path, on the forced-oneDNN timing); the native path's own model on the default backend's
@@ -709,7 +737,9 @@ def fit_refined(
             dense_predicted[i] = min(dense_predicted[i], native)
     dense_y = np.array([m.dense.median_s for m in dense_cases])
     sparse_y = np.array([m.sparse.median_s for m in measurements])
-    sparse_fit, latency_vectors, sparse_X = fit_sparse(measurements, vector_width)
+    sparse_fit, latency_vectors, sparse_X = fit_sparse(
+        measurements, vector_width, cache_bytes=cache_bytes
+    )
 
     def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
         return float(np.mean(np.abs(predicted - measured) / measured))
@@ -729,6 +759,7 @@ def fit_refined(
         dense=dense_fit.parameters(),
         native_dense=native_fit.parameters() if native_fit is not None else None,
         sparse=sparse_fit.parameters(latency_vectors),
+        cache_bytes=cache_bytes,
         fit=FitQuality(
             dense_mape=mape(dense_predicted, dense_y),
             sparse_mape=mape(sparse_fit.predict(sparse_X), sparse_y),
@@ -795,6 +826,7 @@ class CalibrationData:
     load: str = field(default_factory=load_summary)
     duration_s: float | None = None
     allocator: str = "unknown"  # model.allocator.keep_freed_memory()
+    cache_bytes: int | None = None  # L2 of the cores measured (l2_cache_bytes() × threads)
 
 
 REFERENCE_LAYER = Conv2dSpec(
@@ -816,7 +848,7 @@ def build_profile(
         raise NoisyRunError(noise, max_cv, data.load)
     refined = fit_refined(
         data.measurements, data.memory, data.threads, data.vector_width, data.isa,
-        data.duration_s,
+        data.duration_s, data.cache_bytes,
     )  # fmt: skip
     import torch
 
@@ -914,6 +946,7 @@ def run_benchmarks(
         kernel=info.implementation,
         duration_s=time.monotonic() - started,
         allocator=allocator,
+        cache_bytes=l2 * threads if (l2 := l2_cache_bytes()) else None,
     )
 
 
@@ -1092,7 +1125,13 @@ def format_profile(profile: HardwareProfile, path) -> str:
         f"{g(s.inner_loop_bytes_per_s, 1e9, 'GB/s')} (latency floor "
         f"{s.fma_latency_vectors:g} vectors), visits {g(s.nonzero_visits_per_s, 1e9, 'G/s')}, "
         f"per-call non-zeros {g(s.call_nonzeros_per_s, 1e9, 'G/s')}, packing "
-        f"{g(s.pack_bytes_per_s, 1e9, 'GB/s')}, output {g(s.output_bytes_per_s, 1e9, 'GB/s')}",
+        f"{g(s.pack_bytes_per_s, 1e9, 'GB/s')}, output {g(s.output_bytes_per_s, 1e9, 'GB/s')}"
+        + (
+            f", activations beyond L2 ({r.cache_bytes / 2**20:g} MiB) "
+            f"{g(s.cold_activation_bytes_per_s, 1e9, 'GB/s')}"
+            if r.cache_bytes
+            else ""
+        ),
         f"fit:          {f.measurements} cases, noise CV {f.noise_cv:.3f}"
         + (f", pass spread {f.pass_spread:.3f}" if f.pass_spread is not None else "")
         + ", MAPE dense "

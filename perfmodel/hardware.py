@@ -18,8 +18,10 @@ and ``fma_latency_vectors``). Older files load unchanged and predict exactly as 
 rates default to ``None`` (negligible) and the latency floor to the 4 vectors version 2 assumed.
 Within version 3, later fields are optional and absent from older files: a fit of PyTorch's
 native convolution path (``native_dense``, absent: oneDNN everywhere), per-family dense call
-costs (absent: none) and the calibration's pass spread (absent: unknown); those files predict
-as they did. A file from a newer Sweetspot than this one is refused with a message saying so.
+costs (absent: none), the calibration's pass spread (absent: unknown) and the sparse cost of
+activations beyond L2 (``cache_bytes``, ``cold_activation_bytes_per_s``; absent: none); those
+files predict as they did. A file from a newer Sweetspot than this one is refused with a
+message saying so.
 
 Profiles are data files (JSON or TOML), never code. The three platforms of the paper ship in
 ``perfmodel/profiles/``; users keep their own in the profile directory
@@ -189,6 +191,10 @@ class SparseParameters(BaseModel):
     tile_setups_per_s: OptionalRate = Field(
         description="Register tiles started and stored, per output channel and channel block."
     )
+    cold_activation_bytes_per_s: OptionalRate = Field(
+        description="A call's activation bytes beyond the cores' L2 (``cache_bytes``), met in "
+        "L3 or DRAM by packing and the output copy (absent in older profiles: none)."
+    )
     linear_csr_bytes_per_s: OptionalRate = Field(
         description="Sparse fully connected layers, batch < 16: CSR bytes streamed per image."
     )
@@ -230,6 +236,10 @@ class RefinedParameters(BaseModel):
         "profiles; the dense time is then oneDNN's everywhere).",
     )  # fmt: skip
     sparse: SparseParameters
+    cache_bytes: int | None = Field(
+        None, gt=0, description="L2 of the cores calibrated with (per core × threads), from "
+        "sysfs: a call's activations beyond it are cold (absent: not known, no such term).",
+    )  # fmt: skip
     fit: FitQuality
 
 

@@ -37,7 +37,7 @@ Sparse time (direct sparse convolution, density ``x``; the geometry replicates t
 layout and cache blocking, :func:`sparse_conv_geometry`)::
 
     fixed    = o_s + N·(packed input bytes)/B_pack + N·(output bytes)/B_out + P/B_partial
-               + (tile setups)/R_setup
+               + (tile setups)/R_setup + max(0, S_A − L2)/B_cold
     variable = V·64 B/B_inner + T/R_visit + x·W/R_call
     t_sparse = fixed + variable
 
@@ -46,7 +46,10 @@ register tile, the layout's padded columns included; below ``λ`` vectors the FM
 the loads, sets the pace), ``T = x·N·W·tiles`` non-zero visits (one per register tile), ``P``
 the bytes of partial sums reloaded per input-channel block and ``x·W/R_call`` one pass over the
 non-zeros per call whatever the batch (the CSR argument check, and the weights' first trip
-from memory). ``λ`` (``fma_latency_vectors``) is fitted per host with the rates.
+from memory). ``max(0, S_A − L2)`` are the call's activation bytes beyond the L2 of the cores
+it runs on (``refined.cache_bytes``): those do not stay cached from one call or layer to the
+next, and packing and the output copy meet them in L3 or DRAM (a batch of 32 large images,
+where batch 1 stays in L2). ``λ`` (``fma_latency_vectors``) is fitted per host with the rates.
 Sparse fully connected layers: ``o_s + x·N·8·W/B_csr`` (batch < 16, CSR streamed per image)
 or ``o_s + 2·x·N·W/F_linear`` (batch ≥ 16).
 
@@ -113,6 +116,7 @@ SPARSE_FIXED_TERMS: tuple[str, ...] = (
     "output_bytes",
     "partial_sum_bytes",
     "tile_setups",
+    "cold_activation_bytes",
 )
 SPARSE_VARIABLE_TERMS: tuple[str, ...] = (
     "inner_loop_bytes",
@@ -162,6 +166,7 @@ SPARSE_RATE_FIELD = {
     "call_nonzeros": "call_nonzeros_per_s",
     "partial_sum_bytes": "partial_sum_bytes_per_s",
     "tile_setups": "tile_setups_per_s",
+    "cold_activation_bytes": "cold_activation_bytes_per_s",
     "linear_csr_bytes": "linear_csr_bytes_per_s",
     "linear_flops": "linear_flops_per_s",
 }
@@ -346,9 +351,12 @@ def sparse_features(
     density: float,
     vector_width: int = 16,
     latency_vectors: float = FMA_LATENCY_VECTORS,
+    cache_bytes: int | None = None,
 ) -> dict[str, float]:
     """The sparse design row of ``layer`` at ``density`` (keys: :data:`SPARSE_TERMS`);
-    ``latency_vectors`` is the FMA latency floor of a register tile (``λ``, module docstring)."""
+    ``latency_vectors`` is the FMA latency floor of a register tile (``λ``, module docstring),
+    ``cache_bytes`` the L2 of the cores the kernel runs on (``None``: no cold-activation
+    term)."""
     row = dict.fromkeys(SPARSE_TERMS, 0.0)
     row["call"] = 1.0
     N, bytes_ = layer.batch, layer.dtype_bytes
@@ -391,6 +399,10 @@ def sparse_features(
         )
     # Starting and finishing a tile for every output channel in every channel block.
     row["tile_setups"] = float(N * layer.out_channels * geometry.tiles * geometry.channel_blocks)
+    # A call's input and output stay in the cores' L2 from one call (or layer) to the next
+    # while they fit; the bytes beyond it are packed from and written to L3 or DRAM.
+    if cache_bytes is not None:
+        row["cold_activation_bytes"] = float(max(0, layer.activation_bytes - cache_bytes))
     return row
 
 
@@ -490,8 +502,9 @@ class RefinedRoofline(RooflineModel):
         refined = _refined(hw)
         coefficients = sparse_coefficients(hw)
         row = sparse_features(
-            layer, density, refined.vector_width, refined.sparse.fma_latency_vectors
-        )
+            layer, density, refined.vector_width, refined.sparse.fma_latency_vectors,
+            refined.cache_bytes,
+        )  # fmt: skip
         fixed = _dot(coefficients, row, SPARSE_FIXED_TERMS)
         variable = _dot(coefficients, row, SPARSE_VARIABLE_TERMS)
         return AdditiveSparseTime(compute_s=variable, memory_s=fixed)

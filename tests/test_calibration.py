@@ -44,11 +44,14 @@ def _data(measurements, threads: int = 1) -> CalibrationData:
     return CalibrationData(
         measurements=measurements, memory=TRUE.refined.memory, gemm_flops_per_s=60e9,
         threads=threads, isa="avx512", load="load 0.10 0.10 0.10 on 2 cores",
+        cache_bytes=TRUE.refined.cache_bytes,
     )  # fmt: skip
 
 
 def test_fit_recovers_the_parameters_that_generated_the_timings():
-    fitted = fit_refined(simulate(TRUE, plan_for(quick=False)), TRUE.refined.memory, threads=1)
+    fitted = fit_refined(simulate(TRUE, plan_for(quick=False)), TRUE.refined.memory, threads=1,
+                         cache_bytes=TRUE.refined.cache_bytes)  # fmt: skip
+    assert fitted.cache_bytes == TRUE.refined.cache_bytes
     for params, truth, fields in (
         (fitted.dense, TRUE.refined.dense, DENSE_RATE_FIELD.values()),
         (fitted.sparse, TRUE.refined.sparse, SPARSE_RATE_FIELD.values()),
@@ -71,7 +74,8 @@ def test_fit_recovers_the_native_dense_path_from_the_default_backends_timings(th
     eligible = {m.layer.name for m in measurements if "default" in m.dense_backends}
     assert "c3.16-24@28" in eligible and "alexnet.conv3" not in eligible
     assert any(m.dense_backend == "default" for m in measurements)  # the native path wins some
-    fitted = fit_refined(measurements, TRUE.refined.memory, threads=threads)
+    fitted = fit_refined(measurements, TRUE.refined.memory, threads=threads,
+                         cache_bytes=TRUE.refined.cache_bytes)  # fmt: skip
     assert fitted.native_dense is not None
     assert fitted.native_dense.call_overhead_s == pytest.approx(NATIVE.call_overhead_s, rel=1e-3)
     for field in NATIVE_RATE_FIELD.values():
@@ -107,7 +111,9 @@ def test_no_native_fit_without_the_default_backends_timings():
 def test_fit_sparse_finds_the_latency_floor(floor):
     sparse = TRUE.refined.sparse.model_copy(update={"fma_latency_vectors": floor})
     truth = TRUE.model_copy(update={"refined": TRUE.refined.model_copy(update={"sparse": sparse})})
-    regressor, found, X = fit_sparse(simulate(truth, plan_for(quick=False)))
+    regressor, found, X = fit_sparse(
+        simulate(truth, plan_for(quick=False)), cache_bytes=TRUE.refined.cache_bytes
+    )
     assert found == floor
     assert X.shape == (len(regressor.predict(X)), len(SparseTimeRegressor.terms))
     assert regressor.parameters(found).inner_loop_bytes_per_s == pytest.approx(
@@ -133,7 +139,20 @@ def test_estimators_follow_scikit_learn_conventions():
     assert len(estimator.outliers_) == 0
     assert estimator.get_params() == {"outlier_factor": 4.0, "min_outlier_error": 0.25}
     with pytest.raises(ValueError, match="must be"):
-        SparseTimeRegressor().fit(X, X @ coef)  # wrong number of columns
+        SparseTimeRegressor().fit(X[:, :5], X[:, :5] @ coef[:5])  # wrong number of columns
+
+
+def test_l2_size_comes_from_sysfs_and_is_none_where_it_says_nothing(tmp_path):
+    for index, (level, kind, size) in enumerate(
+        [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "1024K"),
+         ("3", "Unified", "32768K")]
+    ):  # fmt: skip
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(value + "\n")
+    assert calibration.l2_cache_bytes(tmp_path) == 1 << 20
+    assert calibration.l2_cache_bytes(tmp_path / "missing") is None
 
 
 def test_build_profile_writes_provenance_and_schema():

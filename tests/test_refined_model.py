@@ -78,7 +78,9 @@ def refined_profile(name: str = "host") -> HardwareProfile:
             output_bytes_per_s=60e9, inner_loop_bytes_per_s=170e9, nonzero_visits_per_s=6e9,
             call_nonzeros_per_s=4e9, fma_latency_vectors=2.0, partial_sum_bytes_per_s=130e9,
             tile_setups_per_s=1e8, linear_csr_bytes_per_s=7e9, linear_flops_per_s=20e9,
+            cold_activation_bytes_per_s=8e9,
         ),
+        cache_bytes=1 << 20,
         fit=FitQuality(dense_mape=0.1, sparse_mape=0.1, speedup_mape=0.1, noise_cv=0.03,
                        measurements=100),
     )  # fmt: skip
@@ -199,6 +201,20 @@ def test_new_terms_cost_what_their_rates_say():
     extra = MODEL.sparse_time(layer, hw, 0.5).compute_s
     extra -= MODEL.sparse_time(layer, without_call, 0.5).compute_s
     assert extra == pytest.approx(0.5 * layer.weight_count / sparse.call_nonzeros_per_s)
+
+
+def test_activations_beyond_l2_cost_only_the_bytes_past_it_and_not_without_a_cache_size():
+    hw = refined_profile()
+    refined = hw.refined
+    no_cache = hw.model_copy(update={"refined": refined.model_copy(update={"cache_bytes": None})})
+    small, large = CONV3, CONV3.with_batch(32)  # 0.43 MiB of activations, 13.9 MiB
+    assert small.activation_bytes < refined.cache_bytes < large.activation_bytes
+    assert MODEL.sparse_time(small, hw, 0.3) == MODEL.sparse_time(small, no_cache, 0.3)
+    extra = MODEL.sparse_time(large, hw, 0.3).memory_s  # a fixed cost: not the density's
+    extra -= MODEL.sparse_time(large, no_cache, 0.3).memory_s
+    cold = large.activation_bytes - refined.cache_bytes
+    assert extra == pytest.approx(cold / refined.sparse.cold_activation_bytes_per_s)
+    assert MODEL.dense_time_s(large, hw) == MODEL.dense_time_s(large, no_cache)
 
 
 def test_latency_floor_counts_short_tiles_as_longer():
