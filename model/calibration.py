@@ -44,7 +44,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LinearRegression
 
-from model.allocator import keep_freed_memory
+from model.allocator import freed_memory_kept
 from perfmodel import Conv2dSpec, HardwareProfile, LinearSpec, save_profile
 from perfmodel.hardware import (
     SCHEMA_VERSION,
@@ -825,7 +825,7 @@ class CalibrationData:
     kernel: str = "native"
     load: str = field(default_factory=load_summary)
     duration_s: float | None = None
-    allocator: str = "unknown"  # model.allocator.keep_freed_memory()
+    allocator: str = "unknown"  # what model.allocator.freed_memory_kept() said
     cache_bytes: int | None = None  # L2 of the cores measured (l2_cache_bytes() × threads)
 
 
@@ -911,31 +911,31 @@ def run_benchmarks(
             progress(event)
 
     started = time.monotonic()
-    allocator = keep_freed_memory()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        info = kernel_info()
-        wait_for_idle(threads, plan.idle_timeout_s, progress)
-        layers = [layer.with_batch(b) for b in plan.batches for layer in plan.layers]
-        total = plan.passes * len(layers) + 1
-        report({"stage": "memory", "done": 0, "total": total})
-        memory, gemm = measure_memory(threads)
+    with freed_memory_kept() as allocator:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            info = kernel_info()
+            wait_for_idle(threads, plan.idle_timeout_s, progress)
+            layers = [layer.with_batch(b) for b in plan.batches for layer in plan.layers]
+            total = plan.passes * len(layers) + 1
+            report({"stage": "memory", "done": 0, "total": total})
+            memory, gemm = measure_memory(threads)
 
-        def step(done: int, layer: Layer) -> None:
-            report({"stage": "layers", "done": done + 1, "total": total, "layer": layer.name,
-                    "batch": layer.batch})  # fmt: skip
+            def step(done: int, layer: Layer) -> None:
+                report({"stage": "layers", "done": done + 1, "total": total, "layer": layer.name,
+                        "batch": layer.batch})  # fmt: skip
 
-        runs = measure_passes(
-            layers, [plan.sparsities] * len(layers), plan.passes, plan.repeats, plan.warmup,
-            plan.min_sample_s, seed, step,
-        )  # fmt: skip
-        measurements: list[Measurement] = []
-        for layer, timings in zip(layers, runs, strict=True):
-            measurements += measurements_of(layer, plan.sparsities, pool_timings(timings))
-        report({"stage": "done", "done": total, "total": total})
-    finally:
-        torch.set_num_threads(previous)
+            runs = measure_passes(
+                layers, [plan.sparsities] * len(layers), plan.passes, plan.repeats, plan.warmup,
+                plan.min_sample_s, seed, step,
+            )  # fmt: skip
+            measurements: list[Measurement] = []
+            for layer, timings in zip(layers, runs, strict=True):
+                measurements += measurements_of(layer, plan.sparsities, pool_timings(timings))
+            report({"stage": "done", "done": total, "total": total})
+        finally:
+            torch.set_num_threads(previous)
     return CalibrationData(
         measurements=measurements,
         memory=memory,

@@ -17,21 +17,21 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from model.allocator import keep_freed_memory
+from model.allocator import freed_memory_kept
 from model.surgery import capture_activations
 
 
 def _median_times(functions: Sequence[Callable[[], object]], repeats: int) -> list[float]:
     """Median seconds per call of each function, timed round-robin after one warm-up call."""
-    keep_freed_memory()
-    for function in functions:
-        function()
     samples: list[list[float]] = [[] for _ in functions]
-    for _ in range(repeats):
-        for index, function in enumerate(functions):
-            start = time.perf_counter()
+    with freed_memory_kept():
+        for function in functions:
             function()
-            samples[index].append(time.perf_counter() - start)
+        for _ in range(repeats):
+            for index, function in enumerate(functions):
+                start = time.perf_counter()
+                function()
+                samples[index].append(time.perf_counter() - start)
     return [statistics.median(s) for s in samples]
 
 

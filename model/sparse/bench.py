@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from model.allocator import keep_freed_memory
+from model.allocator import freed_memory_kept
 from model.sparse.csr import conv_weight_to_csr, linear_weight_to_csr
 from model.sparse.functional import sparse_conv2d, sparse_linear
 from model.sparse.native import kernel_info
@@ -332,28 +332,29 @@ def run(args: argparse.Namespace) -> int:
         print("sparsity must be in [0, 1); batch, threads and repeats must be >= 1")
         return 2
     info = kernel_info()
-    allocator = keep_freed_memory()  # dense at its best: no page faults per call
-    previous_threads = torch.get_num_threads()
-    results: list[dict] = []
-    sets: dict[str, list[str]] = {}
-    try:
-        for set_name in args.layers:
-            sets[set_name] = [layer.name for layer in LAYER_SETS[set_name]]
-            for batch in args.batch:
-                for threads in args.threads:
-                    for layer in LAYER_SETS[set_name]:
-                        results += bench_layer(
-                            layer,
-                            batch,
-                            threads,
-                            sorted(args.sparsity),
-                            args.repeats,
-                            args.warmup,
-                            not args.no_torch_sparse,
-                            args.seed,
-                        )
-    finally:
-        torch.set_num_threads(previous_threads)
+    # dense at its best: no page faults per call
+    with freed_memory_kept() as allocator:
+        previous_threads = torch.get_num_threads()
+        results: list[dict] = []
+        sets: dict[str, list[str]] = {}
+        try:
+            for set_name in args.layers:
+                sets[set_name] = [layer.name for layer in LAYER_SETS[set_name]]
+                for batch in args.batch:
+                    for threads in args.threads:
+                        for layer in LAYER_SETS[set_name]:
+                            results += bench_layer(
+                                layer,
+                                batch,
+                                threads,
+                                sorted(args.sparsity),
+                                args.repeats,
+                                args.warmup,
+                                not args.no_torch_sparse,
+                                args.seed,
+                            )
+        finally:
+            torch.set_num_threads(previous_threads)
     summary = summarise(results, sets)
     if args.json:
         document = {"kernel": asdict(info), "allocator": allocator}
