@@ -305,7 +305,7 @@ def time_interleaved(
             function()
             calls += 1
             elapsed = clock() - started
-            if elapsed >= min_sample_s / 4:
+            if elapsed >= min_sample_s / 4 or calls >= 100_000:  # a clock that stands still
                 break
         loops[name] = max(1, math.ceil(min_sample_s * calls / max(elapsed, 1e-9)))
     for _ in range(max(warmup - 1, 0)):
@@ -526,25 +526,40 @@ def measure_memory(threads: int) -> tuple[MemoryBandwidths, float]:
     return memory, 2 * 1024**3 / gemm.median_s
 
 
-def l2_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
-    """The L2 cache of one core, from sysfs (``None`` where the kernel does not say)."""
-    for index in sorted(root.glob("index*")):
-        try:
-            level = (index / "level").read_text().strip()
-            kind = (index / "type").read_text().strip()
-            size = (index / "size").read_text().strip().upper()
-        except OSError:
-            continue
-        if level != "2" or kind not in {"Unified", "Data"}:
-            continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-        try:
-            if size[-1:] in units:
-                return int(size[:-1]) * units[size[-1]]
-            return int(size)
-        except ValueError:
-            return None
-    return None
+def _size_bytes(text: str) -> int | None:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper()
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except (ValueError, IndexError):
+        return None
+
+
+def l2_cache_bytes(
+    threads: int = 1, root: Path = Path("/sys/devices/system/cpu")
+) -> int | None:
+    """The L2 cache the first ``threads`` CPUs this process may run on have between them, from
+    sysfs: each distinct L2 once (SMT siblings and core clusters share one); ``None`` where the
+    kernel does not say."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))[:threads]
+    except (AttributeError, OSError):
+        cpus = list(range(threads))
+    caches: dict[str, int] = {}
+    for cpu in cpus:
+        for index in sorted((root / f"cpu{cpu}" / "cache").glob("index*")):
+            try:
+                level = (index / "level").read_text().strip()
+                kind = (index / "type").read_text().strip()
+                size = _size_bytes((index / "size").read_text())
+                shared = index / "shared_cpu_list"
+                owner = shared.read_text().strip() if shared.exists() else f"cpu{cpu}"
+            except OSError:
+                continue
+            if level == "2" and kind in {"Unified", "Data"} and size:
+                caches[owner] = size
+                break
+    return sum(caches.values()) or None
 
 
 # ------------------------------------------------------------------------------ the fit
@@ -826,7 +841,7 @@ class CalibrationData:
     load: str = field(default_factory=load_summary)
     duration_s: float | None = None
     allocator: str = "unknown"  # what model.allocator.freed_memory_kept() said
-    cache_bytes: int | None = None  # L2 of the cores measured (l2_cache_bytes() × threads)
+    cache_bytes: int | None = None  # L2 of the cores measured (l2_cache_bytes(threads))
 
 
 REFERENCE_LAYER = Conv2dSpec(
@@ -946,7 +961,7 @@ def run_benchmarks(
         kernel=info.implementation,
         duration_s=time.monotonic() - started,
         allocator=allocator,
-        cache_bytes=l2 * threads if (l2 := l2_cache_bytes()) else None,
+        cache_bytes=l2_cache_bytes(threads),
     )
 
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.allocator import freed_memory_kept
 from model.surgery import BiasMapConv2d
 from perfmodel.layers import Conv2dSpec
 
@@ -585,16 +586,18 @@ def rebuild_fibres(model: nn.Module, architecture: Mapping[str, Mapping[str, Any
 
 def _median_ratio(dense: Callable[[], object], fibre: Callable[[], object], repeats: int,
                   warmup: int) -> tuple[float, float]:  # fmt: skip
-    """Median seconds of ``dense`` and ``fibre``, timed alternately after ``warmup`` calls."""
-    for _ in range(warmup):
-        dense()
-        fibre()
+    """Median seconds of ``dense`` and ``fibre``, timed alternately after ``warmup`` calls,
+    with freed memory kept (:mod:`model.allocator`)."""
     times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for samples, function in zip(times, (dense, fibre), strict=True):
-            start = time.perf_counter()
-            function()
-            samples.append(time.perf_counter() - start)
+    with freed_memory_kept():
+        for _ in range(warmup):
+            dense()
+            fibre()
+        for _ in range(repeats):
+            for samples, function in zip(times, (dense, fibre), strict=True):
+                start = time.perf_counter()
+                function()
+                samples.append(time.perf_counter() - start)
     return statistics.median(times[0]), statistics.median(times[1])
 
 

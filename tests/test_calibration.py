@@ -142,17 +142,30 @@ def test_estimators_follow_scikit_learn_conventions():
         SparseTimeRegressor().fit(X[:, :5], X[:, :5] @ coef[:5])  # wrong number of columns
 
 
-def test_l2_size_comes_from_sysfs_and_is_none_where_it_says_nothing(tmp_path):
-    for index, (level, kind, size) in enumerate(
-        [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "1024K"),
-         ("3", "Unified", "32768K")]
+def _cpu_caches(root, cpu, l2_size, l2_shared):
+    for index, (level, kind, size, shared) in enumerate(
+        [("1", "Data", "48K", str(cpu)), ("1", "Instruction", "32K", str(cpu)),
+         ("2", "Unified", l2_size, l2_shared), ("3", "Unified", "32768K", "0-3")]
     ):  # fmt: skip
-        folder = tmp_path / f"index{index}"
-        folder.mkdir()
-        for name, value in (("level", level), ("type", kind), ("size", size)):
+        folder = root / f"cpu{cpu}" / "cache" / f"index{index}"
+        folder.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size),
+                            ("shared_cpu_list", shared)):  # fmt: skip
             (folder / name).write_text(value + "\n")
-    assert calibration.l2_cache_bytes(tmp_path) == 1 << 20
-    assert calibration.l2_cache_bytes(tmp_path / "missing") is None
+
+
+def test_l2_size_comes_from_sysfs_counting_each_shared_l2_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(calibration.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    own, pairs = tmp_path / "own", tmp_path / "pairs"
+    for cpu in range(4):
+        _cpu_caches(own, cpu, "1024K", str(cpu))  # one L2 per core
+        _cpu_caches(pairs, cpu, "2M", "0-1" if cpu < 2 else "2-3")  # one per core pair
+    assert calibration.l2_cache_bytes(1, own) == 1 << 20
+    assert calibration.l2_cache_bytes(2, own) == 2 << 20
+    assert calibration.l2_cache_bytes(2, pairs) == 2 << 20  # both threads on one L2
+    assert calibration.l2_cache_bytes(4, pairs) == 4 << 20
+    assert calibration.l2_cache_bytes(8, own) == 4 << 20  # more threads than CPUs
+    assert calibration.l2_cache_bytes(1, tmp_path / "missing") is None
 
 
 def test_build_profile_writes_provenance_and_schema():
