@@ -36,7 +36,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -460,6 +461,21 @@ def measurements_of(
     ]
 
 
+@contextmanager
+def measuring(threads: int) -> Iterator[str]:
+    """The state every timing here runs in: ``threads`` torch threads (restored afterwards)
+    and freed memory kept (:mod:`model.allocator`); yields the allocator's state."""
+    import torch
+
+    with freed_memory_kept() as allocator:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield allocator
+        finally:
+            torch.set_num_threads(previous)
+
+
 def measure_passes(
     layers: Sequence[Layer],
     sparsities: Sequence[Sequence[float]],
@@ -697,10 +713,16 @@ def fit_sparse(
     return best[1], best[2], best[3]
 
 
+def _timings(measurements: Sequence[Measurement]) -> list[Timing]:
+    """Every timing of a run once: each layer's dense timing (shared by its cases), then the
+    sparse ones."""
+    dense = {id(m.dense): m.dense for m in measurements}
+    return [*dense.values(), *(m.sparse for m in measurements)]
+
+
 def noise_of(measurements: Sequence[Measurement]) -> float:
     """The run's noise: median coefficient of variation over every dense and sparse timing."""
-    dense = {id(m.dense): m.dense.cv for m in measurements}  # shared per layer: count once
-    values = [*dense.values(), *(m.sparse.cv for m in measurements)]
+    values = [t.cv for t in _timings(measurements)]
     return statistics.median(values) if values else 0.0
 
 
@@ -708,8 +730,7 @@ def spread_of(measurements: Sequence[Measurement]) -> float | None:
     """Median spread of the passes' medians over every timing (``None`` for one pass)."""
     if all(m.sparse.passes == 1 for m in measurements):
         return None
-    dense = {id(m.dense): m.dense.spread for m in measurements}
-    return statistics.median([*dense.values(), *(m.sparse.spread for m in measurements)])
+    return statistics.median([t.spread for t in _timings(measurements)])
 
 
 def fit_refined(
@@ -917,8 +938,6 @@ def run_benchmarks(
     plan: Plan, threads: int, progress: Progress | None = None, seed: int = 0
 ) -> CalibrationData:
     """Measure this host as ``plan`` says (module docstring, steps 1–3)."""
-    import torch
-
     from model.sparse import kernel_info
 
     def report(event: dict) -> None:
@@ -926,31 +945,26 @@ def run_benchmarks(
             progress(event)
 
     started = time.monotonic()
-    with freed_memory_kept() as allocator:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            info = kernel_info()
-            wait_for_idle(threads, plan.idle_timeout_s, progress)
-            layers = [layer.with_batch(b) for b in plan.batches for layer in plan.layers]
-            total = plan.passes * len(layers) + 1
-            report({"stage": "memory", "done": 0, "total": total})
-            memory, gemm = measure_memory(threads)
+    with measuring(threads) as allocator:
+        info = kernel_info()
+        wait_for_idle(threads, plan.idle_timeout_s, progress)
+        layers = [layer.with_batch(b) for b in plan.batches for layer in plan.layers]
+        total = plan.passes * len(layers) + 1
+        report({"stage": "memory", "done": 0, "total": total})
+        memory, gemm = measure_memory(threads)
 
-            def step(done: int, layer: Layer) -> None:
-                report({"stage": "layers", "done": done + 1, "total": total, "layer": layer.name,
-                        "batch": layer.batch})  # fmt: skip
+        def step(done: int, layer: Layer) -> None:
+            report({"stage": "layers", "done": done + 1, "total": total, "layer": layer.name,
+                    "batch": layer.batch})  # fmt: skip
 
-            runs = measure_passes(
-                layers, [plan.sparsities] * len(layers), plan.passes, plan.repeats, plan.warmup,
-                plan.min_sample_s, seed, step,
-            )  # fmt: skip
-            measurements: list[Measurement] = []
-            for layer, timings in zip(layers, runs, strict=True):
-                measurements += measurements_of(layer, plan.sparsities, pool_timings(timings))
-            report({"stage": "done", "done": total, "total": total})
-        finally:
-            torch.set_num_threads(previous)
+        runs = measure_passes(
+            layers, [plan.sparsities] * len(layers), plan.passes, plan.repeats, plan.warmup,
+            plan.min_sample_s, seed, step,
+        )  # fmt: skip
+        measurements: list[Measurement] = []
+        for layer, timings in zip(layers, runs, strict=True):
+            measurements += measurements_of(layer, plan.sparsities, pool_timings(timings))
+        report({"stage": "done", "done": total, "total": total})
     return CalibrationData(
         measurements=measurements,
         memory=memory,

@@ -145,8 +145,13 @@ def validate(
     """
     import torch
 
-    from model.allocator import freed_memory_kept
-    from model.calibration import load_summary, measure_passes, measurements_of, noise_of
+    from model.calibration import (
+        load_summary,
+        measure_passes,
+        measurements_of,
+        measuring,
+        noise_of,
+    )
     from model.sparse import kernel_info
 
     model = resolve_model(performance_model, hardware)
@@ -162,17 +167,12 @@ def validate(
         if progress:
             progress({"done": done, "total": total, "layer": layer.name, "batch": layer.batch})
 
-    with freed_memory_kept() as allocator:  # as calibration measured
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        started = time.monotonic()
-        try:
-            runs = measure_passes(layers, [s for _, s in plan], passes, repeats, seed=1000,
-                                  progress=step)  # fmt: skip
-            if progress:
-                progress({"done": total, "total": total})
-        finally:
-            torch.set_num_threads(previous)
+    started = time.monotonic()
+    with measuring(threads) as allocator:  # as calibration measured
+        runs = measure_passes(layers, [s for _, s in plan], passes, repeats, seed=1000,
+                              progress=step)  # fmt: skip
+        if progress:
+            progress({"done": total, "total": total})
     cases, measurements = [], []
     for (layer, sparsities), timings in zip(plan, runs, strict=True):
         per_pass = [measurements_of(layer, sparsities, t) for t in timings]

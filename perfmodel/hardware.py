@@ -237,8 +237,9 @@ class RefinedParameters(BaseModel):
     )  # fmt: skip
     sparse: SparseParameters
     cache_bytes: int | None = Field(
-        None, gt=0, description="L2 of the cores calibrated with (per core × threads), from "
-        "sysfs: a call's activations beyond it are cold (absent: not known, no such term).",
+        None, gt=0, description="L2 of the cores calibrated with (each distinct L2 among the "
+        "CPUs used once), from sysfs: a call's activations beyond it are cold (absent: not "
+        "known, no such term).",
     )  # fmt: skip
     fit: FitQuality
 
