@@ -88,6 +88,42 @@ def test_native_batch_layouts_and_threads(batch, threads, batch_layout, native_k
 
 
 @pytest.mark.native
+@pytest.mark.parametrize(("batch", "threads", "mode"), [(1, 1, 1), (1, 2, 1), (4, 2, 1), (16, 1, 2)])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_native_conv_rejects_any_out_of_range_offset(batch, threads, mode, where, native_kernel):
+    """The offsets' range check runs inside the kernel: one bad index anywhere (first, middle
+    or last non-zero, in a layer with several channel blocks and strips) raises on every
+    scheduling path (per-image or blocked units, unit- or channel-parallel), before or after
+    valid calls, and the same arguments with valid offsets still give F.conv2d's result."""
+    case = (batch, 96, 27, 27, 32, (5, 5), (1, 1), (2, 2), (1, 1), 2)
+    x, weight, bias, geometry = _problem(case, 0.9, seed=3, bias=True)
+    csr = conv_weight_to_csr(weight, 2)
+    layout = conv_layout(48, 27, 27, (5, 5), padding=(2, 2))
+    offsets = csr.input_offsets(layout)
+    j = {"first": 0, "middle": int(csr.row_ptr[17]) - 1, "last": csr.nnz - 1}[where]
+    op = native_kernel.sparse_conv2d_forward
+    args = dict(
+        out_channels=32, kernel=[5, 5], stride=[1, 1], padding=[2, 2], dilation=[1, 1],
+        groups=2, relu=False, mode=mode,
+    )  # fmt: skip
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for value in (layout.channels * layout.plane, 2**31 - 1, -1, -(2**31)):
+            bad = offsets.clone()
+            bad[j] = value
+            with pytest.raises(RuntimeError, match=r"column index out of range \[0, "):
+                op(x, csr.values, bad, csr.row_ptr, bias, **args)
+        good = op(x, csr.values, offsets, csr.row_ptr, bias, **args)
+    finally:
+        torch.set_num_threads(previous)
+    expected = F.conv2d(x, weight, bias, groups=2, **geometry)
+    torch.testing.assert_close(good, expected, rtol=RTOL, atol=ATOL)
+    with pytest.raises(RuntimeError, match="column index out of range"):  # an empty batch too
+        op(x[:0], csr.values, bad, csr.row_ptr, bias, **args)
+
+
+@pytest.mark.native
 def test_native_large_layer_uses_channel_blocks(native_kernel):
     """A layer big enough for several input-channel blocks and output strips."""
     case = (2, 96, 27, 27, 32, (5, 5), (1, 1), (2, 2), (1, 1), 2)

@@ -93,6 +93,16 @@ constexpr const char* kIsa = "generic";
 #define SWEETSPOT_TILE 12
 #endif
 constexpr int TILE = SWEETSPOT_TILE;
+// A last tile or strip of at most kTailVectors vectors joins the one before it (one tile of
+// up to kMaxTile vectors): a separate 1-vector tile streams the whole CSR row segment for
+// 1/12 of the work (27×27 layers: 49 vectors = 4 × 12 + 1; 4% of conv2's time, perf).
+constexpr int kTailVectors = TILE / 3;
+constexpr int kMaxTile = TILE + kTailVectors;
+
+// CSR rows ahead whose next segment is prefetched: on a batch-1 call the CSR comes from
+// memory, and a pass over one channel block reads every row at a different place, which the
+// hardware prefetchers do not follow (2, 4 and 8 measured alike; docs/sparse-kernel.md).
+constexpr int64_t kPrefetchRows = 4;
 
 // Whether batches of >= VW images use the batch-blocked layout (docs/sparse-kernel.md).
 constexpr bool kBlockedByDefault = false;
@@ -188,7 +198,7 @@ void pack_channels(const float* src, float* dst, const Layout& L, int64_t c0, in
 template <int T, int LANES>
 inline int64_t tile_kernel(const float* __restrict in, const float* __restrict vals,
                            const int32_t* __restrict offs, int64_t begin, int64_t end,
-                           int32_t limit, bool first, float init, float* __restrict acc_io) {
+                           uint32_t limit, bool first, float init, float* __restrict acc_io) {
   vec acc[T];
   if (first) {
 #pragma GCC unroll 32
@@ -198,7 +208,7 @@ inline int64_t tile_kernel(const float* __restrict in, const float* __restrict v
     for (int t = 0; t < T; ++t) acc[t] = vload(acc_io + t * VW);
   }
   int64_t j = begin;
-  for (; j < end && offs[j] < limit; ++j) {
+  for (; j < end && static_cast<uint32_t>(offs[j]) < limit; ++j) {
     const vec w = vset1(vals[j]);
     const float* p = in + static_cast<int64_t>(offs[j]) * LANES;
 #pragma GCC unroll 32
@@ -211,7 +221,7 @@ inline int64_t tile_kernel(const float* __restrict in, const float* __restrict v
 
 template <int LANES>
 using TileFn = int64_t (*)(const float*, const float*, const int32_t*, int64_t, int64_t,
-                           int32_t, bool, float, float*);
+                           uint32_t, bool, float, float*);
 
 template <int LANES, int... Ts>
 constexpr std::array<TileFn<LANES>, sizeof...(Ts)> make_tiles(std::integer_sequence<int, Ts...>) {
@@ -227,6 +237,7 @@ struct ConvArgs {
   float* output;          // (N, K_total, P, Q)
   int64_t groups, Ktot, Kg;
   bool relu;
+  std::atomic<bool>* bad;  // set when a row holds a column index outside the padded input
 };
 
 // Cache blocking of one unit (an image, or VW interleaved images): the flattened outputs of
@@ -236,6 +247,7 @@ struct ConvArgs {
 struct Blocking {
   int64_t nvec;    // vectors per output channel
   int64_t strip;   // vectors per strip (a multiple of TILE unless it is all of nvec)
+  int64_t pitch;   // vectors of partial sums per output channel: strip + a merged short tail
   int64_t cblock;  // input channels per block
   int64_t nblocks;
 };
@@ -274,38 +286,50 @@ Blocking make_blocking(const Layout& L, int64_t lanes, int64_t rows) {
   while (b.strip > TILE && budget / footprint(b.strip) < std::min(kMinChannels, L.C))
     b.strip = round_tiles(b.strip / 2);
   b.cblock = std::clamp<int64_t>(budget / footprint(b.strip), 1, L.C);
+  b.pitch = std::min(b.nvec, b.strip + kTailVectors);
   b.nblocks = ceil_div(L.C, b.cblock);
   return b;
 }
 
 // Output channels [k0, k1) of one unit whose packed input is `buf`; `partial` holds
-// (k1 − k0) × strip vectors; `emit(k, v0, v1, rows)` stores finished vectors [v0, v1) of k.
+// (k1 − k0) × pitch vectors; `emit(k, v0, v1, rows)` stores finished vectors [v0, v1) of k.
 template <int LANES, typename Emit>
 void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const float* buf,
                   int64_t k0, int64_t k1, float* partial, int64_t* cursor, Emit&& emit) {
-  static constexpr auto tiles = make_tiles<LANES>(std::make_integer_sequence<int, TILE>{});
-  for (int64_t v0 = 0; v0 < b.nvec; v0 += b.strip) {
-    const int64_t v1 = std::min(b.nvec, v0 + b.strip);
+  static constexpr auto tiles = make_tiles<LANES>(std::make_integer_sequence<int, kMaxTile>{});
+  for (int64_t v0 = 0, v1; v0 < b.nvec; v0 = v1) {
+    v1 = std::min(b.nvec, v0 + b.strip);
+    if (b.nvec - v1 <= kTailVectors) v1 = b.nvec;  // a short last strip joins this one
     for (int64_t k = k0; k < k1; ++k) cursor[k - k0] = a.rowptr[k];
     for (int64_t cb = 0; cb < b.nblocks; ++cb) {
       const bool last = cb + 1 == b.nblocks;
-      const int32_t limit = last ? INT32_MAX : static_cast<int32_t>((cb + 1) * b.cblock * L.plane);
+      // The last block ends at the end of the input, so a column index outside [0, C·plane)
+      // (a negative one compares as a large unsigned number) is never read: it stops its row
+      // early, which is reported below. This is the offsets' range check, fused into the loop.
+      const uint32_t limit = static_cast<uint32_t>((last ? L.C : (cb + 1) * b.cblock) * L.plane);
       for (int64_t k = k0; k < k1; ++k) {
+        if (k + kPrefetchRows < k1) {
+          const int64_t ahead = cursor[k + kPrefetchRows - k0];
+          __builtin_prefetch(a.vals + ahead);
+          __builtin_prefetch(a.vals + ahead + 16);
+          __builtin_prefetch(a.offs + ahead);
+          __builtin_prefetch(a.offs + ahead + 16);
+        }
         const float* in = buf + (k / a.Kg) * L.C * L.plane * LANES;
         const int64_t begin = cursor[k - k0];
         int64_t end = a.rowptr[k + 1];
         const float init = a.bias ? a.bias[k] : 0.f;
-        float* acc = partial + (k - k0) * b.strip * VW;
+        float* acc = partial + (k - k0) * b.pitch * VW;
         int64_t v = v0;
         bool found = false;
-        for (; v < v1; v += TILE) {
-          const int64_t n = std::min<int64_t>(TILE, v1 - v);
+        for (int64_t n; v < v1; v += n) {
+          n = v1 - v <= kMaxTile ? v1 - v : TILE;  // a short last tile joins this one
           const float* tin = in + v * VW;
           float* tacc = acc + (v - v0) * VW;
           const int64_t stop = n == TILE
               ? tile_kernel<TILE, LANES>(tin, a.vals, a.offs, begin, end,
-                                         found ? INT32_MAX : limit, cb == 0, init, tacc)
-              : tiles[n - 1](tin, a.vals, a.offs, begin, end, found ? INT32_MAX : limit,
+                                         found ? UINT32_MAX : limit, cb == 0, init, tacc)
+              : tiles[n - 1](tin, a.vals, a.offs, begin, end, found ? UINT32_MAX : limit,
                              cb == 0, init, tacc);
           if (!found) {
             end = stop;
@@ -315,7 +339,9 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
         cursor[k - k0] = end;
       }
     }
-    for (int64_t k = k0; k < k1; ++k) emit(k, v0, v1, partial + (k - k0) * b.strip * VW);
+    for (int64_t k = k0; k < k1; ++k)
+      if (cursor[k - k0] != a.rowptr[k + 1]) a.bad->store(true, std::memory_order_relaxed);
+    for (int64_t k = k0; k < k1; ++k) emit(k, v0, v1, partial + (k - k0) * b.pitch * VW);
   }
 }
 
@@ -446,7 +472,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
     const int64_t elems = blocked_buf_elems(L, a.groups);
     if (unit_parallel(nblocks)) {
       at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-        float* partial = tl_partial.get(a.Ktot * bb.strip * VW);
+        float* partial = tl_partial.get(a.Ktot * bb.pitch * VW);
         int64_t* cursor = cursors(a.Ktot);
         float* buf = tl_pack.packing(elems, key);
         for (int64_t blk = b0; blk < b1; ++blk) {
@@ -464,7 +490,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
           pack_block(buf, blk * VW, c0, c1);
         });
         at::parallel_for(0, a.Ktot, 1, [&](int64_t k0, int64_t k1) {
-          float* partial = tl_partial.get((k1 - k0) * bb.strip * VW);
+          float* partial = tl_partial.get((k1 - k0) * bb.pitch * VW);
           int64_t* cursor = cursors(k1 - k0);
           compute_unit<VW>(a, L, bb, buf, k0, k1, partial, cursor,
                            [&](int64_t k, int64_t v0, int64_t v1, const float* acc) {
@@ -481,7 +507,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
     const int64_t elems = spatial_buf_elems(L, a.groups);
     if (unit_parallel(nspatial)) {
       at::parallel_for(0, nspatial, 1, [&](int64_t i0, int64_t i1) {
-        float* partial = tl_partial.get(a.Ktot * bs.strip * VW);
+        float* partial = tl_partial.get(a.Ktot * bs.pitch * VW);
         int64_t* cursor = cursors(a.Ktot);
         float* buf = tl_pack.packing(elems, key);  // pads stay zero across images
         for (int64_t i = i0; i < i1; ++i) {
@@ -503,7 +529,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
         });
         float* out = a.output + n * out_img;
         at::parallel_for(0, a.Ktot, 1, [&](int64_t k0, int64_t k1) {
-          float* partial = tl_partial.get((k1 - k0) * bs.strip * VW);
+          float* partial = tl_partial.get((k1 - k0) * bs.pitch * VW);
           int64_t* cursor = cursors(k1 - k0);
           compute_unit<1>(a, L, bs, buf, k0, k1, partial, cursor,
                           [&](int64_t k, int64_t v0, int64_t v1, const float* acc) {
@@ -608,7 +634,11 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
               "x", W);
   TORCH_CHECK(L.C * L.plane + L.M < (int64_t{1} << 31) / VW,
               "sparse_conv2d: input too large for 32-bit offsets");
-  check_csr(values, offsets, row_ptr, out_channels, L.C * L.plane, "sparse_conv2d");
+  // The column indices' range is checked inside the kernel (compute_unit), without a pass of
+  // its own over them: that pass was ≈2% of a 2-thread batch-1 call (it ran serially). An
+  // empty batch never runs the kernel, so it is checked here.
+  check_csr(values, offsets, row_ptr, out_channels, L.C * L.plane, "sparse_conv2d",
+            /*allow_u16=*/false, /*check_cols=*/N == 0);
   const float* bias_ptr = nullptr;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
@@ -620,10 +650,13 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   }
   at::Tensor output = at::empty({N, out_channels, L.P, L.Q}, input.options());
   if (N == 0) return output;
+  std::atomic<bool> bad{false};
   ConvArgs a{input.data_ptr<float>(), values.data_ptr<float>(), offsets.data_ptr<int32_t>(),
              row_ptr.data_ptr<int32_t>(), bias_ptr, output.data_ptr<float>(), groups,
-             out_channels, out_channels / groups, relu};
+             out_channels, out_channels / groups, relu, &bad};
   run_conv(a, L, N, mode);
+  TORCH_CHECK(!bad.load(), "sparse_conv2d: column index out of range [0, ", L.C * L.plane,
+              ") — were the offsets computed for this input size?");
   return output;
 }
 
