@@ -88,7 +88,9 @@ def test_native_batch_layouts_and_threads(batch, threads, batch_layout, native_k
 
 
 @pytest.mark.native
-@pytest.mark.parametrize(("batch", "threads", "mode"), [(1, 1, 1), (1, 2, 1), (4, 2, 1), (16, 1, 2)])
+@pytest.mark.parametrize(
+    ("batch", "threads", "mode"), [(1, 1, 1), (1, 2, 1), (4, 2, 1), (16, 1, 2)]
+)
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_native_conv_rejects_any_out_of_range_offset(batch, threads, mode, where, native_kernel):
     """The offsets' range check runs inside the kernel: one bad index anywhere (first, middle
