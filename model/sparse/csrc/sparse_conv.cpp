@@ -88,16 +88,18 @@ constexpr const char* kIsa = "generic";
 #endif
 
 // Register tile: output vectors kept in registers while streaming one CSR row.
-// TILE = 12 measured best on Zen 4 / AVX-512 (docs/sparse-kernel.md, "register tiling").
+// TILE = 12 measured best on the Zen 5 development host (docs/sparse-kernel.md, "register tiling").
 #ifndef SWEETSPOT_TILE
 #define SWEETSPOT_TILE 12
 #endif
 constexpr int TILE = SWEETSPOT_TILE;
-// A last tile or strip of at most kTailVectors vectors joins the one before it (one tile of
-// up to kMaxTile vectors): a separate 1-vector tile streams the whole CSR row segment for
-// 1/12 of the work (27×27 layers: 49 vectors = 4 × 12 + 1; 4% of conv2's time, perf).
-constexpr int kTailVectors = TILE / 3;
-constexpr int kMaxTile = TILE + kTailVectors;
+// A last strip of at most kTailVectors vectors joins the one before it, and a strip's last
+// kMaxTile vectors or fewer are one tile: a separate short tile streams the whole CSR row
+// segment for a fraction of the work (27×27 layers: 49 vectors = 4 × 12 + 1, 4% of conv2's
+// time, perf; 16×16 layers: 17 vectors as one tile instead of 12 + 5, 5% faster).
+// Registers bound both: AVX-512 has 32 (24 accumulators + the weight), AVX2 16 (14 + 1).
+constexpr int kMaxTile = VW == 16 ? 2 * TILE : TILE + 2;
+constexpr int kTailVectors = std::min(TILE / 3, kMaxTile - TILE);
 
 // CSR rows ahead whose next segment is prefetched: on a batch-1 call the CSR comes from
 // memory, and a pass over one channel block reads every row at a different place, which the
@@ -328,7 +330,7 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
         int64_t v = v0;
         bool found = false;
         for (int64_t n; v < v1; v += n) {
-          n = v1 - v <= kMaxTile ? v1 - v : TILE;  // a short last tile joins this one
+          n = v1 - v <= kMaxTile ? v1 - v : TILE;  // the last kMaxTile or fewer: one tile
           const float* tin = in + v * VW;
           float* tacc = acc + (v - v0) * VW;
           const int64_t stop = n == TILE
