@@ -237,21 +237,29 @@ def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseCon
         MIN_BLOCK_CHANNELS, C
     ):
         strip = round_tiles(strip // 2)
-    cblock = min(max(L1_BUDGET_FLOATS // footprint(strip), 1), C)
-    strips = _ceil_div(nvec, strip)
-    full, rest = divmod(nvec, strip)
-
-    def tile_sizes(vectors: int) -> list[int]:
-        whole, last = divmod(vectors, TILE_VECTORS)
-        return [TILE_VECTORS] * whole + ([last] if last else [])
-
-    sizes = tile_sizes(strip) * full + tile_sizes(rest)
+    # As few equal channel blocks as fit the budget with 1/8 to spare.
+    fit = max(L1_BUDGET_FLOATS // footprint(strip), 1)
+    channel_blocks = _ceil_div(C, fit + fit // 8)
+    # A short last strip joins the one before; a strip's last few vectors are one tile.
+    max_tile = 2 * TILE_VECTORS if vector_width == 16 else TILE_VECTORS + 2
+    tail = min(TILE_VECTORS // 3, max_tile - TILE_VECTORS)
+    sizes: list[int] = []
+    strips, v0 = 0, 0
+    while v0 < nvec:
+        v1 = min(nvec, v0 + strip)
+        if nvec - v1 <= tail:
+            v1 = nvec
+        left, v0, strips = v1 - v0, v1, strips + 1
+        while left > max_tile:
+            sizes.append(TILE_VECTORS)
+            left -= TILE_VECTORS
+        sizes.append(left)
     return SparseConvGeometry(
         nvec=nvec,
         tiles=len(sizes),
         tile_vectors=tuple(sizes),
         strips=strips,
-        channel_blocks=_ceil_div(C, cblock),
+        channel_blocks=channel_blocks,
         packed_floats=layer.groups * C * plane,
     )
 

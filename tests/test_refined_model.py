@@ -155,8 +155,11 @@ SCHEMA_2_REFINED = {
     "fit": {"dense_mape": 0.1, "sparse_mape": 0.1, "speedup_mape": 0.1, "noise_cv": 0.03,
             "measurements": 100},
 }  # fmt: skip
+# Pinned predictions of that profile. The sparse ones follow the kernel's cache blocking, which
+# perfmodel mirrors (test_sparse_kernel: the mirror matches the kernel): conv3's moved when the
+# kernel went from 10 to 9 channel blocks for it.
 SCHEMA_2_PREDICTIONS = [
-    (CONV3.with_batch(4), 0.0070297646933333326, 0.00534543626280543),
+    (CONV3.with_batch(4), 0.0070297646933333326, 0.005311927832036199),
     (Conv2dSpec(name="s2", in_channels=16, out_channels=32, in_height=32, in_width=32, kernel=3,
                 stride=2, padding=1), 4.852864e-05, 5.395755487179487e-05),
     (Conv2dSpec(name="c4", in_channels=512, out_channels=512, in_height=4, in_width=4, kernel=3,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -220,6 +222,43 @@ def test_python_layout_agrees_with_native(geometry, native_kernel):
         layout.plane,
         layout.flat_outputs,
     ]
+
+
+@pytest.mark.native
+def test_performance_model_mirrors_the_kernels_blocking(native_kernel):
+    """perfmodel's refined model counts the kernel's register tiles and channel blocks from the
+    shapes alone (sparse_conv_geometry); it must see the blocking the kernel really uses, for
+    the calibration and validation layers and a seeded sweep of odd shapes."""
+    from model.calibration import CALIBRATION_LAYERS
+    from model.validation import VALIDATION_LAYERS
+    from perfmodel.layers import Conv2dSpec
+    from perfmodel.refined import sparse_conv_geometry
+
+    rng = random.Random(5)
+    sweep = []
+    while len(sweep) < 60:
+        size, kernel, padding = rng.randint(1, 60), rng.choice([1, 3, 5]), rng.choice([0, 1, 2])
+        if size + 2 * padding >= kernel:
+            sweep.append(Conv2dSpec(
+                name="sweep", in_channels=rng.choice([3, 16, 24, 64, 96, 200, 512]),
+                out_channels=rng.choice([8, 16, 48, 128, 384, 1000]), in_height=size,
+                in_width=rng.randint(max(1, kernel - 2 * padding), 60), kernel=kernel,
+                padding=padding,
+            ))  # fmt: skip
+    layers = [s for s in (*CALIBRATION_LAYERS, *VALIDATION_LAYERS, *sweep) if s.kind == "conv2d"]
+    assert len(layers) > 80
+    width = native_kernel.vector_width()
+    for spec in layers:
+        C = spec.in_channels // spec.groups
+        numbers = native_kernel.conv_blocking(
+            C, spec.in_height, spec.in_width, list(spec.kernel), list(spec.stride),
+            list(spec.padding), list(spec.dilation), spec.out_channels,
+        )  # fmt: skip
+        geometry = sparse_conv_geometry(spec, width)
+        assert (geometry.channel_blocks, geometry.tile_vectors) == (
+            numbers[0],
+            tuple(numbers[2:]),
+        ), spec
 
 
 def test_csr_round_trip_and_offsets():

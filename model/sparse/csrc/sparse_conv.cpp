@@ -298,6 +298,16 @@ Blocking make_blocking(const Layout& L, int64_t lanes, int64_t rows) {
   return b;
 }
 
+// End of the strip that starts at vector v0: `strip` vectors on, or the end when fewer than
+// kTailVectors would be left over.
+inline int64_t strip_end(const Blocking& b, int64_t v0) {
+  const int64_t v1 = std::min(b.nvec, v0 + b.strip);
+  return b.nvec - v1 <= kTailVectors ? b.nvec : v1;
+}
+
+// Vectors of the next register tile when `left` vectors of the strip remain.
+inline int64_t tile_vectors(int64_t left) { return left <= kMaxTile ? left : TILE; }
+
 // Output channels [k0, k1) of one unit whose packed input is `buf`; `partial` holds
 // (k1 − k0) × pitch vectors; `emit(k, v0, v1, rows)` stores finished vectors [v0, v1) of k.
 template <int LANES, typename Emit>
@@ -305,8 +315,7 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
                   int64_t k0, int64_t k1, float* partial, int64_t* cursor, Emit&& emit) {
   static constexpr auto tiles = make_tiles<LANES>(std::make_integer_sequence<int, kMaxTile>{});
   for (int64_t v0 = 0, v1; v0 < b.nvec; v0 = v1) {
-    v1 = std::min(b.nvec, v0 + b.strip);
-    if (b.nvec - v1 <= kTailVectors) v1 = b.nvec;  // a short last strip joins this one
+    v1 = strip_end(b, v0);
     for (int64_t k = k0; k < k1; ++k) cursor[k - k0] = a.rowptr[k];
     for (int64_t cb = 0; cb < b.nblocks; ++cb) {
       const bool last = cb + 1 == b.nblocks;
@@ -330,7 +339,7 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
         int64_t v = v0;
         bool found = false;
         for (int64_t n; v < v1; v += n) {
-          n = v1 - v <= kMaxTile ? v1 - v : TILE;  // the last kMaxTile or fewer: one tile
+          n = tile_vectors(v1 - v);
           const float* tin = in + v * VW;
           float* tacc = acc + (v - v0) * VW;
           const int64_t stop = n == TILE
@@ -667,6 +676,24 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   return output;
 }
 
+// Cache blocking of the spatial layout for `out_channels` output channels in all:
+// (channel blocks, input channels per block, then the vectors of every register tile of one
+// output channel in order), for tests that check perfmodel's mirror
+// (perfmodel.refined.sparse_conv_geometry) agrees.
+std::vector<int64_t> conv_blocking(int64_t C, int64_t H, int64_t W, std::vector<int64_t> kernel,
+                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                   std::vector<int64_t> dilation, int64_t out_channels) {
+  const Layout L = make_layout(C, H, W, kernel[0], kernel[1], stride[0], stride[1], padding[0],
+                               padding[1], dilation[0], dilation[1]);
+  const Blocking b = make_blocking(L, 1, out_channels);
+  std::vector<int64_t> numbers{b.nblocks, b.cblock};
+  for (int64_t v0 = 0, v1; v0 < b.nvec; v0 = v1) {
+    v1 = strip_end(b, v0);
+    for (int64_t v = v0, n; v < v1; v += n) numbers.push_back(n = tile_vectors(v1 - v));
+  }
+  return numbers;
+}
+
 // Layout numbers, for tests that check the Python layout (csr.conv_layout) agrees.
 std::vector<int64_t> conv_layout(int64_t C, int64_t H, int64_t W, std::vector<int64_t> kernel,
                                  std::vector<int64_t> stride, std::vector<int64_t> padding,
@@ -862,6 +889,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("input"), py::arg("values"), py::arg("cols"), py::arg("row_ptr"),
         py::arg("bias"), py::arg("out_features"), py::arg("relu"));
   m.def("conv_layout", &conv_layout, "Padded layout numbers (P, Q, Hph, Wph, plane, M)");
+  m.def("conv_blocking", &conv_blocking,
+        "Cache blocking (channel blocks, channels per block, vectors of every register tile)");
   m.def("isa", &isa, "Instruction set the kernel was compiled for");
   m.def("vector_width", &vector_width, "Floats per vector register");
   m.def("num_threads", &num_threads, "Threads at::parallel_for uses in this extension");
