@@ -145,6 +145,10 @@ CALIBRATION_LAYERS: tuple[Layer, ...] = (
     # three): late-stage CIFAR layers. (+0.002–0.005 within_20pct on stored runs.)
     square_conv("c3.256@5", 256, 256, 5, 3),
     square_conv("c3.128-192@5", 128, 192, 5, 3),
+    # And one output vector per channel (3×3 images: 12 outputs): the kernel merges short
+    # last tiles into the tile before, so without this no layer has a 1-vector tile and λ = 1
+    # and λ = 2 would fit alike (they differ on 3×3 maps and 1×1 convolutions on 4×4).
+    square_conv("c3.256@3", 256, 256, 3, 3),
     # Strided, 5×5 and 7×7 (the "other convolution" family).
     square_conv("c3s2.48-96@24", 48, 96, 24, 3, stride=2),
     square_conv("c3s2.16-32@40", 16, 32, 40, 3, stride=2),

@@ -176,8 +176,9 @@ class SparseParameters(BaseModel):
         description="Per non-zero per register tile: the weight broadcast and loop overhead."
     )
     call_nonzeros_per_s: OptionalRate = Field(
-        description="Per non-zero of a convolution and per call, whatever the batch: the CSR "
-        "argument check and the first pass over the weights (schema 3)."
+        description="Per non-zero of a convolution and per call, whatever the batch: the "
+        "weights' first trip from memory (and, in kernels before the check moved into the loop, "
+        "the argument check's pass over the column indices; schema 3)."
     )
     fma_latency_vectors: float = Field(
         4.0,

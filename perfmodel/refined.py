@@ -45,10 +45,11 @@ with ``V = x·N·W·Σ_tiles max(v, λ)`` vector FMAs (``W`` weights, ``v`` the 
 register tile, the layout's padded columns included; below ``λ`` vectors the FMA latency, not
 the loads, sets the pace), ``T = x·N·W·tiles`` non-zero visits (one per register tile), ``P``
 the bytes of partial sums reloaded per input-channel block and ``x·W/R_call`` one pass over the
-non-zeros per call whatever the batch (the CSR argument check, and the weights' first trip
-from memory). ``max(0, S_A − L2)`` are the call's activation bytes beyond the L2 of the cores
-it runs on (``refined.cache_bytes``): those do not stay cached from one call or layer to the
-next, and packing and the output copy meet them in L3 or DRAM (a batch of 32 large images,
+non-zeros per call whatever the batch (the CSR's first trip from memory; until the kernel
+checked the offsets inside its loop, also that check's pass over them). ``max(0, S_A − L2)``
+are the call's activation bytes beyond the L2 of the cores it runs on
+(``refined.cache_bytes``): those do not stay cached from one call or layer to the next, and
+packing and the output copy meet them in L3 or DRAM (a batch of 32 large images,
 where batch 1 stays in L2). ``λ`` (``fma_latency_vectors``) is fitted per host with the rates.
 Sparse fully connected layers: ``o_s + x·N·8·W/B_csr`` (batch < 16, CSR streamed per image)
 or ``o_s + 2·x·N·W/F_linear`` (batch ≥ 16).
@@ -237,7 +238,7 @@ def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseCon
         MIN_BLOCK_CHANNELS, C
     ):
         strip = round_tiles(strip // 2)
-    # As few equal channel blocks as fit the budget with 1/8 to spare.
+    # As few equal channel blocks as fit the budget, each up to 1/8 over it.
     fit = max(L1_BUDGET_FLOATS // footprint(strip), 1)
     channel_blocks = _ceil_div(C, fit + fit // 8)
     # A short last strip joins the one before; a strip's last few vectors are one tile.
@@ -390,8 +391,8 @@ def sparse_features(
     effective_vectors = geometry.effective_vectors(latency_vectors)
     row["inner_loop_bytes"] = nonzeros * N * effective_vectors * vector_width * bytes_
     row["nonzero_visits"] = nonzeros * N * geometry.tiles
-    # Once per call, not per image: the argument check reads every column index (the fitted
-    # rate also takes whatever else a call costs per non-zero, e.g. the CSR's trip from memory).
+    # Once per call, not per image: the CSR's trip from memory (the fitted rate takes whatever
+    # a call costs per non-zero; older kernels also read every column index in a check).
     row["call_nonzeros"] = nonzeros
     # Every channel block after the first reloads and stores the strip's partial sums, whatever
     # the density (NB: empty CSR segments are assumed to cost the same as short ones).

@@ -290,7 +290,7 @@ Blocking make_blocking(const Layout& L, int64_t lanes, int64_t rows) {
   b.strip = std::min(b.nvec, round_tiles(kPartialFloats / (std::max<int64_t>(rows, 1) * VW)));
   while (b.strip > TILE && budget / footprint(b.strip) < std::min(kMinChannels, L.C))
     b.strip = round_tiles(b.strip / 2);
-  // As few blocks as fit the budget with 1/8 to spare, of equal size: every block costs each
+  // As few blocks of equal size as fit the budget, each up to 1/8 over it: every block costs each
   // output channel one more pass (a partial-sum round trip and a loop exit), and a last block
   // of a few channels (64 = 62 + 2 on 8×8 images, 192 = 7 × 27 + 3 on 13×13) is nearly all
   // overhead. Measured against full-budget blocks: CIFAR 64@8 5% and AlexNet conv3–5 1–6% faster.
@@ -330,7 +330,8 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
         if (k + kPrefetchRows < k1) {  // the lines of that row's segment (its mean length + 1)
           const int64_t ahead_k = k + kPrefetchRows, ahead = cursor[ahead_k - k0];
           const int64_t row = a.rowptr[ahead_k + 1] - a.rowptr[ahead_k];
-          const int64_t floats = std::min<int64_t>(kPrefetchFloats, row / b.nblocks + 16);
+          const int64_t floats = std::min<int64_t>(
+              {kPrefetchFloats, row / b.nblocks + 16, a.rowptr[ahead_k + 1] - ahead});
           for (int64_t q = 0; q < floats; q += 16) {
             __builtin_prefetch(a.vals + ahead + q);
             __builtin_prefetch(a.offs + ahead + q);
