@@ -407,17 +407,13 @@ def layer_functions(
 
 
 def time_layer(
-    functions: dict[str, Callable[[], object]],
-    repeats: int,
-    warmup: int = 1,
-    min_sample_s: float = 2e-3,
-    clock: Callable[[], float] = time.perf_counter,
+    functions: dict[str, Callable[[], object]], repeats: int, warmup: int, min_sample_s: float
 ) -> dict[str, Timing]:
     """One layer's :func:`layer_functions`, all interleaved in one set of rounds (no autograd)."""
     import torch
 
     with torch.no_grad():
-        return time_interleaved(functions, repeats, warmup, min_sample_s, clock)
+        return time_interleaved(functions, repeats, warmup, min_sample_s)
 
 
 def pool_timings(passes: Sequence[dict[str, Timing]]) -> dict[str, Timing]:

@@ -36,9 +36,7 @@ Run ``python -m model.fibres`` for the speed table behind :data:`DEFAULT_MIN_REM
 from __future__ import annotations
 
 import json
-import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.allocator import freed_memory_kept
+from model.measure import median_times
 from model.surgery import BiasMapConv2d
 from perfmodel.layers import Conv2dSpec
 
@@ -584,23 +582,6 @@ def rebuild_fibres(model: nn.Module, architecture: Mapping[str, Mapping[str, Any
 # ----------------------------------------------------------------------- measurement
 
 
-def _median_ratio(dense: Callable[[], object], fibre: Callable[[], object], repeats: int,
-                  warmup: int) -> tuple[float, float]:  # fmt: skip
-    """Median seconds of ``dense`` and ``fibre``, timed alternately after ``warmup`` calls,
-    with freed memory kept (:mod:`model.allocator`)."""
-    times: tuple[list[float], list[float]] = ([], [])
-    with freed_memory_kept():
-        for _ in range(warmup):
-            dense()
-            fibre()
-        for _ in range(repeats):
-            for samples, function in zip(times, (dense, fibre), strict=True):
-                start = time.perf_counter()
-                function()
-                samples.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def measure_speed(
     shapes: Sequence[tuple[int, int, int]] = ((16, 16, 32), (64, 64, 32), (128, 128, 16)),
     removed: Sequence[float] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9),
@@ -641,9 +622,9 @@ def measure_speed(
                     x = torch.randn(batch, C, H, H, generator=generator)
                     with torch.no_grad():
                         error = (fibre(x) - conv(x)).abs().max().item()
-                        dense_s, fibre_s = _median_ratio(
-                            lambda x=x, c=conv: F.conv2d(x, c.weight, c.bias, padding=1),
-                            lambda x=x, f=fibre: f(x), repeats, warmup,
+                        dense_s, fibre_s = median_times(
+                            [lambda x=x, c=conv: F.conv2d(x, c.weight, c.bias, padding=1),
+                             lambda x=x, f=fibre: f(x)], repeats, warmup,
                         )  # fmt: skip
                     rows.append({"layer": f"{C}→{K} 3x3 @{H}x{H}", "batch": batch,
                                  "removed": fraction, "dense_ms": round(dense_s * 1e3, 4),

@@ -21,12 +21,16 @@ from model.allocator import freed_memory_kept
 from model.surgery import capture_activations
 
 
-def _median_times(functions: Sequence[Callable[[], object]], repeats: int) -> list[float]:
-    """Median seconds per call of each function, timed round-robin after one warm-up call."""
+def median_times(
+    functions: Sequence[Callable[[], object]], repeats: int, warmup: int = 1
+) -> list[float]:
+    """Median seconds per call of each function, timed round-robin after ``warmup`` rounds,
+    with freed memory kept (:mod:`model.allocator`)."""
     samples: list[list[float]] = [[] for _ in functions]
     with freed_memory_kept():
-        for function in functions:
-            function()
+        for _ in range(warmup):
+            for function in functions:
+                function()
         for _ in range(repeats):
             for index, function in enumerate(functions):
                 start = time.perf_counter()
@@ -70,12 +74,12 @@ def measure_speedups(
             else:
                 sparse = SparseLinear.from_dense(dense)
             x = inputs[name]
-            dense_s, sparse_s = _median_times(
+            dense_s, sparse_s = median_times(
                 [lambda d=dense, x=x: d(x), lambda s=sparse, x=x: s(x)], repeats
             )
             layers[name] = {"dense_s": dense_s, "sparse_s": sparse_s, "speedup": dense_s / sparse_s}
         converted = convert_model(model, plan)
-        dense_s, converted_s = _median_times(
+        dense_s, converted_s = median_times(
             [lambda: model(example), lambda: converted(example)], repeats
         )
     info = kernel_info()
@@ -100,7 +104,7 @@ def measure_cut(
     Both run ordinary dense kernels; the gain comes only from the smaller tensors. Per layer,
     every Conv2d/Linear the cut network kept with a changed shape is timed against the
     original layer, each on the input it really receives; then the whole networks. Same
-    process, interleaved, medians (see :func:`_median_times`).
+    process, interleaved, medians (see :func:`median_times`).
 
     Returns:
         ``{"layers": {name: {"dense_s", "cut_s", "speedup"}}, "model": {"dense_s",
@@ -120,11 +124,11 @@ def measure_cut(
     with torch.no_grad():
         for name in (n for n in before if n in changed):
             x, y = original_inputs[name], cut_inputs[name]
-            dense_s, cut_s = _median_times(
+            dense_s, cut_s = median_times(
                 [lambda m=before[name], x=x: m(x), lambda m=after[name], y=y: m(y)], repeats
             )
             layers[name] = {"dense_s": dense_s, "cut_s": cut_s, "speedup": dense_s / cut_s}
-        dense_s, cut_s = _median_times([lambda: original(example), lambda: cut(example)], repeats)
+        dense_s, cut_s = median_times([lambda: original(example), lambda: cut(example)], repeats)
     return {
         "layers": layers,
         "model": {"dense_s": dense_s, "converted_s": cut_s, "speedup": dense_s / cut_s},

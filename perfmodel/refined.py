@@ -195,18 +195,17 @@ def _round_up(value: int, multiple: int) -> int:
 class SparseConvGeometry:
     """What the direct sparse kernel does per image and per group, from the shapes alone.
 
-    Mirrors ``make_layout``/``make_blocking`` of ``sparse_conv.cpp`` (spatial layout, the one
-    ``auto`` uses): ``nvec`` output vectors per channel (``P·Wph`` outputs, the row pitch
-    includes padding columns), ``tiles`` register tiles per channel over all strips and
-    ``tile_vectors`` the output vectors of each, ``strips``, ``channel_blocks`` (input-channel
-    blocks of one group kept in L1) and ``packed_floats`` (the padded input buffer of all
-    groups).
+    Mirrors ``make_layout``/``make_blocking``/``strip_end``/``tile_vectors`` of
+    ``sparse_conv.cpp`` (spatial layout, the one ``auto`` uses): ``nvec`` output vectors per
+    channel (``P·Wph`` outputs, the row pitch includes padding columns), ``tiles`` register
+    tiles per channel over all strips and ``tile_vectors`` the output vectors of each,
+    ``channel_blocks`` (input-channel blocks of one group kept in L1) and ``packed_floats`` (the
+    padded input buffer of all groups).
     """
 
     nvec: int
     tiles: int
     tile_vectors: tuple[int, ...]
-    strips: int
     channel_blocks: int
     packed_floats: int
 
@@ -245,12 +244,12 @@ def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseCon
     max_tile = 2 * TILE_VECTORS if vector_width == 16 else TILE_VECTORS + 2
     tail = min(TILE_VECTORS // 3, max_tile - TILE_VECTORS)
     sizes: list[int] = []
-    strips, v0 = 0, 0
+    v0 = 0
     while v0 < nvec:
         v1 = min(nvec, v0 + strip)
         if nvec - v1 <= tail:
             v1 = nvec
-        left, v0, strips = v1 - v0, v1, strips + 1
+        left, v0 = v1 - v0, v1
         while left > max_tile:
             sizes.append(TILE_VECTORS)
             left -= TILE_VECTORS
@@ -259,7 +258,6 @@ def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseCon
         nvec=nvec,
         tiles=len(sizes),
         tile_vectors=tuple(sizes),
-        strips=strips,
         channel_blocks=channel_blocks,
         packed_floats=layer.groups * C * plane,
     )

@@ -332,27 +332,24 @@ def run(args: argparse.Namespace) -> int:
         print("sparsity must be in [0, 1); batch, threads and repeats must be >= 1")
         return 2
     info = kernel_info()
+    sets = {name: [layer.name for layer in LAYER_SETS[name]] for name in args.layers}
+    cases = [
+        (layer, batch, threads)
+        for name in args.layers
+        for batch in args.batch
+        for threads in args.threads
+        for layer in LAYER_SETS[name]
+    ]
+    results: list[dict] = []
     # dense at its best: no page faults per call
     with freed_memory_kept() as allocator:
         previous_threads = torch.get_num_threads()
-        results: list[dict] = []
-        sets: dict[str, list[str]] = {}
         try:
-            for set_name in args.layers:
-                sets[set_name] = [layer.name for layer in LAYER_SETS[set_name]]
-                for batch in args.batch:
-                    for threads in args.threads:
-                        for layer in LAYER_SETS[set_name]:
-                            results += bench_layer(
-                                layer,
-                                batch,
-                                threads,
-                                sorted(args.sparsity),
-                                args.repeats,
-                                args.warmup,
-                                not args.no_torch_sparse,
-                                args.seed,
-                            )
+            for layer, batch, threads in cases:
+                results += bench_layer(
+                    layer, batch, threads, sorted(args.sparsity), args.repeats, args.warmup,
+                    not args.no_torch_sparse, args.seed,
+                )  # fmt: skip
         finally:
             torch.set_num_threads(previous_threads)
     summary = summarise(results, sets)
