@@ -139,6 +139,11 @@ MIN_BLOCK_CHANNELS = 16  # below this the strip is halved instead
 # fma_latency_vectors); 4 is what schema-2 profiles were fitted with.
 FMA_LATENCY_VECTORS = 4.0
 BATCHED_LINEAR = 16  # the sparse linear kernel broadcasts weights across images from here
+# Row pairs: output channels 2q and 2q+1 load the input vectors of the columns both use once
+# for both rows. The kernel is given pairs when at least this fraction of the non-zeros is in
+# shared columns (for random sparsity, the density): below it the extra loop per tile costs more
+# than the shared loads save (docs/sparse-kernel.md, "row pairs").
+PAIR_MIN_SHARE = 0.2
 
 # Which dense rate applies: 1×1 (oneDNN's 1×1 kernel), 3×3 stride 1 ungrouped (the most common
 # shape, its own rate), every other convolution, fully connected.

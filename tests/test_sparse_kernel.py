@@ -66,25 +66,37 @@ def test_conv_matches_f_conv2d(name, sparsity, implementation, request):
     groups = CASES[name][-1]
     csr = conv_weight_to_csr(weight, groups)
     expected = F.conv2d(x, weight, bias, groups=groups, **geometry)
+    # Row pairs (native only; an even number of output channels per group) and one rows.
+    pairs = (None, False, True) if csr.row_pairs() is not None else (None, False)
     for relu in (False, True):
-        out = _run(implementation, request, x, csr, bias, fuse_relu=relu, **geometry)
-        torch.testing.assert_close(out, expected.relu() if relu else expected, rtol=RTOL, atol=ATOL)
+        for row_pairs in pairs:
+            out = _run(
+                implementation, request, x, csr, bias, fuse_relu=relu, row_pairs=row_pairs,
+                **geometry,
+            )  # fmt: skip
+            torch.testing.assert_close(
+                out, expected.relu() if relu else expected, rtol=RTOL, atol=ATOL
+            )
 
 
 @pytest.mark.native
+@pytest.mark.parametrize("row_pairs", [False, True])
 @pytest.mark.parametrize("batch_layout", ["spatial", "blocked"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("batch", [1, 2, 3, 16, 35])
-def test_native_batch_layouts_and_threads(batch, threads, batch_layout, native_kernel):
-    """Every scheduling path: per-image or per-block units, unit- or channel-parallel."""
-    case = (batch, 6, 9, 10, 9, (3, 3), (1, 1), (1, 1), (1, 1), 3)
-    x, weight, bias, geometry = _problem(case, 0.7, seed=batch, bias=True)
+def test_native_batch_layouts_and_threads(batch, threads, batch_layout, row_pairs, native_kernel):
+    """Every scheduling path: per-image or per-block units, unit- or channel-parallel (row
+    pairs split over the threads whole), rows one or two at a time."""
+    case = (batch, 6, 9, 10, 9 if not row_pairs else 12, (3, 3), (1, 1), (1, 1), (1, 1), 3)
+    x, weight, bias, geometry = _problem(case, 0.5, seed=batch, bias=True)
     csr = conv_weight_to_csr(weight, 3)
     expected = F.conv2d(x, weight, bias, groups=3, **geometry)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = sparse_conv2d(x, csr, bias, **geometry, batch_layout=batch_layout)
+        out = sparse_conv2d(
+            x, csr, bias, **geometry, batch_layout=batch_layout, row_pairs=row_pairs
+        )
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
@@ -141,6 +153,59 @@ def test_native_conv_rejects_any_out_of_range_offset(batch, threads, mode, where
 
 
 @pytest.mark.native
+@pytest.mark.parametrize(
+    ("batch", "threads", "mode"), [(1, 1, 1), (1, 2, 1), (4, 2, 1), (16, 2, 2)]
+)
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("array", ["shared", "own"])
+@pytest.mark.parametrize("layer", sorted(OFFSET_CHECK_LAYERS))
+def test_native_row_pairs_reject_any_out_of_range_offset(batch, threads, mode, where, array,
+                                                         layer, native_kernel):  # fmt: skip
+    """With row pairs, a bad index in the shared columns or in a row's own non-zeros raises
+    on every scheduling path, and valid ones give F.conv2d's result."""
+    geometry, middle_row, sparsity = OFFSET_CHECK_LAYERS[layer]
+    C, H, W, K, kernel, stride, padding, dilation, groups = geometry
+    case = (batch, C, H, W, K, kernel, stride, padding, dilation, groups)
+    x, weight, bias, conv_args = _problem(case, sparsity, seed=4, bias=True)
+    pairs = conv_weight_to_csr(weight, groups).row_pairs()
+    layout = conv_layout(C // groups, H, W, kernel, stride, padding, dilation)
+    own, shared = pairs.input_offsets(layout)
+    assert own.numel() and shared.numel()
+    row_ptr = pairs.pair_row_ptr if array == "shared" else pairs.row_ptr
+    target = shared if array == "shared" else own
+    middle = int(row_ptr[middle_row // 2 if array == "shared" else middle_row]) - 1
+    j = {"first": 0, "middle": middle, "last": target.numel() - 1}[where]
+    op = native_kernel.sparse_conv2d_forward
+    args = dict(
+        out_channels=K, kernel=list(kernel), stride=list(stride), padding=list(padding),
+        dilation=list(dilation), groups=groups, relu=False, mode=mode,
+    )  # fmt: skip
+
+    def call(own_offsets, shared_offsets, images=x):
+        return op(
+            images, pairs.values, own_offsets, pairs.row_ptr, bias, **args,
+            pair_values=pairs.pair_values, pair_offsets=shared_offsets,
+            pair_row_ptr=pairs.pair_row_ptr,
+        )  # fmt: skip
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for value in (layout.channels * layout.plane, 2**31 - 1, -1):
+            bad = target.clone()
+            bad[j] = value
+            with pytest.raises(RuntimeError, match=r"column index out of range \[0, "):
+                call(*((own, bad) if array == "shared" else (bad, shared)))
+        good = call(own, shared)
+    finally:
+        torch.set_num_threads(previous)
+    expected = F.conv2d(x, weight, bias, groups=groups, **conv_args)
+    torch.testing.assert_close(good, expected, rtol=RTOL, atol=ATOL)
+    with pytest.raises(RuntimeError, match="column index out of range"):  # an empty batch too
+        call(*((own, bad) if array == "shared" else (bad, shared)), images=x[:0])
+
+
+@pytest.mark.native
 def test_native_large_layer_uses_channel_blocks(native_kernel):
     """A layer big enough for several input-channel blocks and output strips."""
     case = (2, 96, 27, 27, 32, (5, 5), (1, 1), (2, 2), (1, 1), 2)
@@ -170,6 +235,7 @@ def test_native_large_layer_uses_channel_blocks(native_kernel):
     sparsity=st.sampled_from(SPARSITIES),
     relu=st.booleans(),
     bias=st.booleans(),
+    row_pairs=st.sampled_from([None, False, True]),
     seed=st.integers(0, 2**16),
 )
 def test_native_random_geometry(
@@ -187,8 +253,11 @@ def test_native_random_geometry(
     sparsity,
     relu,
     bias,
+    row_pairs,
     seed,
 ):
+    if row_pairs and out_per_group % 2:
+        row_pairs = None  # pairs need an even number of output channels per group
     extent = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
     if height + 2 * padding[0] < extent[0] or width + 2 * padding[1] < extent[1]:
         return  # the kernel does not fit: covered by test_kernel_larger_than_input_raises
@@ -209,7 +278,7 @@ def test_native_random_geometry(
     expected = F.conv2d(x, weight, b, groups=groups, **geometry)
     if relu:
         expected = expected.relu()
-    out = sparse_conv2d(x, csr, b, fuse_relu=relu, **geometry)
+    out = sparse_conv2d(x, csr, b, fuse_relu=relu, row_pairs=row_pairs, **geometry)
     torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
 
 
@@ -290,6 +359,42 @@ def test_csr_round_trip_and_offsets():
     assert int(offsets.max()) < 2 * layout.plane
 
 
+def test_row_pairs_split_the_weight_exactly():
+    """Row pairs hold every non-zero once: the columns rows 2q and 2q+1 both use (two values
+    each) and each row's others; shared is their fraction, ≈ the density for random weights."""
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(8, 6, 3, 3, generator=generator)
+    weight[torch.rand(weight.shape, generator=generator) < 0.6] = 0.0
+    weight[3] = 0.0  # a row with nothing of its own to share
+    csr = conv_weight_to_csr(weight, groups=2)
+    pairs = csr.row_pairs()
+    assert pairs is not None and csr.row_pairs() is pairs  # cached
+    rows = weight.reshape(4, 2, -1)
+    both = (rows[:, 0] != 0) & (rows[:, 1] != 0)
+    assert pairs.pair_row_ptr.tolist()[1:] == torch.cumsum(both.sum(1), 0).tolist()
+    rebuilt = torch.zeros(8, 6 * 9)
+    counts = (pairs.row_ptr[1:] - pairs.row_ptr[:-1]).long()
+    own_rows = torch.repeat_interleave(torch.arange(8), counts)
+    rebuilt[own_rows, pairs.kernel_index.long()] = pairs.values
+    pair_counts = (pairs.pair_row_ptr[1:] - pairs.pair_row_ptr[:-1]).long()
+    pair_rows = torch.repeat_interleave(torch.arange(4), pair_counts)
+    values = pairs.pair_values.view(-1, 2)
+    rebuilt[2 * pair_rows, pairs.pair_index.long()] = values[:, 0]
+    rebuilt[2 * pair_rows + 1, pairs.pair_index.long()] = values[:, 1]
+    torch.testing.assert_close(rebuilt.view_as(weight), weight, rtol=0, atol=0)
+    assert pairs.values.numel() + pairs.pair_values.numel() == csr.nnz
+    assert pairs.shared == pytest.approx(2 * int(both.sum()) / csr.nnz)
+    assert conv_weight_to_csr(torch.randn(1, 1, 3, 3)).row_pairs() is None  # nothing to pair
+    assert conv_weight_to_csr(torch.randn(6, 2, 3, 3), groups=2).row_pairs() is None  # 3 a group
+    dense = conv_weight_to_csr(torch.randn(16, 8, 3, 3))
+    assert dense.row_pairs().shared == 1.0 and dense.pairs_pay()
+    sparse = torch.randn(64, 64, 3, 3, generator=generator)
+    sparse[torch.rand(sparse.shape, generator=generator) < 0.9] = 0.0
+    sparse_csr = conv_weight_to_csr(sparse)
+    assert sparse_csr.row_pairs().shared == pytest.approx(0.1, abs=0.02)
+    assert not sparse_csr.pairs_pay()
+
+
 # ---------------------------------------------------------------------------------------
 # Bad inputs: a clear Python error, never a crash.
 
@@ -326,6 +431,21 @@ def test_kernel_larger_than_input_raises():
     x, csr = _small()
     with pytest.raises(ValueError, match="does not fit"):
         sparse_conv2d(x[:, :, :2, :2].contiguous(), csr, implementation="reference")
+
+
+def test_row_pairs_argument_is_checked():
+    x = torch.randn(1, 2, 6, 6)
+    odd = conv_weight_to_csr(torch.randn(6, 1, 3, 3), groups=2)  # 3 output channels a group
+    with pytest.raises(ValueError, match="even number of output channels per group, got 3"):
+        sparse_conv2d(x, odd, row_pairs=True, implementation="reference")
+    with pytest.raises(TypeError, match="row_pairs"):
+        sparse_conv2d(x, odd, row_pairs="yes", implementation="reference")
+    torch.testing.assert_close(  # None and False run the one-row kernel
+        sparse_conv2d(x, odd, row_pairs=False),
+        F.conv2d(x, odd.to_dense(), groups=2),
+        rtol=RTOL,
+        atol=ATOL,
+    )
 
 
 def test_unknown_implementation_raises():
@@ -376,6 +496,27 @@ def test_native_op_checks_its_arguments(native_kernel):
         op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **{**args, "groups": 2})
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         op(x[:, :, :2, :2].contiguous(), csr.values, offsets, csr.row_ptr, None, relu=False, **args)
+    # Row pairs: all three arrays or none, two values per shared column, one pointer per pair.
+    pairs = csr.row_pairs()
+    own, shared = pairs.input_offsets(layout)
+    pair = dict(
+        pair_values=pairs.pair_values, pair_offsets=shared, pair_row_ptr=pairs.pair_row_ptr
+    )
+    ok = op(x, pairs.values, own, pairs.row_ptr, None, relu=False, **args, **pair)
+    torch.testing.assert_close(ok, F.conv2d(x, csr.to_dense()), rtol=RTOL, atol=ATOL)
+    for wrong, message in (
+        ({"pair_values": None}, "need pair_values, pair_offsets and pair_row_ptr"),
+        ({"pair_values": pairs.pair_values[:-1]}, "two values per column index"),
+        ({"pair_row_ptr": pairs.pair_row_ptr[:-1]}, "row-pair pointers must have 3 entries"),
+        ({"pair_offsets": shared.long()}, "int32"),
+    ):
+        with pytest.raises(RuntimeError, match=message):
+            op(x, pairs.values, own, pairs.row_ptr, None, relu=False, **args, **{**pair, **wrong})
+    odd = conv_weight_to_csr(torch.randn(5, 3, 3, 3), groups=1)
+    odd_offsets = odd.input_offsets(layout)
+    with pytest.raises(RuntimeError, match="even number of output channels per group"):
+        op(x, odd.values, odd_offsets, odd.row_ptr, None, relu=False,
+           **{**args, "out_channels": 5}, **pair)  # fmt: skip
 
 
 @pytest.mark.native

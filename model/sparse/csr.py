@@ -15,6 +15,11 @@ by ``Wph`` columns; padded element ``(h, w)`` sits at
 ``Wph·sw ≥ W + pad_w`` (and ``Wph ≥ Q``) shares one row's right padding with the next row's
 left padding, and each phase plane has one extra zero row so such reads stay in zeros.
 
+Row pairs (:class:`RowPairs`): output channels ``2q`` and ``2q + 1`` share the columns both
+use, so the kernel loads each such input vector once for both rows' FMAs; every other non-zero
+stays in a per-row CSR. Worth it from :data:`perfmodel.refined.PAIR_MIN_SHARE` of the non-zeros
+shared (docs/sparse-kernel.md, "row pairs").
+
 Linear: the weight ``(out_features, in_features)`` is a plain CSR matrix (:class:`LinearCSR`).
 """
 
@@ -23,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from perfmodel.refined import PAIR_MIN_SHARE
 
 Pair = tuple[int, int]
 
@@ -86,6 +93,61 @@ def conv_layout(
     )
 
 
+def _kernel_offsets(kernel_index: torch.Tensor, kernel: Pair, layout: ConvLayout) -> torch.Tensor:
+    """Offsets into one group's padded input of the columns ``kernel_index`` (int32)."""
+    R, S = kernel
+    (sh, sw), (dh, dw) = layout.stride, layout.dilation
+    idx = kernel_index.to(torch.int64)
+    c, r, s = idx // (R * S), (idx // S) % R, idx % S
+    rows, cols = r * dh, s * dw
+    phase = (rows % sh) * sw + cols % sw
+    offsets = (
+        c * layout.plane + phase * layout.phase_plane + (rows // sh) * layout.row_pitch + cols // sw
+    )
+    if offsets.numel() and int(offsets.max()) >= 2**31 - 1:
+        raise ValueError("input too large for 32-bit offsets")
+    return offsets.to(torch.int32).contiguous()
+
+
+@dataclass(frozen=True, eq=False)
+class RowPairs:
+    """A conv CSR split for the kernel's row-pair tiles (see the module docstring).
+
+    Attributes:
+        values, kernel_index, row_ptr: the non-zeros not shared with the paired row, as in
+            :class:`ConvCSR` (``K + 1`` row pointers).
+        pair_values: float32 ``(2·m,)``, row ``2q``'s then row ``2q + 1``'s weight of each of
+            the ``m`` shared columns.
+        pair_index: kernel index of each shared column, int32 ``(m,)``.
+        pair_row_ptr: pair ``q`` holds shared columns ``pair_row_ptr[q]:pair_row_ptr[q+1]``,
+            int32 ``(K/2 + 1,)``.
+        shared: fraction of all non-zeros that are in shared columns.
+    """
+
+    values: torch.Tensor
+    kernel_index: torch.Tensor
+    row_ptr: torch.Tensor
+    pair_values: torch.Tensor
+    pair_index: torch.Tensor
+    pair_row_ptr: torch.Tensor
+    shared: float
+    kernel: Pair
+    _offsets: dict[ConvLayout, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def input_offsets(self, layout: ConvLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offsets of the per-row non-zeros, offsets of the shared columns), cached."""
+        cached = self._offsets.get(layout)
+        if cached is None:
+            cached = (
+                _kernel_offsets(self.kernel_index, self.kernel, layout),
+                _kernel_offsets(self.pair_index, self.kernel, layout),
+            )
+            self._offsets[layout] = cached
+        return cached
+
+
 @dataclass(frozen=True, eq=False)
 class ConvCSR:
     """A convolution weight ``(K, C/g, R, S)`` in CSR, one row per output channel.
@@ -105,10 +167,47 @@ class ConvCSR:
     kernel: Pair
     groups: int = 1
     _offsets: dict[ConvLayout, torch.Tensor] = field(default_factory=dict, repr=False)
+    _pairs: list[RowPairs | None] = field(default_factory=list, repr=False)
 
     @property
     def nnz(self) -> int:
         return int(self.values.numel())
+
+    def row_pairs(self) -> RowPairs | None:
+        """This weight split into row pairs (cached), or None when a group has an odd number
+        of output channels."""
+        if not self._pairs:
+            self._pairs.append(self._split_pairs())
+        return self._pairs[0]
+
+    def pairs_pay(self) -> bool:
+        """Whether the kernel should use row pairs: enough of the non-zeros are shared."""
+        pairs = self.row_pairs()
+        return pairs is not None and pairs.shared >= PAIR_MIN_SHARE
+
+    def _split_pairs(self) -> RowPairs | None:
+        if (self.out_channels // self.groups) % 2:
+            return None
+        dense = self.to_dense().reshape(self.out_channels // 2, 2, -1)
+        first, second = dense[:, 0], dense[:, 1]
+        both = (first != 0) & (second != 0)
+        pair_rows, pair_cols = torch.nonzero(both, as_tuple=True)  # pair-major, column order
+        pair_values = torch.stack([first[both], second[both]], dim=1).reshape(-1).contiguous()
+        counts = torch.bincount(pair_rows, minlength=self.out_channels // 2)
+        pair_row_ptr = torch.zeros(self.out_channels // 2 + 1, dtype=torch.int64)
+        pair_row_ptr[1:] = torch.cumsum(counts, 0)
+        rest = dense.masked_fill(both.unsqueeze(1), 0.0).reshape(self.out_channels, -1)
+        values, cols, row_ptr = _dense_to_rows(rest)
+        return RowPairs(
+            values,
+            cols,
+            row_ptr,
+            pair_values,
+            pair_cols.to(torch.int32).contiguous(),
+            pair_row_ptr.to(torch.int32).contiguous(),
+            2.0 * int(both.sum()) / max(self.nnz, 1),
+            self.kernel,
+        )
 
     @property
     def dense_size(self) -> int:
@@ -124,25 +223,9 @@ class ConvCSR:
     def input_offsets(self, layout: ConvLayout) -> torch.Tensor:
         """Column indices as offsets into one group's padded input (int32, cached per layout)."""
         cached = self._offsets.get(layout)
-        if cached is not None:
-            return cached
-        R, S = self.kernel
-        (sh, sw), (dh, dw) = layout.stride, layout.dilation
-        idx = self.kernel_index.to(torch.int64)
-        c, r, s = idx // (R * S), (idx // S) % R, idx % S
-        rows, cols = r * dh, s * dw
-        phase = (rows % sh) * sw + cols % sw
-        offsets = (
-            c * layout.plane
-            + phase * layout.phase_plane
-            + (rows // sh) * layout.row_pitch
-            + cols // sw
-        )  # (nnz,)
-        if offsets.numel() and int(offsets.max()) >= 2**31 - 1:
-            raise ValueError("input too large for 32-bit offsets")
-        result = offsets.to(torch.int32).contiguous()
-        self._offsets[layout] = result
-        return result
+        if cached is None:
+            cached = self._offsets[layout] = _kernel_offsets(self.kernel_index, self.kernel, layout)
+        return cached
 
     def row_ids(self) -> torch.Tensor:
         """Output channel of each non-zero, int64 ``(nnz,)``."""

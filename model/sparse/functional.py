@@ -88,6 +88,7 @@ def sparse_conv2d(
     fuse_relu: bool = False,
     implementation: Implementation = "auto",
     batch_layout: BatchLayout = "auto",
+    row_pairs: bool | None = None,
 ) -> torch.Tensor:
     """Direct sparse 2-D convolution, same result as ``F.conv2d`` (with ``relu`` if fused).
 
@@ -101,6 +102,10 @@ def sparse_conv2d(
         batch_layout: native kernel only: ``spatial`` (vectors along each image's output
             plane), ``blocked`` (16 images per vector for every full block of 16) or ``auto``
             (spatial: faster on the development machine, docs/sparse-kernel.md).
+        row_pairs: native kernel only: compute output channels two at a time, loading the
+            input of the columns both use once (:class:`~model.sparse.csr.RowPairs`); ``None``
+            decides by :meth:`ConvCSR.pairs_pay`. Needs an even number of output channels per
+            group (``True`` raises ``ValueError`` otherwise).
 
     Returns:
         ``(N, K, P, Q)`` float32, without autograd history (inference only).
@@ -135,17 +140,32 @@ def sparse_conv2d(
         padding_,
         dilation_,
     )
-    offsets = weight.input_offsets(layout)
+    if row_pairs not in (None, True, False):
+        raise TypeError(f"row_pairs must be True, False or None, not {row_pairs!r}")
+    if row_pairs and weight.row_pairs() is None:
+        raise ValueError(
+            f"row_pairs=True needs an even number of output channels per group, got "
+            f"{weight.out_channels // weight.groups}"
+        )
     module = _module(implementation)
     if module is None:
         with torch.no_grad():
             return reference.sparse_conv2d(input, weight, layout, bias, fuse_relu)
+    if row_pairs or (row_pairs is None and weight.pairs_pay()):
+        pairs = weight.row_pairs()
+        assert pairs is not None
+        offsets, pair_offsets = pairs.input_offsets(layout)
+        values, row_ptr = pairs.values, pairs.row_ptr
+        pair_args = (pairs.pair_values, pair_offsets, pairs.pair_row_ptr)
+    else:
+        offsets, values, row_ptr = weight.input_offsets(layout), weight.values, weight.row_ptr
+        pair_args = (None, None, None)
     # The extension op records no autograd history, so no no_grad() context (≈3 µs a call).
     return module.sparse_conv2d_forward(
         input,
-        weight.values,
+        values,
         offsets,
-        weight.row_ptr,
+        row_ptr,
         bias,
         weight.out_channels,
         list(weight.kernel),
@@ -155,6 +175,7 @@ def sparse_conv2d(
         weight.groups,
         fuse_relu,
         _BATCH_LAYOUTS[batch_layout],
+        *pair_args,
     )
 
 

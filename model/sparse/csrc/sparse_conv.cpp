@@ -87,6 +87,14 @@ inline vec vfma(vec a, vec b, vec c) {
 constexpr const char* kIsa = "generic";
 #endif
 
+// Keeps a loaded vector in a register: without this, GCC folds the load into each FMA that
+// uses it, so a vector shared by two FMAs is loaded twice (the row-pair tile's whole point).
+#if defined(__AVX512F__) || defined(__AVX2__)
+inline void in_register(vec& x) { asm("" : "+v"(x)); }
+#else
+inline void in_register(vec&) {}
+#endif
+
 // Register tile: output vectors kept in registers while streaming one CSR row.
 // TILE = 12 measured best on the Zen 5 development host (docs/sparse-kernel.md, "register tiling").
 #ifndef SWEETSPOT_TILE
@@ -100,6 +108,10 @@ constexpr int TILE = SWEETSPOT_TILE;
 // Registers bound both: AVX-512 has 32 (24 accumulators + the weight), AVX2 16 (14 + 1).
 constexpr int kMaxTile = VW == 16 ? 2 * TILE : TILE + 2;
 constexpr int kTailVectors = std::min(TILE / 3, kMaxTile - TILE);
+// Row pairs (two output channels' shared columns, one input load for both rows' FMAs) keep
+// 2·n accumulators, 2 weights and the loaded vector in registers: n <= 12 (AVX-512), 6 (AVX2).
+// A wider tile is cut into the fewest pieces of near-equal size.
+constexpr int kPairTile = VW == 16 ? 12 : 6;
 
 // CSR rows ahead whose next segment is prefetched, and at most how much of it: on a batch-1
 // call the CSR comes from memory, and a pass over one channel block reads every row at a
@@ -233,12 +245,94 @@ constexpr std::array<TileFn<LANES>, sizeof...(Ts)> make_tiles(std::integer_seque
   return {&tile_kernel<Ts + 1, LANES>...};
 }
 
+// The CSR segments one row pair's register tile streams: the columns both rows use (two
+// weights each, [pb, pe) of the pair CSR) and each row's own ([ab, ae), [bb, be) of the CSR).
+struct PairSegments {
+  int64_t pb, pe, ab, ae, bb, be;
+};
+
+// One register tile of a row pair: T output vectors of rows a and b. Each shared column loads
+// its T input vectors once for 2·T FMAs; on the 45–80% dense layers this is where a row's
+// FMAs stop being bound by one load each (docs/sparse-kernel.md, "row pairs"). With `find`,
+// each segment stops at the first column index >= `limit` and `s`'s ends are set there.
+template <int T, int LANES>
+inline void pair_tile_kernel(const float* __restrict in, const float* __restrict pvals,
+                             const int32_t* __restrict poffs, const float* __restrict vals,
+                             const int32_t* __restrict offs, PairSegments& s, uint32_t limit,
+                             bool find, bool first, float init_a, float init_b,
+                             float* __restrict acc_a, float* __restrict acc_b) {
+  vec a[T], b[T];
+  if (first) {
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) {
+      a[t] = vset1(init_a);
+      b[t] = vset1(init_b);
+    }
+  } else {
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) {
+      a[t] = vload(acc_a + t * VW);
+      b[t] = vload(acc_b + t * VW);
+    }
+  }
+  const uint32_t lim = find ? limit : UINT32_MAX;
+  int64_t j = s.pb;
+  for (; j < s.pe && static_cast<uint32_t>(poffs[j]) < lim; ++j) {
+    const vec wa = vset1(pvals[2 * j]), wb = vset1(pvals[2 * j + 1]);
+    const float* p = in + static_cast<int64_t>(poffs[j]) * LANES;
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) {
+      vec x = vload(p + t * VW);
+      in_register(x);
+      a[t] = vfma(wa, x, a[t]);
+      b[t] = vfma(wb, x, b[t]);
+    }
+  }
+  if (find) s.pe = j;
+  for (j = s.ab; j < s.ae && static_cast<uint32_t>(offs[j]) < lim; ++j) {
+    const vec w = vset1(vals[j]);
+    const float* p = in + static_cast<int64_t>(offs[j]) * LANES;
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) a[t] = vfma(w, vload(p + t * VW), a[t]);
+  }
+  if (find) s.ae = j;
+  for (j = s.bb; j < s.be && static_cast<uint32_t>(offs[j]) < lim; ++j) {
+    const vec w = vset1(vals[j]);
+    const float* p = in + static_cast<int64_t>(offs[j]) * LANES;
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) b[t] = vfma(w, vload(p + t * VW), b[t]);
+  }
+  if (find) s.be = j;
+#pragma GCC unroll 32
+  for (int t = 0; t < T; ++t) {
+    vstore(acc_a + t * VW, a[t]);
+    vstore(acc_b + t * VW, b[t]);
+  }
+}
+
+template <int LANES>
+using PairTileFn = void (*)(const float*, const float*, const int32_t*, const float*,
+                            const int32_t*, PairSegments&, uint32_t, bool, bool, float, float,
+                            float*, float*);
+
+template <int LANES, int... Ts>
+constexpr std::array<PairTileFn<LANES>, sizeof...(Ts)> make_pair_tiles(
+    std::integer_sequence<int, Ts...>) {
+  return {&pair_tile_kernel<Ts + 1, LANES>...};
+}
+
 struct ConvArgs {
   const float* input;   // (N, C_total, H, W)
   const float* vals;
   const int32_t* offs;
   const int32_t* rowptr;  // K_total + 1
   const float* bias;      // K_total or nullptr
+  // Row pairs, or all nullptr: pair q holds rows 2q and 2q+1 (K_total and K per group even);
+  // its shared columns are [pair_rowptr[q], pair_rowptr[q+1]) of pair_offs, with two values
+  // each (row 2q's, row 2q+1's) in pair_vals; the CSR above holds every other non-zero.
+  const float* pair_vals;
+  const int32_t* pair_offs;
+  const int32_t* pair_rowptr;  // K_total / 2 + 1
   float* output;          // (N, K_total, P, Q)
   int64_t groups, Ktot, Kg;
   bool relu;
@@ -311,51 +405,112 @@ inline int64_t strip_end(const Blocking& b, int64_t v0) {
 // Vectors of the next register tile when `left` vectors of the strip remain.
 inline int64_t tile_vectors(int64_t left) { return left <= kMaxTile ? left : TILE; }
 
+// Pieces of a register tile of n vectors in a row pair: the fewest of at most kPairTile, of
+// near-equal size (13 → 7 + 6), calling `f(first vector, vectors)` for each.
+template <typename F>
+inline void pair_pieces(int64_t n, F&& f) {
+  const int64_t pieces = ceil_div(n, kPairTile);
+  for (int64_t i = 0, u = 0, m; i < pieces; ++i, u += m) {
+    m = n / pieces + (i < n % pieces ? 1 : 0);
+    f(u, m);
+  }
+}
+
+// Prefetches the lines of the next `count` entries of a CSR segment starting at `at` (values
+// `per` floats each: 1, or 2 for a row pair's shared columns).
+inline void prefetch_segment(const float* vals, const int32_t* offs, int64_t at, int64_t count,
+                             int per) {
+  for (int64_t q = 0; q < count; q += 16) __builtin_prefetch(offs + at + q);
+  for (int64_t q = 0; q < count * per; q += 16) __builtin_prefetch(vals + at * per + q);
+}
+
 // Output channels [k0, k1) of one unit whose packed input is `buf`; `partial` holds
-// (k1 − k0) × pitch vectors; `emit(k, v0, v1, rows)` stores finished vectors [v0, v1) of k.
+// (k1 − k0) × pitch vectors; `cursor` has room for (k1 − k0) + (k1 − k0) / 2 + 1 positions;
+// `emit(k, v0, v1, rows)` stores finished vectors [v0, v1) of k. With row pairs, k0 and k1
+// are even and rows are computed two at a time.
 template <int LANES, typename Emit>
 void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const float* buf,
                   int64_t k0, int64_t k1, float* partial, int64_t* cursor, Emit&& emit) {
   static constexpr auto tiles = make_tiles<LANES>(std::make_integer_sequence<int, kMaxTile>{});
+  static constexpr auto pair_tiles =
+      make_pair_tiles<LANES>(std::make_integer_sequence<int, kPairTile>{});
+  const bool pairs = a.pair_rowptr != nullptr;
+  const int64_t step = pairs ? 2 : 1;
+  int64_t* pcursor = cursor + (k1 - k0);  // row pairs: one per pair
+  // The segment of row k's (or pair q's) next block: its mean length + one line.
+  auto prefetch_row = [&](int64_t k) {
+    const int64_t at = cursor[k - k0], end = a.rowptr[k + 1];
+    const int64_t len = (end - a.rowptr[k]) / b.nblocks + 16;
+    prefetch_segment(a.vals, a.offs, at, std::min({kPrefetchFloats, len, end - at}), 1);
+  };
+  auto prefetch_pair = [&](int64_t q) {
+    const int64_t at = pcursor[q - k0 / 2], end = a.pair_rowptr[q + 1];
+    const int64_t len = (end - a.pair_rowptr[q]) / b.nblocks + 16;
+    prefetch_segment(a.pair_vals, a.pair_offs, at, std::min({kPrefetchFloats, len, end - at}),
+                     2);
+  };
   for (int64_t v0 = 0, v1; v0 < b.nvec; v0 = v1) {
     v1 = strip_end(b, v0);
     for (int64_t k = k0; k < k1; ++k) cursor[k - k0] = a.rowptr[k];
+    if (pairs)
+      for (int64_t q = k0 / 2; q < k1 / 2; ++q) pcursor[q - k0 / 2] = a.pair_rowptr[q];
     for (int64_t cb = 0; cb < b.nblocks; ++cb) {
       const bool last = cb + 1 == b.nblocks;
       // The last block ends at the end of the input, so a column index outside [0, C·plane)
       // (a negative one compares as a large unsigned number) is never read: it stops its row
       // early, which is reported below. This is the offsets' range check, fused into the loop.
       const uint32_t limit = static_cast<uint32_t>((last ? L.C : (cb + 1) * b.cblock) * L.plane);
-      for (int64_t k = k0; k < k1; ++k) {
-        if (k + kPrefetchRows < k1) {  // the lines of that row's segment (its mean length + 1)
-          const int64_t ahead_k = k + kPrefetchRows, ahead = cursor[ahead_k - k0];
-          const int64_t row = a.rowptr[ahead_k + 1] - a.rowptr[ahead_k];
-          const int64_t floats = std::min<int64_t>(
-              {kPrefetchFloats, row / b.nblocks + 16, a.rowptr[ahead_k + 1] - ahead});
-          for (int64_t q = 0; q < floats; q += 16) {
-            __builtin_prefetch(a.vals + ahead + q);
-            __builtin_prefetch(a.offs + ahead + q);
-          }
-        }
+      for (int64_t k = k0; k < k1; k += step) {
+        // Prefetch the rows kPrefetchRows ahead: a cold CSR is read at a different place for
+        // every row, which the hardware prefetchers do not follow.
+        for (int64_t r = k + kPrefetchRows; r < std::min(k1, k + kPrefetchRows + step); ++r)
+          prefetch_row(r);
+        if (pairs && k + kPrefetchRows < k1) prefetch_pair((k + kPrefetchRows) / 2);
         const float* in = buf + (k / a.Kg) * L.C * L.plane * LANES;
+        float* acc = partial + (k - k0) * b.pitch * VW;
+        bool find = true;
+        if (pairs) {
+          const int64_t q = k / 2;
+          PairSegments sg{pcursor[q - k0 / 2], a.pair_rowptr[q + 1],
+                          cursor[k - k0],      a.rowptr[k + 1],
+                          cursor[k + 1 - k0],  a.rowptr[k + 2]};
+          const float init_a = a.bias ? a.bias[k] : 0.f, init_b = a.bias ? a.bias[k + 1] : 0.f;
+          float* acc_b = acc + b.pitch * VW;
+          for (int64_t v = v0, n; v < v1; v += n) {
+            n = tile_vectors(v1 - v);
+            pair_pieces(n, [&](int64_t u, int64_t m) {
+              const int64_t at = (v - v0 + u) * VW;
+              const float* tin = in + (v + u) * VW;
+              if (m == kPairTile)
+                pair_tile_kernel<kPairTile, LANES>(tin, a.pair_vals, a.pair_offs, a.vals, a.offs,
+                                                   sg, limit, find, cb == 0, init_a, init_b,
+                                                   acc + at, acc_b + at);
+              else
+                pair_tiles[m - 1](tin, a.pair_vals, a.pair_offs, a.vals, a.offs, sg, limit,
+                                  find, cb == 0, init_a, init_b, acc + at, acc_b + at);
+              find = false;
+            });
+          }
+          pcursor[q - k0 / 2] = sg.pe;
+          cursor[k - k0] = sg.ae;
+          cursor[k + 1 - k0] = sg.be;
+          continue;
+        }
         const int64_t begin = cursor[k - k0];
         int64_t end = a.rowptr[k + 1];
         const float init = a.bias ? a.bias[k] : 0.f;
-        float* acc = partial + (k - k0) * b.pitch * VW;
-        int64_t v = v0;
-        bool found = false;
-        for (int64_t n; v < v1; v += n) {
+        for (int64_t v = v0, n; v < v1; v += n) {
           n = tile_vectors(v1 - v);
           const float* tin = in + v * VW;
           float* tacc = acc + (v - v0) * VW;
-          const int64_t stop = n == TILE
-              ? tile_kernel<TILE, LANES>(tin, a.vals, a.offs, begin, end,
-                                         found ? UINT32_MAX : limit, cb == 0, init, tacc)
-              : tiles[n - 1](tin, a.vals, a.offs, begin, end, found ? UINT32_MAX : limit,
-                             cb == 0, init, tacc);
-          if (!found) {
+          const uint32_t lim = find ? limit : UINT32_MAX;
+          const int64_t stop =
+              n == TILE ? tile_kernel<TILE, LANES>(tin, a.vals, a.offs, begin, end, lim, cb == 0,
+                                                   init, tacc)
+                        : tiles[n - 1](tin, a.vals, a.offs, begin, end, lim, cb == 0, init, tacc);
+          if (find) {
             end = stop;
-            found = true;
+            find = false;
           }
         }
         cursor[k - k0] = end;
@@ -363,6 +518,10 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
     }
     for (int64_t k = k0; k < k1; ++k)
       if (cursor[k - k0] != a.rowptr[k + 1]) a.bad->store(true, std::memory_order_relaxed);
+    if (pairs)
+      for (int64_t q = k0 / 2; q < k1 / 2; ++q)
+        if (pcursor[q - k0 / 2] != a.pair_rowptr[q + 1])
+          a.bad->store(true, std::memory_order_relaxed);
     for (int64_t k = k0; k < k1; ++k) emit(k, v0, v1, partial + (k - k0) * b.pitch * VW);
   }
 }
@@ -458,9 +617,19 @@ thread_local Scratch tl_pack;     // packed input of the unit this thread works 
 thread_local Scratch tl_partial;  // partial sums of the current strip
 thread_local std::vector<int64_t> tl_cursor;
 
+// Cursors for n output channels: one per row, and one per row pair.
 int64_t* cursors(int64_t n) {
-  if (static_cast<int64_t>(tl_cursor.size()) < n) tl_cursor.resize(n);
+  const int64_t size = n + n / 2 + 1;
+  if (static_cast<int64_t>(tl_cursor.size()) < size) tl_cursor.resize(size);
   return tl_cursor.data();
+}
+
+// Splits output channels [0, K) over the threads, keeping row pairs together.
+template <typename F>
+void parallel_channels(const ConvArgs& a, F&& f) {
+  const int64_t step = a.pair_rowptr ? 2 : 1;
+  at::parallel_for(0, a.Ktot / step, 1,
+                   [&](int64_t r0, int64_t r1) { f(r0 * step, r1 * step); });
 }
 
 // mode: 0 = choose, 1 = spatial only, 2 = blocked for every full block of VW images.
@@ -511,7 +680,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
         at::parallel_for(0, Ctot, 1, [&](int64_t c0, int64_t c1) {
           pack_block(buf, blk * VW, c0, c1);
         });
-        at::parallel_for(0, a.Ktot, 1, [&](int64_t k0, int64_t k1) {
+        parallel_channels(a, [&](int64_t k0, int64_t k1) {
           float* partial = tl_partial.get((k1 - k0) * bb.pitch * VW);
           int64_t* cursor = cursors(k1 - k0);
           compute_unit<VW>(a, L, bb, buf, k0, k1, partial, cursor,
@@ -550,7 +719,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
           pack_channels(a.input + n * in_img, buf, L, c0, c1, 1, 0);
         });
         float* out = a.output + n * out_img;
-        at::parallel_for(0, a.Ktot, 1, [&](int64_t k0, int64_t k1) {
+        parallel_channels(a, [&](int64_t k0, int64_t k1) {
           float* partial = tl_partial.get((k1 - k0) * bs.pitch * VW);
           int64_t* cursor = cursors(k1 - k0);
           compute_unit<1>(a, L, bs, buf, k0, k1, partial, cursor,
@@ -563,6 +732,33 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
   }
 }
 
+
+void check_row_ptr(const int32_t* rp, int64_t rows, int64_t nnz, const char* what) {
+  TORCH_CHECK(rp[0] == 0 && rp[rows] == nnz, what,
+              ": row pointers must start at 0 and end at the number of non-zeros");
+  for (int64_t i = 0; i < rows; ++i)
+    TORCH_CHECK(rp[i] <= rp[i + 1], what, ": row pointers must be non-decreasing");
+}
+
+// Validates the row-pair CSR (ConvArgs::pair_vals): `pairs` row pairs, two values per column.
+void check_pairs(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& row_ptr,
+                 int64_t pairs) {
+  const char* what = "sparse_conv2d";
+  TORCH_CHECK(values.dim() == 1 && offsets.dim() == 1 && row_ptr.dim() == 1, what,
+              ": row-pair values, column indices and row pointers must be 1-D tensors");
+  TORCH_CHECK(values.scalar_type() == at::kFloat && offsets.scalar_type() == at::kInt &&
+                  row_ptr.scalar_type() == at::kInt,
+              what, ": row-pair values must be float32, column indices and row pointers int32");
+  TORCH_CHECK(values.device().is_cpu() && offsets.device().is_cpu() && row_ptr.device().is_cpu(),
+              what, ": row-pair tensors must be on the CPU");
+  TORCH_CHECK(values.is_contiguous() && offsets.is_contiguous() && row_ptr.is_contiguous(), what,
+              ": row-pair tensors must be contiguous");
+  TORCH_CHECK(values.numel() == 2 * offsets.numel(), what, ": row pairs need two values per ",
+              "column index, got ", values.numel(), " values for ", offsets.numel());
+  TORCH_CHECK(row_ptr.numel() == pairs + 1, what, ": row-pair pointers must have ", pairs + 1,
+              " entries (one per pair of output rows + 1), got ", row_ptr.numel());
+  check_row_ptr(row_ptr.data_ptr<int32_t>(), pairs, offsets.numel(), what);
+}
 
 // Validates the CSR arrays. Column indices are int32, or (when `allow_u16`, sparse_linear)
 // int16 read as unsigned 16-bit; their range is checked here unless `check_cols` is false
@@ -587,11 +783,7 @@ void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Te
               offsets.numel(), " column indices");
   TORCH_CHECK(row_ptr.numel() == rows + 1, what, ": row pointers must have ", rows + 1,
               " entries (one per output row + 1), got ", row_ptr.numel());
-  const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  TORCH_CHECK(rp[0] == 0 && rp[rows] == values.numel(), what,
-              ": row pointers must start at 0 and end at the number of non-zeros");
-  for (int64_t i = 0; i < rows; ++i)
-    TORCH_CHECK(rp[i] <= rp[i + 1], what, ": row pointers must be non-decreasing");
+  check_row_ptr(row_ptr.data_ptr<int32_t>(), rows, values.numel(), what);
   if (!check_cols) return;
   int64_t lo = 0, hi = 0;
   if (offsets.scalar_type() == at::kShort) {
@@ -632,7 +824,10 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
                                  const c10::optional<at::Tensor>& bias, int64_t out_channels,
                                  std::vector<int64_t> kernel, std::vector<int64_t> stride,
                                  std::vector<int64_t> padding, std::vector<int64_t> dilation,
-                                 int64_t groups, bool relu, int64_t mode) {
+                                 int64_t groups, bool relu, int64_t mode,
+                                 const c10::optional<at::Tensor>& pair_values,
+                                 const c10::optional<at::Tensor>& pair_offsets,
+                                 const c10::optional<at::Tensor>& pair_row_ptr) {
   TORCH_CHECK(input.dim() == 4, "sparse_conv2d: input must be 4-D (N, C, H, W), got ",
               input.dim(), "-D");
   TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_conv2d: input must be float32, got ",
@@ -661,6 +856,21 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   // empty batch never runs the kernel, so it is checked here.
   check_csr(values, offsets, row_ptr, out_channels, L.C * L.plane, "sparse_conv2d",
             /*allow_u16=*/false, /*check_cols=*/N == 0);
+  const bool pairs = pair_row_ptr.has_value() && pair_row_ptr->defined();
+  TORCH_CHECK(pairs == (pair_values.has_value() && pair_values->defined()) &&
+                  pairs == (pair_offsets.has_value() && pair_offsets->defined()),
+              "sparse_conv2d: row pairs need pair_values, pair_offsets and pair_row_ptr");
+  if (pairs) {
+    TORCH_CHECK((out_channels / groups) % 2 == 0, "sparse_conv2d: row pairs need an even number",
+                " of output channels per group, got ", out_channels / groups);
+    check_pairs(*pair_values, *pair_offsets, *pair_row_ptr, out_channels / 2);
+    if (N == 0) {  // as for the CSR: the kernel checks the column indices, unless it never runs
+      const at::Tensor& o = *pair_offsets;
+      TORCH_CHECK(o.numel() == 0 || (o.min().item<int32_t>() >= 0 &&
+                                     o.max().item<int64_t>() < L.C * L.plane),
+                  "sparse_conv2d: row-pair column index out of range [0, ", L.C * L.plane, ")");
+    }
+  }
   const float* bias_ptr = nullptr;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
@@ -674,8 +884,11 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   if (N == 0) return output;
   std::atomic<bool> bad{false};
   ConvArgs a{input.data_ptr<float>(), values.data_ptr<float>(), offsets.data_ptr<int32_t>(),
-             row_ptr.data_ptr<int32_t>(), bias_ptr, output.data_ptr<float>(), groups,
-             out_channels, out_channels / groups, relu, &bad};
+             row_ptr.data_ptr<int32_t>(), bias_ptr,
+             pairs ? pair_values->data_ptr<float>() : nullptr,
+             pairs ? pair_offsets->data_ptr<int32_t>() : nullptr,
+             pairs ? pair_row_ptr->data_ptr<int32_t>() : nullptr,
+             output.data_ptr<float>(), groups, out_channels, out_channels / groups, relu, &bad};
   run_conv(a, L, N, mode);
   TORCH_CHECK(!bad.load(), "sparse_conv2d: column index out of range [0, ", L.C * L.plane,
               ") — were the offsets computed for this input size?");
@@ -881,6 +1094,7 @@ at::Tensor sparse_linear_forward(const at::Tensor& input, const at::Tensor& valu
 
 std::string isa() { return kIsa; }
 int64_t vector_width() { return VW; }
+int64_t pair_tile() { return kPairTile; }
 int64_t num_threads() { return at::get_num_threads(); }
 
 }  // namespace
@@ -890,7 +1104,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv2d_forward", &sparse_conv2d_forward, "Direct sparse conv2d (fp32, CSR)",
         py::arg("input"), py::arg("values"), py::arg("offsets"), py::arg("row_ptr"),
         py::arg("bias"), py::arg("out_channels"), py::arg("kernel"), py::arg("stride"),
-        py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("relu"), py::arg("mode") = 0);
+        py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("relu"),
+        py::arg("mode") = 0, py::arg("pair_values") = py::none(),
+        py::arg("pair_offsets") = py::none(), py::arg("pair_row_ptr") = py::none());
   m.def("sparse_linear_forward", &sparse_linear_forward, "CSR × dense linear (fp32)",
         py::arg("input"), py::arg("values"), py::arg("cols"), py::arg("row_ptr"),
         py::arg("bias"), py::arg("out_features"), py::arg("relu"));
@@ -899,5 +1115,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Cache blocking (channel blocks, channels per block, vectors of every register tile)");
   m.def("isa", &isa, "Instruction set the kernel was compiled for");
   m.def("vector_width", &vector_width, "Floats per vector register");
+  m.def("pair_tile", &pair_tile, "Most output vectors of a row pair's register tile");
   m.def("num_threads", &num_threads, "Threads at::parallel_for uses in this extension");
 }
