@@ -1152,7 +1152,9 @@ def format_profile(profile: HardwareProfile, path) -> str:
         ),
         f"sparse:       overhead {s.call_overhead_s * 1e6:.1f} µs; inner loop "
         f"{g(s.inner_loop_bytes_per_s, 1e9, 'GB/s')} (latency floor "
-        f"{s.fma_latency_vectors:g} vectors), visits {g(s.nonzero_visits_per_s, 1e9, 'G/s')}, "
+        f"{s.fma_latency_vectors:g} vectors), row pairs' shared loads "
+        f"{g(s.pair_loop_bytes_per_s, 1e9, 'GB/s')}, visits "
+        f"{g(s.nonzero_visits_per_s, 1e9, 'G/s')}, "
         f"per-call non-zeros {g(s.call_nonzeros_per_s, 1e9, 'G/s')}, packing "
         f"{g(s.pack_bytes_per_s, 1e9, 'GB/s')}, output {g(s.output_bytes_per_s, 1e9, 'GB/s')}"
         + (

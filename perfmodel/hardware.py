@@ -19,7 +19,8 @@ rates default to ``None`` (negligible) and the latency floor to the 4 vectors ve
 Within version 3, later fields are optional and absent from older files: a fit of PyTorch's
 native convolution path (``native_dense``, absent: oneDNN everywhere), per-family dense call
 costs (absent: none), the calibration's pass spread (absent: unknown) and the sparse cost of
-activations beyond L2 (``cache_bytes``, ``cold_activation_bytes_per_s``; absent: none); those
+activations beyond L2 (``cache_bytes``, ``cold_activation_bytes_per_s``; absent: none) and
+the row-pair loop (``pair_loop_bytes_per_s``; absent: rows computed one at a time); those
 files predict as they did. A file from a newer Sweetspot than this one is refused with a
 message saying so.
 
@@ -171,6 +172,11 @@ class SparseParameters(BaseModel):
     output_bytes_per_s: OptionalRate = Field(description="Copying finished outputs to NCHW.")
     inner_loop_bytes_per_s: OptionalRate = Field(
         description="The inner loop's input loads (one vector per FMA), from L1."
+    )
+    pair_loop_bytes_per_s: OptionalRate = Field(
+        description="Row pairs: the input loads of the columns two output channels share, one "
+        "vector for two FMAs (absent in profiles fitted before row pairs: the model then "
+        "computes every row alone, as their kernel did)."
     )
     nonzero_visits_per_s: OptionalRate = Field(
         description="Per non-zero per register tile: the weight broadcast and loop overhead."

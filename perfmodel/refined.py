@@ -38,12 +38,16 @@ layout and cache blocking, :func:`sparse_conv_geometry`)::
 
     fixed    = o_s + N·(packed input bytes)/B_pack + N·(output bytes)/B_out + P/B_partial
                + (tile setups)/R_setup + max(0, S_A − L2)/B_cold
-    variable = V·64 B/B_inner + T/R_visit + x·W/R_call
+    variable = V·64 B/B_inner + V_pair·64 B/B_pair + T/R_visit + x·W/R_call
     t_sparse = fixed + variable
 
-with ``V = x·N·W·Σ_tiles max(v, λ)`` vector FMAs (``W`` weights, ``v`` the output vectors of a
-register tile, the layout's padded columns included; below ``λ`` vectors the FMA latency, not
-the loads, sets the pace), ``T = x·N·W·tiles`` non-zero visits (one per register tile), ``P``
+with ``V = (1 − s)·x·N·W·Σ_tiles max(v, λ)`` vector loads, one per FMA (``W`` weights, ``v``
+the output vectors of a register tile, the layout's padded columns included; below ``λ``
+vectors the FMA latency, not the loads, sets the pace), ``V_pair = (s/2)·x·N·W·Σ_tiles max(v,
+λ)`` the loads of the columns a row pair shares, one per two FMAs (``s`` the share of such
+non-zeros: the density ``x`` for random sparsity where the kernel pairs rows, from
+``PAIR_MIN_SHARE``, else 0; a pair's tiles are at most ``PAIR_TILE_VECTORS``),
+``T = (1 − s/2)·x·N·W·tiles`` visits (one per non-zero or shared column per register tile), ``P``
 the bytes of partial sums reloaded per input-channel block and ``x·W/R_call`` one pass over the
 non-zeros per call whatever the batch (the CSR's first trip from memory; until the kernel
 checked the offsets inside its loop, also that check's pass over them). ``max(0, S_A − L2)``
@@ -121,6 +125,7 @@ SPARSE_FIXED_TERMS: tuple[str, ...] = (
 )
 SPARSE_VARIABLE_TERMS: tuple[str, ...] = (
     "inner_loop_bytes",
+    "pair_loop_bytes",
     "nonzero_visits",
     "call_nonzeros",
     "linear_csr_bytes",
@@ -144,6 +149,7 @@ BATCHED_LINEAR = 16  # the sparse linear kernel broadcasts weights across images
 # shared columns (for random sparsity, the density): below it the extra loop per tile costs more
 # than the shared loads save (docs/sparse-kernel.md, "row pairs").
 PAIR_MIN_SHARE = 0.2
+PAIR_TILE_VECTORS = {16: 12, 8: 6}  # most vectors of a row pair's tile, per vector width
 
 # Which dense rate applies: 1×1 (oneDNN's 1×1 kernel), 3×3 stride 1 ungrouped (the most common
 # shape, its own rate), every other convolution, fully connected.
@@ -168,6 +174,7 @@ SPARSE_RATE_FIELD = {
     "strided_pack_bytes": "strided_pack_bytes_per_s",
     "output_bytes": "output_bytes_per_s",
     "inner_loop_bytes": "inner_loop_bytes_per_s",
+    "pair_loop_bytes": "pair_loop_bytes_per_s",
     "nonzero_visits": "nonzero_visits_per_s",
     "call_nonzeros": "call_nonzeros_per_s",
     "partial_sum_bytes": "partial_sum_bytes_per_s",
@@ -213,10 +220,22 @@ class SparseConvGeometry:
     tile_vectors: tuple[int, ...]
     channel_blocks: int
     packed_floats: int
+    pair_tile_vectors: tuple[int, ...] = ()
 
-    def effective_vectors(self, latency_vectors: float = FMA_LATENCY_VECTORS) -> float:
-        """Vectors per channel with every tile counted as at least ``latency_vectors``."""
-        return float(sum(max(v, latency_vectors) for v in self.tile_vectors))
+    def effective_vectors(
+        self, latency_vectors: float = FMA_LATENCY_VECTORS, pairs: bool = False
+    ) -> float:
+        """Vectors per channel with every tile (``pairs``: every tile of a row pair) counted
+        as at least ``latency_vectors``."""
+        sizes = self.pair_tile_vectors if pairs else self.tile_vectors
+        return float(sum(max(v, latency_vectors) for v in sizes))
+
+
+def pair_pieces(vectors: int, most: int) -> list[int]:
+    """A register tile of ``vectors`` in a row pair: the fewest pieces of at most ``most``, of
+    near-equal size (``pair_pieces`` in ``sparse_conv.cpp``)."""
+    pieces = _ceil_div(vectors, most)
+    return [vectors // pieces + (1 if i < vectors % pieces else 0) for i in range(pieces)]
 
 
 def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseConvGeometry:
@@ -259,12 +278,14 @@ def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseCon
             sizes.append(TILE_VECTORS)
             left -= TILE_VECTORS
         sizes.append(left)
+    most = PAIR_TILE_VECTORS.get(vector_width, 6)
     return SparseConvGeometry(
         nvec=nvec,
         tiles=len(sizes),
         tile_vectors=tuple(sizes),
         channel_blocks=channel_blocks,
         packed_floats=layer.groups * C * plane,
+        pair_tile_vectors=tuple(p for v in sizes for p in pair_pieces(v, most)),
     )
 
 
@@ -364,11 +385,13 @@ def sparse_features(
     vector_width: int = 16,
     latency_vectors: float = FMA_LATENCY_VECTORS,
     cache_bytes: int | None = None,
+    row_pairs: bool = True,
 ) -> dict[str, float]:
     """The sparse design row of ``layer`` at ``density`` (keys: :data:`SPARSE_TERMS`);
     ``latency_vectors`` is the FMA latency floor of a register tile (``λ``, module docstring),
     ``cache_bytes`` the L2 of the cores the kernel runs on (``None``: no cold-activation
-    term)."""
+    term), ``row_pairs`` whether the kernel computes rows in pairs where they pay (profiles
+    calibrated before row pairs: ``False``)."""
     row = dict.fromkeys(SPARSE_TERMS, 0.0)
     row["call"] = 1.0
     N, bytes_ = layer.batch, layer.dtype_bytes
@@ -390,10 +413,22 @@ def sparse_features(
     )
     outputs = layer.out_channels * layer.out_height * layer.out_width
     row["output_bytes"] = float(N * outputs * bytes_)
-    # Each non-zero of a group's output channel meets every output vector of that channel once.
-    effective_vectors = geometry.effective_vectors(latency_vectors)
-    row["inner_loop_bytes"] = nonzeros * N * effective_vectors * vector_width * bytes_
-    row["nonzero_visits"] = nonzeros * N * geometry.tiles
+    # Row pairs, as the op decides (ConvCSR.pairs_pay) for random sparsity: a non-zero's
+    # chance that the paired row has its column too is the density, so that is the share.
+    pairs = (
+        row_pairs
+        and density >= PAIR_MIN_SHARE
+        and (layer.out_channels // layer.groups) % 2 == 0
+        and bool(geometry.pair_tile_vectors)
+    )
+    shared = density if pairs else 0.0
+    tiles = len(geometry.pair_tile_vectors) if pairs else geometry.tiles
+    # Each non-zero of a group's output channel meets every output vector of that channel once;
+    # a shared column loads its input vectors once for both rows' FMAs.
+    vector_bytes = N * geometry.effective_vectors(latency_vectors, pairs) * vector_width * bytes_
+    row["inner_loop_bytes"] = nonzeros * (1.0 - shared) * vector_bytes
+    row["pair_loop_bytes"] = nonzeros * shared / 2.0 * vector_bytes
+    row["nonzero_visits"] = nonzeros * (1.0 - shared / 2.0) * N * tiles
     # Once per call, not per image: the CSR's trip from memory (the fitted rate takes whatever
     # a call costs per non-zero; older kernels also read every column index in a check).
     row["call_nonzeros"] = nonzeros
@@ -410,6 +445,8 @@ def sparse_features(
             * (geometry.channel_blocks - 1)
         )
     # Starting and finishing a tile for every output channel in every channel block.
+    # (A row pair's tile cut in two sets up as many accumulators: counted as one, so that the
+    # fixed costs do not depend on the density.)
     row["tile_setups"] = float(N * layer.out_channels * geometry.tiles * geometry.channel_blocks)
     # A call's input and output stay in the cores' L2 from one call (or layer) to the next
     # while they fit; the bytes beyond it are packed from and written to L3 or DRAM.
@@ -515,7 +552,7 @@ class RefinedRoofline(RooflineModel):
         coefficients = sparse_coefficients(hw)
         row = sparse_features(
             layer, density, refined.vector_width, refined.sparse.fma_latency_vectors,
-            refined.cache_bytes,
+            refined.cache_bytes, row_pairs=refined.sparse.pair_loop_bytes_per_s is not None,
         )  # fmt: skip
         fixed = _dot(coefficients, row, SPARSE_FIXED_TERMS)
         variable = _dot(coefficients, row, SPARSE_VARIABLE_TERMS)

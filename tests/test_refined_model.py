@@ -37,10 +37,15 @@ from perfmodel.hardware import (
     SparseParameters,
 )
 from perfmodel.refined import (
+    PAIR_MIN_SHARE,
+    SPARSE_VARIABLE_TERMS,
     native_dense_time_s,
     onednn_dense_time_s,
+    pair_pieces,
     runs_native_dense,
+    sparse_coefficients,
     sparse_conv_geometry,
+    sparse_features,
 )
 
 MODEL = RefinedRoofline()
@@ -78,7 +83,7 @@ def refined_profile(name: str = "host") -> HardwareProfile:
             output_bytes_per_s=60e9, inner_loop_bytes_per_s=170e9, nonzero_visits_per_s=6e9,
             call_nonzeros_per_s=4e9, fma_latency_vectors=2.0, partial_sum_bytes_per_s=130e9,
             tile_setups_per_s=1e8, linear_csr_bytes_per_s=7e9, linear_flops_per_s=20e9,
-            cold_activation_bytes_per_s=8e9,
+            cold_activation_bytes_per_s=8e9, pair_loop_bytes_per_s=150e9,
         ),
         cache_bytes=1 << 20,
         fit=FitQuality(dense_mape=0.1, sparse_mape=0.1, speedup_mape=0.1, noise_cv=0.03,
@@ -218,6 +223,45 @@ def test_activations_beyond_l2_cost_only_the_bytes_past_it_and_not_without_a_cac
     cold = large.activation_bytes - refined.cache_bytes
     assert extra == pytest.approx(cold / refined.sparse.cold_activation_bytes_per_s)
     assert MODEL.dense_time_s(large, hw) == MODEL.dense_time_s(large, no_cache)
+
+
+def test_row_pairs_load_shared_columns_once_where_the_kernel_pairs_rows():
+    """From PAIR_MIN_SHARE of density (the shared share for random sparsity) and an even number
+    of output channels per group, a share x of the non-zeros sits in columns a row pair shares:
+    their loads count once per two non-zeros, on the pair's tiles (≤ 12 vectors)."""
+    wide = Conv2dSpec(name="w", in_channels=64, out_channels=64, in_height=20, in_width=20,
+                      kernel=3, padding=1)  # fmt: skip
+    geometry = sparse_conv_geometry(wide)
+    assert geometry.tile_vectors == (12, 15)  # 20×21 outputs = 27 vectors: the tail merged
+    assert geometry.pair_tile_vectors == (12, 8, 7)
+    assert pair_pieces(13, 12) == [7, 6] and pair_pieces(24, 12) == [12, 12]
+    x = 0.5
+    one = sparse_features(wide, x, latency_vectors=1.0, row_pairs=False)
+    two = sparse_features(wide, x, latency_vectors=1.0, row_pairs=True)
+    nonzeros, vector_bytes = x * wide.weight_count, 27 * 16 * 4
+    assert one["pair_loop_bytes"] == 0.0 and one["inner_loop_bytes"] == nonzeros * vector_bytes
+    assert two["inner_loop_bytes"] == pytest.approx(nonzeros * (1 - x) * vector_bytes)
+    assert two["pair_loop_bytes"] == pytest.approx(nonzeros * x / 2 * vector_bytes)
+    assert two["nonzero_visits"] == pytest.approx(nonzeros * (1 - x / 2) * 3)
+    assert two["tile_setups"] == one["tile_setups"]  # fixed costs do not follow the density
+    below = PAIR_MIN_SHARE * 0.9
+    assert sparse_features(wide, below, row_pairs=True) == sparse_features(
+        wide, below, row_pairs=False
+    )
+    odd = wide.model_copy(update={"out_channels": 63})
+    assert sparse_features(odd, x, row_pairs=True) == sparse_features(odd, x, row_pairs=False)
+    # A profile fitted before row pairs (no pair rate) predicts every row alone, as its kernel ran.
+    hw = refined_profile()
+    alone_sparse = hw.refined.sparse.model_copy(update={"pair_loop_bytes_per_s": None})
+    old = hw.model_copy(update={"refined": hw.refined.model_copy(update={"sparse": alone_sparse})})
+    assert MODEL.sparse_time(wide, hw, x).compute_s < MODEL.sparse_time(wide, old, x).compute_s
+    refined = old.refined
+    alone = sparse_features(wide, x, 16, refined.sparse.fma_latency_vectors, refined.cache_bytes,
+                            row_pairs=False)  # fmt: skip
+    coefficients = sparse_coefficients(old)
+    assert MODEL.sparse_time(wide, old, x).compute_s == pytest.approx(
+        sum(coefficients[t] * alone[t] for t in SPARSE_VARIABLE_TERMS), rel=1e-12
+    )
 
 
 def test_latency_floor_counts_short_tiles_as_longer():

@@ -314,7 +314,7 @@ def test_performance_model_mirrors_the_kernels_blocking(native_kernel):
     from model.calibration import CALIBRATION_LAYERS
     from model.validation import VALIDATION_LAYERS
     from perfmodel.layers import Conv2dSpec
-    from perfmodel.refined import sparse_conv_geometry
+    from perfmodel.refined import PAIR_TILE_VECTORS, sparse_conv_geometry
 
     if os.environ.get("SWEETSPOT_L1_FLOATS"):
         pytest.skip("SWEETSPOT_L1_FLOATS retunes the kernel's blocking; the mirror has the default")
@@ -332,6 +332,7 @@ def test_performance_model_mirrors_the_kernels_blocking(native_kernel):
     layers = [s for s in (*CALIBRATION_LAYERS, *VALIDATION_LAYERS, *sweep) if s.kind == "conv2d"]
     assert len(layers) > 80
     width = native_kernel.vector_width()
+    assert PAIR_TILE_VECTORS[width] == native_kernel.pair_tile()  # a row pair's widest tile
     for spec in layers:
         C = spec.in_channels // spec.groups
         numbers = native_kernel.conv_blocking(
