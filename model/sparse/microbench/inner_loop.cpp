@@ -2,7 +2,8 @@
 // stops"): per non-zero, one broadcast weight and T FMAs whose memory operands are T
 // consecutive input vectors at the non-zero's offset — exactly tile_kernel's loop — timed with
 // offsets that are (a) unaligned, (b) 64-byte aligned, over input footprints from L1 to DRAM;
-// plus 256-bit vectors and (c) aligned loads realigned with valignd (an immediate shift).
+// plus 256-bit vectors, (c) aligned loads realigned with valignd (an immediate shift) and (d) a
+// row pair's loop, whose loads each serve two FMAs.
 //
 //   g++ -O3 -march=native -std=c++17 model/sparse/microbench/inner_loop.cpp -o /tmp/inner_loop
 //   /tmp/inner_loop        # GF/s of FMAs, best of 15; one thread; run on an idle machine
@@ -64,6 +65,28 @@ __attribute__((noinline)) void loop_valignd(const float* in, const float* vals,
   for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + t * 16, acc[t]);
 }
 
+// A row pair's shared columns (docs/sparse-kernel.md, "row pairs"): per column, two broadcast
+// weights and T loads, each in a register for the FMAs of both rows. Without the empty asm GCC
+// folds the load into both FMAs and loads every vector twice (no faster than loop512).
+template <int T>
+__attribute__((noinline)) void pair512(const float* in, const float* vals, const int32_t* offs,
+                                       int64_t n, float* out) {
+  __m512 a[T], b[T];
+  for (int t = 0; t < T; ++t) a[t] = b[t] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const float* p = in + offs[j];
+    const __m512 wa = _mm512_set1_ps(vals[j]), wb = _mm512_set1_ps(vals[j] + 1.0f);
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) {
+      __m512 x = _mm512_loadu_ps(p + t * 16);
+      asm("" : "+v"(x));
+      a[t] = _mm512_fmadd_ps(wa, x, a[t]);
+      b[t] = _mm512_fmadd_ps(wb, x, b[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + t * 16, _mm512_add_ps(a[t], b[t]));
+}
+
 using Loop = void (*)(const float*, const float*, const int32_t*, int64_t, float*);
 
 double gflops(Loop loop, int lanes_per_nonzero, const float* in, const std::vector<float>& vals,
@@ -110,6 +133,8 @@ int main() {
               gflops(loop256<24>, 24 * 8, in, vals, l1u), gflops(loop256<24>, 24 * 8, in, vals, l1a));
   std::printf("  zmm T=12 valignd (aligned loads + shift) %6.1f\n",
               gflops(loop_valignd<12>, 12 * 16, in, vals, l1a));
+  std::printf("  zmm T=12 row pair (one load, two FMAs) unaligned %6.1f\n",
+              gflops(pair512<12>, 2 * 12 * 16, in, vals, l1u));
   std::free(in);
   return 0;
 }
