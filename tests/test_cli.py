@@ -121,3 +121,26 @@ def test_bench_predict_prints_json(capsys):
     assert code == 0
     data = json.loads(out)
     assert data["layers"] == 20 and data["predict_median_s"] > 0
+
+
+def test_bench_kernel_prints_its_json_contract(capsys):
+    """`sweetspot bench kernel --json`: every case with the issue's fields, our op checked
+    against dense, whether it paired rows, and a summary per layer set, batch and threads."""
+    code, out, _ = run(capsys, "bench", "kernel", "--layers", "cifar", "--batch", "1",
+                       "--threads", "1", "--sparsity", "0.5", "0.9", "--repeats", "1",
+                       "--warmup", "0", "--json")  # fmt: skip
+    assert code == 0
+    data = json.loads(out)
+    results = data["results"]
+    assert {(r["layer"], r["sparsity"]) for r in results} == {
+        (name, s) for name in ("res16@32", "res32@16", "res64@8") for s in (0.5, 0.9)
+    }
+    for r in results:
+        assert {"layer", "batch", "threads", "sparsity", "dense_s", "ours_s", "torch_sparse_s",
+                "speedup_vs_dense", "speedup_vs_torch_sparse"} <= r.keys()  # fmt: skip
+        assert r["speedup_vs_dense"] == pytest.approx(r["dense_s"] / r["ours_s"])
+        assert r["speedup_vs_torch_sparse"] == pytest.approx(r["torch_sparse_s"] / r["ours_s"])
+        assert r["row_pairs"] is (r["sparsity"] == 0.5)  # half the non-zeros shared, or a tenth
+    (summary,) = data["summary"]
+    assert (summary["layers"], summary["batch"], summary["threads"]) == ("cifar", 1, 1)
+    assert set(summary["median_speedup_vs_dense"]) == {"0.5", "0.9"}

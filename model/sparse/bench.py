@@ -158,7 +158,7 @@ def _conv_contenders(layer: BenchLayer, x, bias, pruned, with_torch_sparse: bool
             return out.contiguous() + bias.view(1, -1, 1, 1)
 
         fns["torch_sparse"] = torch_sparse
-    return fns, lambda: F.conv2d(x, pruned, bias, s, p, 1, g)
+    return fns, lambda: F.conv2d(x, pruned, bias, s, p, 1, g), csr.pairs_pay()
 
 
 def _linear_contenders(x, bias, pruned, with_torch_sparse: bool):
@@ -167,7 +167,7 @@ def _linear_contenders(x, bias, pruned, with_torch_sparse: bool):
     if with_torch_sparse:
         sparse_weight = pruned.to_sparse_csr()
         fns["torch_sparse"] = lambda: torch.sparse.mm(sparse_weight, x.t()).t() + bias
-    return fns, lambda: F.linear(x, pruned, bias)
+    return fns, lambda: F.linear(x, pruned, bias), False
 
 
 def bench_layer(
@@ -208,9 +208,9 @@ def bench_layer(
         for sparsity in sparsities:
             pruned = _prune(weight, sparsity, generator)
             if layer.linear:
-                fns, check = _linear_contenders(x, bias, pruned, with_torch_sparse)
+                fns, check, paired = _linear_contenders(x, bias, pruned, with_torch_sparse)
             else:
-                fns, check = _conv_contenders(layer, x, bias, pruned, with_torch_sparse)
+                fns, check, paired = _conv_contenders(layer, x, bias, pruned, with_torch_sparse)
             torch.testing.assert_close(fns["ours"](), check(), rtol=1e-3, atol=1e-3)
             medians = _interleaved(
                 {**{f"dense:{n}": f for n, f in dense.items()}, **fns}, repeats, warmup
@@ -235,6 +235,7 @@ def bench_layer(
                     "dense_s": dense_s,
                     "dense_backend": backend,
                     "ours_s": ours_s,
+                    "row_pairs": paired,  # whether our op computed output channels in pairs
                     "torch_sparse_s": torch_sparse_s,
                     "speedup_vs_dense": dense_s / ours_s,
                     "speedup_vs_torch_sparse": (
