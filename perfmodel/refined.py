@@ -211,8 +211,9 @@ class SparseConvGeometry:
     ``sparse_conv.cpp`` (spatial layout, the one ``auto`` uses): ``nvec`` output vectors per
     channel (``P·Wph`` outputs, the row pitch includes padding columns), ``tiles`` register
     tiles per channel over all strips and ``tile_vectors`` the output vectors of each,
-    ``channel_blocks`` (input-channel blocks of one group kept in L1) and ``packed_floats`` (the
-    padded input buffer of all groups).
+    ``channel_blocks`` (input-channel blocks of one group kept in L1), ``packed_floats`` (the
+    padded input buffer of all groups) and ``pair_tile_vectors`` (the tiles cut into a row
+    pair's pieces, ``pair_pieces``).
     """
 
     nvec: int
@@ -220,7 +221,7 @@ class SparseConvGeometry:
     tile_vectors: tuple[int, ...]
     channel_blocks: int
     packed_floats: int
-    pair_tile_vectors: tuple[int, ...] = ()
+    pair_tile_vectors: tuple[int, ...]
 
     def effective_vectors(
         self, latency_vectors: float = FMA_LATENCY_VECTORS, pairs: bool = False
@@ -419,7 +420,6 @@ def sparse_features(
         row_pairs
         and density >= PAIR_MIN_SHARE
         and (layer.out_channels // layer.groups) % 2 == 0
-        and bool(geometry.pair_tile_vectors)
     )
     shared = density if pairs else 0.0
     tiles = len(geometry.pair_tile_vectors) if pairs else geometry.tiles

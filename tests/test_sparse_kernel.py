@@ -366,7 +366,7 @@ def test_row_pairs_split_the_weight_exactly():
     generator = torch.Generator().manual_seed(2)
     weight = torch.randn(8, 6, 3, 3, generator=generator)
     weight[torch.rand(weight.shape, generator=generator) < 0.6] = 0.0
-    weight[3] = 0.0  # a row with nothing of its own to share
+    weight[3] = 0.0  # an empty row: its pair (rows 2 and 3) shares no column
     csr = conv_weight_to_csr(weight, groups=2)
     pairs = csr.row_pairs()
     assert pairs is not None and csr.row_pairs() is pairs  # cached
@@ -441,12 +441,13 @@ def test_row_pairs_argument_is_checked():
         sparse_conv2d(x, odd, row_pairs=True, implementation="reference")
     with pytest.raises(TypeError, match="row_pairs"):
         sparse_conv2d(x, odd, row_pairs="yes", implementation="reference")
-    torch.testing.assert_close(  # None and False run the one-row kernel
-        sparse_conv2d(x, odd, row_pairs=False),
-        F.conv2d(x, odd.to_dense(), groups=2),
-        rtol=RTOL,
-        atol=ATOL,
-    )
+    for row_pairs in (None, False):  # both run the one-row kernel
+        torch.testing.assert_close(
+            sparse_conv2d(x, odd, row_pairs=row_pairs),
+            F.conv2d(x, odd.to_dense(), groups=2),
+            rtol=RTOL,
+            atol=ATOL,
+        )
 
 
 def test_unknown_implementation_raises():

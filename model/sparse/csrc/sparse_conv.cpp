@@ -207,6 +207,43 @@ void pack_channels(const float* src, float* dst, const Layout& L, int64_t c0, in
   }
 }
 
+// Start T accumulators: `init` (the bias) on the first channel block, else the partial sums.
+template <int T>
+inline void start_tile(vec (&acc)[T], bool first, float init, const float* __restrict acc_io) {
+  if (first) {
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) acc[t] = vset1(init);
+  } else {
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) acc[t] = vload(acc_io + t * VW);
+  }
+}
+
+template <int T>
+inline void store_tile(const vec (&acc)[T], float* __restrict acc_io) {
+#pragma GCC unroll 32
+  for (int t = 0; t < T; ++t) vstore(acc_io + t * VW, acc[t]);
+}
+
+// Streams the CSR segment [begin, end) of one row into T accumulators: per non-zero one
+// broadcast weight and T FMAs on consecutive input vectors at its offset, stopping early at the
+// first column index >= `limit`. Returns where it stopped.
+template <int T, int LANES>
+__attribute__((always_inline)) inline int64_t stream_row(const float* __restrict in,
+                                                         const float* __restrict vals,
+                                                         const int32_t* __restrict offs,
+                                                         int64_t begin, int64_t end,
+                                                         uint32_t limit, vec (&acc)[T]) {
+  int64_t j = begin;
+  for (; j < end && static_cast<uint32_t>(offs[j]) < limit; ++j) {
+    const vec w = vset1(vals[j]);
+    const float* p = in + static_cast<int64_t>(offs[j]) * LANES;
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) acc[t] = vfma(w, vload(p + t * VW), acc[t]);
+  }
+  return j;
+}
+
 // One register tile: T output vectors over the CSR segment [begin, end) of one row, stopping
 // early at the first column index >= `limit` (the end of the current input-channel block).
 // `in` points at the tile's first input element; offsets are in elements (× LANES floats).
@@ -217,23 +254,10 @@ inline int64_t tile_kernel(const float* __restrict in, const float* __restrict v
                            const int32_t* __restrict offs, int64_t begin, int64_t end,
                            uint32_t limit, bool first, float init, float* __restrict acc_io) {
   vec acc[T];
-  if (first) {
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) acc[t] = vset1(init);
-  } else {
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) acc[t] = vload(acc_io + t * VW);
-  }
-  int64_t j = begin;
-  for (; j < end && static_cast<uint32_t>(offs[j]) < limit; ++j) {
-    const vec w = vset1(vals[j]);
-    const float* p = in + static_cast<int64_t>(offs[j]) * LANES;
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) acc[t] = vfma(w, vload(p + t * VW), acc[t]);
-  }
-#pragma GCC unroll 32
-  for (int t = 0; t < T; ++t) vstore(acc_io + t * VW, acc[t]);
-  return j;
+  start_tile(acc, first, init, acc_io);
+  const int64_t stop = stream_row<T, LANES>(in, vals, offs, begin, end, limit, acc);
+  store_tile(acc, acc_io);
+  return stop;
 }
 
 template <int LANES>
@@ -262,19 +286,8 @@ inline void pair_tile_kernel(const float* __restrict in, const float* __restrict
                              bool find, bool first, float init_a, float init_b,
                              float* __restrict acc_a, float* __restrict acc_b) {
   vec a[T], b[T];
-  if (first) {
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) {
-      a[t] = vset1(init_a);
-      b[t] = vset1(init_b);
-    }
-  } else {
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) {
-      a[t] = vload(acc_a + t * VW);
-      b[t] = vload(acc_b + t * VW);
-    }
-  }
+  start_tile(a, first, init_a, acc_a);
+  start_tile(b, first, init_b, acc_b);
   const uint32_t lim = find ? limit : UINT32_MAX;
   int64_t j = s.pb;
   for (; j < s.pe && static_cast<uint32_t>(poffs[j]) < lim; ++j) {
@@ -288,26 +301,15 @@ inline void pair_tile_kernel(const float* __restrict in, const float* __restrict
       b[t] = vfma(wb, x, b[t]);
     }
   }
-  if (find) s.pe = j;
-  for (j = s.ab; j < s.ae && static_cast<uint32_t>(offs[j]) < lim; ++j) {
-    const vec w = vset1(vals[j]);
-    const float* p = in + static_cast<int64_t>(offs[j]) * LANES;
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) a[t] = vfma(w, vload(p + t * VW), a[t]);
+  const int64_t stop_a = stream_row<T, LANES>(in, vals, offs, s.ab, s.ae, lim, a);
+  const int64_t stop_b = stream_row<T, LANES>(in, vals, offs, s.bb, s.be, lim, b);
+  if (find) {
+    s.pe = j;
+    s.ae = stop_a;
+    s.be = stop_b;
   }
-  if (find) s.ae = j;
-  for (j = s.bb; j < s.be && static_cast<uint32_t>(offs[j]) < lim; ++j) {
-    const vec w = vset1(vals[j]);
-    const float* p = in + static_cast<int64_t>(offs[j]) * LANES;
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) b[t] = vfma(w, vload(p + t * VW), b[t]);
-  }
-  if (find) s.be = j;
-#pragma GCC unroll 32
-  for (int t = 0; t < T; ++t) {
-    vstore(acc_a + t * VW, a[t]);
-    vstore(acc_b + t * VW, b[t]);
-  }
+  store_tile(a, acc_a);
+  store_tile(b, acc_b);
 }
 
 template <int LANES>
@@ -416,10 +418,13 @@ inline void pair_pieces(int64_t n, F&& f) {
   }
 }
 
-// Prefetches the lines of the next `count` entries of a CSR segment starting at `at` (values
-// `per` floats each: 1, or 2 for a row pair's shared columns).
-inline void prefetch_segment(const float* vals, const int32_t* offs, int64_t at, int64_t count,
-                             int per) {
+// Prefetches the lines of CSR row r's segment from `at` (the row's position in this block):
+// its mean length per channel block + one line, at most kPrefetchFloats entries, not past the
+// row's end. Values are `per` floats per entry: 1, or 2 for a row pair's shared columns.
+inline void prefetch_segment(const float* vals, const int32_t* offs, const int32_t* rowptr,
+                             int64_t r, int64_t at, int64_t nblocks, int per) {
+  const int64_t end = rowptr[r + 1];
+  const int64_t count = std::min({kPrefetchFloats, (end - rowptr[r]) / nblocks + 16, end - at});
   for (int64_t q = 0; q < count; q += 16) __builtin_prefetch(offs + at + q);
   for (int64_t q = 0; q < count * per; q += 16) __builtin_prefetch(vals + at * per + q);
 }
@@ -437,18 +442,6 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
   const bool pairs = a.pair_rowptr != nullptr;
   const int64_t step = pairs ? 2 : 1;
   int64_t* pcursor = cursor + (k1 - k0);  // row pairs: one per pair
-  // The segment of row k's (or pair q's) next block: its mean length + one line.
-  auto prefetch_row = [&](int64_t k) {
-    const int64_t at = cursor[k - k0], end = a.rowptr[k + 1];
-    const int64_t len = (end - a.rowptr[k]) / b.nblocks + 16;
-    prefetch_segment(a.vals, a.offs, at, std::min({kPrefetchFloats, len, end - at}), 1);
-  };
-  auto prefetch_pair = [&](int64_t q) {
-    const int64_t at = pcursor[q - k0 / 2], end = a.pair_rowptr[q + 1];
-    const int64_t len = (end - a.pair_rowptr[q]) / b.nblocks + 16;
-    prefetch_segment(a.pair_vals, a.pair_offs, at, std::min({kPrefetchFloats, len, end - at}),
-                     2);
-  };
   for (int64_t v0 = 0, v1; v0 < b.nvec; v0 = v1) {
     v1 = strip_end(b, v0);
     for (int64_t k = k0; k < k1; ++k) cursor[k - k0] = a.rowptr[k];
@@ -464,8 +457,12 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
         // Prefetch the rows kPrefetchRows ahead: a cold CSR is read at a different place for
         // every row, which the hardware prefetchers do not follow.
         for (int64_t r = k + kPrefetchRows; r < std::min(k1, k + kPrefetchRows + step); ++r)
-          prefetch_row(r);
-        if (pairs && k + kPrefetchRows < k1) prefetch_pair((k + kPrefetchRows) / 2);
+          prefetch_segment(a.vals, a.offs, a.rowptr, r, cursor[r - k0], b.nblocks, 1);
+        if (pairs && k + kPrefetchRows < k1) {
+          const int64_t q = (k + kPrefetchRows) / 2;
+          prefetch_segment(a.pair_vals, a.pair_offs, a.pair_rowptr, q, pcursor[q - k0 / 2],
+                           b.nblocks, 2);
+        }
         const float* in = buf + (k / a.Kg) * L.C * L.plane * LANES;
         float* acc = partial + (k - k0) * b.pitch * VW;
         bool find = true;
@@ -733,57 +730,39 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
 }
 
 
-void check_row_ptr(const int32_t* rp, int64_t rows, int64_t nnz, const char* what) {
-  TORCH_CHECK(rp[0] == 0 && rp[rows] == nnz, what,
-              ": row pointers must start at 0 and end at the number of non-zeros");
-  for (int64_t i = 0; i < rows; ++i)
-    TORCH_CHECK(rp[i] <= rp[i + 1], what, ": row pointers must be non-decreasing");
-}
-
-// Validates the row-pair CSR (ConvArgs::pair_vals): `pairs` row pairs, two values per column.
-void check_pairs(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& row_ptr,
-                 int64_t pairs) {
-  const char* what = "sparse_conv2d";
-  TORCH_CHECK(values.dim() == 1 && offsets.dim() == 1 && row_ptr.dim() == 1, what,
-              ": row-pair values, column indices and row pointers must be 1-D tensors");
-  TORCH_CHECK(values.scalar_type() == at::kFloat && offsets.scalar_type() == at::kInt &&
-                  row_ptr.scalar_type() == at::kInt,
-              what, ": row-pair values must be float32, column indices and row pointers int32");
-  TORCH_CHECK(values.device().is_cpu() && offsets.device().is_cpu() && row_ptr.device().is_cpu(),
-              what, ": row-pair tensors must be on the CPU");
-  TORCH_CHECK(values.is_contiguous() && offsets.is_contiguous() && row_ptr.is_contiguous(), what,
-              ": row-pair tensors must be contiguous");
-  TORCH_CHECK(values.numel() == 2 * offsets.numel(), what, ": row pairs need two values per ",
-              "column index, got ", values.numel(), " values for ", offsets.numel());
-  TORCH_CHECK(row_ptr.numel() == pairs + 1, what, ": row-pair pointers must have ", pairs + 1,
-              " entries (one per pair of output rows + 1), got ", row_ptr.numel());
-  check_row_ptr(row_ptr.data_ptr<int32_t>(), pairs, offsets.numel(), what);
-}
-
 // Validates the CSR arrays. Column indices are int32, or (when `allow_u16`, sparse_linear)
 // int16 read as unsigned 16-bit; their range is checked here unless `check_cols` is false
-// (the small-batch linear kernel checks them on the fly, saving a pass over memory).
+// (the small-batch linear kernel checks them on the fly, saving a pass over memory). With
+// `pairs`, they are a row pair's shared columns (ConvArgs::pair_vals): `rows` pairs of output
+// rows, two values per column index.
 void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& row_ptr,
                int64_t rows, int64_t max_offset, const char* what, bool allow_u16 = false,
-               bool check_cols = true) {
-  TORCH_CHECK(values.dim() == 1 && offsets.dim() == 1 && row_ptr.dim() == 1, what,
-              ": CSR values, column indices and row pointers must be 1-D tensors");
-  TORCH_CHECK(values.scalar_type() == at::kFloat, what, ": CSR values must be float32, got ",
-              values.scalar_type());
+               bool check_cols = true, bool pairs = false) {
+  const char* csr = pairs ? "row-pair" : "CSR";
+  TORCH_CHECK(values.dim() == 1 && offsets.dim() == 1 && row_ptr.dim() == 1, what, ": ", csr,
+              " values, column indices and row pointers must be 1-D tensors");
+  TORCH_CHECK(values.scalar_type() == at::kFloat, what, ": ", csr,
+              " values must be float32, got ", values.scalar_type());
   TORCH_CHECK((offsets.scalar_type() == at::kInt ||
                (allow_u16 && offsets.scalar_type() == at::kShort)) &&
                   row_ptr.scalar_type() == at::kInt,
-              what, ": CSR column indices and row pointers must be int32",
+              what, ": ", csr, " column indices and row pointers must be int32",
               allow_u16 ? " (or int16 holding unsigned 16-bit column indices)" : "");
   TORCH_CHECK(values.device().is_cpu() && offsets.device().is_cpu() && row_ptr.device().is_cpu(),
-              what, ": CSR tensors must be on the CPU");
+              what, ": ", csr, " tensors must be on the CPU");
   TORCH_CHECK(values.is_contiguous() && offsets.is_contiguous() && row_ptr.is_contiguous(), what,
-              ": CSR tensors must be contiguous");
-  TORCH_CHECK(values.numel() == offsets.numel(), what, ": ", values.numel(), " values but ",
-              offsets.numel(), " column indices");
-  TORCH_CHECK(row_ptr.numel() == rows + 1, what, ": row pointers must have ", rows + 1,
-              " entries (one per output row + 1), got ", row_ptr.numel());
-  check_row_ptr(row_ptr.data_ptr<int32_t>(), rows, values.numel(), what);
+              ": ", csr, " tensors must be contiguous");
+  TORCH_CHECK(values.numel() == (pairs ? 2 : 1) * offsets.numel(), what, ": ", values.numel(),
+              " values but ", offsets.numel(), " column indices",
+              pairs ? " (row pairs need two values per column index)" : "");
+  TORCH_CHECK(row_ptr.numel() == rows + 1, what, ": ", pairs ? "row-pair" : "row",
+              " pointers must have ", rows + 1, " entries (one per ",
+              pairs ? "pair of output rows" : "output row", " + 1), got ", row_ptr.numel());
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  TORCH_CHECK(rp[0] == 0 && rp[rows] == offsets.numel(), what,
+              ": row pointers must start at 0 and end at the number of non-zeros");
+  for (int64_t i = 0; i < rows; ++i)
+    TORCH_CHECK(rp[i] <= rp[i + 1], what, ": row pointers must be non-decreasing");
   if (!check_cols) return;
   int64_t lo = 0, hi = 0;
   if (offsets.scalar_type() == at::kShort) {
@@ -863,13 +842,8 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   if (pairs) {
     TORCH_CHECK((out_channels / groups) % 2 == 0, "sparse_conv2d: row pairs need an even number",
                 " of output channels per group, got ", out_channels / groups);
-    check_pairs(*pair_values, *pair_offsets, *pair_row_ptr, out_channels / 2);
-    if (N == 0) {  // as for the CSR: the kernel checks the column indices, unless it never runs
-      const at::Tensor& o = *pair_offsets;
-      TORCH_CHECK(o.numel() == 0 || (o.min().item<int32_t>() >= 0 &&
-                                     o.max().item<int64_t>() < L.C * L.plane),
-                  "sparse_conv2d: row-pair column index out of range [0, ", L.C * L.plane, ")");
-    }
+    check_csr(*pair_values, *pair_offsets, *pair_row_ptr, out_channels / 2, L.C * L.plane,
+              "sparse_conv2d", /*allow_u16=*/false, /*check_cols=*/N == 0, /*pairs=*/true);
   }
   const float* bias_ptr = nullptr;
   if (bias.has_value() && bias->defined()) {
