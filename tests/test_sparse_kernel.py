@@ -385,15 +385,22 @@ def test_row_pairs_split_the_weight_exactly():
     torch.testing.assert_close(rebuilt.view_as(weight), weight, rtol=0, atol=0)
     assert pairs.values.numel() + pairs.pair_values.numel() == csr.nnz
     assert pairs.shared == pytest.approx(2 * int(both.sum()) / csr.nnz)
-    assert conv_weight_to_csr(torch.randn(1, 1, 3, 3)).row_pairs() is None  # nothing to pair
-    assert conv_weight_to_csr(torch.randn(6, 2, 3, 3), groups=2).row_pairs() is None  # 3 a group
+    # The share counted from the indices alone (what pairs_pay decides on) is the split's.
+    assert conv_weight_to_csr(weight, groups=2).shared_fraction() == pairs.shared
+    for odd, groups in ((torch.randn(1, 1, 3, 3), 1), (torch.randn(6, 2, 3, 3), 2)):
+        odd_csr = conv_weight_to_csr(odd, groups)  # nothing to pair; 3 channels a group
+        assert odd_csr.row_pairs() is None and odd_csr.shared_fraction() is None
+        assert not odd_csr.pairs_pay()
     dense = conv_weight_to_csr(torch.randn(16, 8, 3, 3))
-    assert dense.row_pairs().shared == 1.0 and dense.pairs_pay()
+    assert dense.shared_fraction() == 1.0 and dense.pairs_pay()
+    assert dense.row_pairs().shared == 1.0
     sparse = torch.randn(64, 64, 3, 3, generator=generator)
     sparse[torch.rand(sparse.shape, generator=generator) < 0.9] = 0.0
     sparse_csr = conv_weight_to_csr(sparse)
-    assert sparse_csr.row_pairs().shared == pytest.approx(0.1, abs=0.02)
     assert not sparse_csr.pairs_pay()
+    assert "pairs" not in sparse_csr._cache  # deciding against pairs built no split
+    assert sparse_csr.shared_fraction() == pytest.approx(0.1, abs=0.02)
+    assert sparse_csr.row_pairs().shared == sparse_csr.shared_fraction()
 
 
 # ---------------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ class ConvCSR:
     kernel: Pair
     groups: int = 1
     _offsets: dict[ConvLayout, torch.Tensor] = field(default_factory=dict, repr=False)
-    _pairs: list[RowPairs | None] = field(default_factory=list, repr=False)
+    _cache: dict[str, object] = field(default_factory=dict, repr=False)  # row pairs, share
 
     @property
     def nnz(self) -> int:
@@ -176,14 +176,30 @@ class ConvCSR:
     def row_pairs(self) -> RowPairs | None:
         """This weight split into row pairs (cached), or None when a group has an odd number
         of output channels."""
-        if not self._pairs:
-            self._pairs.append(self._split_pairs())
-        return self._pairs[0]
+        if "pairs" not in self._cache:
+            self._cache["pairs"] = self._split_pairs()
+        return self._cache["pairs"]  # type: ignore[return-value]
+
+    def shared_fraction(self) -> float | None:
+        """Fraction of the non-zeros in columns that rows ``2q`` and ``2q + 1`` both use
+        (cached; None when a group has an odd number of output channels). Counted from the
+        indices alone, so deciding against pairs costs no split."""
+        if "shared" not in self._cache:
+            share = None
+            if not (self.out_channels // self.groups) % 2:
+                # A shared column is a (pair, column) key that occurs twice.
+                columns = self.dense_size // self.out_channels
+                keys = (self.row_ids() // 2) * columns + self.kernel_index.to(torch.int64)
+                repeated = self.nnz - int(torch.unique(keys).numel())
+                share = 2.0 * repeated / max(self.nnz, 1)
+            self._cache["shared"] = share
+        return self._cache["shared"]  # type: ignore[return-value]
 
     def pairs_pay(self) -> bool:
-        """Whether the kernel should use row pairs: enough of the non-zeros are shared."""
-        pairs = self.row_pairs()
-        return pairs is not None and pairs.shared >= PAIR_MIN_SHARE
+        """Whether the kernel should use row pairs: at least ``PAIR_MIN_SHARE`` of the
+        non-zeros are shared."""
+        share = self.shared_fraction()
+        return share is not None and share >= PAIR_MIN_SHARE
 
     def _split_pairs(self) -> RowPairs | None:
         if (self.out_channels // self.groups) % 2:
