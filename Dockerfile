@@ -10,7 +10,7 @@ COPY model model
 COPY service service
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
     && pip install --no-cache-dir . \
-    && python -m model.sparse.native
+    && python -m model.sparse
 ENV SWEETSPOT_DATA_DIR=/data
 VOLUME /data
 EXPOSE 8000

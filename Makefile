@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m model.sparse.native || echo "sparse kernel not built; the pure-PyTorch reference will be used"
+	$(BIN)/python -m model.sparse || echo "sparse kernel not built; the pure-PyTorch reference will be used"
 	touch $@
 
 lint: install

@@ -132,7 +132,7 @@ def test_killed_build_then_load_works(tmp_path):
     directory = tmp_path / "build"
     env = _env(SWEETSPOT_BUILD_DIR=str(directory))
     builder = subprocess.Popen(
-        [sys.executable, "-m", "model.sparse.native"],
+        [sys.executable, "-m", "model.sparse"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

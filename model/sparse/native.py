@@ -18,7 +18,7 @@ is stale and is removed. A build killed while writing the shared object is detec
 importing it fails: the shared object is relinked, and if that fails too the build directory
 is wiped and rebuilt once.
 
-Run ``python -m model.sparse.native`` to build ahead of time (the install step does).
+Run ``python -m model.sparse`` to build ahead of time (the install step does).
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def load(verbose: bool = False) -> ModuleType | None:
                 warnings.warn(
                     f"sweetspot: native sparse kernel unavailable ({_reason}); using the slow "
                     "pure-PyTorch reference. Fix the toolchain and run "
-                    "`python -m model.sparse.native`.",
+                    "`python -m model.sparse`.",
                     NativeKernelWarning,
                     stacklevel=2,
                 )
@@ -269,7 +269,7 @@ def kernel_info() -> KernelInfo:
 
 
 def main() -> int:
-    """``python -m model.sparse.native``: build ahead of time and say what was built."""
+    """``python -m model.sparse``: build ahead of time and say what was built."""
     started = time.perf_counter()
     try:
         module = build(verbose=False)
