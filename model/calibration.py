@@ -688,6 +688,7 @@ def fit_sparse(
     vector_width: int = 16,
     latency_vectors: Sequence[float] = LATENCY_VECTORS,
     cache_bytes: int | None = None,
+    threads: int = 1,
 ) -> tuple[SparseTimeRegressor, float, np.ndarray]:
     """The sparse fit at the latency floor whose fit has the least RMS relative error.
 
@@ -701,7 +702,9 @@ def fit_sparse(
     for floor in latency_vectors:
         X = _design(
             [
-                sparse_features(m.layer, m.density, vector_width, floor, cache_bytes)
+                sparse_features(
+                    m.layer, m.density, vector_width, floor, cache_bytes, threads=threads
+                )
                 for m in measurements
             ],
             SPARSE_TERMS,
@@ -774,7 +777,7 @@ def fit_refined(
     dense_y = np.array([m.dense.median_s for m in dense_cases])
     sparse_y = np.array([m.sparse.median_s for m in measurements])
     sparse_fit, latency_vectors, sparse_X = fit_sparse(
-        measurements, vector_width, cache_bytes=cache_bytes
+        measurements, vector_width, cache_bytes=cache_bytes, threads=threads
     )
 
     def mape(predicted: np.ndarray, measured: np.ndarray) -> float:

@@ -150,6 +150,15 @@ BATCHED_LINEAR = 16  # the sparse linear kernel broadcasts weights across images
 # than the shared loads save (docs/sparse-kernel.md, "row pairs").
 PAIR_MIN_SHARE = 0.2
 PAIR_TILE_VECTORS = {16: 12, 8: 6}  # most vectors of a row pair's tile, per vector width
+# Stacking small images: from batch 2, images whose output plane is fewer than
+# STACK_BELOW_VECTORS vectors are stacked one above the other into units of up to
+# STACK_MAX_VECTORS. A register tile of a few vectors is bound by its fixed costs and FMA
+# latency, not by loads: a unit of fewer than STACK_MIN_VECTORS costs about as much as one of
+# that many. From 5 vectors on, stacking measured no faster (the taller unit's bigger
+# footprint costs channel blocks). docs/sparse-kernel.md, "stacking small images".
+STACK_BELOW_VECTORS = 5
+STACK_MIN_VECTORS = 6
+STACK_MAX_VECTORS = 16
 
 # Which dense rate applies: 1×1 (oneDNN's 1×1 kernel), 3×3 stride 1 ungrouped (the most common
 # shape, its own rate), every other convolution, fully connected.
@@ -239,15 +248,107 @@ def pair_pieces(vectors: int, most: int) -> list[int]:
     return [vectors // pieces + (1 if i < vectors % pieces else 0) for i in range(pieces)]
 
 
-def sparse_conv_geometry(layer: Conv2dSpec, vector_width: int = 16) -> SparseConvGeometry:
-    """Layout and cache blocking of ``layer`` in the sparse kernel (see the class)."""
-    (R, S), (sh, sw), (ph, pw), (dh, dw) = layer.kernel, layer.stride, layer.padding, layer.dilation
-    P, Q = layer.out_height, layer.out_width
+def stack_steps(
+    height: int, out_height: int, kernel: int, stride: int, padding: int, dilation: int
+) -> tuple[int, int]:
+    """(input rows, output rows) from one stacked image to the next, from the vertical
+    geometry (``make_layout`` in ``sparse_conv.cpp``): the zero rows between two images are
+    the ``padding`` above the next and the rows below this one that its last outputs read; a
+    step is a multiple of the stride and at least the image's output rows."""
+    below = max(0, (out_height - 1) * stride + (kernel - 1) * dilation - padding - (height - 1))
+    row_step = _round_up(max(height + max(padding, below), out_height * stride), stride)
+    return row_step, row_step // stride
+
+
+def row_pitch(width: int, out_width: int, padding: int, stride: int) -> int:
+    """Floats per flattened output row of the kernel's padded layout (``Wph``): the right
+    padding is shared with the next row's left padding, and a row holds at least the outputs
+    (1×1 kernels with padding have more outputs than padded columns)."""
+    return max(_ceil_div(width + padding, stride), out_width)
+
+
+def _layer_steps(layer: Conv2dSpec) -> tuple[int, int]:
+    return stack_steps(
+        layer.in_height, layer.out_height, layer.kernel[0], layer.stride[0], layer.padding[0],
+        layer.dilation[0],
+    )  # fmt: skip
+
+
+def _layer_pitch(layer: Conv2dSpec) -> int:
+    return row_pitch(layer.in_width, layer.out_width, layer.padding[1], layer.stride[1])
+
+
+def unit_parallel(units: int, threads: int) -> bool:
+    """Whether the kernel gives each thread whole units (``unit_parallel`` in
+    ``sparse_conv.cpp``): enough units that divide well among the threads; otherwise it packs
+    each unit in parallel and splits its output channels."""
+    return units >= threads and (units % threads == 0 or units >= 4 * threads)
+
+
+def images_per_unit(
+    batch: int,
+    out_height: int,
+    out_step: int,
+    pitch: int,
+    vector_width: int = 16,
+    threads: int = 1,
+) -> int:
+    """How many of ``batch`` images the kernel stacks into one unit (the op passes it to the
+    kernel): 1 where one image's ``out_height`` rows of ``pitch`` fill at least
+    :data:`STACK_BELOW_VECTORS` vectors; otherwise the stack of at most
+    :data:`STACK_MAX_VECTORS` vectors with the least work on the busiest thread, a unit
+    costing its vectors but at least :data:`STACK_MIN_VECTORS` (a short tile runs at the
+    speed of one that long) however few images it holds (on a tie, the fewest empty slots,
+    then the largest stack). Where
+    the ``threads`` would each get whole images, stacks that leave too few units for that
+    are not considered (2 images on 2 threads stay apart: one stacked unit split by output
+    channels measured slower)."""
+
+    def vectors(images: int) -> int:
+        return _ceil_div(((images - 1) * out_step + out_height) * pitch, vector_width)
+
+    if batch < 2 or vectors(1) >= STACK_BELOW_VECTORS:
+        return 1
+    per_image = unit_parallel(batch, threads)
+
+    def cost(images: int) -> float:
+        units = _ceil_div(batch, images)
+        unit = max(vectors(images), STACK_MIN_VECTORS)
+        if unit_parallel(units, threads):
+            return _ceil_div(units, threads) * unit
+        return units * unit / threads  # each unit's output channels split over the threads
+
+    candidates = [1]
+    for images in range(2, batch + 1):
+        if vectors(images) > STACK_MAX_VECTORS:
+            break
+        if not per_image or unit_parallel(_ceil_div(batch, images), threads):
+            candidates.append(images)
+    # Least work; then the fewest empty slots in a last short unit; then the largest stack.
+    return min(candidates, key=lambda g: (cost(g), _ceil_div(batch, g) * g, -g))
+
+
+def layer_images_per_unit(layer: Conv2dSpec, vector_width: int = 16, threads: int = 1) -> int:
+    """:func:`images_per_unit` for ``layer`` at its batch."""
+    return images_per_unit(
+        layer.batch, layer.out_height, _layer_steps(layer)[1], _layer_pitch(layer), vector_width,
+        threads,
+    )  # fmt: skip
+
+
+def sparse_conv_geometry(
+    layer: Conv2dSpec, vector_width: int = 16, stack: int = 1
+) -> SparseConvGeometry:
+    """Layout and cache blocking of ``layer`` in the sparse kernel (see the class), for units
+    of ``stack`` images (:func:`layer_images_per_unit`); ``nvec`` and the tiles are a unit's."""
+    (R, S), (sh, sw), (ph, _), (dh, dw) = layer.kernel, layer.stride, layer.padding, layer.dilation
+    P = layer.out_height
     C = layer.in_channels // layer.groups
-    Wph = max(_ceil_div(layer.in_width + pw, sw), Q)
-    Hph = _ceil_div(layer.in_height + 2 * ph, sh) + 1
+    row_step, out_step = _layer_steps(layer)
+    Wph = _layer_pitch(layer)
+    Hph = _ceil_div((stack - 1) * row_step + layer.in_height + 2 * ph, sh) + 1
     plane = sh * sw * Hph * Wph
-    nvec = _ceil_div(P * Wph, vector_width)
+    nvec = _ceil_div(((stack - 1) * out_step + P) * Wph, vector_width)
     phases = min(sh * sw, R * S)
     reach = ((R - 1) * dh // sh) * Wph + ((S - 1) * dw) // sw + 1
 
@@ -387,12 +488,14 @@ def sparse_features(
     latency_vectors: float = FMA_LATENCY_VECTORS,
     cache_bytes: int | None = None,
     row_pairs: bool = True,
+    threads: int = 1,
 ) -> dict[str, float]:
     """The sparse design row of ``layer`` at ``density`` (keys: :data:`SPARSE_TERMS`);
     ``latency_vectors`` is the FMA latency floor of a register tile (``λ``, module docstring),
     ``cache_bytes`` the L2 of the cores the kernel runs on (``None``: no cold-activation
     term), ``row_pairs`` whether the kernel computes rows in pairs where they pay (profiles
-    calibrated before row pairs: ``False``)."""
+    calibrated before row pairs: ``False``), ``threads`` what the kernel runs on (it decides
+    how many small images it stacks, :func:`images_per_unit`)."""
     row = dict.fromkeys(SPARSE_TERMS, 0.0)
     row["call"] = 1.0
     N, bytes_ = layer.batch, layer.dtype_bytes
@@ -405,12 +508,16 @@ def sparse_features(
         else:
             row["linear_flops"] = 2.0 * N * nonzeros
         return row
-    geometry = sparse_conv_geometry(layer, vector_width)
+    # The kernel works on units of `stack` images (small images stacked, from batch 2);
+    # U units, the last one possibly short of images but computed whole.
+    stack = layer_images_per_unit(layer, vector_width, threads)
+    geometry = sparse_conv_geometry(layer, vector_width, stack)
+    U = _ceil_div(N, stack)
     # Stride 1 packs rows with memcpy; a stride splits every row into phase planes, element
     # by element.
     strided = layer.stride != (1, 1)
     row["strided_pack_bytes" if strided else "pack_bytes"] = float(
-        N * geometry.packed_floats * bytes_
+        U * geometry.packed_floats * bytes_
     )
     outputs = layer.out_channels * layer.out_height * layer.out_width
     row["output_bytes"] = float(N * outputs * bytes_)
@@ -425,10 +532,10 @@ def sparse_features(
     tiles = len(geometry.pair_tile_vectors) if pairs else geometry.tiles
     # Each non-zero of a group's output channel meets every output vector of that channel once;
     # a shared column loads its input vectors once for both rows' FMAs.
-    vector_bytes = N * geometry.effective_vectors(latency_vectors, pairs) * vector_width * bytes_
+    vector_bytes = U * geometry.effective_vectors(latency_vectors, pairs) * vector_width * bytes_
     row["inner_loop_bytes"] = nonzeros * (1.0 - shared) * vector_bytes
     row["pair_loop_bytes"] = nonzeros * shared / 2.0 * vector_bytes
-    row["nonzero_visits"] = nonzeros * (1.0 - shared / 2.0) * N * tiles
+    row["nonzero_visits"] = nonzeros * (1.0 - shared / 2.0) * U * tiles
     # Once per call, not per image: the CSR's trip from memory (the fitted rate takes whatever
     # a call costs per non-zero; older kernels also read every column index in a check).
     row["call_nonzeros"] = nonzeros
@@ -436,7 +543,7 @@ def sparse_features(
     # the density (NB: empty CSR segments are assumed to cost the same as short ones).
     if geometry.channel_blocks > 1:
         row["partial_sum_bytes"] = float(
-            N
+            U
             * layer.out_channels
             * geometry.nvec
             * vector_width
@@ -447,7 +554,7 @@ def sparse_features(
     # Starting and finishing a tile for every output channel in every channel block.
     # (A row pair's tile cut in two sets up as many accumulators: counted as one, so that the
     # fixed costs do not depend on the density.)
-    row["tile_setups"] = float(N * layer.out_channels * geometry.tiles * geometry.channel_blocks)
+    row["tile_setups"] = float(U * layer.out_channels * geometry.tiles * geometry.channel_blocks)
     # A call's input and output stay in the cores' L2 from one call (or layer) to the next
     # while they fit; the bytes beyond it are packed from and written to L3 or DRAM.
     if cache_bytes is not None:
@@ -553,6 +660,7 @@ class RefinedRoofline(RooflineModel):
         row = sparse_features(
             layer, density, refined.vector_width, refined.sparse.fma_latency_vectors,
             refined.cache_bytes, row_pairs=refined.sparse.pair_loop_bytes_per_s is not None,
+            threads=refined.threads,
         )  # fmt: skip
         fixed = _dot(coefficients, row, SPARSE_FIXED_TERMS)
         variable = _dot(coefficients, row, SPARSE_VARIABLE_TERMS)

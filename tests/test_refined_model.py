@@ -39,6 +39,7 @@ from perfmodel.hardware import (
 from perfmodel.refined import (
     PAIR_MIN_SHARE,
     SPARSE_VARIABLE_TERMS,
+    layer_images_per_unit,
     native_dense_time_s,
     onednn_dense_time_s,
     pair_pieces,
@@ -273,6 +274,30 @@ def test_latency_floor_counts_short_tiles_as_longer():
     assert geometry.effective_vectors(1.0) == 2.0
     assert geometry.effective_vectors(4.0) == 4.0
     assert sparse_conv_geometry(CONV3).tile_vectors == (12,)  # 13×14 outputs = 12 vectors
+
+
+def test_small_images_are_charged_as_the_kernel_stacks_them():
+    """At batch 32, 4×4 images run as 8 units of 4 images (one 6-vector tile each, 19
+    output rows of 5), so the per-unit terms count 8 units of that geometry, not 32 images
+    of 2-vector tiles; outputs stay 32 images' worth. CONV3 (12 vectors an image) is not
+    stacked."""
+    small = Conv2dSpec(name="c4", in_channels=512, out_channels=512, in_height=4, in_width=4,
+                       kernel=3, padding=1, batch=32)  # fmt: skip
+    assert layer_images_per_unit(small) == 4
+    unit = sparse_conv_geometry(small, 16, 4)
+    assert unit.tile_vectors == (6,) and unit.nvec == 6  # (3·5 + 4)·5 = 95 outputs
+    row = sparse_features(small, 0.1, latency_vectors=1.0, row_pairs=False)
+    nonzeros = 0.1 * small.weight_count
+    assert row["inner_loop_bytes"] == pytest.approx(nonzeros * 8 * 6 * 16 * 4)
+    assert row["nonzero_visits"] == pytest.approx(nonzeros * 8)
+    assert row["tile_setups"] == 8 * 512 * unit.channel_blocks
+    assert row["output_bytes"] == 32 * 512 * 4 * 4 * 4
+    # Stacked, the 4×4 layer is predicted faster than 32 images one at a time would be.
+    hw = refined_profile()
+    one_at_a_time = 32 * MODEL.sparse_time(small.with_batch(1), hw, 0.1).total_s
+    assert MODEL.sparse_time(small, hw, 0.1).total_s < 0.8 * one_at_a_time
+    assert layer_images_per_unit(CONV3.with_batch(32)) == 1
+    assert layer_images_per_unit(small.with_batch(1)) == 1
 
 
 def test_profile_from_a_newer_version_is_refused_with_a_reason():

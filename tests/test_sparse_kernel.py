@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.sparse import conv_layout, conv_weight_to_csr, native, sparse_conv2d
+from perfmodel.refined import STACK_MAX_VECTORS, images_per_unit
 
 RTOL, ATOL = 1e-4, 1e-5
 IMPLEMENTATIONS = ["reference", pytest.param("native", marks=pytest.mark.native)]
@@ -28,6 +29,10 @@ CASES = {
     "odd": (3, 5, 7, 17, 3, (3, 2), (2, 3), (1, 2), (2, 1), 1),
     "batch32": (32, 6, 8, 8, 10, (3, 3), (1, 1), (1, 1), (1, 1), 2),
     "batch35": (35, 4, 6, 9, 5, (3, 3), (2, 1), (1, 0), (1, 1), 1),
+    # Small images the native kernel stacks (perfmodel.refined.images_per_unit).
+    "stacked": (7, 8, 4, 4, 10, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+    "stacked-1x1-pad": (5, 4, 3, 3, 6, (1, 1), (1, 1), (1, 1), (1, 1), 1),
+    "stacked-strided": (6, 4, 7, 6, 4, (3, 3), (2, 2), (2, 1), (2, 1), 1),
 }
 SPARSITIES = [0.0, 0.5, 0.99, 1.0]
 
@@ -100,6 +105,92 @@ def test_native_batch_layouts_and_threads(batch, threads, batch_layout, row_pair
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
+
+
+def _stack(batch, threads, *geometry):
+    """Images per unit the op gives the native kernel for this problem (``geometry``: as
+    :func:`conv_layout` takes it)."""
+    layout = conv_layout(*geometry)
+    return images_per_unit(
+        batch, layout.out_height, layout.out_step, layout.row_pitch, native.load().vector_width(),
+        threads,
+    )  # fmt: skip
+
+
+# (channels, height, width, out_channels, kernel, stride, padding, dilation, groups): small
+# images, stacked from batch 2 (3×3 on 4×4: 2 vectors each, 2×2, 1×1 with padding (outputs on
+# the padding rows), stride 2 with dilation, 5×5 on 3×3 (the kernel wider than the image).
+STACKED_LAYERS = [
+    (16, 4, 4, 12, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (8, 2, 2, 8, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+    (6, 3, 3, 6, (1, 1), (1, 1), (2, 1), (1, 1), 1),
+    (5, 7, 6, 4, (3, 3), (2, 2), (2, 1), (2, 1), 1),
+    (4, 3, 3, 6, (5, 5), (1, 1), (2, 2), (1, 1), 1),
+]
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [2, 3, 4, 9, 32, 33])
+def test_native_stacked_small_images(batch, threads, native_kernel):
+    """Small images stacked into units (a last unit short of images included): every image's
+    output matches F.conv2d, one and two rows at a time, with ReLU, and again after calls
+    with other stacks have left their data in the thread's packing buffer."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    stacked = 0
+    try:
+        for seed, (C, H, W, K, kernel, stride, padding, dilation, groups) in enumerate(
+            STACKED_LAYERS * 2  # twice: each layout again after the others
+        ):
+            case = (batch, C, H, W, K, kernel, stride, padding, dilation, groups)
+            x, weight, bias, geometry = _problem(case, 0.5, seed=seed, bias=True)
+            csr = conv_weight_to_csr(weight, groups)
+            expected = F.conv2d(x, weight, bias, groups=groups, **geometry)
+            stacked += _stack(batch, threads, C // groups, H, W, kernel, stride, padding,
+                              dilation) > 1  # fmt: skip
+            for relu, row_pairs in ((False, False), (True, None), (False, True)):
+                if row_pairs and (K // groups) % 2:
+                    continue
+                out = sparse_conv2d(
+                    x, csr, bias, fuse_relu=relu, row_pairs=row_pairs, **geometry
+                )
+                torch.testing.assert_close(
+                    out, expected.relu() if relu else expected, rtol=RTOL, atol=ATOL
+                )
+    finally:
+        torch.set_num_threads(previous)
+    # Two images on two threads stay apart (one each); otherwise every layer stacks.
+    assert stacked == (0 if (batch, threads) == (2, 2) else 2 * len(STACKED_LAYERS))
+
+
+@pytest.mark.parametrize(
+    ("batch", "threads", "expected"),
+    [
+        (1, 1, 1),  # nothing to stack
+        (2, 1, 2),
+        (2, 2, 1),  # one image per thread beats one stacked unit split by channels
+        (3, 2, 3),  # 3 images on 2 threads are split by channels anyway: stack them
+        (4, 2, 2),  # two units of two, one per thread (not 3 + 1)
+        (32, 1, 4),  # 6 vectors a unit: the cost floor, fewest empty slots
+        (32, 2, 4),
+    ],
+)
+def test_images_per_unit_on_4x4_images(batch, threads, expected):
+    """512→512 3×3 on 4×4 (VGG-16 CIFAR's conv4): 5 rows of 5 floats an image (2 vectors),
+    an image every 5 output rows."""
+    assert images_per_unit(batch, 4, 5, 5, 16, threads) == expected
+
+
+def test_images_per_unit_thresholds():
+    # 8×8 images (5 vectors) are not stacked; 2×2 (1 vector) stack to the most that pay.
+    assert images_per_unit(32, 8, 9, 9, 16, 1) == 1
+    assert images_per_unit(32, 2, 3, 3, 16, 1) == 16  # 9 vectors, two units
+    # No stack exceeds STACK_MAX_VECTORS, and a last unit short of images is avoided.
+    for batch in range(2, 70):
+        stack = images_per_unit(batch, 2, 3, 3, 16, 1)
+        assert -(-((stack - 1) * 3 + 2) * 3 // 16) <= STACK_MAX_VECTORS
+        assert stack <= batch
 
 
 # Two layers (geometry, a middle row, sparsity): 96→32 5×5 on 27×27 in 2 groups (3 channel
@@ -290,12 +381,15 @@ def test_native_random_geometry(
         (3, 227, 227, (11, 11), (4, 4), (0, 0), (1, 1)),
         (5, 7, 12, (3, 2), (2, 3), (1, 2), (2, 1)),
         (2, 1, 1, (1, 1), (1, 1), (0, 0), (1, 1)),
+        (3, 3, 3, (1, 1), (1, 1), (2, 1), (1, 1)),
+        (4, 3, 3, (5, 5), (1, 1), (2, 2), (1, 1)),
     ],
 )
-def test_python_layout_agrees_with_native(geometry, native_kernel):
+@pytest.mark.parametrize("stack", [1, 2, 5])
+def test_python_layout_agrees_with_native(geometry, stack, native_kernel):
     C, H, W, kernel, stride, padding, dilation = geometry
-    layout = conv_layout(C, H, W, kernel, stride, padding, dilation)
-    native_numbers = native_kernel.conv_layout(C, H, W, kernel, stride, padding, dilation)
+    layout = conv_layout(C, H, W, kernel, stride, padding, dilation, stack)
+    native_numbers = native_kernel.conv_layout(C, H, W, kernel, stride, padding, dilation, stack)
     assert list(native_numbers) == [
         layout.out_height,
         layout.out_width,
@@ -303,7 +397,13 @@ def test_python_layout_agrees_with_native(geometry, native_kernel):
         layout.row_pitch,
         layout.plane,
         layout.flat_outputs,
+        layout.row_step,
+        layout.out_step,
     ]
+    # Stacked images are a whole number of strides apart, their outputs never overlap, and
+    # the rows between them are at least the padding (so each image's outputs see zeros).
+    assert layout.row_step % stride[0] == 0 and layout.out_step >= layout.out_height
+    assert layout.row_step - H >= padding[0]
 
 
 @pytest.mark.native
@@ -314,7 +414,11 @@ def test_performance_model_mirrors_the_kernels_blocking(native_kernel):
     from model.calibration import CALIBRATION_LAYERS
     from model.validation import VALIDATION_LAYERS
     from perfmodel.layers import Conv2dSpec
-    from perfmodel.refined import PAIR_TILE_VECTORS, sparse_conv_geometry
+    from perfmodel.refined import (
+        PAIR_TILE_VECTORS,
+        layer_images_per_unit,
+        sparse_conv_geometry,
+    )
 
     if os.environ.get("SWEETSPOT_L1_FLOATS"):
         pytest.skip("SWEETSPOT_L1_FLOATS retunes the kernel's blocking; the mirror has the default")
@@ -333,17 +437,23 @@ def test_performance_model_mirrors_the_kernels_blocking(native_kernel):
     assert len(layers) > 80
     width = native_kernel.vector_width()
     assert PAIR_TILE_VECTORS[width] == native_kernel.pair_tile()  # a row pair's widest tile
+    stacked = 0
     for spec in layers:
         C = spec.in_channels // spec.groups
-        numbers = native_kernel.conv_blocking(
-            C, spec.in_height, spec.in_width, list(spec.kernel), list(spec.stride),
-            list(spec.padding), list(spec.dilation), spec.out_channels,
-        )  # fmt: skip
-        geometry = sparse_conv_geometry(spec, width)
-        assert (geometry.channel_blocks, geometry.tile_vectors) == (
-            numbers[0],
-            tuple(numbers[2:]),
-        ), spec
+        # One image, and the units of small images stacked at batch 32 (1 and 2 threads).
+        stacks = {1, *(layer_images_per_unit(spec.with_batch(32), width, t) for t in (1, 2))}
+        stacked += max(stacks) > 1
+        for stack in sorted(stacks):
+            numbers = native_kernel.conv_blocking(
+                C, spec.in_height, spec.in_width, list(spec.kernel), list(spec.stride),
+                list(spec.padding), list(spec.dilation), spec.out_channels, stack,
+            )  # fmt: skip
+            geometry = sparse_conv_geometry(spec, width, stack)
+            assert (geometry.channel_blocks, geometry.tile_vectors) == (
+                numbers[0],
+                tuple(numbers[2:]),
+            ), (spec, stack)
+    assert stacked > 10
 
 
 def test_csr_round_trip_and_offsets():
@@ -505,6 +615,15 @@ def test_native_op_checks_its_arguments(native_kernel):
         op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **{**args, "groups": 2})
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         op(x[:, :, :2, :2].contiguous(), csr.values, offsets, csr.row_ptr, None, relu=False, **args)
+    with pytest.raises(RuntimeError, match="stack must be >= 1"):
+        op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **args, stack=0)
+    with pytest.raises(RuntimeError, match="batch-blocked layout does not stack"):
+        op(x, csr.values, offsets, csr.row_ptr, None, relu=False, mode=2, **args, stack=2)
+    # Offsets computed for one image are out of range for (or wrong in) a taller unit's
+    # layout only where they must be: with the unit's own offsets, a stack of 2 is right.
+    tall = csr.input_offsets(conv_layout(3, 8, 8, (3, 3), stack=2))
+    stacked = op(x, csr.values, tall, csr.row_ptr, None, relu=False, **args, stack=2)
+    torch.testing.assert_close(stacked, F.conv2d(x, csr.to_dense()), rtol=RTOL, atol=ATOL)
     # Row pairs: all three arrays or none, two values per shared column, one pointer per pair.
     pairs = csr.row_pairs()
     own, shared = pairs.input_offsets(layout)

@@ -14,6 +14,9 @@ by ``Wph`` columns; padded element ``(h, w)`` sits at
 ``((h % sh)·sw + w % sw)·Hph·Wph + (h // sh)·Wph + w // sw``. The padded row pitch
 ``Wph·sw ≥ W + pad_w`` (and ``Wph ≥ Q``) shares one row's right padding with the next row's
 left padding, and each phase plane has one extra zero row so such reads stay in zeros.
+A layout may hold ``stack`` images one above the other (small images at batch > 1, see
+:func:`perfmodel.refined.images_per_unit`): image ``j``'s rows start ``j·row_step`` padded
+rows down, its outputs ``j·out_step`` output rows down; the rows between are zeros.
 
 Row pairs (:class:`RowPairs`): output channels ``2q`` and ``2q + 1`` share the columns both
 use, so the kernel loads each such input vector once for both rows' FMAs; every other non-zero
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from perfmodel.refined import PAIR_MIN_SHARE
+from perfmodel.refined import PAIR_MIN_SHARE, row_pitch, stack_steps
 
 Pair = tuple[int, int]
 
@@ -54,7 +57,10 @@ class ConvLayout:
     phase_rows: int  # Hph, including the extra zero row
     row_pitch: int  # Wph: the flattened output has Q valid outputs in every Wph
     plane: int  # elements per input channel: sh·sw·Hph·Wph
-    flat_outputs: int  # M = P·Wph
+    flat_outputs: int  # M = ((stack − 1)·out_step + P)·Wph
+    stack: int = 1  # images per unit, one above the other
+    row_step: int = 0  # padded input rows from one stacked image to the next
+    out_step: int = 0  # output rows from one stacked image to the next
 
     @property
     def phase_plane(self) -> int:
@@ -69,8 +75,10 @@ def conv_layout(
     stride: Pair = (1, 1),
     padding: Pair = (0, 0),
     dilation: Pair = (1, 1),
+    stack: int = 1,
 ) -> ConvLayout:
-    """The padded layout for ``channels`` input channels (of one group) of ``height × width``.
+    """The padded layout for ``channels`` input channels (of one group) of ``height × width``,
+    ``stack`` images one above the other.
 
     Raises:
         ValueError: when the kernel does not fit the padded input.
@@ -83,14 +91,18 @@ def conv_layout(
             f"kernel {kernel} with dilation {dilation} does not fit the input "
             f"{height}x{width} padded by {padding}"
         )
-    # Row pitch: the right padding is shared with the next row's left padding, and a row
-    # holds at least the Q outputs (1×1 kernels with padding have Q > W + pad).
-    Wph = max(_ceil_div(width + pw, sw), Q)
-    Hph = _ceil_div(height + 2 * ph, sh) + 1  # + one zero row for reads that wrap
+    # The row pitch shares one row's right padding with the next row's left padding; stacked
+    # images are row_step padded rows apart (perfmodel.refined, the kernel's mirror).
+    Wph = row_pitch(width, Q, pw, sw)
+    row_step, out_step = stack_steps(height, P, R, sh, ph, dh)
+    tall = (stack - 1) * row_step + height
+    Hph = _ceil_div(tall + 2 * ph, sh) + 1  # + one zero row for reads that wrap
     plane = sh * sw * Hph * Wph
+    M = ((stack - 1) * out_step + P) * Wph
     return ConvLayout(
-        channels, height, width, kernel, stride, padding, dilation, P, Q, Hph, Wph, plane, P * Wph
-    )
+        channels, height, width, kernel, stride, padding, dilation, P, Q, Hph, Wph, plane, M,
+        stack, row_step, out_step,
+    )  # fmt: skip
 
 
 def _kernel_offsets(kernel_index: torch.Tensor, kernel: Pair, layout: ConvLayout) -> torch.Tensor:

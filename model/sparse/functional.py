@@ -14,7 +14,8 @@ from typing import Literal
 import torch
 
 from model.sparse import native, reference
-from model.sparse.csr import ConvCSR, LinearCSR, Pair, conv_layout
+from model.sparse.csr import ConvCSR, ConvLayout, LinearCSR, Pair, conv_layout
+from perfmodel.refined import images_per_unit
 
 Implementation = Literal["auto", "native", "reference"]
 BatchLayout = Literal["auto", "spatial", "blocked"]
@@ -54,6 +55,22 @@ def _check_tensor(x: object, what: str, dims: int | None = None) -> torch.Tensor
 _conv_layout = functools.lru_cache(maxsize=1024)(conv_layout)
 
 
+@functools.lru_cache(maxsize=1024)
+def _stacked_layout(
+    layout: ConvLayout, batch: int, vector_width: int, threads: int
+) -> ConvLayout:
+    """``layout`` for the native kernel's units: small images stacked at batch > 1."""
+    stack = images_per_unit(
+        batch, layout.out_height, layout.out_step, layout.row_pitch, vector_width, threads
+    )
+    if stack == 1:
+        return layout
+    return _conv_layout(
+        layout.channels, layout.height, layout.width, layout.kernel, layout.stride,
+        layout.padding, layout.dilation, stack,
+    )  # fmt: skip
+
+
 def _check_bias(bias: torch.Tensor | None, dimension: str, expected: int) -> None:
     if bias is None:
         return
@@ -73,7 +90,7 @@ def _module(implementation: Implementation):  # -> ModuleType | None
     if module is None and implementation == "native":
         raise RuntimeError(
             f"native sparse kernel unavailable: {native.kernel_info().reason}; "
-            "use implementation='reference' or fix the build (python -m model.sparse.native)"
+            "use implementation='reference' or fix the build (python -m model.sparse)"
         )
     return module
 
@@ -151,6 +168,10 @@ def sparse_conv2d(
     if module is None:
         with torch.no_grad():
             return reference.sparse_conv2d(input, weight, layout, bias, fuse_relu)
+    if batch_layout != "blocked":
+        layout = _stacked_layout(
+            layout, input.shape[0], _vector_width(module), torch.get_num_threads()
+        )
     if row_pairs or (row_pairs is None and weight.pairs_pay()):
         pairs = weight.row_pairs()
         assert pairs is not None
@@ -176,7 +197,13 @@ def sparse_conv2d(
         fuse_relu,
         _BATCH_LAYOUTS[batch_layout],
         *pair_args,
+        layout.stack,
     )
+
+
+@functools.cache
+def _vector_width(module) -> int:  # module: the loaded extension
+    return int(module.vector_width())
 
 
 _COLS16: weakref.WeakKeyDictionary[LinearCSR, tuple[torch.Tensor, torch.Tensor]] = (

@@ -125,34 +125,50 @@ constexpr int64_t kPrefetchFloats = 128;
 constexpr bool kBlockedByDefault = false;
 
 // ---------------------------------------------------------------------------------------
+// A unit (what one packing buffer holds) is `stack` images one above the other: image j's
+// rows start `row_step` input rows (`out_step` output rows) below image j − 1's, the zero
+// rows between them serving as both images' padding; the output rows in between are
+// discarded like the padded columns. Small images stacked fill bigger register tiles
+// (docs/sparse-kernel.md, "stacking small images").
 struct Layout {
-  int64_t C, H, W;         // input channels of ONE group, input height/width
+  int64_t C, H, W;         // input channels of ONE group, input height/width of one image
   int64_t R, S;            // kernel
   int64_t sh, sw, ph, pw, dh, dw;
-  int64_t P, Q;            // output height/width
+  int64_t P, Q;            // output height/width of one image
+  int64_t stack;           // images per unit
+  int64_t row_step;        // input rows from one stacked image to the next (a multiple of sh)
+  int64_t out_step;        // output rows from one stacked image to the next: row_step / sh
   int64_t Hph, Wph;        // rows (incl. one extra zero row) and columns of a phase plane
   int64_t phase_plane;     // Hph·Wph
-  int64_t plane;           // sh·sw·phase_plane: elements per input channel
-  int64_t M;               // P·Wph: flattened outputs per channel (Q valid of every Wph)
+  int64_t plane;           // sh·sw·phase_plane: elements per input channel of a unit
+  int64_t M;               // ((stack − 1)·out_step + P)·Wph: flattened outputs per channel
 };
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 Layout make_layout(int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh,
-                   int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+                   int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                   int64_t stack = 1) {
   Layout L{};
   L.C = C; L.H = H; L.W = W; L.R = R; L.S = S;
   L.sh = sh; L.sw = sw; L.ph = ph; L.pw = pw; L.dh = dh; L.dw = dw;
   L.P = (H + 2 * ph - dh * (R - 1) - 1) / sh + 1;
   L.Q = (W + 2 * pw - dw * (S - 1) - 1) / sw + 1;
-  const int64_t hpad = H + 2 * ph;
+  // Zero rows between stacked images: the `ph` above the next image, and the rows below this
+  // one that its last outputs read; from image to image a multiple of the stride, and at
+  // least P output rows (a 1×1 kernel with padding has outputs on its padding rows).
+  const int64_t below = std::max<int64_t>(0, (L.P - 1) * sh + (R - 1) * dh - ph - (H - 1));
+  L.stack = stack;
+  L.row_step = ceil_div(std::max(H + std::max(ph, below), L.P * sh), sh) * sh;
+  L.out_step = L.row_step / sh;
+  const int64_t hpad = (stack - 1) * L.row_step + H + 2 * ph;
   // Row pitch: shares one row's right padding with the next row's left padding, and holds
   // at least the Q outputs of a row (1×1 kernels with padding have Q > W + pad).
   L.Hph = ceil_div(hpad, sh) + 1;
   L.Wph = std::max(ceil_div(W + pw, sw), L.Q);
   L.phase_plane = L.Hph * L.Wph;
   L.plane = sh * sw * L.phase_plane;
-  L.M = L.P * L.Wph;
+  L.M = ((stack - 1) * L.out_step + L.P) * L.Wph;
   return L;
 }
 
@@ -178,15 +194,16 @@ inline void copy_row(float* __restrict d, const float* __restrict s, int64_t n, 
 }
 
 // Pack channels [c0, c1) of one image (src: (C_total, H, W) contiguous) into dst (already
-// zeroed), element stride `lanes` (1 = spatial, VW = blocked lane `lane`).
+// zeroed) as stacked image `slot` of its unit, element stride `lanes` (1 = spatial, VW =
+// blocked lane `lane`).
 void pack_channels(const float* src, float* dst, const Layout& L, int64_t c0, int64_t c1,
-                   int64_t lanes, int64_t lane) {
+                   int64_t lanes, int64_t lane, int64_t slot = 0) {
   const int64_t HW = L.H * L.W;
   for (int64_t c = c0; c < c1; ++c) {
     const float* s = src + c * HW;
     float* d = dst + c * L.plane * lanes;
     for (int64_t h = 0; h < L.H; ++h) {
-      const int64_t hp = h + L.ph;
+      const int64_t hp = h + L.ph + slot * L.row_step;
       const int64_t row = ((hp % L.sh) * L.sw) * L.phase_plane + (hp / L.sh) * L.Wph;
       const float* sr = s + h * L.W;
       if (L.sw == 1) {
@@ -525,17 +542,21 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
 
 inline float relu_if(float x, bool relu) { return (relu && x < 0.f) ? 0.f : x; }
 
-// Spatial emit: vectors [v0, v1) of output channel k hold flattened outputs o = y·Wph + x;
-// keep x < Q (the rest are the discarded columns) and write them to out_img (K, P, Q).
+// Spatial emit: vectors [v0, v1) of output channel k hold flattened outputs o = t·Wph + x
+// of the unit's output row t = j·out_step + y (stacked image j, its row y); keep x < Q and
+// y < P (the rest are discarded columns and rows between images) of the unit's first `images`
+// images and write them to out_imgs, (images, K_total, P, Q).
 void emit_spatial(const ConvArgs& a, const Layout& L, int64_t k, int64_t v0, int64_t v1,
-                  const float* acc, float* out_img) {
+                  const float* acc, float* out_imgs, int64_t images) {
   const int64_t o0 = v0 * VW, o1 = std::min(v1 * VW, L.M);
-  float* out = out_img + k * L.P * L.Q;
-  for (int64_t y = o0 / L.Wph; y * L.Wph < o1; ++y) {
-    const int64_t x0 = std::max<int64_t>(0, o0 - y * L.Wph);
-    const int64_t x1 = std::min<int64_t>(L.Q, o1 - y * L.Wph);
-    const float* r = acc + (y * L.Wph - o0);
-    float* o = out + y * L.Q;
+  const int64_t image = a.Ktot * L.P * L.Q;
+  for (int64_t t = o0 / L.Wph; t * L.Wph < o1; ++t) {
+    const int64_t j = t / L.out_step, y = t % L.out_step;
+    if (y >= L.P || j >= images) continue;
+    const int64_t x0 = std::max<int64_t>(0, o0 - t * L.Wph);
+    const int64_t x1 = std::min<int64_t>(L.Q, o1 - t * L.Wph);
+    const float* r = acc + (t * L.Wph - o0);
+    float* o = out_imgs + j * image + (k * L.P + y) * L.Q;
     copy_row(o + x0, r + x0, x1 - x0, a.relu);
   }
 }
@@ -635,12 +656,14 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
   const int64_t Ctot = a.groups * L.C;
   const int64_t in_img = Ctot * L.H * L.W;
   const int64_t out_img = a.Ktot * L.P * L.Q;
-  const std::vector<int64_t> key{Ctot, L.H, L.W, L.sh, L.sw, L.ph, L.pw, L.Hph, L.Wph};
+  const std::vector<int64_t> key{Ctot, L.H, L.W, L.sh, L.sw, L.ph, L.pw, L.Hph, L.Wph, L.stack,
+                                 L.row_step};
   const Blocking bs = make_blocking(L, 1, a.Ktot);
   const Blocking bb = make_blocking(L, VW, a.Ktot);
 
-  // Batch-blocked mode for full blocks of VW images (threshold: docs/sparse-kernel.md).
-  const bool use_blocked = mode == 2 || (mode == 0 && kBlockedByDefault);
+  // Batch-blocked mode for full blocks of VW images (threshold: docs/sparse-kernel.md); its
+  // units interleave images, so they are never stacked.
+  const bool use_blocked = L.stack == 1 && (mode == 2 || (mode == 0 && kBlockedByDefault));
   const int64_t nblocks = use_blocked ? N / VW : 0;
   const int64_t nspatial = N - nblocks * VW;
 
@@ -689,39 +712,51 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
     }
   }
 
-  // ---- spatial units (single images) ----
+  // ---- spatial units (L.stack images each, the last one possibly fewer) ----
   if (nspatial > 0) {
     const int64_t first = nblocks * VW;
+    const int64_t units = ceil_div(nspatial, L.stack);
     const int64_t elems = spatial_buf_elems(L, a.groups);
-    if (unit_parallel(nspatial)) {
-      at::parallel_for(0, nspatial, 1, [&](int64_t i0, int64_t i1) {
+    // Images of unit u: [n0, n0 + count). A unit short of images computes the stale rows a
+    // previous unit left in the missing slots, which no output of its images reads (the zero
+    // rows between images are never written), and emits nothing for them.
+    auto unit_images = [&](int64_t u, int64_t& n0) {
+      n0 = first + u * L.stack;
+      return std::min(L.stack, first + nspatial - n0);
+    };
+    if (unit_parallel(units)) {
+      at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
         float* partial = tl_partial.get(a.Ktot * bs.pitch * VW);
         int64_t* cursor = cursors(a.Ktot);
         float* buf = tl_pack.packing(elems, key);  // pads stay zero across images
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t n = first + i;
-          pack_channels(a.input + n * in_img, buf, L, 0, Ctot, 1, 0);
-          float* out = a.output + n * out_img;
+        for (int64_t u = u0; u < u1; ++u) {
+          int64_t n0;
+          const int64_t count = unit_images(u, n0);
+          for (int64_t j = 0; j < count; ++j)
+            pack_channels(a.input + (n0 + j) * in_img, buf, L, 0, Ctot, 1, 0, j);
+          float* out = a.output + n0 * out_img;
           compute_unit<1>(a, L, bs, buf, 0, a.Ktot, partial, cursor,
                           [&](int64_t k, int64_t v0, int64_t v1, const float* acc) {
-                            emit_spatial(a, L, k, v0, v1, acc, out);
+                            emit_spatial(a, L, k, v0, v1, acc, out, count);
                           });
         }
       });
     } else {
       float* buf = tl_pack.packing(elems, key);
-      for (int64_t i = 0; i < nspatial; ++i) {
-        const int64_t n = first + i;
+      for (int64_t u = 0; u < units; ++u) {
+        int64_t n0;
+        const int64_t count = unit_images(u, n0);
         at::parallel_for(0, Ctot, 1, [&](int64_t c0, int64_t c1) {
-          pack_channels(a.input + n * in_img, buf, L, c0, c1, 1, 0);
+          for (int64_t j = 0; j < count; ++j)
+            pack_channels(a.input + (n0 + j) * in_img, buf, L, c0, c1, 1, 0, j);
         });
-        float* out = a.output + n * out_img;
+        float* out = a.output + n0 * out_img;
         parallel_channels(a, [&](int64_t k0, int64_t k1) {
           float* partial = tl_partial.get((k1 - k0) * bs.pitch * VW);
           int64_t* cursor = cursors(k1 - k0);
           compute_unit<1>(a, L, bs, buf, k0, k1, partial, cursor,
                           [&](int64_t k, int64_t v0, int64_t v1, const float* acc) {
-                            emit_spatial(a, L, k, v0, v1, acc, out);
+                            emit_spatial(a, L, k, v0, v1, acc, out, count);
                           });
         });
       }
@@ -806,7 +841,8 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
                                  int64_t groups, bool relu, int64_t mode,
                                  const c10::optional<at::Tensor>& pair_values,
                                  const c10::optional<at::Tensor>& pair_offsets,
-                                 const c10::optional<at::Tensor>& pair_row_ptr) {
+                                 const c10::optional<at::Tensor>& pair_row_ptr,
+                                 int64_t stack) {
   TORCH_CHECK(input.dim() == 4, "sparse_conv2d: input must be 4-D (N, C, H, W), got ",
               input.dim(), "-D");
   TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_conv2d: input must be float32, got ",
@@ -824,8 +860,11 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   const int64_t N = input.size(0), Ctot = input.size(1), H = input.size(2), W = input.size(3);
   TORCH_CHECK(Ctot % groups == 0, "sparse_conv2d: groups=", groups,
               " must divide the input channels (", Ctot, ")");
+  TORCH_CHECK(stack >= 1, "sparse_conv2d: stack must be >= 1 images per unit, got ", stack);
+  TORCH_CHECK(stack == 1 || mode != 2,
+              "sparse_conv2d: the batch-blocked layout does not stack images (stack must be 1)");
   const Layout L = make_layout(Ctot / groups, H, W, kernel[0], kernel[1], stride[0], stride[1],
-                               padding[0], padding[1], dilation[0], dilation[1]);
+                               padding[0], padding[1], dilation[0], dilation[1], stack);
   TORCH_CHECK(L.P >= 1 && L.Q >= 1, "sparse_conv2d: kernel larger than the padded input ", H,
               "x", W);
   TORCH_CHECK(L.C * L.plane + L.M < (int64_t{1} << 31) / VW,
@@ -875,9 +914,10 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
 // (perfmodel.refined.sparse_conv_geometry) agrees.
 std::vector<int64_t> conv_blocking(int64_t C, int64_t H, int64_t W, std::vector<int64_t> kernel,
                                    std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                   std::vector<int64_t> dilation, int64_t out_channels) {
+                                   std::vector<int64_t> dilation, int64_t out_channels,
+                                   int64_t stack) {
   const Layout L = make_layout(C, H, W, kernel[0], kernel[1], stride[0], stride[1], padding[0],
-                               padding[1], dilation[0], dilation[1]);
+                               padding[1], dilation[0], dilation[1], stack);
   const Blocking b = make_blocking(L, 1, out_channels);
   std::vector<int64_t> numbers{b.nblocks, b.cblock};
   for (int64_t v0 = 0, v1; v0 < b.nvec; v0 = v1) {
@@ -890,10 +930,10 @@ std::vector<int64_t> conv_blocking(int64_t C, int64_t H, int64_t W, std::vector<
 // Layout numbers, for tests that check the Python layout (csr.conv_layout) agrees.
 std::vector<int64_t> conv_layout(int64_t C, int64_t H, int64_t W, std::vector<int64_t> kernel,
                                  std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                 std::vector<int64_t> dilation) {
+                                 std::vector<int64_t> dilation, int64_t stack) {
   const Layout L = make_layout(C, H, W, kernel[0], kernel[1], stride[0], stride[1], padding[0],
-                               padding[1], dilation[0], dilation[1]);
-  return {L.P, L.Q, L.Hph, L.Wph, L.plane, L.M};
+                               padding[1], dilation[0], dilation[1], stack);
+  return {L.P, L.Q, L.Hph, L.Wph, L.plane, L.M, L.row_step, L.out_step};
 }
 
 
@@ -1080,13 +1120,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias"), py::arg("out_channels"), py::arg("kernel"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("relu"),
         py::arg("mode") = 0, py::arg("pair_values") = py::none(),
-        py::arg("pair_offsets") = py::none(), py::arg("pair_row_ptr") = py::none());
+        py::arg("pair_offsets") = py::none(), py::arg("pair_row_ptr") = py::none(),
+        py::arg("stack") = 1);
   m.def("sparse_linear_forward", &sparse_linear_forward, "CSR × dense linear (fp32)",
         py::arg("input"), py::arg("values"), py::arg("cols"), py::arg("row_ptr"),
         py::arg("bias"), py::arg("out_features"), py::arg("relu"));
-  m.def("conv_layout", &conv_layout, "Padded layout numbers (P, Q, Hph, Wph, plane, M)");
+  m.def("conv_layout", &conv_layout,
+        "Padded layout numbers (P, Q, Hph, Wph, plane, M, row_step, out_step)", py::arg("C"),
+        py::arg("H"), py::arg("W"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("stack") = 1);
   m.def("conv_blocking", &conv_blocking,
-        "Cache blocking (channel blocks, channels per block, vectors of every register tile)");
+        "Cache blocking (channel blocks, channels per block, vectors of every register tile)",
+        py::arg("C"), py::arg("H"), py::arg("W"), py::arg("kernel"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("out_channels"), py::arg("stack") = 1);
   m.def("isa", &isa, "Instruction set the kernel was compiled for");
   m.def("vector_width", &vector_width, "Floats per vector register");
   m.def("pair_tile", &pair_tile, "Most output vectors of a row pair's register tile");
