@@ -78,6 +78,15 @@ LAYER_SETS: dict[str, tuple[BenchLayer, ...]] = {
         BenchLayer("res4 3x3", 256, 256, 14, 3, 1),
         BenchLayer("res5 3x3", 512, 512, 7, 3, 1),
     ),
+    # VGG-16 (CIFAR, Li et al.'s network) one 3×3 layer per stage: the late stages have the
+    # most weights on the smallest images (stacked by the kernel from batch 2).
+    "vgg16": (
+        BenchLayer("conv1_2", 64, 64, 32, 3, 1),
+        BenchLayer("conv2_2", 128, 128, 16, 3, 1),
+        BenchLayer("conv3_3", 256, 256, 8, 3, 1),
+        BenchLayer("conv4_3", 512, 512, 4, 3, 1),
+        BenchLayer("conv5_3", 512, 512, 2, 3, 1),
+    ),
     # AlexNet's fully connected layers (SparseLinear).
     "fc": (
         BenchLayer("fc6", 9216, 4096, 1, linear=True),

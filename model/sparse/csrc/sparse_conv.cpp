@@ -196,14 +196,25 @@ inline void copy_row(float* __restrict d, const float* __restrict s, int64_t n, 
 // Pack channels [c0, c1) of one image (src: (C_total, H, W) contiguous) into dst (already
 // zeroed) as stacked image `slot` of its unit, element stride `lanes` (1 = spatial, VW =
 // blocked lane `lane`).
-void pack_channels(const float* src, float* dst, const Layout& L, int64_t c0, int64_t c1,
-                   int64_t lanes, int64_t lane, int64_t slot = 0) {
+__attribute__((noinline)) void pack_channels(const float* src, float* dst, const Layout& L,
+                                             int64_t c0, int64_t c1, int64_t lanes,
+                                             int64_t lane, int64_t slot = 0) {
   const int64_t HW = L.H * L.W;
+  const int64_t top = L.ph + slot * L.row_step;  // padded row of the image's first row
+  if (L.sh == 1 && L.sw == 1 && lanes == 1) {  // rows stay rows: no phase arithmetic per row
+    const int64_t W = L.W, Wph = L.Wph;
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* s = src + c * HW;
+      float* d = dst + c * L.plane + top * Wph + L.pw;
+      for (int64_t h = 0; h < L.H; ++h) copy_row(d + h * Wph, s + h * W, W, false);
+    }
+    return;
+  }
   for (int64_t c = c0; c < c1; ++c) {
     const float* s = src + c * HW;
     float* d = dst + c * L.plane * lanes;
     for (int64_t h = 0; h < L.H; ++h) {
-      const int64_t hp = h + L.ph + slot * L.row_step;
+      const int64_t hp = h + top;
       const int64_t row = ((hp % L.sh) * L.sw) * L.phase_plane + (hp / L.sh) * L.Wph;
       const float* sr = s + h * L.W;
       if (L.sw == 1) {
@@ -549,15 +560,21 @@ inline float relu_if(float x, bool relu) { return (relu && x < 0.f) ? 0.f : x; }
 void emit_spatial(const ConvArgs& a, const Layout& L, int64_t k, int64_t v0, int64_t v1,
                   const float* acc, float* out_imgs, int64_t images) {
   const int64_t o0 = v0 * VW, o1 = std::min(v1 * VW, L.M);
-  const int64_t image = a.Ktot * L.P * L.Q;
-  for (int64_t t = o0 / L.Wph; t * L.Wph < o1; ++t) {
-    const int64_t j = t / L.out_step, y = t % L.out_step;
-    if (y >= L.P || j >= images) continue;
-    const int64_t x0 = std::max<int64_t>(0, o0 - t * L.Wph);
-    const int64_t x1 = std::min<int64_t>(L.Q, o1 - t * L.Wph);
-    const float* r = acc + (t * L.Wph - o0);
-    float* o = out_imgs + j * image + (k * L.P + y) * L.Q;
-    copy_row(o + x0, r + x0, x1 - x0, a.relu);
+  const int64_t P = L.P, Q = L.Q, Wph = L.Wph, step = L.out_step;
+  const bool relu = a.relu;
+  const int64_t first_row = o0 / Wph;
+  // (Divisions are dear here, once per channel and strip: only stacks need the second.)
+  const int64_t j0 = images > 1 ? first_row / step : 0;
+  for (int64_t j = j0; j < images && j * step * Wph < o1; ++j) {
+    const int64_t base = j * step;  // the unit's output row of image j's row 0
+    float* out = out_imgs + (j * a.Ktot + k) * P * Q;
+    for (int64_t y = std::max<int64_t>(0, first_row - base); y < P && (base + y) * Wph < o1;
+         ++y) {
+      const int64_t t = (base + y) * Wph;
+      const int64_t x0 = std::max<int64_t>(0, o0 - t);
+      const int64_t x1 = std::min<int64_t>(Q, o1 - t);
+      copy_row(out + y * Q + x0, acc + (t - o0) + x0, x1 - x0, relu);
+    }
   }
 }
 
