@@ -183,8 +183,10 @@ def test_images_per_unit_on_4x4_images(batch, threads, expected):
 
 
 def test_images_per_unit_thresholds():
-    # 8×8 images (5 vectors) are not stacked; 2×2 (1 vector) stack to the most that pay.
-    assert images_per_unit(32, 8, 9, 9, 16, 1) == 1
+    # 8×8 images (5 vectors) go in pairs, 16×16 (17 vectors) alone; 2×2 (1 vector) stack to
+    # the most that pay.
+    assert images_per_unit(32, 8, 9, 9, 16, 1) == 2
+    assert images_per_unit(32, 16, 17, 17, 16, 1) == 1
     assert images_per_unit(32, 2, 3, 3, 16, 1) == 16  # 9 vectors, two units
     # No stack exceeds STACK_MAX_VECTORS, and a last unit short of images is avoided.
     for batch in range(2, 70):
