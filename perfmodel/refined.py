@@ -36,18 +36,20 @@ is the faster of the two, and so is the prediction: ``min(t_dense, t_native)`` w
 Sparse time (direct sparse convolution, density ``x``; the geometry replicates the kernel's
 layout and cache blocking, :func:`sparse_conv_geometry`)::
 
-    fixed    = o_s + N·(packed input bytes)/B_pack + N·(output bytes)/B_out + P/B_partial
+    fixed    = o_s + U·(packed input bytes)/B_pack + N·(output bytes)/B_out + P/B_partial
                + (tile setups)/R_setup + max(0, S_A − L2)/B_cold
     variable = V·64 B/B_inner + V_pair·64 B/B_pair + T/R_visit + x·W/R_call
     t_sparse = fixed + variable
 
-with ``V = (1 − s)·x·N·W·Σ_tiles max(v, λ)`` vector loads, one per FMA (``W`` weights, ``v``
+The kernel works on ``U = ⌈N/g⌉`` units of ``g`` images (:func:`images_per_unit`: small
+images stacked one above the other from batch 2, else ``g = 1``); the geometry is a unit's.
+With ``V = (1 − s)·x·U·W·Σ_tiles max(v, λ)`` vector loads, one per FMA (``W`` weights, ``v``
 the output vectors of a register tile, the layout's padded columns included; below ``λ``
-vectors the FMA latency, not the loads, sets the pace), ``V_pair = (s/2)·x·N·W·Σ_tiles max(v,
+vectors the FMA latency, not the loads, sets the pace), ``V_pair = (s/2)·x·U·W·Σ_tiles max(v,
 λ)`` the loads of the columns a row pair shares, one per two FMAs (``s`` the share of such
 non-zeros: the density ``x`` for random sparsity where the kernel pairs rows, from
 ``PAIR_MIN_SHARE``, else 0; a pair's tiles are at most ``PAIR_TILE_VECTORS``),
-``T = (1 − s/2)·x·N·W·tiles`` visits (one per non-zero or shared column per register tile), ``P``
+``T = (1 − s/2)·x·U·W·tiles`` visits (one per non-zero or shared column per register tile), ``P``
 the bytes of partial sums reloaded per input-channel block and ``x·W/R_call`` one pass over the
 non-zeros per call whatever the batch (the CSR's first trip from memory; until the kernel
 checked the offsets inside its loop, also that check's pass over them). ``max(0, S_A − L2)``
@@ -215,11 +217,13 @@ def _round_up(value: int, multiple: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class SparseConvGeometry:
-    """What the direct sparse kernel does per image and per group, from the shapes alone.
+    """What the direct sparse kernel does per unit (an image, or small images stacked) and per
+    group, from the shapes alone.
 
     Mirrors ``make_layout``/``make_blocking``/``strip_end``/``tile_vectors`` of
     ``sparse_conv.cpp`` (spatial layout, the one ``auto`` uses): ``nvec`` output vectors per
-    channel (``P·Wph`` outputs, the row pitch includes padding columns), ``tiles`` register
+    channel (``P·Wph`` outputs of an image, the row pitch includes padding columns; a stack's
+    rows between images too), ``tiles`` register
     tiles per channel over all strips and ``tile_vectors`` the output vectors of each,
     ``channel_blocks`` (input-channel blocks of one group kept in L1), ``packed_floats`` (the
     padded input buffer of all groups) and ``pair_tile_vectors`` (the tiles cut into a row
