@@ -470,6 +470,10 @@ def test_csr_round_trip_and_offsets():
     assert offsets.dtype == torch.int32
     assert csr.input_offsets(layout) is offsets  # cached per layout
     assert int(offsets.max()) < 2 * layout.plane
+    stacked = conv_layout(2, 10, 10, (3, 3), padding=(1, 1), stack=3)
+    assert csr.input_offsets(stacked) is not offsets  # a stack is a layout of its own
+    with pytest.raises(ValueError, match="stack must be at least 1"):
+        conv_layout(2, 10, 10, (3, 3), stack=0)
 
 
 def test_row_pairs_split_the_weight_exactly():
@@ -617,8 +621,14 @@ def test_native_op_checks_its_arguments(native_kernel):
         op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **{**args, "groups": 2})
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         op(x[:, :, :2, :2].contiguous(), csr.values, offsets, csr.row_ptr, None, relu=False, **args)
-    with pytest.raises(RuntimeError, match="stack must be >= 1"):
-        op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **args, stack=0)
+    for stack in (0, -1, 3, 2**61):  # x holds 2 images
+        with pytest.raises(RuntimeError, match="stack must be from 1 to the batch size"):
+            op(x, csr.values, offsets, csr.row_ptr, None, relu=False, **args, stack=stack)
+    for stack in (0, 2**21, 2**61):  # the test helpers say so too, rather than overflow
+        with pytest.raises(RuntimeError, match="stack must be from 1 to 2"):
+            native_kernel.conv_layout(3, 8, 8, [3, 3], [1, 1], [0, 0], [1, 1], stack)
+        with pytest.raises(RuntimeError, match="stack must be from 1 to 2"):
+            native_kernel.conv_blocking(3, 8, 8, [3, 3], [1, 1], [0, 0], [1, 1], 4, stack)
     with pytest.raises(RuntimeError, match="batch-blocked layout does not stack"):
         op(x, csr.values, offsets, csr.row_ptr, None, relu=False, mode=2, **args, stack=2)
     # Offsets computed for one image are out of range for (or wrong in) a taller unit's

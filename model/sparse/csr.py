@@ -81,8 +81,10 @@ def conv_layout(
     ``stack`` images one above the other.
 
     Raises:
-        ValueError: when the kernel does not fit the padded input.
+        ValueError: when the kernel does not fit the padded input, or ``stack`` < 1.
     """
+    if stack < 1:
+        raise ValueError(f"stack must be at least 1 image per unit, got {stack}")
     (R, S), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     P = (height + 2 * ph - dh * (R - 1) - 1) // sh + 1
     Q = (width + 2 * pw - dw * (S - 1) - 1) // sw + 1

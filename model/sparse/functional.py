@@ -117,8 +117,10 @@ def sparse_conv2d(
         fuse_relu: apply ReLU to the output inside the op.
         implementation: ``auto``, ``native`` or ``reference``.
         batch_layout: native kernel only: ``spatial`` (vectors along each image's output
-            plane), ``blocked`` (16 images per vector for every full block of 16) or ``auto``
-            (spatial: faster on the development machine, docs/sparse-kernel.md).
+            plane; from batch 2, small images stacked one above the other,
+            :func:`perfmodel.refined.images_per_unit`), ``blocked`` (16 images per vector for
+            every full block of 16; never stacked) or ``auto`` (spatial: faster on the
+            development machine, docs/sparse-kernel.md).
         row_pairs: native kernel only: compute output channels two at a time, loading the
             input of the columns both use once (:class:`~model.sparse.csr.RowPairs`); ``None``
             decides by :meth:`ConvCSR.pairs_pay`. Needs an even number of output channels per

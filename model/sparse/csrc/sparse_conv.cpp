@@ -10,7 +10,8 @@
 // plane, flattened with row pitch Wph, is a contiguous range of input offsets: vectorise it
 // with broadcast-weight FMAs and keep several output vectors in registers. No im2col.
 //
-// Padded layout of one image (computed identically by model/sparse/csr.py::conv_layout):
+// Padded layout of one unit (computed identically by model/sparse/csr.py::conv_layout): one
+// image, or from batch 2 a few small images stacked one above the other (struct Layout):
 //   per input channel c, sh·sw "phase planes" (one per (h mod sh, w mod sw)), each of Hph
 //   rows × Wph columns. Padded element (h, w) lives at
 //     c·plane + ((h % sh)·sw + w % sw)·Hph·Wph + (h / sh)·Wph + w / sw.
@@ -18,7 +19,7 @@
 //   the left padding of the next (reads past Wrow wrap into the next row's zero left pad),
 //   and each phase plane ends in one extra zero row for the same reason.
 // Two storage modes use the same offsets:
-//   spatial  (LANES = 1):  one image, vectors run along the flattened output plane;
+//   spatial  (LANES = 1):  one unit, vectors run along the flattened output plane;
 //   blocked  (LANES = VW): VW images interleaved per element, vectors run across images
 //                          (all loads aligned, no wasted lanes) — used for batches ≥ VW.
 // The input is packed into this layout by the thread that uses it (padding fused into the
@@ -369,7 +370,8 @@ struct ConvArgs {
   std::atomic<bool>* bad;  // set when a row holds a column index outside the padded input
 };
 
-// Cache blocking of one unit (an image, or VW interleaved images): the flattened outputs of
+// Cache blocking of one unit (an image or stacked images, or VW interleaved images): the
+// flattened outputs of
 // every channel are cut into strips of `strip` vectors, the input channels of a group into
 // blocks of `cblock`, so that one channel block of one strip's input stays in L1 while all
 // output channels stream their CSR segments over it (RESEARCH.md §2: column blocks).
@@ -846,7 +848,7 @@ void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Te
     hi = h;
   }
   TORCH_CHECK(lo >= 0 && hi < max_offset, what, ": column index out of range [0, ", max_offset,
-              ") — were the offsets computed for this input size?");
+              ") — were the offsets computed for this input size (and stack)?");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -877,7 +879,9 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   const int64_t N = input.size(0), Ctot = input.size(1), H = input.size(2), W = input.size(3);
   TORCH_CHECK(Ctot % groups == 0, "sparse_conv2d: groups=", groups,
               " must divide the input channels (", Ctot, ")");
-  TORCH_CHECK(stack >= 1, "sparse_conv2d: stack must be >= 1 images per unit, got ", stack);
+  TORCH_CHECK(stack >= 1 && stack <= std::max<int64_t>(input.size(0), 1),
+              "sparse_conv2d: stack must be from 1 to the batch size (", input.size(0),
+              ") images per unit, got ", stack);
   TORCH_CHECK(stack == 1 || mode != 2,
               "sparse_conv2d: the batch-blocked layout does not stack images (stack must be 1)");
   const Layout L = make_layout(Ctot / groups, H, W, kernel[0], kernel[1], stride[0], stride[1],
@@ -921,8 +925,14 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
              output.data_ptr<float>(), groups, out_channels, out_channels / groups, relu, &bad};
   run_conv(a, L, N, mode);
   TORCH_CHECK(!bad.load(), "sparse_conv2d: column index out of range [0, ", L.C * L.plane,
-              ") — were the offsets computed for this input size?");
+              ") — were the offsets computed for this input size (and stack)?");
   return output;
+}
+
+// The test helpers below take any stack the op could get (it allows up to the batch size).
+void check_stack(int64_t stack) {
+  TORCH_CHECK(stack >= 1 && stack <= (int64_t{1} << 20), "stack must be from 1 to 2^20, got ",
+              stack);
 }
 
 // Cache blocking of the spatial layout for `out_channels` output channels in all:
@@ -933,6 +943,7 @@ std::vector<int64_t> conv_blocking(int64_t C, int64_t H, int64_t W, std::vector<
                                    std::vector<int64_t> stride, std::vector<int64_t> padding,
                                    std::vector<int64_t> dilation, int64_t out_channels,
                                    int64_t stack) {
+  check_stack(stack);
   const Layout L = make_layout(C, H, W, kernel[0], kernel[1], stride[0], stride[1], padding[0],
                                padding[1], dilation[0], dilation[1], stack);
   const Blocking b = make_blocking(L, 1, out_channels);
@@ -948,6 +959,7 @@ std::vector<int64_t> conv_blocking(int64_t C, int64_t H, int64_t W, std::vector<
 std::vector<int64_t> conv_layout(int64_t C, int64_t H, int64_t W, std::vector<int64_t> kernel,
                                  std::vector<int64_t> stride, std::vector<int64_t> padding,
                                  std::vector<int64_t> dilation, int64_t stack) {
+  check_stack(stack);
   const Layout L = make_layout(C, H, W, kernel[0], kernel[1], stride[0], stride[1], padding[0],
                                padding[1], dilation[0], dilation[1], stack);
   return {L.P, L.Q, L.Hph, L.Wph, L.plane, L.M, L.row_step, L.out_step};
