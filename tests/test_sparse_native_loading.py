@@ -45,6 +45,8 @@ def _env(**overrides: str) -> dict[str, str]:
 
 
 def _check(env: dict[str, str], timeout: float = LOAD_TIMEOUT_S) -> str:
+    """Run CHECK in a fresh process; its stdout, then its stderr (where a fallback's warning
+    says why the kernel did not load, so a failed assertion shows the reason)."""
     result = subprocess.run(
         [sys.executable, "-c", CHECK],
         cwd=REPO,
@@ -54,7 +56,7 @@ def _check(env: dict[str, str], timeout: float = LOAD_TIMEOUT_S) -> str:
         timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return result.stdout + result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
