@@ -253,34 +253,60 @@ def pair_pieces(vectors: int, most: int) -> list[int]:
     return [vectors // pieces + (1 if i < vectors % pieces else 0) for i in range(pieces)]
 
 
-def stack_steps(
-    height: int, out_height: int, kernel: int, stride: int, padding: int, dilation: int
-) -> tuple[int, int]:
-    """(input rows, output rows) from one stacked image to the next, from the vertical
-    geometry (``make_layout`` in ``sparse_conv.cpp``): the zero rows between two images are
-    the ``padding`` above the next and the rows below this one that its last outputs read; a
-    step is a multiple of the stride and at least the image's output rows."""
-    below = max(0, (out_height - 1) * stride + (kernel - 1) * dilation - padding - (height - 1))
-    row_step = _round_up(max(height + max(padding, below), out_height * stride), stride)
-    return row_step, row_step // stride
+@dataclass(frozen=True, slots=True)
+class UnitLayout:
+    """The kernel's padded layout of one unit (``make_layout`` in ``sparse_conv.cpp``), per
+    input channel of a group: ``row_pitch`` (``Wph``) floats per flattened output row,
+    ``phase_rows`` (``Hph``, one extra zero row included), ``plane`` floats, ``flat_outputs``
+    (``M``) outputs, and for stacked images the input rows (``row_step``) and output rows
+    (``out_step``) from one image to the next."""
+
+    row_pitch: int
+    phase_rows: int
+    plane: int
+    flat_outputs: int
+    row_step: int
+    out_step: int
 
 
-def row_pitch(width: int, out_width: int, padding: int, stride: int) -> int:
-    """Floats per flattened output row of the kernel's padded layout (``Wph``): the right
-    padding is shared with the next row's left padding, and a row holds at least the outputs
-    (1×1 kernels with padding have more outputs than padded columns)."""
-    return max(_ceil_div(width + padding, stride), out_width)
+def unit_layout(
+    height: int,
+    width: int,
+    out_height: int,
+    out_width: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    stack: int = 1,
+) -> UnitLayout:
+    """The padded layout of ``stack`` images one above the other (see the class). The row
+    pitch shares one row's right padding with the next row's left padding and holds at least
+    the outputs (1×1 kernels with padding have more outputs than padded columns). Between
+    stacked images, the zero rows are the padding above the next and the rows below this one
+    that its last outputs read; a step is a multiple of the stride and at least the image's
+    output rows."""
+    R, (sh, sw), (ph, pw), dh = kernel[0], stride, padding, dilation[0]
+    pitch = max(_ceil_div(width + pw, sw), out_width)
+    below = max(0, (out_height - 1) * sh + (R - 1) * dh - ph - (height - 1))
+    row_step = _round_up(max(height + max(ph, below), out_height * sh), sh)
+    out_step = row_step // sh
+    rows = _ceil_div((stack - 1) * row_step + height + 2 * ph, sh) + 1  # + one zero row
+    return UnitLayout(
+        row_pitch=pitch,
+        phase_rows=rows,
+        plane=sh * sw * rows * pitch,
+        flat_outputs=((stack - 1) * out_step + out_height) * pitch,
+        row_step=row_step,
+        out_step=out_step,
+    )
 
 
-def _layer_steps(layer: Conv2dSpec) -> tuple[int, int]:
-    return stack_steps(
-        layer.in_height, layer.out_height, layer.kernel[0], layer.stride[0], layer.padding[0],
-        layer.dilation[0],
+def _layer_layout(layer: Conv2dSpec, stack: int = 1) -> UnitLayout:
+    return unit_layout(
+        layer.in_height, layer.in_width, layer.out_height, layer.out_width, layer.kernel,
+        layer.stride, layer.padding, layer.dilation, stack,
     )  # fmt: skip
-
-
-def _layer_pitch(layer: Conv2dSpec) -> int:
-    return row_pitch(layer.in_width, layer.out_width, layer.padding[1], layer.stride[1])
 
 
 def unit_parallel(units: int, threads: int) -> bool:
@@ -335,10 +361,10 @@ def images_per_unit(
 
 def layer_images_per_unit(layer: Conv2dSpec, vector_width: int = 16, threads: int = 1) -> int:
     """:func:`images_per_unit` for ``layer`` at its batch."""
+    layout = _layer_layout(layer)
     return images_per_unit(
-        layer.batch, layer.out_height, _layer_steps(layer)[1], _layer_pitch(layer), vector_width,
-        threads,
-    )  # fmt: skip
+        layer.batch, layer.out_height, layout.out_step, layout.row_pitch, vector_width, threads
+    )
 
 
 def sparse_conv_geometry(
@@ -346,14 +372,11 @@ def sparse_conv_geometry(
 ) -> SparseConvGeometry:
     """Layout and cache blocking of ``layer`` in the sparse kernel (see the class), for units
     of ``stack`` images (:func:`layer_images_per_unit`); ``nvec`` and the tiles are a unit's."""
-    (R, S), (sh, sw), (ph, _), (dh, dw) = layer.kernel, layer.stride, layer.padding, layer.dilation
-    P = layer.out_height
+    (R, S), (sh, sw), (dh, dw) = layer.kernel, layer.stride, layer.dilation
     C = layer.in_channels // layer.groups
-    row_step, out_step = _layer_steps(layer)
-    Wph = _layer_pitch(layer)
-    Hph = _ceil_div((stack - 1) * row_step + layer.in_height + 2 * ph, sh) + 1
-    plane = sh * sw * Hph * Wph
-    nvec = _ceil_div(((stack - 1) * out_step + P) * Wph, vector_width)
+    layout = _layer_layout(layer, stack)
+    Wph, plane = layout.row_pitch, layout.plane
+    nvec = _ceil_div(layout.flat_outputs, vector_width)
     phases = min(sh * sw, R * S)
     reach = ((R - 1) * dh // sh) * Wph + ((S - 1) * dw) // sw + 1
 

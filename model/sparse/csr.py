@@ -32,13 +32,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from perfmodel.refined import PAIR_MIN_SHARE, row_pitch, stack_steps
+from perfmodel.refined import PAIR_MIN_SHARE, unit_layout
 
 Pair = tuple[int, int]
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -93,17 +89,12 @@ def conv_layout(
             f"kernel {kernel} with dilation {dilation} does not fit the input "
             f"{height}x{width} padded by {padding}"
         )
-    # The row pitch shares one row's right padding with the next row's left padding; stacked
-    # images are row_step padded rows apart (perfmodel.refined, the kernel's mirror).
-    Wph = row_pitch(width, Q, pw, sw)
-    row_step, out_step = stack_steps(height, P, R, sh, ph, dh)
-    tall = (stack - 1) * row_step + height
-    Hph = _ceil_div(tall + 2 * ph, sh) + 1  # + one zero row for reads that wrap
-    plane = sh * sw * Hph * Wph
-    M = ((stack - 1) * out_step + P) * Wph
+    # Pitch, rows, plane and the steps between stacked images: perfmodel's mirror of the
+    # kernel's make_layout, which the performance model's geometry uses too.
+    unit = unit_layout(height, width, P, Q, kernel, stride, padding, dilation, stack)
     return ConvLayout(
-        channels, height, width, kernel, stride, padding, dilation, P, Q, Hph, Wph, plane, M,
-        stack, row_step, out_step,
+        channels, height, width, kernel, stride, padding, dilation, P, Q, unit.phase_rows,
+        unit.row_pitch, unit.plane, unit.flat_outputs, stack, unit.row_step, unit.out_step,
     )  # fmt: skip
 
 
