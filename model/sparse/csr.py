@@ -126,7 +126,6 @@ class RowPairs:
         pair_index: kernel index of each shared column, int32 ``(m,)``.
         pair_row_ptr: pair ``q`` holds shared columns ``pair_row_ptr[q]:pair_row_ptr[q+1]``,
             int32 ``(K/2 + 1,)``.
-        shared: fraction of all non-zeros that are in shared columns.
     """
 
     values: torch.Tensor
@@ -135,11 +134,16 @@ class RowPairs:
     pair_values: torch.Tensor
     pair_index: torch.Tensor
     pair_row_ptr: torch.Tensor
-    shared: float
     kernel: Pair
     _offsets: dict[ConvLayout, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, repr=False
     )
+
+    @property
+    def shared(self) -> float:
+        """Fraction of all non-zeros that are in shared columns (two values each)."""
+        paired = self.pair_values.numel()
+        return paired / max(paired + self.values.numel(), 1)
 
     def input_offsets(self, layout: ConvLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """(offsets of the per-row non-zeros, offsets of the shared columns), cached."""
@@ -226,7 +230,6 @@ class ConvCSR:
             pair_values,
             pair_cols.to(torch.int32).contiguous(),
             pair_row_ptr.to(torch.int32).contiguous(),
-            2.0 * int(both.sum()) / max(self.nnz, 1),
             self.kernel,
         )
 
