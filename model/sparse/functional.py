@@ -56,10 +56,10 @@ _conv_layout = functools.lru_cache(maxsize=1024)(conv_layout)
 
 
 @functools.lru_cache(maxsize=1024)
-def _stacked_layout(
-    layout: ConvLayout, batch: int, vector_width: int, threads: int
-) -> ConvLayout:
-    """``layout`` for the native kernel's units: small images stacked at batch > 1."""
+def _stacked_layout(layout: ConvLayout, batch: int, threads: int) -> ConvLayout:
+    """``layout`` for the native kernel's units: small images stacked at batch > 1 (only
+    called once the kernel has loaded)."""
+    vector_width = int(native.load().vector_width())
     stack = images_per_unit(
         batch, layout.out_height, layout.out_step, layout.row_pitch, vector_width, threads
     )
@@ -171,9 +171,7 @@ def sparse_conv2d(
         with torch.no_grad():
             return reference.sparse_conv2d(input, weight, layout, bias, fuse_relu)
     if batch_layout != "blocked":
-        layout = _stacked_layout(
-            layout, input.shape[0], _vector_width(module), torch.get_num_threads()
-        )
+        layout = _stacked_layout(layout, input.shape[0], torch.get_num_threads())
     if row_pairs or (row_pairs is None and weight.pairs_pay()):
         pairs = weight.row_pairs()
         assert pairs is not None
@@ -201,11 +199,6 @@ def sparse_conv2d(
         *pair_args,
         layout.stack,
     )
-
-
-@functools.cache
-def _vector_width(module) -> int:  # module: the loaded extension
-    return int(module.vector_width())
 
 
 _COLS16: weakref.WeakKeyDictionary[LinearCSR, tuple[torch.Tensor, torch.Tensor]] = (
