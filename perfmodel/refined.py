@@ -223,8 +223,8 @@ class SparseConvGeometry:
     Mirrors ``make_layout``/``make_blocking``/``strip_end``/``tile_vectors`` of
     ``sparse_conv.cpp`` (spatial layout, the one ``auto`` uses): ``nvec`` output vectors per
     channel (``P·Wph`` outputs of an image, the row pitch includes padding columns; a stack's
-    rows between images too), ``tiles`` register
-    tiles per channel over all strips and ``tile_vectors`` the output vectors of each,
+    rows between images too), ``tiles`` register tiles per channel over all strips and
+    ``tile_vectors`` the output vectors of each,
     ``channel_blocks`` (input-channel blocks of one group kept in L1), ``packed_floats`` (the
     padded input buffer of all groups) and ``pair_tile_vectors`` (the tiles cut into a row
     pair's pieces, ``pair_pieces``).
@@ -330,10 +330,9 @@ def images_per_unit(
     :data:`STACK_MAX_VECTORS` vectors with the least work on the busiest thread, a unit
     costing its vectors but at least :data:`STACK_MIN_VECTORS` (a short tile runs at the
     speed of one that long) however few images it holds (on a tie, the fewest empty slots,
-    then the largest stack). Where
-    the ``threads`` would each get whole images, stacks that leave too few units for that
-    are not considered (2 images on 2 threads stay apart: one stacked unit split by output
-    channels measured slower)."""
+    then the largest stack). Where the ``threads`` would each get whole images, stacks that
+    leave too few units for that are not considered (2 images on 2 threads stay apart: one
+    stacked unit split by output channels measured slower)."""
 
     def vectors(images: int) -> int:
         return _ceil_div(((images - 1) * out_step + out_height) * pitch, vector_width)

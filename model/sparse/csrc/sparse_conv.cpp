@@ -196,7 +196,8 @@ inline void copy_row(float* __restrict d, const float* __restrict s, int64_t n, 
 
 // Pack channels [c0, c1) of one image (src: (C_total, H, W) contiguous) into dst (already
 // zeroed) as stacked image `slot` of its unit, element stride `lanes` (1 = spatial, VW =
-// blocked lane `lane`).
+// blocked lane `lane`). Not inlined: inside run_conv's parallel regions its row loop spilled
+// registers on every row (perf, CIFAR layers at batch 32).
 __attribute__((noinline)) void pack_channels(const float* src, float* dst, const Layout& L,
                                              int64_t c0, int64_t c1, int64_t lanes,
                                              int64_t lane, int64_t slot = 0) {
@@ -371,10 +372,10 @@ struct ConvArgs {
 };
 
 // Cache blocking of one unit (an image or stacked images, or VW interleaved images): the
-// flattened outputs of
-// every channel are cut into strips of `strip` vectors, the input channels of a group into
-// blocks of `cblock`, so that one channel block of one strip's input stays in L1 while all
-// output channels stream their CSR segments over it (RESEARCH.md §2: column blocks).
+// flattened outputs of every channel are cut into strips of `strip` vectors, the input
+// channels of a group into blocks of `cblock`, so that one channel block of one strip's input
+// stays in L1 while all output channels stream their CSR segments over it (RESEARCH.md §2:
+// column blocks).
 struct Blocking {
   int64_t nvec;    // vectors per output channel
   int64_t strip;   // vectors per strip (a multiple of TILE unless it is all of nvec)
