@@ -393,6 +393,8 @@ def sparse_conv_geometry(
     # As few equal channel blocks as fit the budget, each up to 1/8 over it.
     fit = max(L1_BUDGET_FLOATS // footprint(strip), 1)
     channel_blocks = _ceil_div(C, fit + fit // 8)
+    if footprint(strip) * C <= L1_BUDGET_FLOATS * 5 // 3:  # all of it in 40 KiB: one block
+        channel_blocks = 1
     # A short last strip joins the one before; a strip's last few vectors are one tile.
     max_tile = 2 * TILE_VECTORS if vector_width == 16 else TILE_VECTORS + 2
     tail = min(TILE_VECTORS // 3, max_tile - TILE_VECTORS)

@@ -29,6 +29,9 @@ CASES = {
     "odd": (3, 5, 7, 17, 3, (3, 2), (2, 3), (1, 2), (2, 1), 1),
     "batch32": (32, 6, 8, 8, 10, (3, 3), (1, 1), (1, 1), (1, 1), 2),
     "batch35": (35, 4, 6, 9, 5, (3, 3), (2, 1), (1, 0), (1, 1), 1),
+    # Rows of 16–32 floats: the native kernel copies them with two vectors (AVX-512).
+    "rows16": (3, 3, 9, 16, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "rows29": (2, 5, 11, 29, 6, (3, 3), (1, 1), (0, 1), (1, 1), 1),
     # Small images the native kernel stacks (perfmodel.refined.images_per_unit).
     "stacked": (7, 8, 4, 4, 10, (3, 3), (1, 1), (1, 1), (1, 1), 2),
     "stacked-1x1-pad": (5, 4, 3, 3, 6, (1, 1), (1, 1), (1, 1), (1, 1), 1),
