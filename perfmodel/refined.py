@@ -42,7 +42,7 @@ layout and cache blocking, :func:`sparse_conv_geometry`)::
     t_sparse = fixed + variable
 
 The kernel works on ``U = ⌈N/g⌉`` units of ``g`` images (:func:`images_per_unit`: small
-images stacked one above the other from batch 2, else ``g = 1``); the geometry is a unit's.
+images stacked side by side from batch 2, else ``g = 1``); the geometry is a unit's.
 With ``V = (1 − s)·x·U·W·Σ_tiles max(v, λ)`` vector loads, one per FMA (``W`` weights, ``v``
 the output vectors of a register tile, the layout's padded columns included; below ``λ``
 vectors the FMA latency, not the loads, sets the pace), ``V_pair = (s/2)·x·U·W·Σ_tiles max(v,
@@ -153,12 +153,12 @@ BATCHED_LINEAR = 16  # the sparse linear kernel broadcasts weights across images
 PAIR_MIN_SHARE = 0.2
 PAIR_TILE_VECTORS = {16: 12, 8: 6}  # most vectors of a row pair's tile, per vector width
 # Stacking small images: from batch 2, images whose output plane is fewer than
-# STACK_BELOW_VECTORS vectors are stacked one above the other into units of up to
+# STACK_BELOW_VECTORS vectors are stacked side by side into units of up to
 # STACK_MAX_VECTORS. A register tile of a few vectors is bound by its fixed costs and FMA
 # latency, not by loads: a unit of fewer than STACK_MIN_VECTORS costs about as much as one of
-# that many. 8×8 images (5 vectors) stacked in pairs measured 3–11% faster; 16×16 (17
-# vectors) 2–20% slower (the taller unit's bigger footprint costs channel blocks).
-# docs/sparse-kernel.md, "stacking small images".
+# that many. Units wider than 16 vectors measured slower (8×8 in fours 0–16%, 4×4 in
+# sixteens 6%, 7×7 in sixes 22%: a wider unit's footprint halves the strip or the channel
+# blocks). docs/sparse-kernel.md, "stacking small images".
 STACK_BELOW_VECTORS = 6
 STACK_MIN_VECTORS = 6
 STACK_MAX_VECTORS = 16
@@ -258,15 +258,14 @@ class UnitLayout:
     """The kernel's padded layout of one unit (``make_layout`` in ``sparse_conv.cpp``), per
     input channel of a group: ``row_pitch`` (``Wph``) floats per flattened output row,
     ``phase_rows`` (``Hph``, one extra zero row included), ``plane`` floats, ``flat_outputs``
-    (``M``) outputs, and for stacked images the input rows (``row_step``) and output rows
-    (``out_step``) from one image to the next."""
+    (``M``) outputs, and ``image_pitch``, the columns of one image: a unit of stacked images
+    holds them side by side, ``row_pitch = stack·image_pitch``."""
 
     row_pitch: int
     phase_rows: int
     plane: int
     flat_outputs: int
-    row_step: int
-    out_step: int
+    image_pitch: int
 
 
 def unit_layout(
@@ -280,25 +279,20 @@ def unit_layout(
     dilation: tuple[int, int],
     stack: int = 1,
 ) -> UnitLayout:
-    """The padded layout of ``stack`` images one above the other (see the class). The row
-    pitch shares one row's right padding with the next row's left padding and holds at least
-    the outputs (1×1 kernels with padding have more outputs than padded columns). Between
-    stacked images, the zero rows are the padding above the next and the rows below this one
-    that its last outputs read; a step is a multiple of the stride and at least the image's
-    output rows."""
-    R, (sh, sw), (ph, pw), dh = kernel[0], stride, padding, dilation[0]
-    pitch = max(_ceil_div(width + pw, sw), out_width)
-    below = max(0, (out_height - 1) * sh + (R - 1) * dh - ph - (height - 1))
-    row_step = _round_up(max(height + max(ph, below), out_height * sh), sh)
-    out_step = row_step // sh
-    rows = _ceil_div((stack - 1) * row_step + height + 2 * ph, sh) + 1  # + one zero row
+    """The padded layout of ``stack`` images side by side (see the class). An image's pitch
+    shares one row's right padding with the next row's (or the next image's) left padding and
+    holds at least the outputs (1×1 kernels with padding have more outputs than padded
+    columns)."""
+    sh, sw = stride
+    image_pitch = max(_ceil_div(width + padding[1], sw), out_width)
+    pitch = stack * image_pitch
+    rows = _ceil_div(height + 2 * padding[0], sh) + 1  # + one zero row
     return UnitLayout(
         row_pitch=pitch,
         phase_rows=rows,
         plane=sh * sw * rows * pitch,
-        flat_outputs=((stack - 1) * out_step + out_height) * pitch,
-        row_step=row_step,
-        out_step=out_step,
+        flat_outputs=out_height * pitch,
+        image_pitch=image_pitch,
     )
 
 
@@ -319,14 +313,13 @@ def unit_parallel(units: int, threads: int) -> bool:
 def images_per_unit(
     batch: int,
     out_height: int,
-    out_step: int,
     pitch: int,
     vector_width: int = 16,
     threads: int = 1,
 ) -> int:
     """How many of ``batch`` images the kernel stacks into one unit (the op passes it to the
     kernel): 1 where one image's ``out_height`` rows of ``pitch`` fill at least
-    :data:`STACK_BELOW_VECTORS` vectors; otherwise the stack of at most
+    :data:`STACK_BELOW_VECTORS` vectors; otherwise the stack (images side by side) of at most
     :data:`STACK_MAX_VECTORS` vectors with the least work on the busiest thread, a unit
     costing its vectors but at least :data:`STACK_MIN_VECTORS` (a short tile runs at the
     speed of one that long) however few images it holds (on a tie, the fewest empty slots,
@@ -335,7 +328,7 @@ def images_per_unit(
     stacked unit split by output channels measured slower)."""
 
     def vectors(images: int) -> int:
-        return _ceil_div(((images - 1) * out_step + out_height) * pitch, vector_width)
+        return _ceil_div(images * out_height * pitch, vector_width)
 
     if batch < 2 or vectors(1) >= STACK_BELOW_VECTORS:
         return 1
@@ -362,7 +355,7 @@ def layer_images_per_unit(layer: Conv2dSpec, vector_width: int = 16, threads: in
     """:func:`images_per_unit` for ``layer`` at its batch."""
     layout = _layer_layout(layer)
     return images_per_unit(
-        layer.batch, layer.out_height, layout.out_step, layout.row_pitch, vector_width, threads
+        layer.batch, layer.out_height, layout.image_pitch, vector_width, threads
     )
 
 

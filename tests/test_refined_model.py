@@ -278,20 +278,20 @@ def test_latency_floor_counts_short_tiles_as_longer():
 
 
 def test_small_images_are_charged_as_the_kernel_stacks_them(monkeypatch):
-    """At batch 32, 4×4 images run as 8 units of 4 images (one 6-vector tile each, 19
-    output rows of 5), so the per-unit terms count 8 units of that geometry, not 32 images
-    of 2-vector tiles; outputs stay 32 images' worth. CONV3 (12 vectors an image) is not
-    stacked."""
+    """At batch 32, 4×4 images run as 4 units of 8 images side by side (one 10-vector tile
+    each, 4 output rows of 40), so the per-unit terms count 4 units of that geometry, not 32
+    images of 2-vector tiles; outputs stay 32 images' worth. CONV3 (12 vectors an image) is
+    not stacked."""
     small = Conv2dSpec(name="c4", in_channels=512, out_channels=512, in_height=4, in_width=4,
                        kernel=3, padding=1, batch=32)  # fmt: skip
-    assert layer_images_per_unit(small) == 4
-    unit = sparse_conv_geometry(small, 16, 4)
-    assert unit.tile_vectors == (6,) and unit.nvec == 6  # (3·5 + 4)·5 = 95 outputs
+    assert layer_images_per_unit(small) == 8
+    unit = sparse_conv_geometry(small, 16, 8)
+    assert unit.tile_vectors == (10,) and unit.nvec == 10  # 4·(8·5) = 160 outputs
     row = sparse_features(small, 0.1, latency_vectors=1.0, row_pairs=False)
     nonzeros = 0.1 * small.weight_count
-    assert row["inner_loop_bytes"] == pytest.approx(nonzeros * 8 * 6 * 16 * 4)
-    assert row["nonzero_visits"] == pytest.approx(nonzeros * 8)
-    assert row["tile_setups"] == 8 * 512 * unit.channel_blocks
+    assert row["inner_loop_bytes"] == pytest.approx(nonzeros * 4 * 10 * 16 * 4)
+    assert row["nonzero_visits"] == pytest.approx(nonzeros * 4)
+    assert row["tile_setups"] == 4 * 512 * unit.channel_blocks
     assert row["output_bytes"] == 32 * 512 * 4 * 4 * 4
     # Stacked, the 4×4 layer is predicted faster than the same call with every image its own
     # unit (same call and per-call costs; only the stack differs).

@@ -115,8 +115,7 @@ def _stack(batch, threads, *geometry):
     :func:`conv_layout` takes it)."""
     layout = conv_layout(*geometry)
     return images_per_unit(
-        batch, layout.out_height, layout.out_step, layout.row_pitch, native.load().vector_width(),
-        threads,
+        batch, layout.out_height, layout.image_pitch, native.load().vector_width(), threads
     )  # fmt: skip
 
 
@@ -175,26 +174,28 @@ def test_native_stacked_small_images(batch, threads, native_kernel):
         (2, 2, 1),  # one image per thread beats one stacked unit split by channels
         (3, 2, 3),  # 3 images on 2 threads are split by channels anyway: stack them
         (4, 2, 2),  # two units of two, one per thread (not 3 + 1)
-        (32, 1, 4),  # 6 vectors a unit: the cost floor, fewest empty slots
-        (32, 2, 4),
+        (32, 1, 8),  # 4 units of 10 vectors: less work than 8 of 5 (costed as 6, the floor)
+        (32, 2, 8),
+        (9, 2, 5),  # 2 units of 8 vectors (one per thread), not 3 + 3 + 3 on 2 threads
     ],
 )
 def test_images_per_unit_on_4x4_images(batch, threads, expected):
-    """512→512 3×3 on 4×4 (VGG-16 CIFAR's conv4): 5 rows of 5 floats an image (2 vectors),
-    an image every 5 output rows."""
-    assert images_per_unit(batch, 4, 5, 5, 16, threads) == expected
+    """512→512 3×3 on 4×4 (VGG-16 CIFAR's conv4): 4 rows of 5 floats an image (2 vectors),
+    side by side in a unit."""
+    assert images_per_unit(batch, 4, 5, 16, threads) == expected
 
 
 def test_images_per_unit_thresholds():
     # 8×8 images (5 vectors) go in pairs, 16×16 (17 vectors) alone; 2×2 (1 vector) stack to
     # the most that pay.
-    assert images_per_unit(32, 8, 9, 9, 16, 1) == 2
-    assert images_per_unit(32, 16, 17, 17, 16, 1) == 1
-    assert images_per_unit(32, 2, 3, 3, 16, 1) == 16  # 9 vectors, two units
+    assert images_per_unit(32, 8, 9, 16, 1) == 2
+    assert images_per_unit(32, 16, 17, 16, 1) == 1
+    assert images_per_unit(32, 2, 3, 16, 1) == 32  # 6 vectors, one unit
+    assert images_per_unit(32, 2, 3, 16, 2) == 16  # one unit per thread
     # No stack exceeds STACK_MAX_VECTORS, and a last unit short of images is avoided.
     for batch in range(2, 70):
-        stack = images_per_unit(batch, 2, 3, 3, 16, 1)
-        assert -(-((stack - 1) * 3 + 2) * 3 // 16) <= STACK_MAX_VECTORS
+        stack = images_per_unit(batch, 2, 3, 16, 1)
+        assert -(-stack * 2 * 3 // 16) <= STACK_MAX_VECTORS
         assert stack <= batch
 
 
@@ -402,13 +403,13 @@ def test_python_layout_agrees_with_native(geometry, stack, native_kernel):
         layout.row_pitch,
         layout.plane,
         layout.flat_outputs,
-        layout.row_step,
-        layout.out_step,
+        layout.image_pitch,
     ]
-    # Stacked images are a whole number of strides apart, their outputs never overlap, and
-    # the rows between them are at least the padding (so each image's outputs see zeros).
-    assert layout.row_step % stride[0] == 0 and layout.out_step >= layout.out_height
-    assert layout.row_step - H >= padding[0]
+    # Stacked images sit side by side, their outputs never overlap, and the columns between
+    # them are at least the padding (so each image's outputs see zeros).
+    assert layout.row_pitch == stack * layout.image_pitch
+    assert layout.image_pitch >= layout.out_width
+    assert layout.image_pitch * stride[1] >= W + padding[1]
 
 
 @pytest.mark.native
@@ -636,8 +637,8 @@ def test_native_op_checks_its_arguments(native_kernel):
         op(x, csr.values, offsets, csr.row_ptr, None, relu=False, mode=2, **args, stack=2)
     # Offsets computed for one image are out of range for (or wrong in) a taller unit's
     # layout only where they must be: with the unit's own offsets, a stack of 2 is right.
-    tall = csr.input_offsets(conv_layout(3, 8, 8, (3, 3), stack=2))
-    stacked = op(x, csr.values, tall, csr.row_ptr, None, relu=False, **args, stack=2)
+    wide = csr.input_offsets(conv_layout(3, 8, 8, (3, 3), stack=2))
+    stacked = op(x, csr.values, wide, csr.row_ptr, None, relu=False, **args, stack=2)
     torch.testing.assert_close(stacked, F.conv2d(x, csr.to_dense()), rtol=RTOL, atol=ATOL)
     # Row pairs: all three arrays or none, two values per shared column, one pointer per pair.
     pairs = csr.row_pairs()

@@ -14,9 +14,10 @@ by ``Wph`` columns; padded element ``(h, w)`` sits at
 ``((h % sh)·sw + w % sw)·Hph·Wph + (h // sh)·Wph + w // sw``. The padded row pitch
 ``Wph·sw ≥ W + pad_w`` (and ``Wph ≥ Q``) shares one row's right padding with the next row's
 left padding, and each phase plane has one extra zero row so such reads stay in zeros.
-A layout may hold ``stack`` images one above the other (small images at batch > 1, see
-:func:`perfmodel.refined.images_per_unit`): image ``j``'s rows start ``j·row_step`` padded
-rows down, its outputs ``j·out_step`` output rows down; the rows between are zeros.
+A layout may hold ``stack`` images side by side (small images at batch > 1, see
+:func:`perfmodel.refined.images_per_unit`): a row of the unit holds that row of every image,
+image ``j``'s ``image_pitch`` columns (and outputs) after image ``j − 1``'s, so
+``Wph = stack·image_pitch``; the zero columns between images are the padding of both.
 
 Row pairs (:class:`RowPairs`): output channels ``2q`` and ``2q + 1`` share the columns both
 use, so the kernel loads each such input vector once for both rows' FMAs; every other non-zero
@@ -53,10 +54,9 @@ class ConvLayout:
     phase_rows: int  # Hph, including the extra zero row
     row_pitch: int  # Wph: the flattened output has Q valid outputs in every Wph
     plane: int  # elements per input channel: sh·sw·Hph·Wph
-    flat_outputs: int  # M = ((stack − 1)·out_step + P)·Wph
-    stack: int = 1  # images per unit, one above the other
-    row_step: int = 0  # padded input rows from one stacked image to the next
-    out_step: int = 0  # output rows from one stacked image to the next
+    flat_outputs: int  # M = P·Wph
+    stack: int = 1  # images per unit, side by side
+    image_pitch: int = 0  # columns (and outputs) of one image in a row: Wph / stack
 
     @property
     def phase_plane(self) -> int:
@@ -74,7 +74,7 @@ def conv_layout(
     stack: int = 1,
 ) -> ConvLayout:
     """The padded layout for ``channels`` input channels (of one group) of ``height × width``,
-    ``stack`` images one above the other.
+    ``stack`` images side by side.
 
     Raises:
         ValueError: when the kernel does not fit the padded input, or ``stack`` < 1.
@@ -89,12 +89,12 @@ def conv_layout(
             f"kernel {kernel} with dilation {dilation} does not fit the input "
             f"{height}x{width} padded by {padding}"
         )
-    # Pitch, rows, plane and the steps between stacked images: perfmodel's mirror of the
+    # Pitches, rows and plane: perfmodel's mirror of the
     # kernel's make_layout, which the performance model's geometry uses too.
     unit = unit_layout(height, width, P, Q, kernel, stride, padding, dilation, stack)
     return ConvLayout(
         channels, height, width, kernel, stride, padding, dilation, P, Q, unit.phase_rows,
-        unit.row_pitch, unit.plane, unit.flat_outputs, stack, unit.row_step, unit.out_step,
+        unit.row_pitch, unit.plane, unit.flat_outputs, stack, unit.image_pitch,
     )  # fmt: skip
 
 

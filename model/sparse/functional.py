@@ -61,7 +61,7 @@ def _stacked_layout(layout: ConvLayout, batch: int, threads: int) -> ConvLayout:
     called once the kernel has loaded)."""
     vector_width = int(native.load().vector_width())
     stack = images_per_unit(
-        batch, layout.out_height, layout.out_step, layout.row_pitch, vector_width, threads
+        batch, layout.out_height, layout.image_pitch, vector_width, threads
     )
     if stack == 1:
         return layout
@@ -117,7 +117,7 @@ def sparse_conv2d(
         fuse_relu: apply ReLU to the output inside the op.
         implementation: ``auto``, ``native`` or ``reference``.
         batch_layout: native kernel only: ``spatial`` (vectors along each image's output
-            plane; from batch 2, small images stacked one above the other,
+            plane; from batch 2, small images stacked side by side,
             :func:`perfmodel.refined.images_per_unit`), ``blocked`` (16 images per vector for
             every full block of 16; never stacked) or ``auto`` (spatial: faster on the
             development machine, docs/sparse-kernel.md).

@@ -11,7 +11,7 @@
 // with broadcast-weight FMAs and keep several output vectors in registers. No im2col.
 //
 // Padded layout of one unit (computed identically by model/sparse/csr.py::conv_layout): one
-// image, or from batch 2 a few small images stacked one above the other (struct Layout):
+// image, or from batch 2 a few small images side by side (struct Layout):
 //   per input channel c, sh·sw "phase planes" (one per (h mod sh, w mod sw)), each of Hph
 //   rows × Wph columns. Padded element (h, w) lives at
 //     c·plane + ((h % sh)·sw + w % sw)·Hph·Wph + (h / sh)·Wph + w / sw.
@@ -126,10 +126,11 @@ constexpr int64_t kPrefetchFloats = 128;
 constexpr bool kBlockedByDefault = false;
 
 // ---------------------------------------------------------------------------------------
-// A unit (what one packing buffer holds) is `stack` images one above the other: image j's
-// rows start `row_step` input rows (`out_step` output rows) below image j − 1's, the zero
-// rows between them serving as both images' padding; the output rows in between are
-// discarded like the padded columns. Small images stacked fill bigger register tiles
+// A unit (what one packing buffer holds) is `stack` images side by side: a unit row holds
+// row h of every image, image j's `image_pitch` columns (its row pitch alone) after image
+// j − 1's. The zero columns after an image are its right padding and the next image's left
+// padding, as they are between one row and the next of a single image, so a unit wastes no
+// more lanes per output than one image does. Small images stacked fill bigger register tiles
 // (docs/sparse-kernel.md, "stacking small images").
 struct Layout {
   int64_t C, H, W;         // input channels of ONE group, input height/width of one image
@@ -137,12 +138,11 @@ struct Layout {
   int64_t sh, sw, ph, pw, dh, dw;
   int64_t P, Q;            // output height/width of one image
   int64_t stack;           // images per unit
-  int64_t row_step;        // input rows from one stacked image to the next (a multiple of sh)
-  int64_t out_step;        // output rows from one stacked image to the next: row_step / sh
+  int64_t image_pitch;     // phase-plane columns of one image: stack·image_pitch = Wph
   int64_t Hph, Wph;        // rows (incl. one extra zero row) and columns of a phase plane
   int64_t phase_plane;     // Hph·Wph
   int64_t plane;           // sh·sw·phase_plane: elements per input channel of a unit
-  int64_t M;               // ((stack − 1)·out_step + P)·Wph: flattened outputs per channel
+  int64_t M;               // P·Wph: flattened outputs per channel
 };
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -155,21 +155,17 @@ Layout make_layout(int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_
   L.sh = sh; L.sw = sw; L.ph = ph; L.pw = pw; L.dh = dh; L.dw = dw;
   L.P = (H + 2 * ph - dh * (R - 1) - 1) / sh + 1;
   L.Q = (W + 2 * pw - dw * (S - 1) - 1) / sw + 1;
-  // Zero rows between stacked images: the `ph` above the next image, and the rows below this
-  // one that its last outputs read; from image to image a multiple of the stride, and at
-  // least P output rows (a 1×1 kernel with padding has outputs on its padding rows).
-  const int64_t below = std::max<int64_t>(0, (L.P - 1) * sh + (R - 1) * dh - ph - (H - 1));
+  // An image's pitch shares one row's right padding with the next row's left padding (or
+  // the next stacked image's), and holds at least the Q outputs of a row (1×1 kernels with
+  // padding have Q > W + pad). Its outputs read its own padded columns only: the last one
+  // reads up to W + 2·pw − 1, which is below the next image's first data column.
   L.stack = stack;
-  L.row_step = ceil_div(std::max(H + std::max(ph, below), L.P * sh), sh) * sh;
-  L.out_step = L.row_step / sh;
-  const int64_t hpad = (stack - 1) * L.row_step + H + 2 * ph;
-  // Row pitch: shares one row's right padding with the next row's left padding, and holds
-  // at least the Q outputs of a row (1×1 kernels with padding have Q > W + pad).
-  L.Hph = ceil_div(hpad, sh) + 1;
-  L.Wph = std::max(ceil_div(W + pw, sw), L.Q);
+  L.image_pitch = std::max(ceil_div(W + pw, sw), L.Q);
+  L.Hph = ceil_div(H + 2 * ph, sh) + 1;
+  L.Wph = stack * L.image_pitch;
   L.phase_plane = L.Hph * L.Wph;
   L.plane = sh * sw * L.phase_plane;
-  L.M = ((stack - 1) * L.out_step + L.P) * L.Wph;
+  L.M = L.P * L.Wph;
   return L;
 }
 
@@ -213,12 +209,12 @@ __attribute__((noinline)) void pack_channels(const float* src, float* dst, const
                                              int64_t c0, int64_t c1, int64_t lanes,
                                              int64_t lane, int64_t slot = 0) {
   const int64_t HW = L.H * L.W;
-  const int64_t top = L.ph + slot * L.row_step;  // padded row of the image's first row
+  const int64_t left = L.pw + slot * L.image_pitch * L.sw;  // padded column of the image's first
   if (L.sh == 1 && L.sw == 1 && lanes == 1) {  // rows stay rows: no phase arithmetic per row
     const int64_t W = L.W, Wph = L.Wph;
     for (int64_t c = c0; c < c1; ++c) {
       const float* s = src + c * HW;
-      float* d = dst + c * L.plane + top * Wph + L.pw;
+      float* d = dst + c * L.plane + L.ph * Wph + left;
       for (int64_t h = 0; h < L.H; ++h) copy_row(d + h * Wph, s + h * W, W, false);
     }
     return;
@@ -227,20 +223,20 @@ __attribute__((noinline)) void pack_channels(const float* src, float* dst, const
     const float* s = src + c * HW;
     float* d = dst + c * L.plane * lanes;
     for (int64_t h = 0; h < L.H; ++h) {
-      const int64_t hp = h + top;
+      const int64_t hp = h + L.ph;
       const int64_t row = ((hp % L.sh) * L.sw) * L.phase_plane + (hp / L.sh) * L.Wph;
       const float* sr = s + h * L.W;
       if (L.sw == 1) {
         if (lanes == 1) {
-          copy_row(d + row + L.pw, sr, L.W, false);
+          copy_row(d + row + left, sr, L.W, false);
         } else {
-          float* dr = d + (row + L.pw) * lanes + lane;
+          float* dr = d + (row + left) * lanes + lane;
           for (int64_t w = 0; w < L.W; ++w) dr[w * lanes] = sr[w];
         }
         continue;
       }
       for (int64_t w = 0; w < L.W; ++w) {
-        const int64_t wp = w + L.pw;
+        const int64_t wp = w + left;
         const int64_t pos = row + (wp % L.sw) * L.phase_plane + wp / L.sw;
         d[pos * lanes + lane] = sr[w];
       }
@@ -571,27 +567,24 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
 
 inline float relu_if(float x, bool relu) { return (relu && x < 0.f) ? 0.f : x; }
 
-// Spatial emit: vectors [v0, v1) of output channel k hold flattened outputs o = t·Wph + x
-// of the unit's output row t = j·out_step + y (stacked image j, its row y); keep x < Q and
-// y < P (the rest are discarded columns and rows between images) of the unit's first `images`
-// images and write them to out_imgs, (images, K_total, P, Q).
+// Spatial emit: vectors [v0, v1) of output channel k hold flattened outputs
+// o = y·Wph + j·image_pitch + x (row y of stacked image j, its column x); keep x < Q (the rest
+// are discarded columns) of the unit's first `images` images and write them to out_imgs,
+// (images, K_total, P, Q).
 void emit_spatial(const ConvArgs& a, const Layout& L, int64_t k, int64_t v0, int64_t v1,
                   const float* acc, float* out_imgs, int64_t images) {
   const int64_t o0 = v0 * VW, o1 = std::min(v1 * VW, L.M);
-  const int64_t P = L.P, Q = L.Q, Wph = L.Wph, step = L.out_step;
+  const int64_t P = L.P, Q = L.Q, Wph = L.Wph, pitch = L.image_pitch;
   const bool relu = a.relu;
-  const int64_t first_row = o0 / Wph;
-  // (Divisions are dear here, once per channel and strip: only stacks need the second.)
-  const int64_t j0 = images > 1 ? first_row / step : 0;
-  for (int64_t j = j0; j < images && j * step * Wph < o1; ++j) {
-    const int64_t base = j * step;  // the unit's output row of image j's row 0
+  const int64_t first_row = o0 / Wph;  // (divisions are dear here: one per channel and strip)
+  for (int64_t j = 0; j < images; ++j) {
     float* out = out_imgs + (j * a.Ktot + k) * P * Q;
-    for (int64_t y = std::max<int64_t>(0, first_row - base); y < P && (base + y) * Wph < o1;
-         ++y) {
-      const int64_t t = (base + y) * Wph;
+    for (int64_t y = first_row; y < P; ++y) {
+      const int64_t t = y * Wph + j * pitch;  // the flattened output of image j's (y, 0)
+      if (t >= o1) break;
       const int64_t x0 = std::max<int64_t>(0, o0 - t);
       const int64_t x1 = std::min<int64_t>(Q, o1 - t);
-      copy_row(out + y * Q + x0, acc + (t - o0) + x0, x1 - x0, relu);
+      if (x0 < x1) copy_row(out + y * Q + x0, acc + (t - o0) + x0, x1 - x0, relu);
     }
   }
 }
@@ -691,8 +684,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
   const int64_t Ctot = a.groups * L.C;
   const int64_t in_img = Ctot * L.H * L.W;
   const int64_t out_img = a.Ktot * L.P * L.Q;
-  const std::vector<int64_t> key{Ctot, L.H, L.W, L.sh, L.sw, L.ph, L.pw, L.Hph, L.Wph, L.stack,
-                                 L.row_step};
+  const std::vector<int64_t> key{Ctot, L.H, L.W, L.sh, L.sw, L.ph, L.pw, L.Hph, L.Wph, L.stack};
   const Blocking bs = make_blocking(L, 1, a.Ktot);
   const Blocking bb = make_blocking(L, VW, a.Ktot);
 
@@ -978,7 +970,7 @@ std::vector<int64_t> conv_layout(int64_t C, int64_t H, int64_t W, std::vector<in
   check_stack(stack);
   const Layout L = make_layout(C, H, W, kernel[0], kernel[1], stride[0], stride[1], padding[0],
                                padding[1], dilation[0], dilation[1], stack);
-  return {L.P, L.Q, L.Hph, L.Wph, L.plane, L.M, L.row_step, L.out_step};
+  return {L.P, L.Q, L.Hph, L.Wph, L.plane, L.M, L.image_pitch};
 }
 
 
@@ -1171,7 +1163,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("input"), py::arg("values"), py::arg("cols"), py::arg("row_ptr"),
         py::arg("bias"), py::arg("out_features"), py::arg("relu"));
   m.def("conv_layout", &conv_layout,
-        "Padded layout numbers (P, Q, Hph, Wph, plane, M, row_step, out_step)", py::arg("C"),
+        "Padded layout numbers (P, Q, Hph, Wph, plane, M, image_pitch)", py::arg("C"),
         py::arg("H"), py::arg("W"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("stack") = 1);
   m.def("conv_blocking", &conv_blocking,
