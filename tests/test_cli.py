@@ -137,9 +137,13 @@ def test_bench_kernel_prints_its_json_contract(capsys):
     }
     for r in results:
         assert {"layer", "batch", "threads", "sparsity", "dense_s", "ours_s", "torch_sparse_s",
-                "speedup_vs_dense", "speedup_vs_torch_sparse"} <= r.keys()  # fmt: skip
+                "ours_vs_torch_sparse_s", "speedup_vs_dense",
+                "speedup_vs_torch_sparse"} <= r.keys()  # fmt: skip
         assert r["speedup_vs_dense"] == pytest.approx(r["dense_s"] / r["ours_s"])
-        assert r["speedup_vs_torch_sparse"] == pytest.approx(r["torch_sparse_s"] / r["ours_s"])
+        # torch.sparse is timed in rounds of its own with ours (its unfold dirties the caches)
+        assert r["speedup_vs_torch_sparse"] == pytest.approx(
+            r["torch_sparse_s"] / r["ours_vs_torch_sparse_s"]
+        )
         assert r["row_pairs"] is (r["sparsity"] == 0.5)  # half the non-zeros shared, or a tenth
     (summary,) = data["summary"]
     assert (summary["layers"], summary["batch"], summary["threads"]) == ("cifar", 1, 1)
