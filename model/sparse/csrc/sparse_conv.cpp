@@ -209,7 +209,7 @@ __attribute__((noinline)) void pack_channels(const float* src, float* dst, const
                                              int64_t c0, int64_t c1, int64_t lanes,
                                              int64_t lane, int64_t slot = 0) {
   const int64_t HW = L.H * L.W;
-  const int64_t left = L.pw + slot * L.image_pitch * L.sw;  // padded column of the image's first
+  const int64_t left = L.pw + slot * L.image_pitch * L.sw;  // the image's first data column
   if (L.sh == 1 && L.sw == 1 && lanes == 1) {  // rows stay rows: no phase arithmetic per row
     const int64_t W = L.W, Wph = L.Wph;
     for (int64_t c = c0; c < c1; ++c) {
