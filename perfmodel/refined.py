@@ -222,8 +222,8 @@ class SparseConvGeometry:
 
     Mirrors ``make_layout``/``make_blocking``/``strip_end``/``tile_vectors`` of
     ``sparse_conv.cpp`` (spatial layout, the one ``auto`` uses): ``nvec`` output vectors per
-    channel (``P·Wph`` outputs of an image, the row pitch includes padding columns; a stack's
-    rows between images too), ``tiles`` register tiles per channel over all strips and
+    channel (``P·Wph`` outputs of a unit, the row pitch includes padding columns, a stack's
+    between images too), ``tiles`` register tiles per channel over all strips and
     ``tile_vectors`` the output vectors of each,
     ``channel_blocks`` (input-channel blocks of one group kept in L1), ``packed_floats`` (the
     padded input buffer of all groups) and ``pair_tile_vectors`` (the tiles cut into a row

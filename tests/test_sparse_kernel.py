@@ -176,7 +176,7 @@ def test_native_stacked_small_images(batch, threads, native_kernel):
         (4, 2, 2),  # two units of two, one per thread (not 3 + 1)
         (32, 1, 8),  # 4 units of 10 vectors: less work than 8 of 5 (costed as 6, the floor)
         (32, 2, 8),
-        (9, 2, 5),  # 2 units of 8 vectors (one per thread), not 3 + 3 + 3 on 2 threads
+        (9, 2, 5),  # 2 units of 7 vectors (one per thread), not 3 + 3 + 3 on 2 threads
     ],
 )
 def test_images_per_unit_on_4x4_images(batch, threads, expected):
@@ -190,7 +190,7 @@ def test_images_per_unit_thresholds():
     # the most that pay.
     assert images_per_unit(32, 8, 9, 16, 1) == 2
     assert images_per_unit(32, 16, 17, 16, 1) == 1
-    assert images_per_unit(32, 2, 3, 16, 1) == 32  # 6 vectors, one unit
+    assert images_per_unit(32, 2, 3, 16, 1) == 32  # 12 vectors, one unit
     assert images_per_unit(32, 2, 3, 16, 2) == 16  # one unit per thread
     # No stack exceeds STACK_MAX_VECTORS, and a last unit short of images is avoided.
     for batch in range(2, 70):
@@ -635,11 +635,26 @@ def test_native_op_checks_its_arguments(native_kernel):
             native_kernel.conv_blocking(3, 8, 8, [3, 3], [1, 1], [0, 0], [1, 1], 4, stack)
     with pytest.raises(RuntimeError, match="batch-blocked layout does not stack"):
         op(x, csr.values, offsets, csr.row_ptr, None, relu=False, mode=2, **args, stack=2)
-    # Offsets computed for one image are out of range for (or wrong in) a taller unit's
-    # layout only where they must be: with the unit's own offsets, a stack of 2 is right.
+    # A stack is a layout of its own: with its offsets, a stack of 2 is right; the offsets of
+    # the wider unit reach past one image's input and are refused there.
     wide = csr.input_offsets(conv_layout(3, 8, 8, (3, 3), stack=2))
     stacked = op(x, csr.values, wide, csr.row_ptr, None, relu=False, **args, stack=2)
     torch.testing.assert_close(stacked, F.conv2d(x, csr.to_dense()), rtol=RTOL, atol=ATOL)
+    with pytest.raises(RuntimeError, match="out of range"):
+        op(x, csr.values, wide, csr.row_ptr, None, relu=False, **args, stack=1)
+    # Layout sizes that overflow 64 bits raise (they once wrapped to 0 and divided by zero).
+    with pytest.raises(RuntimeError, match="overflows 64 bits"):
+        op(x, csr.values, offsets, csr.row_ptr, None, relu=False,
+           **{**args, "stride": [2**32, 2**32]})  # fmt: skip
+    with pytest.raises(RuntimeError, match="overflows 64 bits"):
+        native_kernel.conv_layout(3, 8, 8, [3, 3], [2**32, 2**32], [0, 0], [1, 1], 1)
+    tiny = torch.zeros(2**21, 1, 1, 1)  # 2^21 one-pixel images stacked in one unit
+    empty = conv_weight_to_csr(torch.zeros(1, 1, 1, 1))
+    with pytest.raises(RuntimeError, match="overflows 64 bits"):
+        op(tiny, empty.values, empty.kernel_index, empty.row_ptr, None, relu=False,
+           **{**args, "out_channels": 1, "kernel": [1, 1], "stride": [2**20] * 2,
+              "padding": [2**20] * 2},
+           stack=2**21)  # fmt: skip
     # Row pairs: all three arrays or none, two values per shared column, one pointer per pair.
     pairs = csr.row_pairs()
     own, shared = pairs.input_offsets(layout)

@@ -12,8 +12,9 @@ Medians over ``--repeats`` rounds. ``torch.sparse`` runs in rounds of its own wi
 (``ours_vs_torch_sparse_s``), not in the dense rounds: its unfold writes R·S copies of the
 input (9 for 3×3, 25 for 5×5), and the dirty cache lines it leaves slowed whatever ran
 next (CIFAR 32@16×16 at batch 32: dense calls 12%, ours 27–33%), which no network does to
-its layers. Sparse weights are random unstructured patterns. Output is
-a table, or ``{"results": [...], "summary": [...], "kernel": {...}}`` with ``--json``.
+its layers. In its own rounds ours follows it, so ``speedup_vs_torch_sparse`` errs low.
+Sparse weights are random unstructured patterns. Output is a table, or
+``{"results": [...], "summary": [...], "kernel": {...}}`` with ``--json``.
 """
 
 from __future__ import annotations

@@ -147,25 +147,44 @@ struct Layout {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Layout sizes come from the caller's strides, padding, dilation and stack: computed with
+// overflow checks, so absurd values raise instead of wrapping around (a size that wrapped to
+// 0 once divided by zero in the blocking and killed the process).
+void check_no_overflow(bool overflowed) {
+  TORCH_CHECK(!overflowed, "sparse_conv2d: the padded layout's size overflows 64 bits (stride, ",
+              "padding, dilation, kernel or stack too large)");
+}
+int64_t mul(int64_t a, int64_t b) {
+  int64_t r;
+  check_no_overflow(__builtin_mul_overflow(a, b, &r));
+  return r;
+}
+int64_t add(int64_t a, int64_t b) {
+  int64_t r;
+  check_no_overflow(__builtin_add_overflow(a, b, &r));
+  return r;
+}
+
 Layout make_layout(int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh,
                    int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                    int64_t stack = 1) {
   Layout L{};
   L.C = C; L.H = H; L.W = W; L.R = R; L.S = S;
   L.sh = sh; L.sw = sw; L.ph = ph; L.pw = pw; L.dh = dh; L.dw = dw;
-  L.P = (H + 2 * ph - dh * (R - 1) - 1) / sh + 1;
-  L.Q = (W + 2 * pw - dw * (S - 1) - 1) / sw + 1;
+  L.P = (add(H, mul(2, ph)) - mul(dh, R - 1) - 1) / sh + 1;
+  L.Q = (add(W, mul(2, pw)) - mul(dw, S - 1) - 1) / sw + 1;
   // An image's pitch shares one row's right padding with the next row's left padding (or
   // the next stacked image's), and holds at least the Q outputs of a row (1×1 kernels with
   // padding have Q > W + pad). Its outputs read its own padded columns only: the last one
   // reads up to W + 2·pw − 1, which is below the next image's first data column.
   L.stack = stack;
-  L.image_pitch = std::max(ceil_div(W + pw, sw), L.Q);
-  L.Hph = ceil_div(H + 2 * ph, sh) + 1;
-  L.Wph = stack * L.image_pitch;
-  L.phase_plane = L.Hph * L.Wph;
-  L.plane = sh * sw * L.phase_plane;
-  L.M = L.P * L.Wph;
+  auto up = [](int64_t a, int64_t b) { return a / b + (a % b != 0); };  // ceil, no overflow
+  L.image_pitch = std::max(up(add(W, pw), sw), L.Q);
+  L.Hph = up(add(H, mul(2, ph)), sh) + 1;
+  L.Wph = mul(stack, L.image_pitch);
+  L.phase_plane = mul(L.Hph, L.Wph);
+  L.plane = mul(mul(sh, sw), L.phase_plane);
+  L.M = mul(L.P, L.Wph);
   return L;
 }
 
@@ -744,9 +763,9 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
     const int64_t first = nblocks * VW;
     const int64_t units = ceil_div(nspatial, L.stack);
     const int64_t elems = spatial_buf_elems(L, a.groups);
-    // Images of unit u: [n0, n0 + count). A unit short of images computes the stale rows a
+    // Images of unit u: [n0, n0 + count). A unit short of images computes the stale data a
     // previous unit left in the missing slots, which no output of its images reads (the zero
-    // rows between images are never written), and emits nothing for them.
+    // columns between images are never written), and emits nothing for them.
     auto unit_images = [&](int64_t u, int64_t& n0) {
       n0 = first + u * L.stack;
       return std::min(L.stack, first + nspatial - n0);
@@ -896,7 +915,7 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
                                padding[0], padding[1], dilation[0], dilation[1], stack);
   TORCH_CHECK(L.P >= 1 && L.Q >= 1, "sparse_conv2d: kernel larger than the padded input ", H,
               "x", W);
-  TORCH_CHECK(L.C * L.plane + L.M < (int64_t{1} << 31) / VW,
+  TORCH_CHECK(add(mul(L.C, L.plane), L.M) < (int64_t{1} << 31) / VW,
               "sparse_conv2d: input too large for 32-bit offsets");
   // The column indices' range is checked inside the kernel (compute_unit), without a pass of
   // its own over them: that pass was ≈2% of a 2-thread batch-1 call (it ran serially). An
@@ -937,7 +956,8 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   return output;
 }
 
-// The test helpers below take any stack the op could get (it allows up to the batch size).
+// The test helpers below take stacks up to 2^20 (the op: up to the batch size); sizes that
+// still overflow raise in make_layout.
 void check_stack(int64_t stack) {
   TORCH_CHECK(stack >= 1 && stack <= (int64_t{1} << 20), "stack must be from 1 to 2^20, got ",
               stack);
