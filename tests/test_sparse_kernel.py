@@ -532,9 +532,16 @@ def _small():
     return torch.randn(2, 3, 8, 8), conv_weight_to_csr(weight)
 
 
+@pytest.mark.parametrize("warm", [False, True])
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_bad_inputs_raise_clear_errors(implementation, request):
+def test_bad_inputs_raise_clear_errors(implementation, warm, request):
+    """Typed errors, also once a good call has cached its plan for this weight and shape (the
+    native op's own checks then stand in, and the Python ones name the error)."""
     x, csr = _small()
+    if warm:
+        _run(implementation, request, x, csr, stride=1)
+    with pytest.raises(TypeError, match="stride"):  # True == 1, but is no stride
+        _run(implementation, request, x, csr, stride=True)
     with pytest.raises(TypeError, match="float32"):
         _run(implementation, request, x.double(), csr)
     with pytest.raises(ValueError, match="contiguous"):
@@ -553,6 +560,24 @@ def test_bad_inputs_raise_clear_errors(implementation, request):
         _run(implementation, request, x, csr, stride=0)
     with pytest.raises(TypeError, match="Tensor"):
         _run(implementation, request, [[1.0]], csr)
+
+
+def test_call_plans_are_cached_per_shape_and_bounded():
+    """sparse_conv2d caches its plan per input shape, options and threads: the second call
+    reuses it, and a weight seeing many shapes keeps at most 64."""
+    _, csr = _small()
+    x = torch.randn(2, 3, 8, 8)
+    out = sparse_conv2d(x, csr, padding=1)
+    assert len(csr._plans) == 1
+    torch.testing.assert_close(sparse_conv2d(x, csr, padding=1), out)
+    torch.testing.assert_close(out, F.conv2d(x, csr.to_dense(), padding=1), rtol=RTOL, atol=ATOL)
+    assert len(csr._plans) == 1
+    for size in range(3, 80):
+        y = torch.randn(1, 3, size, 5)
+        torch.testing.assert_close(
+            sparse_conv2d(y, csr), F.conv2d(y, csr.to_dense()), rtol=RTOL, atol=ATOL
+        )
+    assert 1 <= len(csr._plans) <= 64
 
 
 def test_kernel_larger_than_input_raises():

@@ -121,10 +121,14 @@ def test_sparse_linear_any_leading_dims_and_no_bias(implementation):
     assert "bias=False" in repr(sparse)
 
 
+@pytest.mark.parametrize("warm", [False, True])
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_sparse_linear_bad_inputs(implementation):
+def test_sparse_linear_bad_inputs(implementation, warm):
+    """Typed errors, also after a good call has cached the native arguments for the weight."""
     _need(implementation)
     csr = linear_weight_to_csr(torch.randn(4, 6))
+    if warm:
+        sparse_linear(torch.randn(2, 6), csr, implementation=implementation)
     with pytest.raises(TypeError, match="float32"):
         sparse_linear(torch.randn(2, 6).double(), csr, implementation=implementation)
     with pytest.raises(ValueError, match="in_features"):

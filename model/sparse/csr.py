@@ -177,6 +177,8 @@ class ConvCSR:
     groups: int = 1
     _offsets: dict[ConvLayout, torch.Tensor] = field(default_factory=dict, repr=False)
     _cache: dict[str, object] = field(default_factory=dict, repr=False)  # row pairs, share
+    # functional.sparse_conv2d's call plans, per input shape and options
+    _plans: dict[tuple, tuple] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def nnz(self) -> int:
@@ -301,6 +303,8 @@ class LinearCSR:
     row_ptr: torch.Tensor
     out_features: int
     in_features: int
+    # functional.sparse_linear's native arguments, per implementation
+    _plans: dict[str, tuple] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def nnz(self) -> int:

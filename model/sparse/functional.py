@@ -60,9 +60,7 @@ def _stacked_layout(layout: ConvLayout, batch: int, threads: int) -> ConvLayout:
     """``layout`` for the native kernel's units: small images stacked at batch > 1 (only
     called once the kernel has loaded)."""
     vector_width = int(native.load().vector_width())
-    stack = images_per_unit(
-        batch, layout.out_height, layout.image_pitch, vector_width, threads
-    )
+    stack = images_per_unit(batch, layout.out_height, layout.image_pitch, vector_width, threads)
     if stack == 1:
         return layout
     return _conv_layout(
@@ -133,27 +131,89 @@ def sparse_conv2d(
         TypeError: wrong dtype or argument types. ValueError: wrong shapes or layout.
         RuntimeError: ``implementation="native"`` but the kernel is unavailable.
     """
-    if not isinstance(weight, ConvCSR):
-        raise TypeError(f"weight must be a ConvCSR, got {type(weight).__name__}")
-    _check_tensor(input, "input", dims=4)
-    stride_, padding_ = _pair(stride, "stride"), _pair(padding, "padding")
-    dilation_ = _pair(dilation, "dilation")
+    # The plan (layout, offsets, the op's arguments) depends on the call's shapes and options
+    # only, so it is cached per weight: a repeated native call is one dict lookup and the op,
+    # whose own checks stand in for the Python ones (on a failure those run, to raise the
+    # typed error below). Right after another layer has run, Python's objects are out of
+    # cache and each check costs microseconds (the input's device alone ≈17 µs): building
+    # the plan and checking the input cost ≈40 µs a call (AlexNet conv3 at batch 1, ≈10%).
+    key = _plan_key(input, weight, stride, padding, dilation, implementation, batch_layout,
+                    row_pairs)  # fmt: skip
+    plan = weight._plans.get(key) if key is not None else None
+    if plan is None or plan[0] is None:
+        if not isinstance(weight, ConvCSR):
+            raise TypeError(f"weight must be a ConvCSR, got {type(weight).__name__}")
+        _check_tensor(input, "input", dims=4)
+        _check_bias(bias, "out_channels", weight.out_channels)
+        if plan is None:
+            plan = _conv_plan(input.shape, weight, _pair(stride, "stride"),
+                              _pair(padding, "padding"), _pair(dilation, "dilation"),
+                              implementation, batch_layout, row_pairs)  # fmt: skip
+            if key is not None:
+                if len(weight._plans) >= _MAX_PLANS:
+                    weight._plans.clear()
+                weight._plans[key] = plan
+    module, head, tail = plan
+    if module is None:
+        with torch.no_grad():
+            return reference.sparse_conv2d(input, weight, head, bias, fuse_relu)
+    try:
+        # The extension op records no autograd history, so no no_grad() context (≈3 µs a call).
+        return module.sparse_conv2d_forward(input, *head, bias, *tail[:6], fuse_relu, *tail[6:])
+    except (RuntimeError, TypeError):
+        _check_tensor(input, "input", dims=4)  # the typed error, where a Python check has one
+        _check_bias(bias, "out_channels", weight.out_channels)
+        raise
+
+
+def _exact_pair(value: object) -> object:
+    """``value`` if it is an int or a pair of ints (bools excluded), else None: a cache key
+    must not let ``True`` or ``1.0`` hit the plan of ``1``."""
+    if type(value) is int:
+        return value
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int:
+        return value
+    return None
+
+
+def _plan_key(input, weight, stride, padding, dilation, implementation, batch_layout, row_pairs):
+    """The key of :func:`sparse_conv2d`'s plan cache, or None where the call is not cached
+    (not a ConvCSR or a tensor, options of other types)."""
+    geometry = (_exact_pair(stride), _exact_pair(padding), _exact_pair(dilation))
+    if None in geometry or type(weight) is not ConvCSR or not isinstance(input, torch.Tensor):
+        return None
+    if type(implementation) is not str or type(batch_layout) is not str:
+        return None
+    if row_pairs is not None and type(row_pairs) is not bool:
+        return None
+    return (input.shape, *geometry, implementation, batch_layout, row_pairs,
+            torch.get_num_threads())  # fmt: skip
+
+
+# Plans kept per weight (distinct input shapes, options and thread counts) before starting over.
+_MAX_PLANS = 64
+
+
+def _conv_plan(shape, weight, stride_, padding_, dilation_, implementation, batch_layout,
+               row_pairs):  # fmt: skip
+    """(module, head, tail) for :func:`sparse_conv2d`: the native module (None for the
+    reference) and the op's arguments before and after the bias (relu goes after the first six
+    of ``tail``); for the reference, ``head`` is the layout. Raises as the op documents."""
     if min(stride_) < 1 or min(dilation_) < 1 or min(padding_) < 0:
         raise ValueError(
             f"stride and dilation must be >= 1 and padding >= 0, got stride={stride_}, "
             f"padding={padding_}, dilation={dilation_}"
         )
-    if input.shape[1] != weight.in_channels:
+    if shape[1] != weight.in_channels:
         raise ValueError(
-            f"input has {input.shape[1]} channels but the weight expects {weight.in_channels}"
+            f"input has {shape[1]} channels but the weight expects {weight.in_channels}"
         )
-    _check_bias(bias, "out_channels", weight.out_channels)
     if batch_layout not in _BATCH_LAYOUTS:
         raise ValueError(f"batch_layout must be auto, spatial or blocked, not {batch_layout!r}")
     layout = _conv_layout(
         weight.in_channels // weight.groups,
-        input.shape[2],
-        input.shape[3],
+        shape[2],
+        shape[3],
         tuple(weight.kernel),
         stride_,
         padding_,
@@ -168,37 +228,22 @@ def sparse_conv2d(
         )
     module = _module(implementation)
     if module is None:
-        with torch.no_grad():
-            return reference.sparse_conv2d(input, weight, layout, bias, fuse_relu)
+        return None, layout, ()
     if batch_layout != "blocked":
-        layout = _stacked_layout(layout, input.shape[0], torch.get_num_threads())
+        layout = _stacked_layout(layout, shape[0], torch.get_num_threads())
     if row_pairs or (row_pairs is None and weight.pairs_pay()):
         pairs = weight.row_pairs()
         assert pairs is not None
         offsets, pair_offsets = pairs.input_offsets(layout)
-        values, row_ptr = pairs.values, pairs.row_ptr
+        head = (pairs.values, offsets, pairs.row_ptr)
         pair_args = (pairs.pair_values, pair_offsets, pairs.pair_row_ptr)
     else:
-        offsets, values, row_ptr = weight.input_offsets(layout), weight.values, weight.row_ptr
+        head = (weight.values, weight.input_offsets(layout), weight.row_ptr)
         pair_args = (None, None, None)
-    # The extension op records no autograd history, so no no_grad() context (≈3 µs a call).
-    return module.sparse_conv2d_forward(
-        input,
-        values,
-        offsets,
-        row_ptr,
-        bias,
-        weight.out_channels,
-        list(weight.kernel),
-        list(stride_),
-        list(padding_),
-        list(dilation_),
-        weight.groups,
-        fuse_relu,
-        _BATCH_LAYOUTS[batch_layout],
-        *pair_args,
-        layout.stack,
-    )
+    kernel, groups = list(weight.kernel), weight.groups
+    tail = (weight.out_channels, kernel, list(stride_), list(padding_), list(dilation_), groups,
+            _BATCH_LAYOUTS[batch_layout], *pair_args, layout.stack)  # fmt: skip
+    return module, head, tail
 
 
 _COLS16: weakref.WeakKeyDictionary[LinearCSR, tuple[torch.Tensor, torch.Tensor]] = (
@@ -232,6 +277,22 @@ def sparse_linear(
     Raises:
         TypeError: wrong dtype or argument types. ValueError: wrong shapes or layout.
     """
+    # A 2-D input with a native plan cached for this weight goes straight to the op, whose own
+    # checks stand in for the Python ones (as in sparse_conv2d; cold, they cost ≈100 µs of
+    # AlexNet fc6's 1.5 ms at batch 1). On a failure the Python checks run for the typed error.
+    plan = weight._plans.get(implementation) if type(weight) is LinearCSR else None
+    if plan is not None and isinstance(input, torch.Tensor):
+        shape = input.shape
+        if len(shape) == 2 and shape[1] == weight.in_features:
+            module, values, cols, row_ptr = plan
+            try:
+                return module.sparse_linear_forward(
+                    input, values, cols, row_ptr, bias, weight.out_features, fuse_relu
+                )
+            except (RuntimeError, TypeError):
+                _check_tensor(input, "input")
+                _check_bias(bias, "out_features", weight.out_features)
+                raise
     if not isinstance(weight, LinearCSR):
         raise TypeError(f"weight must be a LinearCSR, got {type(weight).__name__}")
     _check_tensor(input, "input")
@@ -248,13 +309,11 @@ def sparse_linear(
         with torch.no_grad():
             out = reference.sparse_linear(x, weight, bias, fuse_relu)
     else:  # the extension op records no autograd history
-        out = module.sparse_linear_forward(
-            x,
+        plan = weight._plans[implementation] = (
+            module,
             weight.values,
             _native_cols(weight),
             weight.row_ptr,
-            bias,
-            weight.out_features,
-            fuse_relu,
         )
+        out = module.sparse_linear_forward(x, *plan[1:], bias, weight.out_features, fuse_relu)
     return out.reshape(*lead, weight.out_features)
