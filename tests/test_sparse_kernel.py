@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import random
 
 import pytest
@@ -12,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.sparse import conv_layout, conv_weight_to_csr, native, sparse_conv2d
+from model.sparse.csr import linear_weight_to_csr
+from model.sparse.functional import sparse_linear
 from perfmodel.refined import STACK_MAX_VECTORS, images_per_unit
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -578,6 +582,23 @@ def test_call_plans_are_cached_per_shape_and_bounded():
             sparse_conv2d(y, csr), F.conv2d(y, csr.to_dense()), rtol=RTOL, atol=ATOL
         )
     assert 1 <= len(csr._plans) <= 64
+
+
+def test_weights_with_cached_plans_copy_and_pickle():
+    """A plan holds the extension module, which does not pickle: copies start without plans."""
+    x, csr = _small()
+    expected = sparse_conv2d(x, csr)
+    linear = linear_weight_to_csr(torch.randn(4, 6))
+    y = torch.randn(2, 6)
+    linear_out = sparse_linear(y, linear)
+    for copied, copied_linear in (
+        (copy.deepcopy(csr), copy.deepcopy(linear)),
+        (pickle.loads(pickle.dumps(csr)), pickle.loads(pickle.dumps(linear))),
+    ):
+        assert copied._plans == {} and copied_linear._plans == {}
+        torch.testing.assert_close(sparse_conv2d(x, copied), expected)
+        torch.testing.assert_close(sparse_linear(y, copied_linear), linear_out)
+    assert csr._plans  # the original keeps its plans
 
 
 def test_kernel_larger_than_input_raises():

@@ -38,6 +38,14 @@ from perfmodel.refined import PAIR_MIN_SHARE, unit_layout
 Pair = tuple[int, int]
 
 
+def _without_plans(weight: object) -> dict:
+    """A CSR weight's state for pickling and deep copies: its call plans hold the extension
+    module, which does not pickle, and are rebuilt on the first call."""
+    state = dict(weight.__dict__)
+    state["_plans"] = {}
+    return state
+
+
 @dataclass(frozen=True)
 class ConvLayout:
     """Geometry of one group's padded input and flattened output (see module docstring)."""
@@ -180,6 +188,9 @@ class ConvCSR:
     # functional.sparse_conv2d's call plans, per input shape and options
     _plans: dict[tuple, tuple] = field(default_factory=dict, init=False, repr=False)
 
+    def __getstate__(self) -> dict:
+        return _without_plans(self)
+
     @property
     def nnz(self) -> int:
         return int(self.values.numel())
@@ -305,6 +316,9 @@ class LinearCSR:
     in_features: int
     # functional.sparse_linear's native arguments, per implementation
     _plans: dict[str, tuple] = field(default_factory=dict, init=False, repr=False)
+
+    def __getstate__(self) -> dict:
+        return _without_plans(self)
 
     @property
     def nnz(self) -> int:
