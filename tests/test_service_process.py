@@ -73,8 +73,10 @@ def test_worker_killed_mid_job_is_requeued_and_resumed(tmp_path):
         worker = subprocess.Popen([str(BIN / "sweetspot"), "worker", "--worker-id", "doomed"],
                                   env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)  # fmt: skip
-        wait(lambda: any(e["type"] == "epoch" for e in httpx.get(
-            f"{server.url}/v1/jobs/{job_id}/events").json()["data"]))  # fmt: skip
+        # Two epochs reported: the first one's checkpoint is on disk (it is written after the
+        # epoch's event, before the next epoch starts), so the rescuer has something to resume.
+        wait(lambda: sum(e["type"] == "epoch" for e in httpx.get(
+            f"{server.url}/v1/jobs/{job_id}/events").json()["data"]) >= 2)  # fmt: skip
         worker.kill()  # SIGKILL: no chance to clean up
         worker.wait()
         requeued = wait(lambda: (j := _job(server.url, job_id))["status"] == "queued" and j)
