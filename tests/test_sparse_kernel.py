@@ -196,7 +196,7 @@ def test_images_per_unit_thresholds():
     assert images_per_unit(32, 16, 17, 16, 1) == 1
     assert images_per_unit(32, 2, 3, 16, 1) == 32  # 12 vectors, one unit
     assert images_per_unit(32, 2, 3, 16, 2) == 16  # one unit per thread
-    # No stack exceeds STACK_MAX_VECTORS, and a last unit short of images is avoided.
+    # No stack exceeds STACK_MAX_VECTORS or the batch.
     for batch in range(2, 70):
         stack = images_per_unit(batch, 2, 3, 16, 1)
         assert -(-stack * 2 * 3 // 16) <= STACK_MAX_VECTORS

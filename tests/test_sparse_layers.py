@@ -129,6 +129,8 @@ def test_sparse_linear_bad_inputs(implementation, warm):
     csr = linear_weight_to_csr(torch.randn(4, 6))
     if warm:
         sparse_linear(torch.randn(2, 6), csr, implementation=implementation)
+    with pytest.raises(ValueError, match="implementation"):
+        sparse_linear(torch.randn(2, 6), csr, implementation=["native"])
     with pytest.raises(TypeError, match="float32"):
         sparse_linear(torch.randn(2, 6).double(), csr, implementation=implementation)
     with pytest.raises(ValueError, match="in_features"):

@@ -314,7 +314,7 @@ class LinearCSR:
     row_ptr: torch.Tensor
     out_features: int
     in_features: int
-    # functional.sparse_linear's native arguments, per implementation
+    # functional.sparse_linear's native arguments (one plan, under "native")
     _plans: dict[str, tuple] = field(default_factory=dict, init=False, repr=False)
 
     def __getstate__(self) -> dict:

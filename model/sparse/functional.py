@@ -8,7 +8,6 @@ raises if it is unavailable); ``"reference"`` always runs the reference.
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Literal
 
 import torch
@@ -246,23 +245,14 @@ def _conv_plan(shape, weight, stride_, padding_, dilation_, implementation, batc
     return module, head, tail
 
 
-_COLS16: weakref.WeakKeyDictionary[LinearCSR, tuple[torch.Tensor, torch.Tensor]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _native_cols(weight: LinearCSR) -> torch.Tensor:
     """Column indices for the native kernel: unsigned 16-bit (stored as int16) when
-    ``in_features <= 65536``, a quarter less memory traffic at batch 1 (cached per weight)."""
+    ``in_features <= 65536``, a quarter less memory traffic at batch 1 (built once per weight,
+    kept in its native plan)."""
     if weight.in_features > 65536:
         return weight.cols
-    cached = _COLS16.get(weight)
-    if cached is not None and cached[0] is weight.cols:
-        return cached[1]
     cols = weight.cols.to(torch.int32)
-    cols16 = torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16).contiguous()
-    _COLS16[weight] = (weight.cols, cols16)
-    return cols16
+    return torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16).contiguous()
 
 
 def sparse_linear(
@@ -280,7 +270,8 @@ def sparse_linear(
     # A 2-D input with a native plan cached for this weight goes straight to the op, whose own
     # checks stand in for the Python ones (as in sparse_conv2d; cold, they cost ≈100 µs of
     # AlexNet fc6's 1.5 ms at batch 1). On a failure the Python checks run for the typed error.
-    plan = weight._plans.get(implementation) if type(weight) is LinearCSR else None
+    native_call = type(weight) is LinearCSR and implementation in ("auto", "native")
+    plan = weight._plans.get("native") if native_call else None
     if plan is not None and isinstance(input, torch.Tensor):
         shape = input.shape
         if len(shape) == 2 and shape[1] == weight.in_features:
@@ -309,11 +300,13 @@ def sparse_linear(
         with torch.no_grad():
             out = reference.sparse_linear(x, weight, bias, fuse_relu)
     else:  # the extension op records no autograd history
-        plan = weight._plans[implementation] = (
-            module,
-            weight.values,
-            _native_cols(weight),
-            weight.row_ptr,
-        )
+        plan = weight._plans.get("native")
+        if plan is None:  # one plan serves auto and native: both run this module
+            plan = weight._plans["native"] = (
+                module,
+                weight.values,
+                _native_cols(weight),
+                weight.row_ptr,
+            )
         out = module.sparse_linear_forward(x, *plan[1:], bias, weight.out_features, fuse_relu)
     return out.reshape(*lead, weight.out_features)

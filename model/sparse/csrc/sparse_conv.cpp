@@ -145,7 +145,8 @@ struct Layout {
   int64_t M;               // P·Wph: flattened outputs per channel
 };
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Ceiling of a / b for b > 0, without the overflow of (a + b − 1) / b.
+int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b > 0); }
 
 // Layout sizes come from the caller's strides, padding, dilation and stack: computed with
 // overflow checks, so absurd values raise instead of wrapping around (a size that wrapped to
@@ -178,9 +179,8 @@ Layout make_layout(int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_
   // padding have Q > W + pad). Its outputs read its own padded columns only: the last one
   // reads up to W + 2·pw − 1, which is below the next image's first data column.
   L.stack = stack;
-  auto up = [](int64_t a, int64_t b) { return a / b + (a % b != 0); };  // ceil, no overflow
-  L.image_pitch = std::max(up(add(W, pw), sw), L.Q);
-  L.Hph = up(add(H, mul(2, ph)), sh) + 1;
+  L.image_pitch = std::max(ceil_div(add(W, pw), sw), L.Q);
+  L.Hph = ceil_div(add(H, mul(2, ph)), sh) + 1;
   L.Wph = mul(stack, L.image_pitch);
   L.phase_plane = mul(L.Hph, L.Wph);
   L.plane = mul(mul(sh, sw), L.phase_plane);
