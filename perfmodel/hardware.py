@@ -65,7 +65,7 @@ class UnknownProfileError(LookupError):
 class Provenance(BaseModel):
     """Where the numbers of a profile come from."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["paper", "datasheet", "calibration", "user"]
     source: str = Field(description="Citation or tool that produced the numbers.")
@@ -80,7 +80,7 @@ class Provenance(BaseModel):
 class MemoryBandwidths(BaseModel):
     """Read bandwidths measured on the host at each level of the hierarchy (all threads)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     l1_bytes_per_s: Rate = Field(description="Reading a 16 KiB buffer over and over.")
     l2_bytes_per_s: Rate = Field(description="Reading a 512 KiB buffer over and over.")
@@ -100,7 +100,7 @@ class DenseParameters(BaseModel):
     found the term negligible on this host (or, for ``output_bytes_per_s``, a schema-2 profile).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     call_overhead_s: float = Field(ge=0, description="Fixed cost of one dense call.")
     conv1x1_call_s: float = Field(0.0, ge=0, description="Extra fixed cost of a 1×1 call.")
@@ -140,7 +140,7 @@ class NativeDenseParameters(BaseModel):
     bytes (written, then read by the GEMM), ``S_W`` the weights' bytes.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     call_overhead_s: float = Field(ge=0, description="Fixed cost of one native call.")
     columns_bytes_per_s: OptionalRate = Field(
@@ -160,7 +160,7 @@ class NativeDenseParameters(BaseModel):
 class SparseParameters(BaseModel):
     """Fitted time of the direct sparse kernel (:mod:`model.sparse`), see perfmodel.refined."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     call_overhead_s: float = Field(ge=0, description="Fixed cost of one sparse call.")
     pack_bytes_per_s: OptionalRate = Field(
@@ -213,7 +213,7 @@ class SparseParameters(BaseModel):
 class FitQuality(BaseModel):
     """How well the fit matched its own calibration measurements, and how noisy they were."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dense_mape: float = Field(ge=0, description="Mean |relative error| of dense times.")
     sparse_mape: float = Field(ge=0, description="Mean |relative error| of sparse times.")
@@ -231,7 +231,7 @@ class FitQuality(BaseModel):
 class RefinedParameters(BaseModel):
     """Everything :class:`perfmodel.refined.RefinedRoofline` needs, fitted on one host."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     threads: int = Field(gt=0, description="Threads the timings were taken with.")
     vector_width: int = Field(16, gt=0, description="fp32 lanes of the sparse kernel's ISA.")
@@ -254,7 +254,7 @@ class RefinedParameters(BaseModel):
 class HardwareProfile(BaseModel):
     """One platform's roofline inputs. Units are in the field names; frozen once built."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: int = Field(
         1, ge=1, le=SCHEMA_VERSION, description="Profile schema version (1: paper numbers only)."

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from perfmodel.hardware import HardwareProfile
-from perfmodel.roofline import Bound, Layer, PerformanceModel, SweetSpot, get_model
+from perfmodel.roofline import MODELS, Bound, Layer, PerformanceModel, SweetSpot, get_model
 
 REPORTED_SPARSITIES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
 """Sparsities at which every prediction reports a speedup (JSON keys "0.5" … "0.95")."""
@@ -189,9 +189,14 @@ def resolve_model(model: PerformanceModel | str, hw: HardwareProfile) -> Perform
     """A model instance: a registered name, an instance, or ``"auto"`` — the refined model
     when ``hw`` carries calibrated parameters (``sweetspot calibrate``), the paper's otherwise."""
     if isinstance(model, str):
-        if model == "auto":
-            model = "refined" if hw.refined is not None else "paper"
-        return get_model(model)
+        name = "refined" if model == "auto" and hw.refined is not None else model
+        try:
+            return get_model("paper" if name == "auto" else name)
+        except LookupError:
+            raise LookupError(
+                f"unknown performance model {model!r}; valid names: auto, "
+                f"{', '.join(sorted(MODELS))}"
+            ) from None
     return model
 
 

@@ -80,9 +80,14 @@ def _predict(args: argparse.Namespace) -> int:
         except UnknownNetworkError as error:
             raise CliError(str(error), EXIT_USAGE) from None
         name = args.model
-    prediction = predict_network(
-        layers, hardware, name=name, batch=args.batch, model=args.performance_model
-    )
+    try:
+        prediction = predict_network(
+            layers, hardware, name=name, batch=args.batch, model=args.performance_model
+        )
+    except LookupError as error:  # an unknown --performance-model
+        raise CliError(str(error), EXIT_USAGE) from None
+    except ProfileError as error:  # 'refined' on a profile that was never calibrated
+        raise CliError(str(error)) from None
     if args.json:
         print(json.dumps(prediction.to_dict(), indent=2, ensure_ascii=False))
     else:

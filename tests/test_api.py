@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from datetime import timedelta
@@ -143,6 +144,31 @@ def test_create_custom_profile_and_use_it(client):
     assert response.status_code == 200 and response.json()["hardware"] == "lab-box"
     bad = client.post("/v1/hardware", json={**profile, "name": "x", "sparse_overhead": -1})
     assert bad.status_code == 422 and "sparse_overhead" in bad.json()["detail"]
+
+
+def test_non_finite_profile_values_are_refused(client):
+    """1e400 is infinity in JSON; it passed `gt=0` and was saved as null, after which the
+    listing failed for every client."""
+    profile = {"name": "inf-box", "dense_flops_per_s": 2e11,
+               "memory_bandwidth_bytes_per_s": 3e10, "sparse_overhead": 2.5,
+               "provenance": {"kind": "datasheet", "source": "vendor"}}  # fmt: skip
+    for field in ("dense_flops_per_s", "memory_bandwidth_bytes_per_s", "sparse_overhead"):
+        body = json.dumps(profile).replace(f'"{field}": {profile[field]}', f'"{field}": 1e400')
+        response = client.post("/v1/hardware", content=body,
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+        assert response.status_code == 422, field
+        assert field in response.json()["detail"] and "finite" in response.json()["detail"]
+    assert "inf-box" not in [p["name"] for p in client.get("/v1/hardware").json()["data"]]
+
+
+def test_listing_skips_a_profile_file_that_does_not_load(client, settings):
+    broken = '{"name": "broken", "dense_flops_per_s": null}'
+    (settings.profiles_dir / "broken.json").write_text(broken)
+    response = client.get("/v1/hardware")
+    assert response.status_code == 200
+    names = [p["name"] for p in response.json()["data"]]
+    assert "broken" not in names and "atom-c2750" in names
+    assert response.json()["count"] == len(names)
 
 
 def test_catalogue(client):

@@ -52,6 +52,21 @@ def test_predict_with_a_profile_file(capsys, tmp_path):
     assert code == 0 and json.loads(out)["hardware"] == "box"
 
 
+def test_performance_model_errors_are_one_line(capsys):
+    """An unknown --performance-model and 'refined' on an uncalibrated profile printed a
+    traceback; they print one line, exit codes as `validate` uses them (usage 2, profile 1)."""
+    code, out, err = run(capsys, "predict", "--model", "lenet5", "--hardware", "atom-c2750",
+                         "--performance-model", "foo")  # fmt: skip
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "sweetspot: unknown performance model 'foo'; valid names: auto, paper, refined"
+    )
+    code, out, err = run(capsys, "predict", "--model", "lenet5", "--hardware", "atom-c2750",
+                         "--performance-model", "refined")  # fmt: skip
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "has no refined parameters" in err and err.count("\n") == 1
+
+
 def test_unknown_model_exits_2_and_lists_models(capsys):
     code, out, err = run(capsys, "predict", "--model", "alexnext", "--hardware", "atom-c2750")
     assert code == 2 and out == ""

@@ -86,6 +86,19 @@ def test_invalid_profile_error_names_the_field(tmp_path, change, field):
         get_profile(path)
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    """TOML has inf and nan literals (and JSON's 1e400 reads as inf): inf passed `gt=0`, and a
+    profile with an infinite compute rate predicted 0 µs everywhere."""
+    path = tmp_path / "box.toml"
+    path.write_text(
+        f'name = "box"\ndense_flops_per_s = 1e11\nmemory_bandwidth_bytes_per_s = {value}\n'
+        'sparse_overhead = 2.0\n[provenance]\nkind = "user"\nsource = "x"\n'
+    )
+    with pytest.raises(ProfileError, match=r"field 'memory_bandwidth_bytes_per_s'.*finite"):
+        get_profile(path)
+
+
 def test_missing_field_is_named():
     data = {k: v for k, v in VALID.items() if k != "sparse_overhead"}
     with pytest.raises(ProfileError, match="field 'sparse_overhead': Field required"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, HTTPException, Response, status
 
-from perfmodel import HardwareProfile, get_profile, profile_names, save_profile
+from perfmodel import HardwareProfile, ProfileError, get_profile, profile_names, save_profile
 from perfmodel.hardware import BUILTIN_DIR
 from service import jobs as store
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
@@ -14,12 +16,20 @@ from service.api.routes.jobs import to_public
 from service.api.schemas import CalibrationCreate, ErrorPublic, JobPublic, ProfilesPublic
 
 router = APIRouter(prefix="/hardware", tags=["hardware"])
+log = logging.getLogger("sweetspot.api")
 
 
 @router.get("")
 def list_profiles() -> ProfilesPublic:
-    """All hardware profiles: the paper's platforms and custom ones."""
-    profiles = [get_profile(name) for name in profile_names()]
+    """All hardware profiles: the paper's platforms and custom ones. A profile file that does
+    not load (edited by hand, or from a newer Sweetspot) is left out and logged, as `sweetspot
+    hardware list` skips it: one bad file must not hide every other profile."""
+    profiles = []
+    for name in profile_names():
+        try:
+            profiles.append(get_profile(name))
+        except ProfileError as error:
+            log.warning("hardware listing skips profile %s: %s", name, error)
     return ProfilesPublic(data=profiles, count=len(profiles))
 
 
