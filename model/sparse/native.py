@@ -173,8 +173,33 @@ def _forget_build() -> None:
         entries.pop(EXTENSION_NAME, None)
 
 
+@contextlib.contextmanager
+def _interpreter_tools_first() -> Iterator[None]:
+    """PATH with this interpreter's scripts folder first, for the build's duration.
+
+    torch runs whichever `ninja` PATH finds first. With the virtualenv's ninja (1.13) and a
+    system one (1.11) both present, a shell with the venv activated and one without it hashed
+    the same build commands differently, and every switch rebuilt the kernel (≈30 s): the
+    project's own ninja, next to the interpreter, is used whatever the shell's PATH."""
+    previous = os.environ.get("PATH")
+    scripts = str(Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([scripts, *([previous] if previous else [])])
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = previous
+
+
 def _build_locked(verbose: bool, timeout_s: float) -> ModuleType:
     """Compile if needed and import, under our lock; raise on any failure."""
+    with _interpreter_tools_first():
+        return _build_with_tools(verbose, timeout_s)
+
+
+def _build_with_tools(verbose: bool, timeout_s: float) -> ModuleType:
     missing = _missing_toolchain()
     if missing:
         raise RuntimeError(missing)
