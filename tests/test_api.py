@@ -263,6 +263,8 @@ def test_cancel_a_queued_job_and_bad_transitions(client):
         ({"config": {"epochz": 3}}, 422, "unknown config key(s) epochz"),
         ({"config": {"prune_epochs": 10_000}}, 422, "exceeds this service's limit"),
         ({"config": {"lr": -1}}, 422, "lr must be > 0"),
+        ({"config": {"multipliers": 3}}, 422, "multipliers: Input should be a valid dictionary"),
+        ({"config": {"guided": "maybe"}}, 422, "guided: Input should be a valid boolean"),
         ({"checkpoint": "nothing"}, 422, "is not an upload of yours"),
         ({"surprise": 1}, 422, "Extra inputs are not permitted"),
     ],

@@ -80,6 +80,8 @@ def test_start_from_a_checkpoint_skips_dense_training(capsys, tmp_path):
          "unknown pruning method 'voodoo'; valid names: autoprune, gsl, l1-filter, magnitude"),
         (["--hardware", "cray-1"], 2, "unknown hardware profile 'cray-1'"),
         (["--lr", "-1"], 2, "lr must be > 0"),
+        (["--set", "lasso=abc"], 2, "lasso: Input should be a valid number"),
+        (["--set", "multipliers=3"], 2, "multipliers: Input should be a valid dictionary"),
     ],
 )
 def test_bad_requests_are_clear_errors(capsys, tmp_path, extra, code, message):
@@ -110,3 +112,14 @@ def test_gsl_on_digits_prunes_only_the_sweet_spot_layer(capsys, tmp_path):
     for name in ("conv1", "fc1", "fc2"):
         assert layers[name]["sparsity"] == 0.0 and layers[name]["format"] == "dense"
     assert manifest["model_speedup"]["predicted"] > 1.5
+
+
+def test_set_values_are_typed_before_training():
+    """`--set guided=False` (Python's spelling) stayed the string 'False', which is truthy: the
+    run was silently guided. Values are converted to the field's type or refused."""
+    from model.pipeline import split_config
+
+    train, gsl = split_config("gsl", {"guided": "False", "lasso": "0.001", "batch_size": 32.0})
+    assert gsl.guided is False and gsl.lasso == 0.001 and train.batch_size == 32
+    with pytest.raises(ValueError, match=r"batch_size: Input should be a valid integer"):
+        split_config("gsl", {"batch_size": 2.5})

@@ -1,16 +1,21 @@
 """Pruning methods behind one registry: ``METHODS[name]`` builds the training hooks.
 
 Each method is a :class:`model.training.PruningHooks` implementation with a typed config
-dataclass. ``build_method`` validates the user's hyperparameters against that dataclass, so a
-misspelt key is an error that lists the valid ones.
+dataclass. ``make_config`` validates the user's hyperparameters against that dataclass: a
+misspelt key is an error that lists the valid ones, and a value of the wrong type (``guided=3``,
+``multipliers=3``, ``lasso="abc"``) is refused before any training, with pydantic's usual
+conversions (``"false"``/``"False"``/``"no"`` for a bool, ``2`` for a float).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from model.pruning.autoprune import AutoPrune, AutoPruneConfig
 from model.pruning.gsl import GSL, GSLConfig, GuidedController
@@ -92,9 +97,21 @@ def make_config(config_type: type, values: dict[str, Any]) -> Any:
             f"valid keys: {', '.join(sorted(valid))}"
         )
     try:
-        return config_type(**values)
-    except TypeError as error:
+        return _adapter(config_type).validate_python(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']} "
+            f"(got {e['input']!r})"
+            for e in error.errors(include_url=False)
+        )
+        raise ValueError(f"invalid {config_type.__name__}: {problems}") from None
+    except (TypeError, ValueError) as error:
         raise ValueError(f"invalid {config_type.__name__}: {error}") from None
+
+
+@functools.cache
+def _adapter(config_type: type) -> TypeAdapter:
+    return TypeAdapter(config_type)
 
 
 __all__ = [
