@@ -334,7 +334,10 @@ def test_tokens_isolate_owners(tmp_path):
     with TestClient(create_app(settings)) as client:
         alice = {"Authorization": "Bearer alice-token"}
         bob = {"Authorization": "Bearer bob-token"}
-        assert client.get("/healthz").status_code == 200
+        # Open as README documents: operations, the page and the API docs; /v1 needs a token.
+        for path in ("/healthz", "/version", "/metrics", "/", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+        assert client.get("/v1/hardware").status_code == 401
         unauthorised = client.get("/v1/jobs")
         assert unauthorised.status_code == 401 and "token" in unauthorised.json()["detail"]
         assert client.get("/v1/jobs", headers={"Authorization": "Bearer x"}).status_code == 401

@@ -163,3 +163,23 @@ def test_bench_kernel_prints_its_json_contract(capsys):
     (summary,) = data["summary"]
     assert (summary["layers"], summary["batch"], summary["threads"]) == ("cifar", 1, 1)
     assert set(summary["median_speedup_vs_dense"]) == {"0.5", "0.9"}
+
+
+def test_bench_summary_marks_a_break_even_below_every_measured_sparsity():
+    """A layer already faster than dense at the lowest sparsity measured has its break-even at
+    or below it: the summary said `break-even 0.90` for a run of 0.9 alone."""
+    from model.sparse.bench import _table, summarise
+
+    def row(layer, sparsity, speedup):
+        return {"layer": layer, "shape": "", "batch": 1, "threads": 1, "sparsity": sparsity,
+                "dense_s": speedup, "dense_backend": "onednn", "ours_s": 1.0,
+                "torch_sparse_s": None, "speedup_vs_dense": speedup}  # fmt: skip
+
+    measured = [row("a", 0.5, 0.8), row("a", 0.7, 1.2), row("b", 0.5, 1.1), row("b", 0.7, 2.0)]
+    (summary,) = summarise(measured, {"set": ["a", "b"]})
+    assert summary["break_even_sparsity"] == pytest.approx(0.6)  # layer a, interpolated
+    assert summary["break_even_at_or_below"] is False
+    only_fast = [row("a", 0.9, 5.0), row("b", 0.9, 6.0)]
+    (summary,) = summarise(only_fast, {"set": ["a", "b"]})
+    assert summary["break_even_sparsity"] == 0.9 and summary["break_even_at_or_below"] is True
+    assert "break-even ≤ 0.90" in _table(only_fast, [summary])

@@ -286,7 +286,8 @@ def break_even(points: list[tuple[float, float]]) -> float | None:
 
 def summarise(results: list[dict], layer_sets: dict[str, list[str]]) -> list[dict]:
     """Per layer set × batch × threads: median speedup over its layers at each sparsity, and
-    the worst (highest) per-layer break-even sparsity."""
+    the worst (highest) per-layer break-even sparsity (``break_even_at_or_below``: that
+    layer was faster than dense at every sparsity measured, so this is an upper bound)."""
     summary = []
     for set_name, names in layer_sets.items():
         rows = [r for r in results if r["layer"] in names]
@@ -299,13 +300,17 @@ def summarise(results: list[dict], layer_sets: dict[str, list[str]]) -> list[dic
                 )
                 for sp in sparsities
             }
-            evens = [
-                break_even(
-                    [(r["sparsity"], r["speedup_vs_dense"]) for r in case if r["layer"] == n]
-                )
+            points = {
+                n: [(r["sparsity"], r["speedup_vs_dense"]) for r in case if r["layer"] == n]
                 for n in names
-            ]
-            worst = None if any(e is None for e in evens) else max(evens)
+            }
+            evens = {n: break_even(p) for n, p in points.items()}
+            worst = None if any(e is None for e in evens.values()) else max(evens.values())
+            # A layer already faster at its lowest measured sparsity has its break-even at or
+            # below that sparsity, not at it: say so when such a layer is the worst.
+            bound = worst is not None and any(
+                evens[n] == worst and min(v for _, v in points[n]) >= 1.0 for n in names
+            )
             summary.append(
                 {
                     "layers": set_name,
@@ -313,6 +318,7 @@ def summarise(results: list[dict], layer_sets: dict[str, list[str]]) -> list[dic
                     "threads": threads,
                     "median_speedup_vs_dense": median,
                     "break_even_sparsity": worst,
+                    "break_even_at_or_below": bound,
                 }
             )
     return summary
@@ -340,7 +346,9 @@ def _table(results: list[dict], summary: list[dict]) -> str:
     for s in summary:
         speedups = "  ".join(f"{sp}: {v:.2f}×" for sp, v in s["median_speedup_vs_dense"].items())
         even = s["break_even_sparsity"]
-        even_text = f"{even:.2f}" if even is not None else "none measured"
+        even_text = "none measured" if even is None else f"{even:.2f}"
+        if s["break_even_at_or_below"]:
+            even_text = f"≤ {even_text} (faster at every sparsity measured)"
         lines.append(
             f"{s['layers']:<9} batch {s['batch']:>3} threads {s['threads']}:  {speedups}  "
             f"break-even {even_text}"
