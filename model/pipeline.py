@@ -90,13 +90,32 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:
         raise ValueError(
-            f"{path} is not a weights-only PyTorch file or safetensors file: {error}"
+            f"{path} is not a safetensors file or a weights-only PyTorch state dict "
+            f"({weights_load_error(error)})"
         ) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # one of our own checkpoints
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def weights_load_error(error: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one line. torch's own
+    message suggests retrying with ``weights_only=False``, which Sweetspot never does (it would
+    run whatever the file's pickle asks for): keep only what the file held."""
+    text = str(error)
+    if text.startswith("Weights only load failed"):
+        # Paragraphs: torch's advice (dropped), the reason, a pointer to its documentation.
+        reasons = [
+            " ".join(part.split()) for part in text.split("\n\n")
+            if part.strip() and "weights_only" not in part
+            and not part.strip().startswith("Check the documentation")
+        ]  # fmt: skip
+        reason = "; ".join(reasons).rstrip(".")[:200] or "not a state dict of tensors"
+        return f"the weights-only loader refused it: {reason}; nothing but weights is loaded"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
 
 
 def _save(module: torch.nn.Module, path: Path) -> None:
@@ -407,7 +426,7 @@ def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None
         if previous != current:
             raise ValueError(
                 f"{out_dir} holds the checkpoint of a different job; choose another output "
-                "folder or start afresh without resuming"
+                "folder or start afresh without resuming (sweetspot prune --no-resume)"
             )
     else:
         for stale in ("checkpoint.pt", "events.jsonl", "manifest.json", "dense.safetensors",

@@ -37,6 +37,7 @@ def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
     from safetensors.torch import save_file
 
     from model.networks import create_model
+    from model.pipeline import weights_load_error
 
     try:
         state = load_safetensors(data)
@@ -46,7 +47,7 @@ def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
         except Exception as error:
             raise ValueError(
                 "not a safetensors file or a weights-only PyTorch state dict "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                f"({weights_load_error(error)})"
             ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

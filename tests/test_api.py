@@ -311,6 +311,9 @@ def test_checkpoint_upload_and_job_from_it(client, settings):
     evil = client.post("/v1/uploads", data={"model": "lenet5"},
                        files={"file": ("evil.pt", b"cos\nsystem\n(S'touch /tmp/pwned'\ntR.")})
     assert evil.status_code == 422 and "weights-only" in evil.json()["detail"]
+    # torch's own message tells the user to retry with weights_only=False: never passed on
+    assert "refused it: Trying to load unsupported GLOBAL os.system" in evil.json()["detail"]
+    assert "weights_only" not in evil.json()["detail"]
     job = _submit(client, checkpoint=upload.json()["id"]).json()
     assert Worker(settings).run_once()
     done = client.get(f"/v1/jobs/{job['id']}").json()
