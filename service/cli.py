@@ -200,9 +200,10 @@ def _models(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         print(json.dumps(data, indent=2))
         return 0
+    width = max(len(name) for name in NETWORKS)
     for info in NETWORKS.values():
         shape = "×".join(map(str, info.input_shape))
-        print(f"{info.name:<10} {shape:<11} {info.num_classes:>5} classes  {info.paper}")
+        print(f"{info.name:<{width}} {shape:<11} {info.num_classes:>5} classes  {info.paper}")
     return 0
 
 
@@ -397,8 +398,16 @@ def format_manifest(manifest: dict, out: str) -> str:
     measured = f"{speed['measured']:.2f}x on this host" if speed["measured"] else "not measured"
     lines += ["", f"model speedup: predicted {speed['predicted']:.2f}x "
                   f"({manifest['hardware']}); measured: {measured}",
-              f"artifacts in {out}: manifest.json, pruned.safetensors, report.md"]  # fmt: skip
+              f"artifacts in {out}: {', '.join(_artifact_files(manifest))}"]  # fmt: skip
     return "\n".join(lines)
+
+
+def _artifact_files(manifest: dict) -> list[str]:
+    """The main files a run wrote, as its manifest lists them (a structured method's cut
+    network too; no report when it could not be drawn)."""
+    artifacts = manifest.get("artifacts") or {}
+    keys = ("pruned_weights", "cut_weights", "report")
+    return ["manifest.json", *(artifacts[k] for k in keys if artifacts.get(k))]
 
 
 # ------------------------------------------------------------------------------ service

@@ -116,6 +116,22 @@ def test_models_list(capsys):
     assert code == 0
     names = [m["name"] for m in json.loads(out)]
     assert {"lenet5", "alexnet", "googlenet", "vgg16", "resnet50", "resnet20"} <= set(names)
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    # the shape column starts at the same place on every row, however long the name
+    # (alexnet_cifar and cifar_convnet overflowed a 10-character column)
+    starts = {len(line) - len(line[len(line.split()[0]) :].lstrip()) for line in out.splitlines()}
+    assert len(starts) == 1, out
+
+
+def test_prune_summary_lists_the_files_the_run_wrote():
+    from service.cli import _artifact_files
+
+    unstructured = {"artifacts": {"pruned_weights": "pruned.safetensors", "report": "report.md"}}
+    assert _artifact_files(unstructured) == ["manifest.json", "pruned.safetensors", "report.md"]
+    structured = {"artifacts": {"pruned_weights": "pruned.safetensors",
+                                "cut_weights": "cut.safetensors", "report": None}}  # fmt: skip
+    assert _artifact_files(structured) == ["manifest.json", "pruned.safetensors", "cut.safetensors"]
 
 
 @pytest.mark.slow
