@@ -131,9 +131,9 @@ CALIBRATION_LAYERS: tuple[Layer, ...] = (
     square_conv("c3.64@48", 64, 64, 48, 3),
     # Small inputs (≤ 20480 elements at batch 1, no groups, not larger than 3 in both kernel
     # dimensions): PyTorch's default runs its native im2col + GEMM path there
-    # (perfmodel.refined.runs_native_dense), often faster than oneDNN at batch 1; with the five
-    # above that qualify, enough cases to fit that path (two strided ones for its strided
-    # im2col).
+    # (perfmodel.refined.runs_native_dense), often faster than oneDNN at batch 1; with the
+    # others in this list that qualify, enough cases to fit that path (fourteen at batch 1 on
+    # more than one thread, seventeen on one; two strided ones for its strided im2col).
     square_conv("c3.16-24@28", 16, 24, 28, 3),
     square_conv("c3.48@16", 48, 48, 16, 3),
     square_conv("c3.128@10", 128, 128, 10, 3),

@@ -258,7 +258,8 @@ def _build(request: PruneRequest, train_config: TrainConfig, method_config: Any)
         train_config.dense_epochs = 0
     batch = getattr(method_config, "inference_batch", 1)
     specs = extract_layers(net, info.input_shape, batch=batch)
-    predictions = predict_network(specs, hardware, name=request.model)
+    # "auto", as `predict` and the API: the refined model where the profile is calibrated
+    predictions = predict_network(specs, hardware, name=request.model, model="auto")
     by_name = {p.name: p for p in predictions.layers if "#" not in p.name}
     hooks = method_info(request.method).build(by_name, method_config)
     if hasattr(hooks, "input_shape"):

@@ -60,7 +60,7 @@ class SweetSpot:
 
 
 class PerformanceModel(Protocol):
-    """What every performance model provides; predictions only use these three methods."""
+    """What every performance model provides; predictions only use these methods."""
 
     name: str
 

@@ -123,3 +123,21 @@ def test_set_values_are_typed_before_training():
     assert gsl.guided is False and gsl.lasso == 0.001 and train.batch_size == 32
     with pytest.raises(ValueError, match=r"batch_size: Input should be a valid integer"):
         split_config("gsl", {"batch_size": 2.5})
+
+
+def test_a_job_on_a_calibrated_profile_uses_the_refined_model(capsys, tmp_path):
+    """Jobs predicted with the paper's model even for a calibrated profile, while `predict`
+    and the API pick the refined one (`auto`): a job's sweet spots could differ from theirs."""
+    from test_refined_model import refined_profile
+
+    from perfmodel import save_profile
+
+    save_profile(refined_profile("calibrated-box"))
+    code, out, err = run(capsys, "prune", *TINY, "--hardware", "calibrated-box", "--out",
+                         str(tmp_path / "j"), "--no-measure", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["performance_model"] == "refined"
+    code, out, err = run(capsys, "prune", *TINY, "--hardware", "atom-c2750", "--out",
+                         str(tmp_path / "k"), "--no-measure", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["performance_model"] == "paper"
