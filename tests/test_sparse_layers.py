@@ -203,3 +203,53 @@ def test_convert_model_of_a_bare_layer():
     x = torch.randn(1, 2, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(converted(x), F.conv2d(x, conv.weight, conv.bias))
+
+
+def _exactly_pruned(layer: nn.Module, sparsity: float, seed: int) -> nn.Module:
+    """``layer`` with exactly ``sparsity`` of its weights zero, so two of them have the same
+    number of non-zeros (and state dicts of the same shapes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+        flat = layer.weight.view(-1)
+        flat[torch.randperm(flat.numel(), generator=g)[: int(sparsity * flat.numel())]] = 0
+    return layer
+
+
+@pytest.mark.parametrize("assign", [False, True])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])  # row pairs / one row at a time
+def test_load_state_dict_after_a_call_uses_the_new_weights(sparsity, assign):
+    """The first call caches offsets, row pairs and its plan per weight; a state dict loaded
+    after it (in place, or assigned) went on computing the old weights or garbage."""
+    x = torch.randn(2, 16, 12, 12)
+    dense_a = _exactly_pruned(nn.Conv2d(16, 32, 3, padding=1), sparsity, 1)
+    dense_b = _exactly_pruned(nn.Conv2d(16, 32, 3, padding=1), sparsity, 2)
+    layer = SparseConv2d.from_dense(dense_a)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), dense_a(x), rtol=1e-4, atol=1e-5)
+        layer.load_state_dict(SparseConv2d.from_dense(dense_b).state_dict(), assign=assign)
+        torch.testing.assert_close(layer(x), dense_b(x), rtol=1e-4, atol=1e-5)
+        layer.values.mul_(3)  # written in place through the buffer
+        dense_b.weight.mul_(3)
+        torch.testing.assert_close(layer(x), dense_b(x), rtol=1e-4, atol=1e-4)
+
+    x = torch.randn(1, 64)
+    linear_a = _exactly_pruned(nn.Linear(64, 32), sparsity, 3)
+    linear_b = _exactly_pruned(nn.Linear(64, 32), sparsity, 4)
+    layer = SparseLinear.from_dense(linear_a)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), linear_a(x), rtol=1e-4, atol=1e-5)
+        layer.load_state_dict(SparseLinear.from_dense(linear_b).state_dict(), assign=assign)
+        torch.testing.assert_close(layer(x), linear_b(x), rtol=1e-4, atol=1e-5)
+
+
+def test_tracing_is_refused_not_silently_wrong():
+    """torch.jit.trace saw only the output's allocation: the traced module returned
+    uninitialised memory (up to 1e37, inf through a network)."""
+    conv = SparseConv2d.from_dense(_exactly_pruned(nn.Conv2d(4, 8, 3), 0.5, 0))
+    linear = SparseLinear.from_dense(_exactly_pruned(nn.Linear(8, 4), 0.5, 0))
+    for layer, x in ((conv, torch.randn(1, 4, 6, 6)), (linear, torch.randn(2, 8))):
+        with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be traced"):
+            torch.jit.trace(layer, x)
+        with torch.no_grad():
+            torch.jit.trace(layer.to_dense(), x)  # the way out the message names

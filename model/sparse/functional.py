@@ -138,6 +138,9 @@ def sparse_conv2d(
     # the plan and checking the input cost ≈40 µs a call (AlexNet conv3 at batch 1, ≈10%).
     key = _plan_key(input, weight, stride, padding, dilation, implementation, batch_layout,
                     row_pairs)  # fmt: skip
+    _refuse_tracing("sparse_conv2d")
+    if isinstance(weight, ConvCSR):
+        weight.forget_if_changed()  # values or indices written in place since the plan
     plan = weight._plans.get(key) if key is not None else None
     if plan is None or plan[0] is None:
         if not isinstance(weight, ConvCSR):
@@ -163,6 +166,18 @@ def sparse_conv2d(
         _check_tensor(input, "input", dims=4)  # the typed error, where a Python check has one
         _check_bias(bias, "out_channels", weight.out_channels)
         raise
+
+
+def _refuse_tracing(op: str) -> None:
+    """The native op is a plain extension function, invisible to torch.jit.trace (and so to
+    tracing-based ONNX export): the trace kept only the output's allocation, and the traced
+    module returned uninitialised memory. Refuse instead."""
+    if torch._C._get_tracing_state() is not None:
+        raise RuntimeError(
+            f"{op} cannot be traced (torch.jit.trace, torch.onnx.export): its native kernel "
+            "is not a TorchScript op. Trace or export the dense model (SparseConv2d and "
+            "SparseLinear have to_dense()), and run the sparse one eagerly"
+        )
 
 
 def _exact_pair(value: object) -> object:
@@ -271,6 +286,9 @@ def sparse_linear(
     # checks stand in for the Python ones (as in sparse_conv2d; cold, they cost ≈100 µs of
     # AlexNet fc6's 1.5 ms at batch 1). On a failure the Python checks run for the typed error.
     native_call = type(weight) is LinearCSR and implementation in ("auto", "native")
+    _refuse_tracing("sparse_linear")
+    if isinstance(weight, LinearCSR):
+        weight.forget_if_changed()  # the plan's 16-bit columns copy the old indices
     plan = weight._plans.get("native") if native_call else None
     if plan is not None and isinstance(input, torch.Tensor):
         shape = input.shape

@@ -8,6 +8,8 @@ Outputs carry no gradient: these modules are for deployment, not training.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -21,6 +23,16 @@ def _check_inference(x: torch.Tensor, layer: str) -> None:
             f"{layer} is inference-only (no backward); run it under torch.no_grad() or "
             "torch.inference_mode(), or keep the dense layer for training"
         )
+
+
+def _csr_of_buffers(layer: nn.Module, index: str) -> None:
+    """After ``load_state_dict``: point the layer's CSR weight at its buffers again. With
+    ``assign=True`` the buffers are new tensors the CSR does not hold; copied in place, the
+    CSR's caches are stale (its own version check would drop them; this makes it explicit)."""
+    csr = layer.weight_csr
+    arrays = {"values": layer.values, index: getattr(layer, index), "row_ptr": layer.row_ptr}
+    extra = {"_offsets": {}, "_cache": {}} if isinstance(csr, ConvCSR) else {}
+    layer.weight_csr = dataclasses.replace(csr, **arrays, **extra)
 
 
 def _padding_of(conv: nn.Conv2d) -> tuple[int, int]:
@@ -126,6 +138,10 @@ class SparseConv2d(nn.Module):
                 conv.bias.copy_(self.bias)
         return conv
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        _csr_of_buffers(self, "kernel_index")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_inference(x, "SparseConv2d")
         if isinstance(x, torch.Tensor) and not x.is_contiguous():
@@ -210,6 +226,10 @@ class SparseLinear(nn.Module):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        _csr_of_buffers(self, "cols")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_inference(x, "SparseLinear")
