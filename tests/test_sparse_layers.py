@@ -71,6 +71,21 @@ def test_sparse_conv2d_accepts_channels_last_input():
         torch.testing.assert_close(sparse(x), dense(x), rtol=RTOL, atol=ATOL)
 
 
+def test_sparse_conv2d_accepts_unbatched_input_and_names_sparse_tensors():
+    """(C, H, W) as nn.Conv2d takes it; a sparse COO input got 'unsupported memory format
+    option Contiguous' from the layer instead of the functional API's own message."""
+    dense = _prune(nn.Conv2d(4, 4, 3, padding=1), 0.5).eval()
+    sparse = SparseConv2d.from_dense(dense)
+    x = torch.randn(4, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), dense(x), rtol=RTOL, atol=ATOL)
+        with pytest.raises(ValueError, match=r"must be a dense \(strided\) tensor"):
+            sparse(torch.randn(1, 4, 9, 9).to_sparse())
+        linear = SparseLinear.from_dense(_prune(nn.Linear(4, 3), 0.5))
+        with pytest.raises(ValueError, match=r"must be a dense \(strided\) tensor"):
+            linear(torch.randn(2, 4).to_sparse())
+
+
 def test_sparse_conv2d_round_trips_to_dense_and_describes_itself():
     dense = _prune(nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), 0.9)
     sparse = SparseConv2d.from_dense(dense, fuse_relu=True)
@@ -190,10 +205,50 @@ def test_convert_model_unknown_names_list_the_valid_ones():
     net = _net()
     with pytest.raises(ValueError, match=r"'nope'.*valid names: 0, 2\.conv, 5"):
         convert_model(net, {"2.conv": "sparse", "nope": "sparse"})
-    with pytest.raises(ValueError, match=r"'1' \(ReLU\)"):
+    with pytest.raises(ValueError, match=r"'1' \(a ReLU, not a Conv2d/Linear\)"):
         convert_model(net, {"1": "sparse"})
     with pytest.raises(ValueError, match="'sparse' or 'dense'"):
         convert_model(net, {"5": "fast"})
+    with pytest.raises(TypeError, match="plan must be a mapping"):
+        convert_model(net, ["5"])
+    with pytest.raises(ValueError, match="implementation must be one of auto, native, reference"):
+        convert_model(net, {"5": "sparse"}, implementation="bogus")
+
+
+class _StandardisedConv(nn.Conv2d):
+    """A conv whose forward is not nn.Conv2d's (weight standardisation)."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_convert_model_refuses_layers_it_would_change():
+    """A Conv2d subclass with its own forward was replaced by a plain sparse conv (relative
+    error 0.29), and MultiheadAttention's out_proj was listed though the attention reads
+    its weight directly (AttributeError after conversion)."""
+    net = nn.Sequential(_StandardisedConv(3, 4, 3), nn.Conv2d(4, 4, 3))
+    assert convertible_layers(net) == ["1"]
+    with pytest.raises(ValueError, match=r"'0' \(a _StandardisedConv with its own forward\)"):
+        convert_model(net, {"0": "sparse"})
+    attention = nn.MultiheadAttention(8, 2)
+    assert "out_proj" not in convertible_layers(attention)
+    with pytest.raises(ValueError, match="part of a MultiheadAttention"):
+        convert_model(attention, {"out_proj": "sparse"})
+
+
+def test_convert_model_of_a_torch_pruned_layer_says_what_to_do():
+    from torch.nn.utils import prune
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    prune.l1_unstructured(net[0], "weight", amount=0.5)
+    with pytest.raises(ValueError, match=r"prune\.remove\(module, 'weight'\)"):
+        convert_model(net, {"0": "sparse"})
+    prune.remove(net[0], "weight")
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(convert_model(net, {"0": "sparse"})(x), net(x))
 
 
 def test_convert_model_of_a_bare_layer():

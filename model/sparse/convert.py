@@ -13,17 +13,43 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from model.sparse.functional import Implementation
+from model.sparse.functional import IMPLEMENTATIONS, Implementation
 from model.sparse.layers import SparseConv2d, SparseLinear
 
 CHOICES = ("sparse", "dense")
 
 
+def _why_not(module: nn.Module, parent: nn.Module | None) -> str | None:
+    """Why ``module`` cannot be made sparse, or None when it can. Only layers that compute
+    exactly what ``nn.Conv2d``/``nn.Linear`` compute are replaced: a subclass with its own
+    forward (weight standardisation, "same" padding done by hand) would silently lose it, and
+    ``nn.MultiheadAttention`` reads its ``out_proj.weight`` directly instead of calling it."""
+    if isinstance(module, nn.Conv2d):
+        kind, own = nn.Conv2d, ("forward", "_conv_forward")
+    elif isinstance(module, nn.Linear):
+        kind, own = nn.Linear, ("forward",)
+    else:
+        return f"a {type(module).__name__}, not a Conv2d/Linear"
+    if any(getattr(type(module), m) is not getattr(kind, m) for m in own):
+        return f"a {type(module).__name__} with its own forward"
+    if isinstance(parent, nn.MultiheadAttention):
+        return "part of a MultiheadAttention, which reads its weight directly"
+    return None
+
+
+def _parents(model: nn.Module) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    return {name: modules[name.rpartition(".")[0]] for name in modules if name}
+
+
 def convertible_layers(model: nn.Module) -> list[str]:
-    """Qualified names of the layers :func:`convert_model` can make sparse."""
+    """Qualified names of the layers :func:`convert_model` can make sparse: ``nn.Conv2d`` and
+    ``nn.Linear`` modules (or subclasses that keep their forward)."""
+    parents = _parents(model)
     return [
-        name for name, module in model.named_modules() if isinstance(module, nn.Conv2d | nn.Linear)
-    ]
+        name for name, module in model.named_modules()
+        if _why_not(module, parents.get(name)) is None
+    ]  # fmt: skip
 
 
 def convert_model(
@@ -38,26 +64,47 @@ def convert_model(
     The input model is never modified, and nothing is converted unless the whole plan is valid.
 
     Raises:
-        ValueError: a name is not a Conv2d/Linear layer of ``model`` (the message lists the
-            valid names), or a choice is not ``"sparse"``/``"dense"``.
+        TypeError: ``plan`` is not a mapping.
+        ValueError: a name is not a convertible layer of ``model`` (the message says why and
+            lists the valid names), a choice is not ``"sparse"``/``"dense"``, an unknown
+            ``implementation``, or a model that cannot be copied (a ``torch.nn.utils.prune``
+            reparametrisation still in place).
     """
+    if not isinstance(plan, Mapping):
+        raise TypeError(
+            f"plan must be a mapping of layer names to 'sparse' or 'dense', got "
+            f"{type(plan).__name__}"
+        )
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}"
+        )
     modules = dict(model.named_modules())
+    parents = _parents(model)
     valid = convertible_layers(model)
     unknown = sorted(name for name in plan if name not in valid)
     if unknown:
         detail = [
-            f"{name!r} ({type(modules[name]).__name__})" if name in modules else repr(name)
+            f"{name!r} ({_why_not(modules[name], parents.get(name))})"
+            if name in modules else f"{name!r} (no such module)"
             for name in unknown
-        ]
+        ]  # fmt: skip
         raise ValueError(
-            f"plan names layers that are not Conv2d/Linear modules of the model: "
-            f"{', '.join(detail)}; valid names: {', '.join(valid) or '(none)'}"
+            f"plan names layers that cannot be made sparse: {', '.join(detail)}; valid names: "
+            f"{', '.join(valid) or '(none)'}"
         )
     bad = {name: choice for name, choice in plan.items() if choice not in CHOICES}
     if bad:
         raise ValueError(f"plan choices must be 'sparse' or 'dense', got {bad}")
 
-    converted = copy.deepcopy(model)
+    try:
+        converted = copy.deepcopy(model)
+    except RuntimeError as error:  # non-leaf tensors, e.g. torch.nn.utils.prune's weight
+        raise ValueError(
+            f"the model cannot be copied for conversion ({error}); if it was pruned with "
+            "torch.nn.utils.prune, make the pruning permanent first with "
+            "torch.nn.utils.prune.remove(module, 'weight')"
+        ) from None
     copies = dict(converted.named_modules())
     replacements: dict[str, nn.Module] = {}
     for name, choice in plan.items():  # build everything first: all-or-nothing

@@ -17,6 +17,7 @@ from model.sparse.csr import ConvCSR, ConvLayout, LinearCSR, Pair, conv_layout
 from perfmodel.refined import images_per_unit
 
 Implementation = Literal["auto", "native", "reference"]
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "native", "reference")
 BatchLayout = Literal["auto", "spatial", "blocked"]
 _BATCH_LAYOUTS = {"auto": 0, "spatial": 1, "blocked": 2}
 

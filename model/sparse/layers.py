@@ -144,9 +144,12 @@ class SparseConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_inference(x, "SparseConv2d")
-        if isinstance(x, torch.Tensor) and not x.is_contiguous():
+        unbatched = isinstance(x, torch.Tensor) and x.dim() == 3  # (C, H, W), as nn.Conv2d
+        if unbatched:
+            x = x.unsqueeze(0)
+        if isinstance(x, torch.Tensor) and x.layout == torch.strided and not x.is_contiguous():
             x = x.contiguous()  # e.g. channels_last input; the kernel wants NCHW
-        return sparse_conv2d(
+        out = sparse_conv2d(
             x,
             self.weight_csr,
             self.bias,
@@ -156,6 +159,7 @@ class SparseConv2d(nn.Module):
             fuse_relu=self.fuse_relu,
             implementation=self.implementation,
         )
+        return out.squeeze(0) if unbatched else out
 
     def extra_repr(self) -> str:
         text = (
@@ -233,7 +237,7 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_inference(x, "SparseLinear")
-        if isinstance(x, torch.Tensor) and not x.is_contiguous():
+        if isinstance(x, torch.Tensor) and x.layout == torch.strided and not x.is_contiguous():
             x = x.contiguous()
         return sparse_linear(
             x, self.weight_csr, self.bias, self.fuse_relu, implementation=self.implementation
