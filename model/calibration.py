@@ -33,6 +33,7 @@ import datetime as dt
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -48,6 +49,8 @@ from sklearn.linear_model import LinearRegression
 from model.allocator import freed_memory_kept
 from perfmodel import Conv2dSpec, HardwareProfile, LinearSpec, save_profile
 from perfmodel.hardware import (
+    BUILTIN_DIR,
+    NAME_PATTERN,
     SCHEMA_VERSION,
     DenseParameters,
     FitQuality,
@@ -1083,11 +1086,51 @@ def pass_spread_warning(profile: HardwareProfile) -> str | None:
     )
 
 
+def _argument_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, found before any measuring (which takes 5–40 s)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if args.threads is not None and not 1 <= args.threads <= (cpus or args.threads):
+        return (
+            f"--threads must be from 1 to {cpus} (the CPUs this process may use), got "
+            f"{args.threads}: more would time an oversubscribed host"
+        )
+    if not re.fullmatch(NAME_PATTERN, args.name):
+        return (
+            f"--name {args.name!r} is not a profile name: lower-case letters, digits, '.', '_' "
+            "and '-', starting with a letter or digit"
+        )
+    if (BUILTIN_DIR / f"{args.name}.json").exists():
+        return (
+            f"--name {args.name!r} is a built-in profile (one of the paper's platforms); "
+            "a calibration must not shadow it: choose another name"
+        )
+    if not args.max_cv > 0:
+        return f"--max-cv must be > 0, got {args.max_cv}"
+    return None
+
+
+def _profile_dir_error() -> str | None:
+    directory = user_profile_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create the profile directory {directory}: {error.strerror}"
+    if not os.access(directory, os.W_OK):
+        return f"the profile directory {directory} is not writable"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """``sweetspot calibrate``: measure, fit, save to the user profile directory."""
-    if args.threads is not None and args.threads < 1:
-        print("sweetspot: --threads must be >= 1", file=sys.stderr)
+    problem = _argument_error(args)
+    if problem:
+        print(f"sweetspot: {problem}", file=sys.stderr)
         return 2
+    problem = _profile_dir_error()
+    if problem:
+        print(f"sweetspot: {problem} (set SWEETSPOT_PROFILE_DIR to write elsewhere)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     progress, close = _progress_bar(args.quiet)
     try:
         profile = calibrate(args.name, args.quick, args.threads, progress, max_cv=args.max_cv)
@@ -1100,7 +1143,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweetspot: {error}", file=sys.stderr)
         return 1
     close()
-    path = save_profile(profile)
+    try:
+        path = save_profile(profile)
+    except OSError as error:
+        print(f"sweetspot: cannot write the profile: {error}", file=sys.stderr)
+        return 1
     warning = pass_spread_warning(profile)
     if warning:
         print(f"sweetspot: warning: {warning}", file=sys.stderr)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 from model.calibration import pool_timings, square_conv
 from perfmodel import Conv2dSpec, HardwareProfile, ProfileError, UnknownProfileError, get_profile
 from perfmodel.predict import resolve_model
+from perfmodel.refined import MissingRefinedParametersError
 from perfmodel.roofline import Layer
 
 Progress = Callable[[dict], None]
@@ -316,6 +318,20 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             print(f"sweetspot: --{option} must be >= 1", file=sys.stderr)
             return 2
+    # Everything that can be checked is checked before the measuring (≈70 s in full).
+    try:
+        resolve_model(args.performance_model, hardware)
+    except LookupError as error:
+        print(f"sweetspot: {error}", file=sys.stderr)
+        return 2
+    if args.performance_model == "refined" and hardware.refined is None:
+        print(f"sweetspot: {MissingRefinedParametersError(hardware.name)}", file=sys.stderr)
+        return 1
+    if args.plot:
+        problem = _plot_path_error(Path(args.plot))
+        if problem:
+            print(f"sweetspot: --plot {args.plot}: {problem}", file=sys.stderr)
+            return 2
     calibrated = hardware.refined.threads if hardware.refined else None
     if args.threads is not None and calibrated is not None and args.threads != calibrated:
         print(f"sweetspot: warning: {hardware.name!r} was calibrated with {calibrated} thread(s); "
@@ -344,10 +360,28 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    if args.plot:
-        plot(result, args.plot)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
+    if args.plot:  # after the results: a failure here must not lose them
+        try:
+            plot(result, args.plot)
+        except OSError as error:
+            print(f"sweetspot: cannot write the plot {args.plot}: {error}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _plot_path_error(path: Path) -> str | None:
+    """Why the plot could not be written to ``path``, or None."""
+    if path.suffix.lower() != ".png":
+        return "the plot is a PNG: name a file ending in .png"
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return f"the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"the folder {folder} is not writable"
+    if path.is_dir():
+        return "that is a folder"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -215,6 +215,9 @@ def _bench_predict(args: argparse.Namespace) -> int:
     from model.analysis import clear_cache, network_layers
     from model.networks import UnknownNetworkError
 
+    for option in ("repeats", "batch"):
+        if getattr(args, option) < 1:
+            raise CliError(f"--{option} must be >= 1, got {getattr(args, option)}", EXIT_USAGE)
     hardware = _load_profile(args.hardware)
     try:
         network_layers(args.model)  # warm-up: builds the meta network and caches its specs

@@ -335,3 +335,35 @@ def test_calibrate_command_refuses_noisy_run(monkeypatch, capsys, fake_native):
     assert calibration.run(_args(quick=True)) == EXIT_NOISY
     assert "too noisy" in capsys.readouterr().err
     assert "host" not in profile_names()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": "xeon-e5-2697v4"}, "is a built-in profile"),
+        ({"name": "Bad Name"}, "is not a profile name"),
+        ({"name": "../x"}, "is not a profile name"),
+        ({"max_cv": -1.0}, "--max-cv must be > 0"),
+        ({"threads": 0}, "--threads must be from 1 to"),
+        ({"threads": 4096}, "--threads must be from 1 to"),
+    ],
+)
+def test_calibrate_checks_its_arguments_before_measuring(monkeypatch, capsys, overrides, message):
+    """A built-in name silently shadowed the paper's profile (and prune's default hardware);
+    a bad name or an impossible thread count showed only after the measuring."""
+    def never(*_args, **_kwargs):
+        raise AssertionError("measured before checking its arguments")
+
+    monkeypatch.setattr(calibration, "run_benchmarks", never)
+    assert calibration.run(_args(**overrides)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_calibrate_refuses_an_unwritable_profile_directory_before_measuring(monkeypatch, capsys,
+                                                                           tmp_path):  # fmt: skip
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SWEETSPOT_PROFILE_DIR", str(blocker / "profiles"))
+    monkeypatch.setattr(calibration, "run_benchmarks", lambda *a, **k: pytest.fail("measured"))
+    assert calibration.run(_args(quick=True, threads=1)) == 1
+    assert "cannot create the profile directory" in capsys.readouterr().err

@@ -154,6 +154,13 @@ def test_bench_predict_prints_json(capsys):
     assert data["layers"] == 20 and data["predict_median_s"] > 0
 
 
+@pytest.mark.parametrize("option", ["--repeats", "--batch"])
+def test_bench_predict_refuses_counts_below_one(capsys, option):
+    """--repeats 0 raised UnboundLocalError; --batch 0 was accepted (predict refuses it)."""
+    code, out, err = run(capsys, "bench", "predict", "--model", "lenet5", option, "0")
+    assert code == 2 and out == "" and f"{option} must be >= 1" in err
+
+
 def test_bench_kernel_prints_its_json_contract(capsys):
     """`sweetspot bench kernel --json`: every case with the issue's fields, our op checked
     against dense, whether it paired rows, and a summary per layer set, batch and threads."""

@@ -119,6 +119,29 @@ def test_validate_rejects_counts_below_one(option, capsys):
     assert f"{option} must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--performance-model", "refined", "--hardware", "xeon-e5-2697v4"], 1,
+         "has no refined parameters"),
+        (["--performance-model", "foo"], 2, "unknown performance model 'foo'"),
+        (["--plot", "/nonexistent/dir/x.png"], 2, "does not exist"),
+        (["--plot", "out.txt"], 2, "name a file ending in .png"),
+    ],
+)  # fmt: skip
+def test_validate_refuses_bad_options_before_measuring(monkeypatch, capsys, extra, code,
+                                                       message):  # fmt: skip
+    """These failed only after every case was measured (≈70 s), and a bad --plot path then
+    lost the whole run's results."""
+    save_profile(refined_profile())
+    monkeypatch.setattr(validation, "validate", lambda *a, **k: pytest.fail("measured"))
+    parser = argparse.ArgumentParser()
+    validation.add_arguments(parser)
+    args = parser.parse_args(["--hardware", "host", "--quick", "--quiet", *extra])
+    assert validation.run(args) == code
+    assert message in capsys.readouterr().err
+
+
 def test_validate_quick_end_to_end(tmp_path, capsys):
     save_profile(refined_profile())
     parser = argparse.ArgumentParser()
