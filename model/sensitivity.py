@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,20 +151,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _ratios(text: str) -> list[float]:
+    try:
+        ratios = [float(r) for r in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--ratios takes comma-separated fractions of filters to prune, got {text!r}"
+        ) from None
+    if not all(0 < r < 1 for r in ratios):
+        raise ValueError(f"--ratios must each be above 0 and below 1, got {text!r}")
+    return ratios
+
+
+def _argument_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, found before any training."""
+    for option, least in (("random_repeats", 1), ("threads", 1), ("dense_epochs", 0)):
+        value = getattr(args, option)
+        if value is not None and value < least:
+            return f"--{option.replace('_', '-')} must be >= {least}, got {value}"
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return f"--out {args.out} is a file; it names the folder the outputs go to"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    """``sweetspot sensitivity``: train (or load) a network, analyse it, write the outputs."""
+    """``sweetspot sensitivity``: train (or load) a network, analyse it, write the outputs.
+    Exit 2 for bad arguments or names, 1 for a data set or checkpoint that does not load;
+    everything is checked before the training."""
+    from model.data.bundle import DatasetError
+    from model.networks import UnknownNetworkError
     from model.pipeline import build_network
     from model.training import TrainConfig, Trainer
 
+    problem = _argument_error(args)
+    try:
+        ratios = _ratios(args.ratios)
+    except ValueError as error:
+        problem = problem or str(error)
+    if problem:
+        print(f"sweetspot: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, data, info = build_network(args.model, args.dataset, args.seed, args.checkpoint)
+    try:
+        model, data, info = build_network(args.model, args.dataset, args.seed, args.checkpoint)
+    except UnknownNetworkError as error:
+        print(f"sweetspot: {error}", file=sys.stderr)
+        return 2
+    except (DatasetError, ValueError, FileNotFoundError, LookupError) as error:
+        print(f"sweetspot: {error}", file=sys.stderr)
+        return 1
+    prunable = prunable_layers(model, info.input_shape)
+    layers = args.layers.split(",") if args.layers else None
+    unknown = [name for name in layers or () if name not in prunable]
+    if unknown:
+        print(f"sweetspot: --layers {', '.join(unknown)}: not prunable conv layers of "
+              f"{args.model}; valid: {', '.join(prunable)}", file=sys.stderr)  # fmt: skip
+        return 2
     if not args.checkpoint:
         config = TrainConfig(dense_epochs=args.dense_epochs, seed=args.seed, log_every=0,
                              checkpoint_every=0, threads=args.threads)  # fmt: skip
         Trainer(model, data.train, data.test, config).fit(resume=False)
-    ratios = [float(r) for r in args.ratios.split(",")]
-    layers = args.layers.split(",") if args.layers else None
     result = analyse(model, data.test, info.input_shape, ratios, layers,
                      args.random_repeats, args.seed)  # fmt: skip
     out = Path(args.out)

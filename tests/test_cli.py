@@ -206,3 +206,34 @@ def test_bench_summary_marks_a_break_even_below_every_measured_sparsity():
     (summary,) = summarise(only_fast, {"set": ["a", "b"]})
     assert summary["break_even_sparsity"] == 0.9 and summary["break_even_at_or_below"] is True
     assert "break-even ≤ 0.90" in _table(only_fast, [summary])
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--ratios", "abc"], 2, "--ratios takes comma-separated fractions"),
+        (["--ratios", "0.5,1.5"], 2, "--ratios must each be above 0 and below 1"),
+        (["--random-repeats", "0"], 2, "--random-repeats must be >= 1"),
+        (["--threads", "0"], 2, "--threads must be >= 1"),
+        (["--layers", "nope,fc1"], 2, "--layers nope, fc1: not prunable conv layers of lenet5"),
+        (["--model", "nope"], 2, "unknown model 'nope'"),
+        (["--checkpoint", "/missing.pt"], 1, "does not exist"),
+    ],
+)
+def test_sensitivity_refuses_bad_arguments_before_training(capsys, tmp_path, monkeypatch, extra,
+                                                          code, message):  # fmt: skip
+    """Each of these was a traceback, most of them after the dense training."""
+    import model.training
+
+    monkeypatch.setattr(model.training.Trainer, "fit", lambda *a, **k: pytest.fail("trained"))
+    args = ["sensitivity", "--model", "lenet5", "--dataset", "synthetic",
+            "--out", str(tmp_path / "s"), *extra]  # fmt: skip
+    result, out, err = run(capsys, *args)
+    assert result == code and out == ""
+    assert message in err and "Traceback" not in err
+
+
+def test_sensitivity_out_must_not_be_a_file(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    code, _, err = run(capsys, "sensitivity", "--model", "lenet5", "--out", str(tmp_path / "file"))
+    assert code == 2 and "is a file" in err
