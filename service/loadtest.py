@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -91,13 +92,21 @@ async def _load(url: str, params: dict, headers: dict, clients: int, seconds: fl
     }  # fmt: skip
 
 
-def _start_server() -> tuple[subprocess.Popen, str, tempfile.TemporaryDirectory]:
+def _start_server(hardware: str) -> tuple[subprocess.Popen, str, tempfile.TemporaryDirectory]:
     import httpx
+
+    from perfmodel import ProfileError, get_profile, save_profile
+    from perfmodel.hardware import BUILTIN_DIR
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     data = tempfile.TemporaryDirectory(prefix="sweetspot-bench-")
+    # The service reads profiles from its own data folder: give it the user's (e.g. host).
+    if not (BUILTIN_DIR / f"{hardware}.json").exists():
+        # an unknown or broken one: the probe request reports it, as the service words it
+        with contextlib.suppress(LookupError, ProfileError):
+            save_profile(get_profile(hardware), Path(data.name) / "profiles")
     env = {**os.environ, "SWEETSPOT_DATA_DIR": data.name}
     binary = Path(sys.executable).parent / "sweetspot"
     process = subprocess.Popen(
@@ -115,14 +124,42 @@ def _start_server() -> tuple[subprocess.Popen, str, tempfile.TemporaryDirectory]
     raise RuntimeError("the service did not start within 30 s")
 
 
+def _probe(url: str, params: dict, headers: dict) -> str | None:
+    """Why the load would only count errors (the service unreachable, or answering the
+    request with an error), or None when one request succeeds."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/v1/sweet-spots", params=params, headers=headers, timeout=30)
+    except httpx.HTTPError as error:
+        return f"cannot reach the service at {url}: {error}"
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        return f"the service answered {response.status_code}: {str(detail)[:300]}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    for option, least in (("concurrency", 1), ("duration", 1e-9), ("warmup", 0)):
+        if getattr(args, option) < least:
+            relation = ">= 1" if option == "concurrency" else "> 0" if least else ">= 0"
+            print(f"sweetspot: --{option} must be {relation}, got {getattr(args, option)}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     server = None
     url = args.url
     if url is None:
-        server, url, data = _start_server()
+        server, url, data = _start_server(args.hardware)
     try:
         params = {"model": args.model, "hardware": args.hardware}
         headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        problem = _probe(url, params, headers)
+        if problem:
+            print(f"sweetspot: {problem}", file=sys.stderr)
+            return 1
         asyncio.run(_load(url, params, headers, args.concurrency, args.warmup))
         result = asyncio.run(_load(url, params, headers, args.concurrency, args.duration))
     finally:

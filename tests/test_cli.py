@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -237,3 +238,30 @@ def test_sensitivity_out_must_not_be_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("")
     code, _, err = run(capsys, "sensitivity", "--model", "lenet5", "--out", str(tmp_path / "file"))
     assert code == 2 and "is a file" in err
+
+
+def test_bench_api_checks_before_loading(capsys):
+    code, out, err = run(capsys, "bench", "api", "--concurrency", "0")
+    assert code == 2 and "--concurrency must be >= 1" in err
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, out, err = run(capsys, "bench", "api", "--url", f"http://127.0.0.1:{port}",
+                         "--duration", "0.2", "--warmup", "0")  # fmt: skip
+    assert code == 1 and out == "" and "cannot reach the service" in err
+    assert "Traceback" not in err
+
+
+def test_bench_api_serves_the_users_own_profile(capsys):
+    """The service it starts keeps profiles in its own data folder: a user profile (host)
+    answered 422 to every request, and the output only counted the errors."""
+    from test_refined_model import refined_profile
+
+    from perfmodel import save_profile
+
+    save_profile(refined_profile("bench-box"))
+    code, out, err = run(capsys, "bench", "api", "--model", "lenet5", "--hardware", "bench-box",
+                         "--concurrency", "2", "--duration", "0.5", "--warmup", "0")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["hardware"] == "bench-box" and result["requests"] > 0 and not result["errors"]
