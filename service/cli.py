@@ -161,12 +161,13 @@ def _hardware_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([p.model_dump(mode="json") for p in profiles], indent=2))
         return 0
-    print(f"{'name':<18} {'GFLOP/s':>9} {'GB/s':>7} {'α':>5} {'β':>4}  source")
-    for p in profiles:
+    width = max([18, *(len(p.name) for p in profiles)])
+    print(f"{'name':<{width}} {'GFLOP/s':>9} {'GB/s':>7} {'α':>5} {'β':>4}  source")
+    for p in profiles:  # 4 significant digits: calibrated numbers have many more
         print(
-            f"{p.name:<18} {p.dense_flops_per_s / 1e9:>9g} "
-            f"{p.memory_bandwidth_bytes_per_s / 1e9:>7g} {p.sparse_overhead:>5g} "
-            f"{p.sparse_bytes_per_nonzero:>4g}  {p.provenance.kind}: {p.description}"
+            f"{p.name:<{width}} {p.dense_flops_per_s / 1e9:>9.4g} "
+            f"{p.memory_bandwidth_bytes_per_s / 1e9:>7.4g} {p.sparse_overhead:>5.3g} "
+            f"{p.sparse_bytes_per_nonzero:>4.3g}  {p.provenance.kind}: {p.description}"
         )
     print(f"\nuser profiles: {user_profile_dir()} (set SWEETSPOT_PROFILE_DIR to change)")
     return 0
@@ -178,7 +179,7 @@ def _hardware_show(args: argparse.Namespace) -> int:
         print(profile.model_dump_json(indent=2))
         return 0
     fields = type(profile).model_fields
-    for key, value in profile.model_dump(exclude={"provenance"}).items():
+    for key, value in profile.model_dump(exclude={"provenance", "refined"}).items():
         if value is None:
             continue
         about = fields[key].description or ""
@@ -186,7 +187,20 @@ def _hardware_show(args: argparse.Namespace) -> int:
     print("provenance:")
     for key, value in profile.provenance.model_dump(exclude_none=True).items():
         print(f"  {key:<8} {value}")
+    if profile.refined is not None:  # nested blocks, one value a line (--json: all of it)
+        print("refined (calibrated parameters of the refined model):")
+        _print_nested(profile.refined.model_dump(exclude_none=True), 1)
     return 0
+
+
+def _print_nested(values: dict, depth: int) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            print(f"{'  ' * depth}{key}:")
+            _print_nested(value, depth + 1)
+        else:
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            print(f"{'  ' * depth}{key:<{max(8, 34 - 2 * depth)}} {text}")
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -112,6 +112,29 @@ def test_hardware_list_and_show(capsys):
     assert code == 2 and "valid names" in err
 
 
+def test_hardware_list_and_show_a_calibrated_profile(capsys):
+    """The refined block printed as one line of Python dict, and calibrated numbers (many
+    digits) pushed the list's columns apart."""
+    from test_refined_model import refined_profile
+
+    from perfmodel import save_profile
+
+    measured = {"dense_flops_per_s": 177.45e9, "memory_bandwidth_bytes_per_s": 32.1876e9,
+                "sparse_overhead": 0.861343}  # as a calibration writes them  # fmt: skip
+    save_profile(refined_profile("a-calibrated-box-name").model_copy(update=measured))
+    code, out, _ = run(capsys, "hardware", "list")
+    assert code == 0
+    lines = [line for line in out.splitlines()[:-2] if line.strip()]
+    header, rows = lines[0], lines[1:]
+    for row in rows:  # every number ends under its heading
+        for heading in ("GFLOP/s", "GB/s", "α", "β"):
+            end = header.index(heading) + len(heading)
+            assert row[end - 1] != " " and row[end] == " ", (heading, row)
+    code, out, _ = run(capsys, "hardware", "show", "a-calibrated-box-name")
+    assert code == 0 and "{" not in out
+    assert "refined (calibrated parameters" in out and "\n  dense:\n" in out
+
+
 def test_models_list(capsys):
     code, out, _ = run(capsys, "models", "--json")
     assert code == 0
