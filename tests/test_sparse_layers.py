@@ -298,6 +298,7 @@ def test_load_state_dict_after_a_call_uses_the_new_weights(sparsity, assign):
         torch.testing.assert_close(layer(x), linear_b(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_tracing_is_refused_not_silently_wrong():
     """torch.jit.trace saw only the output's allocation: the traced module returned
     uninitialised memory (up to 1e37, inf through a network)."""
