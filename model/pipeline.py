@@ -85,7 +85,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors' own error type, for a corrupt header or data
+            raise ValueError(f"{path} is not a valid safetensors file: {error}") from None
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:
@@ -106,13 +109,18 @@ def weights_load_error(error: Exception) -> str:
     run whatever the file's pickle asks for): keep only what the file held."""
     text = str(error)
     if text.startswith("Weights only load failed"):
-        # Paragraphs: torch's advice (dropped), the reason, a pointer to its documentation.
-        reasons = [
-            " ".join(part.split()) for part in text.split("\n\n")
-            if part.strip() and "weights_only" not in part
-            and not part.strip().startswith("Check the documentation")
-        ]  # fmt: skip
-        reason = "; ".join(reasons).rstrip(".")[:200] or "not a state dict of tensors"
+        if "WeightsUnpickler error:" in text:  # the reason, without the advice after it
+            reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+            reason = reason.split(". Please use", 1)[0].split(". Please file", 1)[0]
+        else:  # paragraphs: torch's advice (dropped), the reason, a pointer to its docs
+            reason = "; ".join(
+                " ".join(part.split()) for part in text.split("\n\n")
+                if part.strip() and "weights_only" not in part
+                and not part.strip().startswith("Check the documentation")
+            )  # fmt: skip
+        reason = reason.strip().rstrip(".")[:200] or "not a state dict of tensors"
+        if "GLOBAL torch.nn.modules" in reason:
+            reason += " (a whole pickled model? save its state_dict() instead)"
         return f"the weights-only loader refused it: {reason}; nothing but weights is loaded"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
@@ -245,7 +253,11 @@ def build_network(model: str, dataset: str, seed: int, checkpoint: str | None = 
     torch.manual_seed(seed)
     net = create_model(model, num_classes=data.num_classes)
     if checkpoint:
-        net.load_state_dict(load_weights(checkpoint))
+        try:
+            net.load_state_dict(load_weights(checkpoint))
+        except RuntimeError as error:  # missing, unexpected or differently shaped tensors
+            lines = " ".join(str(error).splitlines()[:3])[:400]
+            raise ValueError(f"the weights in {checkpoint} do not fit {model}: {lines}") from None
     return net, data, info
 
 

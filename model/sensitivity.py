@@ -192,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"sweetspot: {problem}", file=sys.stderr)
         return 2
+    try:  # the folder first: a failure here must not come after the training
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"sweetspot: cannot create --out {args.out}: {error.strerror}", file=sys.stderr)
+        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

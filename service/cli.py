@@ -29,6 +29,7 @@ from perfmodel import (
 )
 from perfmodel.hardware import user_profile_dir
 from perfmodel.onnx_import import OnnxImportError, layers_from_onnx
+from perfmodel.predict import resolve_model
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -81,11 +82,11 @@ def _predict(args: argparse.Namespace) -> int:
             raise CliError(str(error), EXIT_USAGE) from None
         name = args.model
     try:
-        prediction = predict_network(
-            layers, hardware, name=name, batch=args.batch, model=args.performance_model
-        )
+        model = resolve_model(args.performance_model, hardware)
     except LookupError as error:  # an unknown --performance-model
         raise CliError(str(error), EXIT_USAGE) from None
+    try:
+        prediction = predict_network(layers, hardware, name=name, batch=args.batch, model=model)
     except ProfileError as error:  # 'refined' on a profile that was never calibrated
         raise CliError(str(error)) from None
     if args.json:

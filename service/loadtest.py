@@ -135,9 +135,10 @@ def _probe(url: str, params: dict, headers: dict) -> str | None:
         return f"cannot reach the service at {url}: {error}"
     if response.status_code != 200:
         try:
-            detail = response.json().get("detail", response.text)
+            body = response.json()
         except ValueError:
-            detail = response.text
+            body = None
+        detail = body.get("detail", response.text) if isinstance(body, dict) else response.text
         return f"the service answered {response.status_code}: {str(detail)[:300]}"
     return None
 

@@ -261,6 +261,31 @@ def test_sensitivity_out_must_not_be_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("")
     code, _, err = run(capsys, "sensitivity", "--model", "lenet5", "--out", str(tmp_path / "file"))
     assert code == 2 and "is a file" in err
+    code, _, err = run(capsys, "sensitivity", "--model", "lenet5", "--out",
+                       str(tmp_path / "file" / "sub"))  # fmt: skip
+    assert code == 1 and "cannot create --out" in err
+
+
+@pytest.mark.parametrize("command", ["sensitivity", "prune"])
+def test_checkpoints_that_do_not_load_are_one_line_errors(capsys, tmp_path, monkeypatch, command):
+    """Weights of another network (RuntimeError from load_state_dict) and a corrupt
+    safetensors file (safetensors' own error) escaped as tracebacks."""
+    from safetensors.torch import save_file
+
+    import model.training
+    from model.networks import create_model
+
+    monkeypatch.setattr(model.training.Trainer, "fit", lambda *a, **k: pytest.fail("trained"))
+    other = tmp_path / "resnet20.safetensors"
+    save_file(create_model("resnet20").state_dict(), str(other))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    for checkpoint, message in ((other, "do not fit lenet5"),
+                                (corrupt, "is not a valid safetensors file")):  # fmt: skip
+        args = [command, "--model", "lenet5", "--dataset", "synthetic", "--checkpoint",
+                str(checkpoint), "--out", str(tmp_path / "out")]  # fmt: skip
+        code, _, err = run(capsys, *args)
+        assert code == 1 and message in err and "Traceback" not in err, err
 
 
 def test_bench_api_checks_before_loading(capsys):

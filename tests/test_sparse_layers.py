@@ -236,6 +236,8 @@ def test_convert_model_refuses_layers_it_would_change():
     assert "out_proj" not in convertible_layers(attention)
     with pytest.raises(ValueError, match="part of a MultiheadAttention"):
         convert_model(attention, {"out_proj": "sparse"})
+    encoder = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True).eval()
+    assert not {"linear1", "linear2"} & set(convertible_layers(encoder))
 
 
 def test_convert_model_of_a_torch_pruned_layer_says_what_to_do():
@@ -309,3 +311,37 @@ def test_tracing_is_refused_not_silently_wrong():
             torch.jit.trace(layer, x)
         with torch.no_grad():
             torch.jit.trace(layer.to_dense(), x)  # the way out the message names
+
+
+def test_layers_built_under_inference_mode_run():
+    """Inference tensors keep no version counter: reading it raised on every call."""
+    dense = _exactly_pruned(nn.Conv2d(4, 8, 3), 0.5, 0)
+    linear = _exactly_pruned(nn.Linear(8, 4), 0.9, 0)
+    x, v = torch.randn(1, 4, 8, 8), torch.randn(2, 8)
+    with torch.inference_mode():
+        conv_layer, linear_layer = SparseConv2d.from_dense(dense), SparseLinear.from_dense(linear)
+        torch.testing.assert_close(conv_layer(x), dense(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(linear_layer(v), linear(v), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(conv_layer(x), dense(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_copy_after_an_in_place_write_uses_the_written_weights():
+    """A copy's tensors restart their version counters; with the original's stamp copied
+    along, a copy made after an in-place write could match it and keep stale row pairs."""
+    import copy
+    import io
+
+    dense = _exactly_pruned(nn.Conv2d(16, 32, 3, padding=1), 0.5, 1)  # row pairs
+    layer = SparseConv2d.from_dense(dense)
+    x = torch.randn(1, 16, 10, 10)
+    with torch.no_grad():
+        layer.load_state_dict(layer.state_dict())  # versions (1, 1, 1) ...
+        layer(x)  # ... stamped with the row pairs built now
+        layer.values.mul_(0.5)
+        dense.weight.mul_(0.5)
+        buffer = io.BytesIO()
+        torch.save(layer, buffer)
+        buffer.seek(0)
+        for twin in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
+            torch.testing.assert_close(twin(x), dense(x), rtol=1e-4, atol=1e-5)

@@ -172,16 +172,20 @@ def test_disabled_native_uses_the_reference(tmp_path):
 def test_the_build_uses_the_interpreters_own_ninja(monkeypatch, tmp_path):
     """A system ninja earlier on PATH (an un-activated shell) hashed the build commands unlike
     the virtualenv's and rebuilt the kernel at every switch; the build puts the interpreter's
-    scripts folder first, and gives PATH back afterwards."""
+    ninja first (and only it: the compilers PATH finds stay), and gives PATH back afterwards."""
     decoy = tmp_path / "bin"
     decoy.mkdir()
     (decoy / "ninja").write_text("#!/bin/sh\nexit 1\n")
     (decoy / "ninja").chmod(0o755)
     monkeypatch.setenv("PATH", f"{decoy}{os.pathsep}{os.environ['PATH']}")
     before = os.environ["PATH"]
+    own = Path(sys.executable).parent / "ninja"
     with native._interpreter_tools_first():
-        assert os.environ["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
-        assert os.environ["PATH"].endswith(before)
-        if (Path(sys.executable).parent / "ninja").exists():
-            assert shutil.which("ninja") == str(Path(sys.executable).parent / "ninja")
+        if own.exists():
+            assert Path(shutil.which("ninja")).resolve() == own.resolve()
+            first = Path(os.environ["PATH"].split(os.pathsep)[0])
+            assert [p.name for p in first.iterdir()] == ["ninja"]  # nothing else goes first
+            assert os.environ["PATH"].endswith(before)
+        else:
+            assert os.environ["PATH"] == before
     assert os.environ["PATH"] == before

@@ -23,7 +23,8 @@ def _why_not(module: nn.Module, parent: nn.Module | None) -> str | None:
     """Why ``module`` cannot be made sparse, or None when it can. Only layers that compute
     exactly what ``nn.Conv2d``/``nn.Linear`` compute are replaced: a subclass with its own
     forward (weight standardisation, "same" padding done by hand) would silently lose it, and
-    ``nn.MultiheadAttention`` reads its ``out_proj.weight`` directly instead of calling it."""
+    ``nn.MultiheadAttention`` (its ``out_proj``) and ``nn.TransformerEncoderLayer`` (its fast
+    path, ``linear1``/``linear2``) read the weights directly instead of calling the layers."""
     if isinstance(module, nn.Conv2d):
         kind, own = nn.Conv2d, ("forward", "_conv_forward")
     elif isinstance(module, nn.Linear):
@@ -32,8 +33,8 @@ def _why_not(module: nn.Module, parent: nn.Module | None) -> str | None:
         return f"a {type(module).__name__}, not a Conv2d/Linear"
     if any(getattr(type(module), m) is not getattr(kind, m) for m in own):
         return f"a {type(module).__name__} with its own forward"
-    if isinstance(parent, nn.MultiheadAttention):
-        return "part of a MultiheadAttention, which reads its weight directly"
+    if isinstance(parent, nn.MultiheadAttention | nn.TransformerEncoderLayer):
+        return f"part of a {type(parent).__name__}, which reads its weight directly"
     return None
 
 

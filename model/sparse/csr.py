@@ -43,16 +43,24 @@ def _without_plans(weight: object) -> dict:
     module, which does not pickle, and are rebuilt on the first call."""
     state = dict(weight.__dict__)
     state["_plans"] = {}
+    # A copy's tensors start their version counters afresh, so the stamp would no longer
+    # describe them: without it the copy's first call rebuilds what is derived.
+    state.pop("_stamp", None)
     return state
 
 
 def _forget_if_changed(weight: object, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> None:
     """Drop everything derived from a CSR weight's arrays (offsets, row pairs, call plans)
-    once any of them was written in place since it was derived, which bumps its version
-    counter (``copy_`` in ``load_state_dict``, ``mul_``, ...): a cache would go on using the
-    old non-zeros (a layer loaded with another state dict after its first call computed with
-    the old weights, or garbage where the indices changed). ≈0.3 µs a call."""
-    stamp = (a._version, b._version, c._version)
+    once any of them was written in place through torch since it was derived, which bumps
+    its version counter (``copy_`` in ``load_state_dict``, ``mul_``, ...; not writes through
+    ``.data`` or a NumPy view, nor inference-mode tensors, which have no counter): a cache
+    would go on using the old non-zeros (a layer loaded with another state dict after its
+    first call computed with the old weights, or garbage where the indices changed). ≈0.3 µs
+    a call."""
+    try:
+        stamp = (a._version, b._version, c._version)
+    except RuntimeError:  # tensors made under torch.inference_mode() keep no version counter
+        return
     caches = weight.__dict__
     if caches.get("_stamp") != stamp:
         for name in ("_offsets", "_cache", "_plans"):
@@ -217,15 +225,17 @@ class ConvCSR:
     def row_pairs(self) -> RowPairs | None:
         """This weight split into row pairs (cached), or None when a group has an odd number
         of output channels."""
-        if "pairs" not in self._cache:
-            self._cache["pairs"] = self._split_pairs()
-        return self._cache["pairs"]  # type: ignore[return-value]
+        pairs = self._cache.get("pairs", False)  # one read: another thread may clear it
+        if pairs is False:
+            pairs = self._cache["pairs"] = self._split_pairs()
+        return pairs  # type: ignore[return-value]
 
     def shared_fraction(self) -> float | None:
         """Fraction of the non-zeros in columns that rows ``2q`` and ``2q + 1`` both use
         (cached; None when a group has an odd number of output channels). Counted from the
         indices alone, so deciding against pairs costs no split."""
-        if "shared" not in self._cache:
+        share = self._cache.get("shared", False)  # one read: another thread may clear it
+        if share is False:
             share = None
             if not (self.out_channels // self.groups) % 2:
                 # A shared column is a (pair, column) key that occurs twice.
@@ -234,7 +244,7 @@ class ConvCSR:
                 repeated = self.nnz - int(torch.unique(keys).numel())
                 share = 2.0 * repeated / max(self.nnz, 1)
             self._cache["shared"] = share
-        return self._cache["shared"]  # type: ignore[return-value]
+        return share  # type: ignore[return-value]
 
     def pairs_pay(self) -> bool:
         """Whether the kernel should use row pairs: at least ``PAIR_MIN_SHARE`` of the

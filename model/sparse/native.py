@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -175,22 +176,28 @@ def _forget_build() -> None:
 
 @contextlib.contextmanager
 def _interpreter_tools_first() -> Iterator[None]:
-    """PATH with this interpreter's scripts folder first, for the build's duration.
+    """PATH with this interpreter's own `ninja` first, for the build's duration.
 
     torch runs whichever `ninja` PATH finds first. With the virtualenv's ninja (1.13) and a
     system one (1.11) both present, a shell with the venv activated and one without it hashed
-    the same build commands differently, and every switch rebuilt the kernel (≈30 s): the
-    project's own ninja, next to the interpreter, is used whatever the shell's PATH."""
-    previous = os.environ.get("PATH")
-    scripts = str(Path(sys.executable).parent)
-    os.environ["PATH"] = os.pathsep.join([scripts, *([previous] if previous else [])])
-    try:
+    the same build commands differently, and every switch rebuilt the kernel (≈30 s). Only
+    ninja is put first (a folder holding a link to it), so the compilers PATH chooses (ccache,
+    conda's) stay as they are."""
+    ninja = Path(sys.executable).parent / "ninja"
+    if not ninja.exists():
         yield
-    finally:
-        if previous is None:
-            os.environ.pop("PATH", None)
-        else:
-            os.environ["PATH"] = previous
+        return
+    previous = os.environ.get("PATH")
+    with tempfile.TemporaryDirectory(prefix="sweetspot-ninja-") as folder:
+        (Path(folder) / "ninja").symlink_to(ninja)
+        os.environ["PATH"] = os.pathsep.join([folder, *([previous] if previous else [])])
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("PATH", None)
+            else:
+                os.environ["PATH"] = previous
 
 
 def _build_locked(verbose: bool, timeout_s: float) -> ModuleType:
