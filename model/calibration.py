@@ -49,7 +49,6 @@ from sklearn.linear_model import LinearRegression
 from model.allocator import freed_memory_kept
 from perfmodel import Conv2dSpec, HardwareProfile, LinearSpec, save_profile
 from perfmodel.hardware import (
-    BUILTIN_DIR,
     NAME_PATTERN,
     SCHEMA_VERSION,
     DenseParameters,
@@ -59,6 +58,7 @@ from perfmodel.hardware import (
     Provenance,
     RefinedParameters,
     SparseParameters,
+    is_builtin_profile,
     user_profile_dir,
 )
 from perfmodel.refined import (
@@ -1099,7 +1099,7 @@ def _argument_error(args: argparse.Namespace) -> str | None:
             f"--name {args.name!r} is not a profile name: lower-case letters, digits, '.', '_' "
             "and '-', starting with a letter or digit"
         )
-    if (BUILTIN_DIR / f"{args.name}.json").exists():
+    if is_builtin_profile(args.name):
         return (
             f"--name {args.name!r} is a built-in profile (one of the paper's platforms); "
             "a calibration must not shadow it: choose another name"

@@ -370,6 +370,24 @@ def profile_names() -> list[str]:
     return sorted(_profile_files())
 
 
+def is_builtin_profile(name: str) -> bool:
+    """Whether ``name`` is one of the profiles shipped with Sweetspot (the paper's platforms),
+    which user profiles, calibrations included, must not shadow."""
+    return (BUILTIN_DIR / f"{name}.json").exists()
+
+
+def load_profiles() -> tuple[list[HardwareProfile], dict[str, ProfileError]]:
+    """Every profile that loads, and why each of the others does not (a file edited by hand,
+    or from a newer Sweetspot): one bad file must not hide the others."""
+    profiles, problems = [], {}
+    for name in profile_names():
+        try:
+            profiles.append(get_profile(name))
+        except ProfileError as error:
+            problems[name] = error
+    return profiles, problems
+
+
 @cache
 def _builtin(path: Path, mtime: float) -> HardwareProfile:
     return load_profile_file(path)

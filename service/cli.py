@@ -25,9 +25,8 @@ from perfmodel import (
     UnknownProfileError,
     get_profile,
     predict_network,
-    profile_names,
 )
-from perfmodel.hardware import user_profile_dir
+from perfmodel.hardware import load_profiles, user_profile_dir
 from perfmodel.onnx_import import OnnxImportError, layers_from_onnx
 from perfmodel.predict import resolve_model
 
@@ -153,12 +152,9 @@ def format_prediction(result: NetworkPrediction) -> str:
 
 
 def _hardware_list(args: argparse.Namespace) -> int:
-    profiles = []
-    for name in profile_names():
-        try:
-            profiles.append(get_profile(name))
-        except ProfileError as error:
-            print(f"sweetspot: skipping {name}: {error}", file=sys.stderr)
+    profiles, problems = load_profiles()
+    for name, error in problems.items():
+        print(f"sweetspot: skipping {name}: {error}", file=sys.stderr)
     if args.json:
         print(json.dumps([p.model_dump(mode="json") for p in profiles], indent=2))
         return 0

@@ -96,14 +96,14 @@ def _start_server(hardware: str) -> tuple[subprocess.Popen, str, tempfile.Tempor
     import httpx
 
     from perfmodel import ProfileError, get_profile, save_profile
-    from perfmodel.hardware import BUILTIN_DIR
+    from perfmodel.hardware import is_builtin_profile
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     data = tempfile.TemporaryDirectory(prefix="sweetspot-bench-")
     # The service reads profiles from its own data folder: give it the user's (e.g. host).
-    if not (BUILTIN_DIR / f"{hardware}.json").exists():
+    if not is_builtin_profile(hardware):
         # an unknown or broken one: the probe request reports it, as the service words it
         with contextlib.suppress(LookupError, ProfileError):
             save_profile(get_profile(hardware), Path(data.name) / "profiles")

@@ -6,8 +6,8 @@ import logging
 
 from fastapi import APIRouter, HTTPException, Response, status
 
-from perfmodel import HardwareProfile, ProfileError, get_profile, profile_names, save_profile
-from perfmodel.hardware import BUILTIN_DIR
+from perfmodel import HardwareProfile, get_profile, profile_names, save_profile
+from perfmodel.hardware import is_builtin_profile, load_profiles
 from service import jobs as store
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.errors import UnknownName
@@ -24,12 +24,9 @@ def list_profiles() -> ProfilesPublic:
     """All hardware profiles: the paper's platforms and custom ones. A profile file that does
     not load (edited by hand, or from a newer Sweetspot) is left out and logged, as `sweetspot
     hardware list` skips it: one bad file must not hide every other profile."""
-    profiles = []
-    for name in profile_names():
-        try:
-            profiles.append(get_profile(name))
-        except ProfileError as error:
-            log.warning("hardware listing skips profile %s: %s", name, error)
+    profiles, problems = load_profiles()
+    for name, error in problems.items():
+        log.warning("hardware listing skips profile %s: %s", name, error)
     return ProfilesPublic(data=profiles, count=len(profiles))
 
 
@@ -50,7 +47,7 @@ def create_profile(
 ) -> HardwareProfile:
     """Create a custom profile (validated; the name must be new)."""
     if profile.name in profile_names():
-        builtin = (BUILTIN_DIR / f"{profile.name}.json").exists()
+        builtin = is_builtin_profile(profile.name)
         raise HTTPException(
             409, f"a {'built-in' if builtin else 'custom'} profile named {profile.name!r} "
             "already exists; choose another name",
@@ -70,7 +67,7 @@ def calibrate_host(
 ) -> JobPublic:
     """Calibrate the host the workers run on, as a job; it writes the profile ``name``
     (default ``host``) when it succeeds. Follow it like any job."""
-    if (BUILTIN_DIR / f"{body.name}.json").exists():
+    if is_builtin_profile(body.name):
         raise HTTPException(409, f"{body.name!r} is a built-in profile; choose another name")
     request = {"kind": "calibration", **body.model_dump(exclude={"idempotency_key"})}
     job, _ = store.create_job(session, owner, request, body.idempotency_key)
