@@ -36,7 +36,6 @@ from pathlib import Path
 from model.calibration import pool_timings, square_conv
 from perfmodel import Conv2dSpec, HardwareProfile, ProfileError, UnknownProfileError, get_profile
 from perfmodel.predict import resolve_model
-from perfmodel.refined import MissingRefinedParametersError
 from perfmodel.roofline import Layer
 
 Progress = Callable[[dict], None]
@@ -321,12 +320,9 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be checked is checked before the measuring (≈70 s in full).
     try:
         resolve_model(args.performance_model, hardware)
-    except LookupError as error:
+    except (LookupError, ProfileError) as error:
         print(f"sweetspot: {error}", file=sys.stderr)
-        return 2
-    if args.performance_model == "refined" and hardware.refined is None:
-        print(f"sweetspot: {MissingRefinedParametersError(hardware.name)}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, LookupError) else 1
     if args.plot:
         problem = _plot_path_error(Path(args.plot))
         if problem:

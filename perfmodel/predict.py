@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from perfmodel.hardware import HardwareProfile
+from perfmodel.refined import MissingRefinedParametersError  # also registers "refined"
 from perfmodel.roofline import MODELS, Bound, Layer, PerformanceModel, SweetSpot, get_model
 
 REPORTED_SPARSITIES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -187,17 +188,26 @@ def predict_layer(
 
 def resolve_model(model: PerformanceModel | str, hw: HardwareProfile) -> PerformanceModel:
     """A model instance: a registered name, an instance, or ``"auto"`` — the refined model
-    when ``hw`` carries calibrated parameters (``sweetspot calibrate``), the paper's otherwise."""
-    if isinstance(model, str):
-        name = "refined" if model == "auto" and hw.refined is not None else model
-        try:
-            return get_model("paper" if name == "auto" else name)
-        except LookupError:
-            raise LookupError(
-                f"unknown performance model {model!r}; valid names: auto, "
-                f"{', '.join(sorted(MODELS))}"
-            ) from None
-    return model
+    when ``hw`` carries calibrated parameters (``sweetspot calibrate``), the paper's otherwise.
+
+    Raises:
+        LookupError: an unknown name.
+        MissingRefinedParametersError: ``"refined"`` for a profile never calibrated, here
+            rather than at the first layer (callers check before measuring anything).
+    """
+    if not isinstance(model, str):
+        return model
+    if model == "auto":
+        name = "refined" if hw.refined is not None else "paper"
+    elif model in MODELS:
+        name = model
+    else:
+        raise LookupError(
+            f"unknown performance model {model!r}; valid names: auto, {', '.join(sorted(MODELS))}"
+        )
+    if name == "refined" and hw.refined is None:
+        raise MissingRefinedParametersError(hw.name)
+    return get_model(name)
 
 
 def predict_network(

@@ -84,10 +84,9 @@ def _predict(args: argparse.Namespace) -> int:
         model = resolve_model(args.performance_model, hardware)
     except LookupError as error:  # an unknown --performance-model
         raise CliError(str(error), EXIT_USAGE) from None
-    try:
-        prediction = predict_network(layers, hardware, name=name, batch=args.batch, model=model)
     except ProfileError as error:  # 'refined' on a profile that was never calibrated
         raise CliError(str(error)) from None
+    prediction = predict_network(layers, hardware, name=name, batch=args.batch, model=model)
     if args.json:
         print(json.dumps(prediction.to_dict(), indent=2, ensure_ascii=False))
     else:
