@@ -126,6 +126,16 @@ def weights_load_error(error: Exception) -> str:
     return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
 
 
+def load_into(net: torch.nn.Module, state: dict, model: str, what: str = "the weights") -> None:
+    """``net.load_state_dict(state)`` (strict), with a ``ValueError`` naming ``model`` when the
+    tensors do not fit it (missing, unexpected or differently shaped)."""
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        lines = " ".join(str(error).splitlines()[:3])[:400]
+        raise ValueError(f"{what} do not fit {model}: {lines}") from None
+
+
 def _save(module: torch.nn.Module, path: Path) -> None:
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
 
@@ -253,11 +263,7 @@ def build_network(model: str, dataset: str, seed: int, checkpoint: str | None = 
     torch.manual_seed(seed)
     net = create_model(model, num_classes=data.num_classes)
     if checkpoint:
-        try:
-            net.load_state_dict(load_weights(checkpoint))
-        except RuntimeError as error:  # missing, unexpected or differently shaped tensors
-            lines = " ".join(str(error).splitlines()[:3])[:400]
-            raise ValueError(f"the weights in {checkpoint} do not fit {model}: {lines}") from None
+        load_into(net, load_weights(checkpoint), model, what=f"the weights in {checkpoint}")
     return net, data, info
 
 

@@ -37,7 +37,7 @@ def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
     from safetensors.torch import save_file
 
     from model.networks import create_model
-    from model.pipeline import weights_load_error
+    from model.pipeline import load_into, weights_load_error
 
     try:
         state = load_safetensors(data)
@@ -54,10 +54,6 @@ def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("the file does not hold a state dict of tensors")
     network = create_model(model)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0:3]
-        raise ValueError(f"the weights do not fit {model}: {' '.join(first)[:400]}") from None
+    load_into(network, state, model)
     destination.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(destination))
