@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from model.sparse.functional import IMPLEMENTATIONS, Implementation
+from model.sparse.functional import Implementation, check_implementation
 from model.sparse.layers import SparseConv2d, SparseLinear
 
 CHOICES = ("sparse", "dense")
@@ -76,10 +76,7 @@ def convert_model(
             f"plan must be a mapping of layer names to 'sparse' or 'dense', got "
             f"{type(plan).__name__}"
         )
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}"
-        )
+    check_implementation(implementation)
     modules = dict(model.named_modules())
     parents = _parents(model)
     valid = convertible_layers(model)

@@ -206,8 +206,10 @@ class ConvCSR:
     in_channels: int
     kernel: Pair
     groups: int = 1
-    _offsets: dict[ConvLayout, torch.Tensor] = field(default_factory=dict, repr=False)
-    _cache: dict[str, object] = field(default_factory=dict, repr=False)  # row pairs, share
+    # Derived from the arrays, never given: a copy with other arrays (dataclasses.replace)
+    # starts without them.
+    _offsets: dict[ConvLayout, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    _cache: dict[str, object] = field(default_factory=dict, init=False, repr=False)  # pairs
     # functional.sparse_conv2d's call plans, per input shape and options
     _plans: dict[tuple, tuple] = field(default_factory=dict, init=False, repr=False)
 

@@ -8,7 +8,7 @@ raises if it is unavailable); ``"reference"`` always runs the reference.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -17,7 +17,7 @@ from model.sparse.csr import ConvCSR, ConvLayout, LinearCSR, Pair, conv_layout
 from perfmodel.refined import images_per_unit
 
 Implementation = Literal["auto", "native", "reference"]
-IMPLEMENTATIONS: tuple[str, ...] = ("auto", "native", "reference")
+IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
 BatchLayout = Literal["auto", "spatial", "blocked"]
 _BATCH_LAYOUTS = {"auto": 0, "spatial": 1, "blocked": 2}
 
@@ -77,13 +77,18 @@ def _check_bias(bias: torch.Tensor | None, dimension: str, expected: int) -> Non
         raise ValueError(f"bias has {bias.numel()} elements, expected {dimension}={expected}")
 
 
+def check_implementation(implementation: object) -> None:
+    """Raise ``ValueError`` unless ``implementation`` is one of :data:`IMPLEMENTATIONS`."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}"
+        )
+
+
 def _module(implementation: Implementation):  # -> ModuleType | None
+    check_implementation(implementation)
     if implementation == "reference":
         return None
-    if implementation not in ("auto", "native"):
-        raise ValueError(
-            f"implementation must be auto, native or reference, not {implementation!r}"
-        )
     module = native.load()
     if module is None and implementation == "native":
         raise RuntimeError(

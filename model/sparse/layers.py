@@ -29,10 +29,8 @@ def _csr_of_buffers(layer: nn.Module, index: str) -> None:
     """After ``load_state_dict``: point the layer's CSR weight at its buffers again. With
     ``assign=True`` the buffers are new tensors the CSR does not hold; copied in place, the
     CSR's caches are stale (its own version check would drop them; this makes it explicit)."""
-    csr = layer.weight_csr
     arrays = {"values": layer.values, index: getattr(layer, index), "row_ptr": layer.row_ptr}
-    extra = {"_offsets": {}, "_cache": {}} if isinstance(csr, ConvCSR) else {}
-    layer.weight_csr = dataclasses.replace(csr, **arrays, **extra)
+    layer.weight_csr = dataclasses.replace(layer.weight_csr, **arrays)
 
 
 def _padding_of(conv: nn.Conv2d) -> tuple[int, int]:
