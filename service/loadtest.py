@@ -144,11 +144,11 @@ def _probe(url: str, params: dict, headers: dict) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for option, least in (("concurrency", 1), ("duration", 1e-9), ("warmup", 0)):
-        if getattr(args, option) < least:
-            relation = ">= 1" if option == "concurrency" else "> 0" if least else ">= 0"
-            print(f"sweetspot: --{option} must be {relation}, got {getattr(args, option)}",
-                  file=sys.stderr)  # fmt: skip
+    for ok, rule, value in ((args.concurrency >= 1, "--concurrency must be >= 1", args.concurrency),
+                            (args.duration > 0, "--duration must be > 0", args.duration),
+                            (args.warmup >= 0, "--warmup must be >= 0", args.warmup)):  # fmt: skip
+        if not ok:
+            print(f"sweetspot: {rule}, got {value}", file=sys.stderr)
             return 2
     server = None
     url = args.url

@@ -148,32 +148,6 @@ def _wipe(directory: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _compile_and_import(directory: Path, verbose: bool) -> ModuleType:
-    from torch.utils import cpp_extension
-
-    return cpp_extension.load(
-        name=EXTENSION_NAME,
-        sources=[str(s) for s in SOURCES],
-        extra_cflags=list(CFLAGS),
-        extra_ldflags=list(LDFLAGS),
-        build_directory=str(directory),
-        verbose=verbose,
-    )
-
-
-def _forget_build() -> None:
-    """Make torch rebuild on the next load in this process.
-
-    ``cpp_extension.load`` skips ninja entirely when it already loaded (or tried) the same
-    sources earlier in the process; its versioner is private, hence the guard.
-    """
-    from torch.utils import cpp_extension
-
-    entries = getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", None)
-    if isinstance(entries, dict):
-        entries.pop(EXTENSION_NAME, None)
-
-
 @contextlib.contextmanager
 def _interpreter_tools_first() -> Iterator[None]:
     """PATH with this interpreter's own `ninja` first, for the build's duration.
@@ -200,13 +174,35 @@ def _interpreter_tools_first() -> Iterator[None]:
                 os.environ["PATH"] = previous
 
 
+def _compile_and_import(directory: Path, verbose: bool) -> ModuleType:
+    from torch.utils import cpp_extension
+
+    with _interpreter_tools_first():  # the one place torch runs ninja
+        return cpp_extension.load(
+            name=EXTENSION_NAME,
+            sources=[str(s) for s in SOURCES],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
+            build_directory=str(directory),
+            verbose=verbose,
+        )
+
+
+def _forget_build() -> None:
+    """Make torch rebuild on the next load in this process.
+
+    ``cpp_extension.load`` skips ninja entirely when it already loaded (or tried) the same
+    sources earlier in the process; its versioner is private, hence the guard.
+    """
+    from torch.utils import cpp_extension
+
+    entries = getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", None)
+    if isinstance(entries, dict):
+        entries.pop(EXTENSION_NAME, None)
+
+
 def _build_locked(verbose: bool, timeout_s: float) -> ModuleType:
     """Compile if needed and import, under our lock; raise on any failure."""
-    with _interpreter_tools_first():
-        return _build_with_tools(verbose, timeout_s)
-
-
-def _build_with_tools(verbose: bool, timeout_s: float) -> ModuleType:
     missing = _missing_toolchain()
     if missing:
         raise RuntimeError(missing)
