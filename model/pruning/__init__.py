@@ -99,14 +99,19 @@ def make_config(config_type: type, values: dict[str, Any]) -> Any:
     try:
         return _adapter(config_type).validate_python(values)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']} "
-            f"(got {e['input']!r})"
-            for e in error.errors(include_url=False)
-        )
+        problems = "; ".join(_problem(e) for e in error.errors(include_url=False))
         raise ValueError(f"invalid {config_type.__name__}: {problems}") from None
-    except (TypeError, ValueError) as error:
+    except TypeError as error:  # raised by a __post_init__ (pydantic passes it through)
         raise ValueError(f"invalid {config_type.__name__}: {error}") from None
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as a line: the field, what is wrong and the value given; a check of
+    the dataclass's own ``__post_init__`` (no field) as its message alone."""
+    if not error["loc"] and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
+    field_name = ".".join(str(part) for part in error["loc"]) or "value"
+    return f"{field_name}: {error['msg']} (got {error['input']!r})"
 
 
 @functools.cache
