@@ -308,7 +308,7 @@ def _prune(args: argparse.Namespace) -> int:
     from model.networks import UnknownNetworkError
     from model.pipeline import PruneRequest, join_pruning, run_pruning, split_config
     from model.pruning import UnknownMethodError
-    from model.training import PHASES, Cancelled
+    from model.training import PHASES, Cancelled, epochs_done
 
     request = PruneRequest(
         method=args.method, model=args.model, dataset=args.dataset, hardware=args.hardware,
@@ -321,9 +321,9 @@ def _prune(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     except ValueError as error:
         raise CliError(str(error), EXIT_USAGE) from None
-    total = train_config.prune_epochs + train_config.finetune_epochs
-    total += 0 if request.checkpoint else train_config.dense_epochs
-    bar = tqdm(total=total, unit="epoch", disable=args.quiet, dynamic_ncols=True, file=sys.stderr)
+    phase_epochs = train_config.phase_epochs(warm_start=bool(request.checkpoint))
+    bar = tqdm(total=sum(phase_epochs.values()), unit="epoch", disable=args.quiet,
+               dynamic_ncols=True, file=sys.stderr)  # fmt: skip
 
     def note(message: str) -> None:
         """Progress text goes to stderr (stdout is for the result) and is silenced by --quiet."""
@@ -335,7 +335,7 @@ def _prune(args: argparse.Namespace) -> int:
         if kind == "phase" and event["phase"] in PHASES:
             bar.set_description(event["phase"])
         elif kind == "epoch":
-            bar.update(1)
+            bar.update(epochs_done(event, phase_epochs) - bar.n)  # resumed: from where it was
             pruned = " ".join(f"{k} {v:.0%}" for k, v in event["sparsity"].items() if v > 0)
             bar.set_postfix_str(f"acc {event['test_accuracy']:.3f}  sparsity: {pruned or '-'}")
         elif kind == "decision":

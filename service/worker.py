@@ -108,8 +108,7 @@ class Worker:
 
         out_dir = self.settings.artifacts.job_dir(job_id)
         cancel = threading.Event()
-        total_epochs = _total_epochs(request)
-        done = {"epochs": 0}
+        phase_epochs = _phase_epochs(request)
 
         def on_status(status: str) -> None:
             if status in (store.CANCELLING, store.CANCELLED) or self.stop.is_set():
@@ -119,8 +118,7 @@ class Worker:
 
         def on_event(event: dict) -> None:
             if event.get("type") == "epoch":
-                done["epochs"] += 1
-                heartbeat.progress = min(done["epochs"] / total_epochs, 0.99)
+                heartbeat.progress = epoch_progress(event, phase_epochs)
             with self.sessions() as session:
                 store.add_event(session, job_id, event)
 
@@ -312,16 +310,23 @@ def _host_address(database_url: str) -> str:
         return "127.0.0.1"
 
 
-def _total_epochs(request: dict) -> int:
-    """Epochs the job will run at most (for its progress fraction)."""
+def _phase_epochs(request: dict) -> dict[str, int]:
+    """Epochs the job runs at most in each training phase (for its progress fraction)."""
     from model.pipeline import split_config
 
     try:
         train, _ = split_config(request["method"], dict(request.get("config") or {}))
     except (ValueError, LookupError):
-        return 1
-    dense = 0 if request.get("checkpoint_path") else train.dense_epochs
-    return max(dense + train.prune_epochs + train.finetune_epochs, 1)
+        return {}
+    return train.phase_epochs(warm_start=bool(request.get("checkpoint_path")))
+
+
+def epoch_progress(event: dict, phase_epochs: dict[str, int]) -> float:
+    """The job's progress after an epoch event (below 1.0 until the job has finished)."""
+    from model.training import epochs_done
+
+    total = sum(phase_epochs.values())
+    return min(epochs_done(event, phase_epochs) / total, 0.99) if total > 0 else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

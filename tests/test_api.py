@@ -17,7 +17,7 @@ from service import jobs as store
 from service.api.app import create_app
 from service.db import Job, utcnow
 from service.settings import Settings
-from service.worker import Worker
+from service.worker import Worker, _phase_epochs, epoch_progress
 
 TINY = {"dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 1, "threads": 1}
 
@@ -251,6 +251,23 @@ def test_cancel_a_queued_job_and_bad_transitions(client):
     again = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
     assert client.post("/v1/jobs/nope/cancel").status_code == 404
+
+
+def test_progress_follows_the_epoch_events_phase_and_epoch():
+    """Progress comes from each event's phase and epoch, not from a count of the events this
+    worker saw: a job resumed at prune epoch 3 of 4 is past its dense epochs, not at 0%."""
+    phases = _phase_epochs({"method": "gsl", "config": {"dense_epochs": 2, "prune_epochs": 4,
+                                                        "finetune_epochs": 4}})  # fmt: skip
+    assert phases == {"dense": 2, "prune": 4, "finetune": 4}
+    assert epoch_progress({"phase": "dense", "epoch": 1}, phases) == 0.1
+    resumed = epoch_progress({"phase": "prune", "epoch": 3}, phases)
+    assert resumed == 0.5 and epoch_progress({"phase": "prune", "epoch": 3}, phases) == resumed
+    assert epoch_progress({"phase": "finetune", "epoch": 1}, phases) == 0.7  # prune converged
+    assert epoch_progress({"phase": "finetune", "epoch": 4}, phases) == 0.99  # until finished
+    # A job that starts from a checkpoint has no dense epochs.
+    warm = _phase_epochs({"method": "gsl", "checkpoint_path": "x.safetensors",
+                          "config": {"dense_epochs": 2, "prune_epochs": 1, "finetune_epochs": 1}})
+    assert epoch_progress({"phase": "prune", "epoch": 1}, warm) == 0.5
 
 
 @pytest.mark.parametrize(

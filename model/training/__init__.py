@@ -9,6 +9,7 @@ from model.training.trainer import (
     TrainConfig,
     Trainer,
     TrainResult,
+    epochs_done,
     evaluate,
     layer_sparsity,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "epochs_done",
     "evaluate",
     "layer_sparsity",
 ]

@@ -87,6 +87,12 @@ class TrainConfig:
         if not 1 <= self.nodes <= 64:
             raise ValueError(f"nodes must be between 1 and 64, got {self.nodes}")
 
+    def phase_epochs(self, warm_start: bool = False) -> dict[str, int]:
+        """Epochs each phase runs at most, in order (no dense phase when the run starts from
+        a trained checkpoint)."""
+        dense = 0 if warm_start else self.dense_epochs
+        return {"dense": dense, "prune": self.prune_epochs, "finetune": self.finetune_epochs}
+
 
 class PruningHooks(Protocol):
     """What a pruning method provides to the training loop (all hooks may do nothing)."""
@@ -122,6 +128,19 @@ class PruningHooks(Protocol):
     # sparsity(model) -> dict[str, float]
     #     per-layer sparsity reported in prune-phase epoch events, for methods whose zeros are
     #     not (yet) in the weights (AutoPrune's masks multiply them in the forward pass).
+
+
+def epochs_done(event: Event, phase_epochs: dict[str, int]) -> int:
+    """Epochs finished, over all phases, when an ``epoch`` event is sent: from the event's
+    own phase and epoch, so a run resumed from a checkpoint counts from where it stopped (not
+    from 0), a repeated event changes nothing and a prune phase that converged early counts
+    as whole."""
+    phases = list(phase_epochs)
+    if event.get("phase") not in phases:
+        return 0
+    index = phases.index(event["phase"])
+    before = sum(phase_epochs[phase] for phase in phases[:index])
+    return before + min(int(event.get("epoch") or 0), phase_epochs[event["phase"]])
 
 
 @dataclass
