@@ -28,6 +28,7 @@ Two ways a pruned network becomes faster, chosen by the method's ``structured`` 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
 from model.networks import create_model, network_info
@@ -84,22 +86,37 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors' own error type, for a corrupt header or data
-            raise ValueError(f"{path} is not a valid safetensors file: {error}") from None
+    return parse_weights(path.read_bytes(), str(path), path.suffix == ".safetensors")
+
+
+def parse_weights(data: bytes, source: str, safetensors: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a file's bytes: safetensors, or else a weights-only torch
+    file (one of our own checkpoints gives its ``model`` entry). Nothing in the file is
+    executed. ``source`` names the file in messages; ``safetensors`` says the file must be one
+    (its name says so), so its own error is the one reported.
+
+    Raises:
+        ValueError: neither format, or not a dict of tensors.
+    """
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as error:
-        raise ValueError(
-            f"{path} is not a safetensors file or a weights-only PyTorch state dict "
-            f"({weights_load_error(error)})"
-        ) from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = load_safetensors(data)
+    except Exception as error:  # safetensors' own error type, for a corrupt header or data
+        if safetensors:
+            raise ValueError(f"{source} is not a valid safetensors file: {error}") from None
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as error:
+            raise ValueError(
+                f"{source} is not a safetensors file or a weights-only PyTorch state dict "
+                f"({weights_load_error(error)})"
+            ) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # one of our own checkpoints
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict")
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(f"{source} holds a dict with values other than tensors, not a state "
+                         "dict")  # fmt: skip
     return state
 
 

@@ -7,7 +7,6 @@ upload time, not hours later in a worker) and stored as safetensors.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from fastapi import HTTPException, UploadFile
@@ -32,27 +31,12 @@ def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
     Raises:
         ValueError: not a weights file, or its tensors do not fit the architecture.
     """
-    import torch
-    from safetensors.torch import load as load_safetensors
     from safetensors.torch import save_file
 
     from model.networks import create_model
-    from model.pipeline import load_into, weights_load_error
+    from model.pipeline import load_into, parse_weights
 
-    try:
-        state = load_safetensors(data)
-    except Exception:
-        try:
-            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception as error:
-            raise ValueError(
-                "not a safetensors file or a weights-only PyTorch state dict "
-                f"({weights_load_error(error)})"
-            ) from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("the file does not hold a state dict of tensors")
+    state = parse_weights(data, "the upload")
     network = create_model(model)
     load_into(network, state, model)
     destination.parent.mkdir(parents=True, exist_ok=True)

@@ -141,3 +141,22 @@ def test_a_job_on_a_calibrated_profile_uses_the_refined_model(capsys, tmp_path):
                          str(tmp_path / "k"), "--no-measure", "--json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["performance_model"] == "paper"
+
+
+def test_checkpoint_files_and_uploads_are_read_the_same_way(tmp_path):
+    """`--checkpoint` files and uploads go through one parser: a dict with other values than
+    tensors, or no dict at all, is refused by both with the same message."""
+    from model.pipeline import load_weights, parse_weights
+
+    cases = [({"conv1.weight": torch.ones(1), "note": "hi"}, "holds a dict with values other than tensors"),
+             ([torch.ones(1)], "holds a list, not a state dict")]  # fmt: skip
+    for index, (content, message) in enumerate(cases):
+        path = tmp_path / f"case{index}.pt"
+        torch.save(content, path)
+        with pytest.raises(ValueError, match=message):
+            load_weights(path)
+        with pytest.raises(ValueError, match=f"the upload {message}"):
+            parse_weights(path.read_bytes(), "the upload")
+    ours = tmp_path / "ours.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "optimizer": {}}, ours)
+    assert list(load_weights(ours)) == ["w"]
