@@ -306,6 +306,154 @@ def test_native_row_pairs_reject_any_out_of_range_offset(batch, threads, mode, w
         call(*((own, bad) if array == "shared" else (bad, shared)), images=x[:0])
 
 
+def _segment_major_call(native_kernel, layer: str, batch: int, pairs: bool, seed: int):
+    """A layer of OFFSET_CHECK_LAYERS with its CSR in segment-major order: (call(offsets,
+    images=x) -> output, the offsets array to spoil, x, F.conv2d's result, the layout)."""
+    geometry, _, sparsity = OFFSET_CHECK_LAYERS[layer]
+    C, H, W, K, kernel, stride, padding, dilation, groups = geometry
+    case = (batch, C, H, W, K, kernel, stride, padding, dilation, groups)
+    x, weight, bias, conv_args = _problem(case, sparsity, seed=seed, bias=True)
+    csr = conv_weight_to_csr(weight, groups)
+    layout = conv_layout(C // groups, H, W, kernel, stride, padding, dilation)
+    blocks, block_channels = native_kernel.conv_blocking(
+        C // groups, H, W, list(kernel), list(stride), list(padding), list(dilation), K
+    )[:2]  # fmt: skip
+    args = dict(
+        out_channels=K, kernel=list(kernel), stride=list(stride), padding=list(padding),
+        dilation=list(dilation), groups=groups, relu=False, mode=1,
+    )  # fmt: skip
+    if pairs:
+        split = csr.row_pairs()
+        values, own, segments, pair_values, shared, pair_segments = split.segment_major(
+            layout, blocks, block_channels
+        )
+        assert own.numel() and shared.numel()
+
+        def call(offsets, images=x):  # spoils the shared columns' offsets
+            return native_kernel.sparse_conv2d_forward(
+                images, values, own, split.row_ptr, bias, **args, pair_values=pair_values,
+                pair_offsets=offsets, pair_row_ptr=split.pair_row_ptr, segments=segments,
+                pair_segments=pair_segments,
+            )  # fmt: skip
+
+        target = shared
+    else:
+        values, target, segments = csr.segment_major(layout, blocks, block_channels)
+
+        def call(offsets, images=x):
+            return native_kernel.sparse_conv2d_forward(
+                images, values, offsets, csr.row_ptr, bias, **args, segments=segments
+            )
+
+    assert blocks > 1 or layer == "tiles"
+    return call, target, x, F.conv2d(x, weight, bias, groups=groups, **conv_args), layout
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(("batch", "threads"), [(1, 1), (1, 2), (4, 2)])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("layer", sorted(OFFSET_CHECK_LAYERS))
+def test_native_segment_major_rejects_any_out_of_range_offset(batch, threads, where, pairs,
+                                                              layer, native_kernel):  # fmt: skip
+    """In segment-major order (what sparse_conv2d passes for spatial units) each block's
+    segments are checked against the block's end: one bad index anywhere raises, on every
+    scheduling path, and valid ones give F.conv2d's result."""
+    call, target, x, expected, layout = _segment_major_call(native_kernel, layer, batch, pairs, 5)
+    j = {"first": 0, "middle": target.numel() // 2, "last": target.numel() - 1}[where]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for value in (layout.channels * layout.plane, 2**31 - 1, -1):
+            bad = target.clone()
+            bad[j] = value
+            with pytest.raises(RuntimeError, match=r"column index out of range \[0, "):
+                call(bad)
+        good = call(target)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(good, expected, rtol=RTOL, atol=ATOL)
+    with pytest.raises(RuntimeError, match="column index out of range"):  # an empty batch too
+        call(bad, images=x[:0])
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(("batch", "threads"), [(1, 1), (1, 2), (3, 2)])
+@pytest.mark.parametrize(("in_channels", "sparsity", "pairs"), [(256, 0.9, False),
+                                                                 (128, 0.5, True)])
+def test_sparse_conv2d_passes_large_weights_in_segment_major_order(batch, threads, in_channels,
+                                                                   sparsity, pairs):  # fmt: skip
+    """A CSR of SEGMENT_MAJOR_MIN_BYTES or more over several channel blocks goes to the kernel
+    in segment-major order (row pairs too) and gives F.conv2d's result; a small one keeps row
+    order."""
+    from model.sparse.functional import SEGMENT_MAJOR_MIN_BYTES
+
+    case = (batch, in_channels, 13, 13, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, weight, bias, conv_args = _problem(case, sparsity, seed=8, bias=True)
+    csr = conv_weight_to_csr(weight)
+    assert csr.nnz * 8 >= SEGMENT_MAJOR_MIN_BYTES and csr.pairs_pay() == pairs
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = sparse_conv2d(x, csr, bias, fuse_relu=True, **conv_args)
+        (_, _, tail), = csr._plans.values()
+        small = conv_weight_to_csr(weight[:4])
+        sparse_conv2d(x, small, **conv_args)
+        (_, _, small_tail), = small._plans.values()
+    finally:
+        torch.set_num_threads(previous)
+    assert tail[-2] is not None and (tail[-1] is not None) == pairs  # segments, pair segments
+    assert small_tail[-2:] == (None, None)
+    expected = F.relu(F.conv2d(x, weight, bias, **conv_args))
+    # Sums of up to 1,152 products of N(0, 1) numbers (|out| ≈ 30): summed in another order,
+    # fp32 differs by up to ≈3e-5 absolute, which ATOL (1e-5) is too tight for.
+    torch.testing.assert_close(out, expected, rtol=RTOL, atol=1e-4)
+
+
+@pytest.mark.native
+def test_segment_pointers_are_checked(native_kernel):
+    """Segment pointers that would read outside the CSR arrays, or do not fit the kernel's
+    blocking, are refused before the kernel runs; so are half a pair of segment arrays and
+    segments with the batch-blocked layout."""
+    geometry, _, sparsity = OFFSET_CHECK_LAYERS["blocks"]
+    C, H, W, K, kernel, stride, padding, dilation, groups = geometry
+    x, weight, bias, conv_args = _problem((1, *geometry), sparsity, seed=6, bias=True)
+    csr = conv_weight_to_csr(weight, groups)
+    layout = conv_layout(C // groups, H, W, kernel, stride, padding, dilation)
+    blocks, block_channels = native_kernel.conv_blocking(
+        C // groups, H, W, list(kernel), list(stride), list(padding), list(dilation), K
+    )[:2]  # fmt: skip
+    values, offsets, segments = csr.segment_major(layout, blocks, block_channels)
+    args = dict(
+        out_channels=K, kernel=list(kernel), stride=list(stride), padding=list(padding),
+        dilation=list(dilation), groups=groups, relu=False,
+    )  # fmt: skip
+
+    def call(segments, mode=1, **extra):
+        return native_kernel.sparse_conv2d_forward(
+            x, values, offsets, csr.row_ptr, bias, **args, mode=mode, segments=segments, **extra
+        )  # fmt: skip
+
+    expected = F.conv2d(x, weight, bias, groups=groups, **conv_args)
+    torch.testing.assert_close(call(segments), expected, rtol=RTOL, atol=ATOL)
+    swapped = segments.clone()
+    swapped[1], swapped[2] = segments[2], segments[1]
+    spoilt = {
+        f"{blocks * K + 1} entries": segments[:-1].clone(),
+        "int32": segments.to(torch.int64),
+        "must start at 0 and end at the number of non-zeros": segments + 1,
+        "must be non-decreasing": swapped,
+    }
+    assert segments[2] > segments[1]  # row 1 has non-zeros in block 0: the swap is out of order
+    for message, bad in spoilt.items():
+        with pytest.raises(RuntimeError, match=message):
+            call(bad)
+    with pytest.raises(RuntimeError, match="segment-major order is for the spatial layout"):
+        call(segments, mode=2)
+    with pytest.raises(RuntimeError, match="need both segments and pair_segments"):
+        call(segments, pair_segments=segments)
+
+
 @pytest.mark.native
 def test_native_large_layer_uses_channel_blocks(native_kernel):
     """A layer big enough for several input-channel blocks and output strips."""
@@ -482,6 +630,33 @@ def test_csr_round_trip_and_offsets():
     assert csr.input_offsets(stacked) is not offsets  # a stack is a layout of its own
     with pytest.raises(ValueError, match="stack must be at least 1"):
         conv_layout(2, 10, 10, (3, 3), stack=0)
+
+
+def test_segment_major_order_holds_every_non_zero_once_in_its_block():
+    """Segment-major arrays are the row-order non-zeros regrouped: block b's segment of row k
+    holds exactly row k's non-zeros whose input channel is in block b, in the row's order."""
+    weight = torch.randn(6, 5, 3, 3)
+    weight[torch.rand(weight.shape) < 0.6] = 0
+    csr = conv_weight_to_csr(weight)
+    layout = conv_layout(5, 9, 9, (3, 3), padding=(1, 1))
+    values, offsets, segments = csr.segment_major(layout, 3, 2)  # channels 0–1, 2–3, 4
+    assert csr.segment_major(layout, 3, 2)[0] is values  # cached per layout and blocking
+    assert segments.dtype == torch.int32 and segments.numel() == 3 * 6 + 1
+    rows, own = csr.input_offsets(layout), csr.row_ptr
+    for block in range(3):
+        for k in range(6):
+            a, b = int(segments[block * 6 + k]), int(segments[block * 6 + k + 1])
+            row = slice(int(own[k]), int(own[k + 1]))
+            mine = (rows[row] // (2 * layout.plane)).clamp(max=2) == block
+            assert offsets[a:b].tolist() == rows[row][mine].tolist()
+            assert values[a:b].tolist() == csr.values[row][mine].tolist()
+    pairs = csr.row_pairs()
+    *_, pair_values, pair_offsets, pair_segments = pairs.segment_major(layout, 3, 2)
+    shared = pairs.input_offsets(layout)[1]
+    first = slice(int(pair_segments[0]), int(pair_segments[1]))  # pair 0's block-0 segment
+    in_block = shared[: int(pairs.pair_row_ptr[1])] < 2 * layout.plane
+    assert pair_offsets[first].tolist() == shared[: int(pairs.pair_row_ptr[1])][in_block].tolist()
+    assert pair_values.numel() == 2 * pair_offsets.numel()
 
 
 def test_row_pairs_split_the_weight_exactly():

@@ -19,6 +19,11 @@ A layout may hold ``stack`` images side by side (small images at batch > 1, see
 image ``j``'s ``image_pitch`` columns (and outputs) after image ``j − 1``'s, so
 ``Wph = stack·image_pitch``; the zero columns between images are the padding of both.
 
+Large CSRs go to the kernel in *segment-major* order (:meth:`ConvCSR.segment_major`): the
+kernel's channel blocks are passed over one at a time, each reading every row's segment for
+that block, so ordering the arrays block by block makes each pass one contiguous stream, which
+a cold CSR (batch 1) needs (docs/sparse-kernel.md, "A cold CSR").
+
 Row pairs (:class:`RowPairs`): output channels ``2q`` and ``2q + 1`` share the columns both
 use, so the kernel loads each such input vector once for both rows' FMAs; every other non-zero
 stays in a per-row CSR. Worth it from :data:`perfmodel.refined.PAIR_MIN_SHARE` of the non-zeros
@@ -145,6 +150,26 @@ def _kernel_offsets(kernel_index: torch.Tensor, kernel: Pair, layout: ConvLayout
     return offsets.to(torch.int32).contiguous()
 
 
+def _segment_major(
+    values: torch.Tensor, offsets: torch.Tensor, row_ptr: torch.Tensor, blocks: int, span: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSR arrays in segment-major order: channel block 0's segment of every row, then block
+    1's, ... (a non-zero is in block ``offset // span``, clamped to the blocks, so an offset
+    out of range lands where the kernel's range check stops it). ``values`` may hold several
+    floats per entry (row pairs: two). Returns (values, offsets, segment pointers): row
+    ``k``'s segment in block ``b`` is ``[seg[b·rows + k], seg[b·rows + k + 1])``."""
+    rows = row_ptr.numel() - 1
+    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
+    row = torch.repeat_interleave(torch.arange(rows), counts)
+    key = torch.clamp(offsets.to(torch.int64) // span, 0, blocks - 1) * rows + row
+    order = torch.argsort(key, stable=True)  # within a segment, the row's own order
+    segments = torch.zeros(blocks * rows + 1, dtype=torch.int32)
+    segments[1:] = torch.cumsum(torch.bincount(key, minlength=blocks * rows), 0)
+    per = values.numel() // max(offsets.numel(), 1)
+    ordered = values.view(-1, per)[order].reshape(-1) if offsets.numel() else values
+    return ordered.contiguous(), offsets[order].contiguous(), segments
+
+
 @dataclass(frozen=True, eq=False)
 class RowPairs:
     """A conv CSR split for the kernel's row-pair tiles (see the module docstring).
@@ -169,12 +194,29 @@ class RowPairs:
     _offsets: dict[ConvLayout, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, repr=False
     )
+    _segments: dict[tuple, tuple] = field(default_factory=dict, repr=False)
 
     @property
     def shared(self) -> float:
         """Fraction of all non-zeros that are in shared columns (two values each)."""
         paired = self.pair_values.numel()
         return paired / max(paired + self.values.numel(), 1)
+
+    def segment_major(self, layout: ConvLayout, blocks: int, block_channels: int) -> tuple:
+        """The kernel's segment-major arrays for ``blocks`` channel blocks of
+        ``block_channels`` channels (see :meth:`ConvCSR.segment_major`): (values, offsets,
+        segments, pair values, pair offsets, pair segments), cached per layout and blocking."""
+        key = (layout, blocks, block_channels)
+        cached = self._segments.get(key)
+        if cached is None:
+            span = block_channels * layout.plane
+            own = _kernel_offsets(self.kernel_index, self.kernel, layout)
+            shared = _kernel_offsets(self.pair_index, self.kernel, layout)
+            cached = self._segments[key] = (
+                *_segment_major(self.values, own, self.row_ptr, blocks, span),
+                *_segment_major(self.pair_values, shared, self.pair_row_ptr, blocks, span),
+            )
+        return cached
 
     def input_offsets(self, layout: ConvLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """(offsets of the per-row non-zeros, offsets of the shared columns), cached."""
@@ -209,7 +251,7 @@ class ConvCSR:
     # Derived from the arrays, never given: a copy with other arrays (dataclasses.replace)
     # starts without them.
     _offsets: dict[ConvLayout, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
-    _cache: dict[str, object] = field(default_factory=dict, init=False, repr=False)  # pairs
+    _cache: dict[object, object] = field(default_factory=dict, init=False, repr=False)  # pairs…
     # functional.sparse_conv2d's call plans, per input shape and options
     _plans: dict[tuple, tuple] = field(default_factory=dict, init=False, repr=False)
 
@@ -294,6 +336,26 @@ class ConvCSR:
         if cached is None:
             cached = self._offsets[layout] = _kernel_offsets(self.kernel_index, self.kernel, layout)
         return cached
+
+    def segment_major(
+        self, layout: ConvLayout, blocks: int, block_channels: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values, offsets, segments) in the kernel's segment-major order for ``blocks``
+        channel blocks of ``block_channels`` input channels: block 0's segment of every row,
+        then block 1's, ..., so a pass of the kernel over one channel block reads the CSR as
+        one stream, which the hardware prefetchers follow (in row order it jumps to every
+        row's part; a cold CSR at batch 1 cost ≈30% of AlexNet conv3). Cached per layout and
+        blocking (the extension's ``conv_blocking``)."""
+        key = ("segments", layout, blocks, block_channels)
+        cached = self._cache.get(key)
+        if cached is None:
+            offsets = self._offsets.get(layout)
+            if offsets is None:  # not kept: the op reads only the segment-major copy
+                offsets = _kernel_offsets(self.kernel_index, self.kernel, layout)
+            cached = self._cache[key] = _segment_major(
+                self.values, offsets, self.row_ptr, blocks, block_channels * layout.plane
+            )
+        return cached  # type: ignore[return-value]
 
     def row_ids(self) -> torch.Tensor:
         """Output channel of each non-zero, int64 ``(nnz,)``."""

@@ -210,6 +210,14 @@ def _plan_key(input, weight, stride, padding, dilation, implementation, batch_la
             torch.get_num_threads())  # fmt: skip
 
 
+# Segment-major CSR (ConvCSR.segment_major) from this many bytes of values and offsets, where
+# the kernel has more than one channel block. It pays where the CSR comes from memory on every
+# call: AlexNet conv3–5 at batch 1 and 90% sparsity 27–38% faster (1 thread; 8–11% at 2),
+# 7–18% at 50–70% (row pairs), conv2 (245 KB, read once per output strip) ±2%, batch 32 0–6%.
+# A CSR of a few KB stays in cache, and there the segment-major call measured 5–9% slower
+# (CIFAR 64@8×8 stacked at batch 32: 30 KB), so it keeps row order.
+SEGMENT_MAJOR_MIN_BYTES = 64 * 1024
+
 # Plans kept per weight (distinct input shapes, options and thread counts) before starting over.
 _MAX_PLANS = 64
 
@@ -249,20 +257,43 @@ def _conv_plan(shape, weight, stride_, padding_, dilation_, implementation, batc
     module = _module(implementation)
     if module is None:
         return None, layout, ()
-    if batch_layout != "blocked":
+    kernel, groups = list(weight.kernel), weight.groups
+    geometry = (kernel, list(stride_), list(padding_), list(dilation_))
+    use_pairs = row_pairs or (row_pairs is None and weight.pairs_pay())
+    blocking = None  # channel blocks for a segment-major CSR, where the op wants one
+    if batch_layout != "blocked":  # the batch-blocked layout reads the CSR in row order
         layout = _stacked_layout(layout, shape[0], torch.get_num_threads())
-    if row_pairs or (row_pairs is None and weight.pairs_pay()):
+        blocks, block_channels = module.conv_blocking(
+            layout.channels, layout.height, layout.width, *geometry, weight.out_channels,
+            layout.stack,
+        )[:2]  # fmt: skip
+        # One block is row order already; a small CSR stays in cache (SEGMENT_MAJOR_MIN_BYTES).
+        if blocks > 1 and weight.nnz * 8 >= SEGMENT_MAJOR_MIN_BYTES:
+            blocking = (layout, blocks, block_channels)
+    segments: tuple = (None, None)
+    if use_pairs:
         pairs = weight.row_pairs()
         assert pairs is not None
-        offsets, pair_offsets = pairs.input_offsets(layout)
-        head = (pairs.values, offsets, pairs.row_ptr)
-        pair_args = (pairs.pair_values, pair_offsets, pairs.pair_row_ptr)
+        if blocking:
+            values, offsets, own, pair_values, pair_offsets, shared = pairs.segment_major(
+                *blocking
+            )
+            segments = (own, shared)
+        else:
+            values, pair_values = pairs.values, pairs.pair_values
+            offsets, pair_offsets = pairs.input_offsets(layout)
+        head = (values, offsets, pairs.row_ptr)
+        pair_args = (pair_values, pair_offsets, pairs.pair_row_ptr)
     else:
-        head = (weight.values, weight.input_offsets(layout), weight.row_ptr)
+        if blocking:
+            values, offsets, own = weight.segment_major(*blocking)
+            segments = (own, None)
+        else:
+            values, offsets = weight.values, weight.input_offsets(layout)
+        head = (values, offsets, weight.row_ptr)
         pair_args = (None, None, None)
-    kernel, groups = list(weight.kernel), weight.groups
-    tail = (weight.out_channels, kernel, list(stride_), list(padding_), list(dilation_), groups,
-            _BATCH_LAYOUTS[batch_layout], *pair_args, layout.stack)  # fmt: skip
+    tail = (weight.out_channels, *geometry, groups, _BATCH_LAYOUTS[batch_layout], *pair_args,
+            layout.stack, *segments)  # fmt: skip
     return module, head, tail
 
 

@@ -395,6 +395,11 @@ struct ConvArgs {
   int64_t groups, Ktot, Kg;
   bool relu;
   std::atomic<bool>* bad;  // set when a row holds a column index outside the padded input
+  // Segment-major order, or both nullptr: the arrays above hold channel block 0's segment of
+  // every row, then block 1's, ...; row k's segment in block cb is
+  // [seg[cb·K_total + k], seg[cb·K_total + k + 1]), pair q's [pair_seg[cb·K_total/2 + q], ...).
+  const int32_t* seg;
+  const int32_t* pair_seg;
 };
 
 // Cache blocking of one unit (an image or stacked images, or VW interleaved images): the
@@ -503,35 +508,49 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
   const bool pairs = a.pair_rowptr != nullptr;
   const int64_t step = pairs ? 2 : 1;
   int64_t* pcursor = cursor + (k1 - k0);  // row pairs: one per pair
+  const bool segmented = a.seg != nullptr;
   for (int64_t v0 = 0, v1; v0 < b.nvec; v0 = v1) {
     v1 = strip_end(b, v0);
-    for (int64_t k = k0; k < k1; ++k) cursor[k - k0] = a.rowptr[k];
-    if (pairs)
-      for (int64_t q = k0 / 2; q < k1 / 2; ++q) pcursor[q - k0 / 2] = a.pair_rowptr[q];
+    if (!segmented) {
+      for (int64_t k = k0; k < k1; ++k) cursor[k - k0] = a.rowptr[k];
+      if (pairs)
+        for (int64_t q = k0 / 2; q < k1 / 2; ++q) pcursor[q - k0 / 2] = a.pair_rowptr[q];
+    }
     for (int64_t cb = 0; cb < b.nblocks; ++cb) {
       const bool last = cb + 1 == b.nblocks;
       // The last block ends at the end of the input, so a column index outside [0, C·plane)
       // (a negative one compares as a large unsigned number) is never read: it stops its row
       // early, which is reported below. This is the offsets' range check, fused into the loop.
+      // In segment-major order every block's segment is checked against its block's end.
       const uint32_t limit = static_cast<uint32_t>((last ? L.C : (cb + 1) * b.cblock) * L.plane);
+      // Segment-major: this block's segments of rows k0.. (of pairs k0/2..), in order.
+      const int32_t* rseg = segmented ? a.seg + cb * a.Ktot : nullptr;
+      const int32_t* pseg = segmented && pairs ? a.pair_seg + cb * (a.Ktot / 2) : nullptr;
       for (int64_t k = k0; k < k1; k += step) {
-        // Prefetch the rows kPrefetchRows ahead: a cold CSR is read at a different place for
-        // every row, which the hardware prefetchers do not follow.
-        for (int64_t r = k + kPrefetchRows; r < std::min(k1, k + kPrefetchRows + step); ++r)
-          prefetch_segment(a.vals, a.offs, a.rowptr, r, cursor[r - k0], b.nblocks, 1);
-        if (pairs && k + kPrefetchRows < k1) {
-          const int64_t q = (k + kPrefetchRows) / 2;
-          prefetch_segment(a.pair_vals, a.pair_offs, a.pair_rowptr, q, pcursor[q - k0 / 2],
-                           b.nblocks, 2);
+        // Row order: prefetch the rows kPrefetchRows ahead, since a cold CSR is read at a
+        // different place for every row, which the hardware prefetchers do not follow.
+        // Segment-major order reads each block's segments as one stream: they do.
+        if (!segmented) {
+          for (int64_t r = k + kPrefetchRows; r < std::min(k1, k + kPrefetchRows + step); ++r)
+            prefetch_segment(a.vals, a.offs, a.rowptr, r, cursor[r - k0], b.nblocks, 1);
+          if (pairs && k + kPrefetchRows < k1) {
+            const int64_t q = (k + kPrefetchRows) / 2;
+            prefetch_segment(a.pair_vals, a.pair_offs, a.pair_rowptr, q, pcursor[q - k0 / 2],
+                             b.nblocks, 2);
+          }
         }
         const float* in = buf + (k / a.Kg) * L.C * L.plane * LANES;
         float* acc = partial + (k - k0) * b.pitch * VW;
         bool find = true;
         if (pairs) {
           const int64_t q = k / 2;
-          PairSegments sg{pcursor[q - k0 / 2], a.pair_rowptr[q + 1],
-                          cursor[k - k0],      a.rowptr[k + 1],
-                          cursor[k + 1 - k0],  a.rowptr[k + 2]};
+          const PairSegments whole =
+              segmented ? PairSegments{pseg[q], pseg[q + 1], rseg[k], rseg[k + 1], rseg[k + 1],
+                                       rseg[k + 2]}
+                        : PairSegments{pcursor[q - k0 / 2], a.pair_rowptr[q + 1],
+                                       cursor[k - k0],      a.rowptr[k + 1],
+                                       cursor[k + 1 - k0],  a.rowptr[k + 2]};
+          PairSegments sg = whole;
           const float init_a = a.bias ? a.bias[k] : 0.f, init_b = a.bias ? a.bias[k + 1] : 0.f;
           float* acc_b = acc + b.pitch * VW;
           for (int64_t v = v0, n; v < v1; v += n) {
@@ -549,13 +568,19 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
               find = false;
             });
           }
-          pcursor[q - k0 / 2] = sg.pe;
-          cursor[k - k0] = sg.ae;
-          cursor[k + 1 - k0] = sg.be;
+          if (segmented) {
+            if (sg.pe != whole.pe || sg.ae != whole.ae || sg.be != whole.be)
+              a.bad->store(true, std::memory_order_relaxed);
+          } else {
+            pcursor[q - k0 / 2] = sg.pe;
+            cursor[k - k0] = sg.ae;
+            cursor[k + 1 - k0] = sg.be;
+          }
           continue;
         }
-        const int64_t begin = cursor[k - k0];
-        int64_t end = a.rowptr[k + 1];
+        const int64_t begin = segmented ? rseg[k] : cursor[k - k0];
+        const int64_t whole_end = segmented ? rseg[k + 1] : a.rowptr[k + 1];
+        int64_t end = whole_end;
         const float init = a.bias ? a.bias[k] : 0.f;
         for (int64_t v = v0, n; v < v1; v += n) {
           n = tile_vectors(v1 - v);
@@ -571,15 +596,20 @@ void compute_unit(const ConvArgs& a, const Layout& L, const Blocking& b, const f
             find = false;
           }
         }
-        cursor[k - k0] = end;
+        if (!segmented)
+          cursor[k - k0] = end;
+        else if (end != whole_end)
+          a.bad->store(true, std::memory_order_relaxed);
       }
     }
-    for (int64_t k = k0; k < k1; ++k)
-      if (cursor[k - k0] != a.rowptr[k + 1]) a.bad->store(true, std::memory_order_relaxed);
-    if (pairs)
-      for (int64_t q = k0 / 2; q < k1 / 2; ++q)
-        if (pcursor[q - k0 / 2] != a.pair_rowptr[q + 1])
-          a.bad->store(true, std::memory_order_relaxed);
+    if (!segmented) {
+      for (int64_t k = k0; k < k1; ++k)
+        if (cursor[k - k0] != a.rowptr[k + 1]) a.bad->store(true, std::memory_order_relaxed);
+      if (pairs)
+        for (int64_t q = k0 / 2; q < k1 / 2; ++q)
+          if (pcursor[q - k0 / 2] != a.pair_rowptr[q + 1])
+            a.bad->store(true, std::memory_order_relaxed);
+    }
     for (int64_t k = k0; k < k1; ++k) emit(k, v0, v1, partial + (k - k0) * b.pitch * VW);
   }
 }
@@ -811,6 +841,16 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
 }
 
 
+// Pointers into `total` entries (row pointers, segment pointers): `count` + 1 of them, from 0
+// to `total`, non-decreasing, so every range they give lies inside the arrays.
+void check_pointers(const int32_t* p, int64_t count, int64_t total, const char* what,
+                    const char* name) {
+  TORCH_CHECK(p[0] == 0 && p[count] == total, what, ": ", name,
+              " must start at 0 and end at the number of non-zeros");
+  for (int64_t i = 0; i < count; ++i)
+    TORCH_CHECK(p[i] <= p[i + 1], what, ": ", name, " must be non-decreasing");
+}
+
 // Validates the CSR arrays. Column indices are int32, or (when `allow_u16`, sparse_linear)
 // int16 read as unsigned 16-bit; their range is checked here unless `check_cols` is false
 // (the small-batch linear kernel checks them on the fly, saving a pass over memory). With
@@ -839,11 +879,7 @@ void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Te
   TORCH_CHECK(row_ptr.numel() == rows + 1, what, ": ", pairs ? "row-pair" : "row",
               " pointers must have ", rows + 1, " entries (one per ",
               pairs ? "pair of output rows" : "output row", " + 1), got ", row_ptr.numel());
-  const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  TORCH_CHECK(rp[0] == 0 && rp[rows] == offsets.numel(), what,
-              ": row pointers must start at 0 and end at the number of non-zeros");
-  for (int64_t i = 0; i < rows; ++i)
-    TORCH_CHECK(rp[i] <= rp[i + 1], what, ": row pointers must be non-decreasing");
+  check_pointers(row_ptr.data_ptr<int32_t>(), rows, offsets.numel(), what, "row pointers");
   if (!check_cols) return;
   int64_t lo = 0, hi = 0;
   if (offsets.scalar_type() == at::kShort) {
@@ -888,7 +924,8 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
                                  const c10::optional<at::Tensor>& pair_values,
                                  const c10::optional<at::Tensor>& pair_offsets,
                                  const c10::optional<at::Tensor>& pair_row_ptr,
-                                 int64_t stack) {
+                                 int64_t stack, const c10::optional<at::Tensor>& segments,
+                                 const c10::optional<at::Tensor>& pair_segments) {
   TORCH_CHECK(input.dim() == 4, "sparse_conv2d: input must be 4-D (N, C, H, W), got ",
               input.dim(), "-D");
   TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_conv2d: input must be float32, got ",
@@ -949,7 +986,27 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
              pairs ? pair_values->data_ptr<float>() : nullptr,
              pairs ? pair_offsets->data_ptr<int32_t>() : nullptr,
              pairs ? pair_row_ptr->data_ptr<int32_t>() : nullptr,
-             output.data_ptr<float>(), groups, out_channels, out_channels / groups, relu, &bad};
+             output.data_ptr<float>(), groups, out_channels, out_channels / groups, relu, &bad,
+             nullptr, nullptr};
+  const bool segmented = segments.has_value() && segments->defined();
+  TORCH_CHECK((pairs && segmented) == (pair_segments.has_value() && pair_segments->defined()),
+              "sparse_conv2d: segment-major row pairs need both segments and pair_segments");
+  if (segmented) {
+    TORCH_CHECK(mode != 2, "sparse_conv2d: segment-major order is for the spatial layout");
+    const int64_t nblocks = make_blocking(L, 1, out_channels).nblocks;
+    auto check = [&](const at::Tensor& t, int64_t rows, int64_t total, const char* name) {
+      TORCH_CHECK(t.scalar_type() == at::kInt && t.dim() == 1 && t.is_contiguous() &&
+                      t.device().is_cpu() && t.numel() == nblocks * rows + 1,
+                  "sparse_conv2d: ", name, " must be a contiguous int32 CPU tensor of ",
+                  nblocks * rows + 1, " entries (", nblocks, " channel blocks × ", rows,
+                  " + 1), got ", t.numel());
+      check_pointers(t.data_ptr<int32_t>(), nblocks * rows, total, "sparse_conv2d", name);
+      return t.data_ptr<int32_t>();
+    };
+    a.seg = check(*segments, out_channels, offsets.numel(), "segments");
+    if (pairs) a.pair_seg = check(*pair_segments, out_channels / 2, pair_offsets->numel(),
+                                  "pair_segments");
+  }
   run_conv(a, L, N, mode);
   TORCH_CHECK(!bad.load(), "sparse_conv2d: column index out of range [0, ", L.C * L.plane,
               ") — were the offsets computed for this input size (and stack)?");
@@ -1178,7 +1235,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("relu"),
         py::arg("mode") = 0, py::arg("pair_values") = py::none(),
         py::arg("pair_offsets") = py::none(), py::arg("pair_row_ptr") = py::none(),
-        py::arg("stack") = 1);
+        py::arg("stack") = 1, py::arg("segments") = py::none(),
+        py::arg("pair_segments") = py::none());
   m.def("sparse_linear_forward", &sparse_linear_forward, "CSR × dense linear (fp32)",
         py::arg("input"), py::arg("values"), py::arg("cols"), py::arg("row_ptr"),
         py::arg("bias"), py::arg("out_features"), py::arg("relu"));
