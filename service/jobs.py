@@ -55,6 +55,11 @@ class IdempotencyConflictError(ValueError):
     """The idempotency key was already used for a different request."""
 
 
+class NotOwnerError(InvalidTransition):
+    """The job no longer runs under this worker: the monitor requeued it after the worker
+    went silent (stopped, stalled), and another worker may be running it now, or it ended."""
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -285,24 +290,44 @@ def nodes_of(session: Session, job_id: str) -> list[JobNode]:
     ))  # fmt: skip
 
 
-def heartbeat(session: Session, job_id: str, worker_id: str, progress: float | None) -> str:
-    """Record that the worker is alive; returns the job's status (``cancelling`` → stop)."""
+def heartbeat(session: Session, job_id: str, worker_id: str, progress: float | None) -> str | None:
+    """Record that the worker is alive; returns the job's status (``cancelling`` → stop), or
+    None when the job no longer runs under this worker (requeued after a stall and perhaps
+    claimed by another worker, ended, deleted): the worker must stop and record nothing."""
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = progress
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.worker_id == worker_id).values(**values)
-    )
+    matched = session.execute(
+        update(Job).where(Job.id == job_id, Job.worker_id == worker_id,
+                          Job.status.in_([RUNNING, CANCELLING])).values(**values)
+    ).rowcount  # fmt: skip
     session.commit()
+    if not matched:
+        return None
     return session.scalar(select(Job.status).where(Job.id == job_id)) or FAILED
 
 
-def requeue(session: Session, job_id: str, reason: str) -> Job:
-    """Put a running job back in the queue (its worker is going away); resumes later."""
+def check_owner(session: Session, job_id: str, worker_id: str) -> Job:
+    """The job, read afresh, if it still runs (or is cancelling) under ``worker_id``.
+
+    Raises:
+        JobNotFound: the job was deleted.
+        NotOwnerError: it was requeued after this worker went silent, or it ended.
+    """
     job = session.get(Job, job_id)
     if job is None:
         raise JobNotFound(job_id)
     session.refresh(job)
+    if job.status not in (RUNNING, CANCELLING) or job.worker_id != worker_id:
+        raise NotOwnerError(f"job {job_id} is {job.status} with worker {job.worker_id}, no "
+                            f"longer running under worker {worker_id}")  # fmt: skip
+    return job
+
+
+def requeue(session: Session, job_id: str, reason: str, worker_id: str | None = None) -> Job:
+    """Put a running job back in the queue (its worker is going away); resumes later. With
+    ``worker_id``, only a job still running under that worker (else :class:`NotOwnerError`)."""
+    job = _job_of(session, job_id, worker_id)
     if job.status == RUNNING:
         _transition(session, job, QUEUED, reason)
         job.worker_id = None
@@ -313,13 +338,12 @@ def requeue(session: Session, job_id: str, reason: str) -> Job:
     return job
 
 
-def requeue_lost(session: Session, job_id: str, reason: str, policy: str) -> Job:
+def requeue_lost(
+    session: Session, job_id: str, reason: str, policy: str, worker_id: str | None = None
+) -> Job:
     """A running job lost one of its nodes: requeue it once (``policy`` "requeue", as for a
-    dead worker) to resume from its checkpoint, or fail it."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFound(job_id)
-    session.refresh(job)
+    dead worker) to resume from its checkpoint, or fail it. ``worker_id`` as for requeue."""
+    job = _job_of(session, job_id, worker_id)
     if job.status == CANCELLING:
         _transition(session, job, CANCELLED, f"{reason} while cancelling")
     elif job.status == RUNNING and policy == "requeue" and job.attempts < 2:
@@ -332,12 +356,13 @@ def requeue_lost(session: Session, job_id: str, reason: str, policy: str) -> Job
 
 
 def finish(
-    session: Session, job_id: str, status: str, reason: str, result: dict | None = None
+    session: Session, job_id: str, status: str, reason: str, result: dict | None = None,
+    worker_id: str | None = None,
 ) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFound(job_id)
-    session.refresh(job)
+    """Record the job's outcome. With ``worker_id``, only that of a job still running under
+    that worker: a worker that stalled and lost the job must not end the new owner's run
+    (:class:`NotOwnerError`)."""
+    job = _job_of(session, job_id, worker_id)
     if job.status in TERMINAL:
         return job
     if job.status == CANCELLING and status == SUCCEEDED:
@@ -347,6 +372,17 @@ def finish(
         job.progress = 1.0
     job.result = result
     session.commit()
+    return job
+
+
+def _job_of(session: Session, job_id: str, worker_id: str | None) -> Job:
+    """The job read afresh; with ``worker_id``, only while it runs under that worker."""
+    if worker_id is not None:
+        return check_owner(session, job_id, worker_id)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    session.refresh(job)
     return job
 
 

@@ -6,7 +6,10 @@ own folder under ``<data_dir>/jobs/<id>``, store every training event, register 
 and record the outcome. A heartbeat thread keeps the job's ``heartbeat_at`` fresh and watches
 for ``cancelling``: it sets the trainer's cancel flag, which stops training at the next step
 (within seconds). A requeued job resumes from its last checkpoint, because its folder and
-request are unchanged.
+request are unchanged. A worker that went silent (stopped, stalled) long enough for its job to
+be requeued has lost the job: its next heartbeat says so, it stops training and records
+nothing (no events, artifacts or outcome), since the job's folder and state now belong to
+whichever worker claimed it next.
 """
 
 from __future__ import annotations
@@ -110,13 +113,15 @@ class Worker:
         cancel = threading.Event()
         phase_epochs = _phase_epochs(request)
 
-        def on_status(status: str) -> None:
-            if status in (store.CANCELLING, store.CANCELLED) or self.stop.is_set():
-                cancel.set()
+        def on_status(status: str | None) -> None:
+            if status in (None, store.CANCELLING, store.CANCELLED) or self.stop.is_set():
+                cancel.set()  # None: the job was requeued after a stall, it is not ours
 
         heartbeat = Heartbeat(self, job_id, on_status)
 
         def on_event(event: dict) -> None:
+            if heartbeat.lost:  # the job's events are its new owner's
+                return
             if event.get("type") == "epoch":
                 heartbeat.progress = epoch_progress(event, phase_epochs)
             with self.sessions() as session:
@@ -154,16 +159,27 @@ class Worker:
         self.record_outcome(job_id, status, reason, result)
 
     def record_outcome(self, job_id: str, status: str, reason: str, result: dict | None) -> None:
-        """Register the job's files, then finish it (or put it back in the queue)."""
+        """Register the job's files, then finish it (or put it back in the queue), if the job
+        still runs under this worker. One it lost (requeued while this worker was stalled, and
+        perhaps run by another now) is left alone: its files and state are not this run's to
+        record, and the refusal is logged rather than ending the worker."""
+        me = self.worker_id
         with self.sessions() as session:
-            store.register_artifacts(session, job_id, self.settings.artifacts)
-            if status == store.QUEUED:
-                store.requeue(session, job_id, reason)
-            elif status == LOST:
-                status = store.requeue_lost(session, job_id, reason,
-                                            self.settings.lost_job_policy).status  # fmt: skip
-            else:
-                store.finish(session, job_id, status, reason, result)
+            try:
+                store.check_owner(session, job_id, me)
+                store.register_artifacts(session, job_id, self.settings.artifacts)
+                if status == store.QUEUED:
+                    store.requeue(session, job_id, reason, worker_id=me)
+                elif status == LOST:
+                    status = store.requeue_lost(session, job_id, reason,
+                                                self.settings.lost_job_policy,
+                                                worker_id=me).status  # fmt: skip
+                else:
+                    store.finish(session, job_id, status, reason, result, worker_id=me)
+            except (store.InvalidTransition, store.JobNotFound) as error:
+                session.rollback()
+                log.warning("job %s: outcome %r not recorded: %s", job_id, status, error)
+                return
         log.info("job %s %s: %s", job_id, status, reason)
 
     def _open_rendezvous(self, job_id: str, request, on_event: Callable[[dict], None]):
@@ -235,14 +251,17 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
 class Heartbeat:
     """While a job runs: refresh its heartbeat every ``heartbeat_s`` from a thread, publish
     ``progress`` (set it from the job), and hand the job's status to ``on_status`` after each
-    beat (that is how a cancel request reaches a running job)."""
+    beat (that is how a cancel request reaches a running job). When the job no longer runs
+    under this worker (it was requeued while the worker was stalled), ``lost`` becomes True,
+    ``on_status`` gets None and the beats stop."""
 
     def __init__(
-        self, worker: Worker, job_id: str, on_status: Callable[[str], None] | None = None
+        self, worker: Worker, job_id: str, on_status: Callable[[str | None], None] | None = None
     ):
         self.worker, self.job_id = worker, job_id
         self.on_status = on_status or (lambda _status: None)
         self.progress = 0.0
+        self.lost = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}",
                                         daemon=True)  # fmt: skip
@@ -264,7 +283,13 @@ class Heartbeat:
             except Exception:  # a busy database must not kill the heartbeat
                 log.exception("heartbeat failed for job %s", self.job_id)
                 continue
+            if status is None:
+                log.warning("job %s no longer runs under worker %s (requeued while it was "
+                            "silent); stopping it", self.job_id, worker.worker_id)  # fmt: skip
+                self.lost = True
             self.on_status(status)
+            if self.lost:
+                return
 
 
 def _prune_request(request: dict, settings: Settings):

@@ -245,6 +245,61 @@ def test_cancel_a_running_job_within_seconds(client, settings):
     thread.join(timeout=30)
 
 
+def test_a_worker_that_lost_its_job_while_stalled_stops_and_records_nothing(tmp_path):
+    """A worker stalled (SIGSTOP) past ``stale_after_s`` has its job requeued and claimed by
+    another worker; resumed, it went on training in the same folder and then requeued or
+    finished the new owner's run. Its next heartbeat now stops it, and it records nothing."""
+    settings = _settings(tmp_path, stale_after_s=60.0)  # the stand-in owner never beats
+    with TestClient(create_app(settings)) as client:
+        job = _submit(client, config={**TINY, "prune_epochs": 200, "finetune_epochs": 0,
+                                      "dense_epochs": 0}).json()  # fmt: skip
+        stalled = Worker(settings, worker_id="stalled")
+        thread = threading.Thread(target=stalled.run_once)
+        thread.start()
+        try:
+            _wait(lambda: client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running")
+            with client.app.state.sessions() as session:  # what the monitor and a peer do
+                store.requeue(session, job["id"], "worker stalled stopped heartbeating")
+                assert store.claim_next(session, "new-owner").id == job["id"]
+            thread.join(timeout=15)
+            assert not thread.is_alive(), "the stalled worker went on training"
+        finally:
+            stalled.stop.set()
+            thread.join(timeout=60)
+        now = client.get(f"/v1/jobs/{job['id']}").json()
+        assert (now["status"], now["worker_id"]) == ("running", "new-owner")
+        assert [(t["from_status"], t["to_status"]) for t in now["transitions"]][-2:] == [
+            ("running", "queued"), ("queued", "running")]  # fmt: skip
+
+
+@pytest.mark.parametrize("claimed_again", [True, False])
+def test_a_worker_records_no_outcome_for_a_job_it_lost(tmp_path, claimed_again):
+    """``finish`` on a job requeued meanwhile raised InvalidTransition out of the worker's
+    loop (the process died); on a job another worker had claimed it ended that run."""
+    settings = _settings(tmp_path)
+    app = create_app(settings)
+    with app.state.sessions() as session:
+        job, _ = store.create_job(session, "", {"model": "lenet5"}, None)
+        store.claim_next(session, "w1")
+        assert store.heartbeat(session, job.id, "w1", 0.5) == "running"
+        store.requeue(session, job.id, "w1 stopped heartbeating")
+        if claimed_again:
+            store.claim_next(session, "w2")
+            assert store.heartbeat(session, job.id, "w2", None) == "running"
+        assert store.heartbeat(session, job.id, "w1", 0.9) is None
+        with pytest.raises(store.NotOwnerError, match="no longer running under worker w1"):
+            store.finish(session, job.id, "succeeded", "finished", worker_id="w1")
+    (settings.artifacts.job_dir(job.id)).mkdir(parents=True)
+    (settings.artifacts.job_dir(job.id) / "manifest.json").write_text("{}")
+    for status in ("succeeded", "failed", "cancelled", "queued", "lost"):
+        Worker(settings, worker_id="w1").record_outcome(job.id, status, "old run", None)
+    with app.state.sessions() as session:
+        row = session.get(Job, job.id)
+        expected = ("running", "w2") if claimed_again else ("queued", None)
+        assert (row.status, row.worker_id) == expected
+        assert row.progress == 0.5 and store.artifacts(session, job.id) == []
+
+
 def test_cancel_a_queued_job_and_bad_transitions(client):
     job = _submit(client).json()
     assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
