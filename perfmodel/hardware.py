@@ -418,6 +418,20 @@ def get_profile(name_or_path: str | Path) -> HardwareProfile:
     raise UnknownProfileError(text, sorted(files))
 
 
+def get_named_profile(name: str) -> HardwareProfile:
+    """A profile by name only (built-in or saved in the profile directory), never by path:
+    what a name from an API request may resolve to, so that it cannot read or probe the
+    server's files (``pyproject.toml``, ``docs``, ``missing.json`` are unknown names).
+
+    Raises:
+        UnknownProfileError: not a profile name (the error lists the valid ones).
+        ProfileError: the profile's file is invalid.
+    """
+    if name not in _profile_files():
+        raise UnknownProfileError(name, profile_names())
+    return get_profile(name)
+
+
 def save_profile(profile: HardwareProfile, directory: Path | None = None) -> Path:
     """Write ``profile`` as JSON into the user profile directory; returns the file written."""
     directory = directory or user_profile_dir()

@@ -101,6 +101,31 @@ def test_bad_sweet_spot_requests_are_422_with_a_message(client, body, message):
     assert message in response.json()["detail"]
 
 
+@pytest.mark.parametrize("name", ["pyproject.toml", "docs", "missing.json", "tests",
+                                  "perfmodel", "../../etc/passwd"])
+def test_hardware_names_from_requests_are_never_read_as_paths(client, name):
+    """A name that was a file or folder of the server's working directory was read: a 422
+    listed pyproject.toml's keys, 'docs' said "Is a directory", 'missing.json' said the file
+    did not exist. Only profile names resolve; the answer lists them, whatever the name."""
+    valid = ["atom-c2750", "xeon-e5-2697v4", "xeon-phi-7250"]
+    answers = [
+        client.get("/v1/sweet-spots", params={"model": "lenet5", "hardware": name}),
+        client.post("/v1/sweet-spots", json={"model": "lenet5", "hardware": name}),
+        client.post("/v1/sweet-spots/onnx", data={"hardware": name},
+                    files={"file": ("net.onnx", b"\x08x", "application/octet-stream")}),
+        _submit(client, hardware=name),
+    ]  # fmt: skip
+    for response in answers:
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert body["detail"].startswith("invalid request") or (
+            f"unknown hardware profile {name!r}" in body["detail"] and body["valid"] == valid
+        ), body
+        for leak in ("field ", "directory", "not exist", "cannot read", "JSON/TOML"):
+            assert leak not in body["detail"], (leak, body)
+    assert client.get("/v1/jobs").json()["count"] == 0
+
+
 def test_unknown_names_list_the_valid_ones(client):
     response = client.get("/v1/sweet-spots", params={"model": "x", "hardware": "atom-c2750"})
     assert response.status_code == 422 and "lenet5" in response.json()["valid"]

@@ -10,6 +10,7 @@ from perfmodel import (
     HardwareProfile,
     ProfileError,
     UnknownProfileError,
+    get_named_profile,
     get_profile,
     parse_profile,
     profile_names,
@@ -54,6 +55,22 @@ def test_unknown_profile_lists_valid_names():
         get_profile("pentium-ii")
     assert caught.value.valid == ["atom-c2750", "xeon-e5-2697v4", "xeon-phi-7250"]
     assert "valid names: atom-c2750, xeon-e5-2697v4, xeon-phi-7250" in str(caught.value)
+
+
+def test_named_profiles_never_resolve_paths(tmp_path, monkeypatch):
+    """get_profile takes a path (the CLI's --hardware box.json); get_named_profile, what the
+    API resolves request names with, takes names only, and a path is an unknown name."""
+    path = tmp_path / "box.json"
+    path.write_text(json.dumps(VALID))
+    assert get_profile(path).name == "my-box"
+    monkeypatch.chdir(tmp_path)
+    for name in ("box.json", str(path), ".", "missing.json"):
+        with pytest.raises(UnknownProfileError) as caught:
+            get_named_profile(name)
+        assert caught.value.valid == ["atom-c2750", "xeon-e5-2697v4", "xeon-phi-7250"]
+    save_profile(HardwareProfile.model_validate(VALID))
+    assert get_named_profile("my-box").name == "my-box"
+    assert get_named_profile("atom-c2750").name == "atom-c2750"
 
 
 def test_load_json_and_toml_files(tmp_path):

@@ -14,7 +14,7 @@ from model.data import DATASETS
 from model.networks import network_info
 from model.pipeline import split_config
 from model.pruning import method_info
-from perfmodel import get_profile
+from perfmodel import get_named_profile
 from service import jobs as store
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.errors import UnknownName
@@ -59,7 +59,7 @@ def _validate(body: JobCreate, settings, session, owner: str) -> dict:
     """Every name and hyperparameter is checked before the job is queued."""
     method_info(body.method)
     network_info(body.model)
-    get_profile(body.hardware)
+    get_named_profile(body.hardware)  # a name, never a server path
     if body.dataset not in DATASETS:
         raise UnknownName(f"unknown dataset {body.dataset!r} (the API trains on built-in data "
                           "sets only)", sorted(DATASETS))  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -12,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from model.analysis import network_layers
-from perfmodel import HardwareProfile, get_profile, predict_network, profile_names
+from perfmodel import HardwareProfile, get_named_profile, predict_network
 from perfmodel.hardware import NAME_PATTERN
 from perfmodel.onnx_import import layers_from_onnx, load_onnx
 from service.api.deps import SettingsDep
@@ -32,11 +31,10 @@ PREDICTION = {200: {"model": PredictionPublic, "description": "per-layer predict
 
 
 def _profile(hardware: str | HardwareProfile) -> HardwareProfile:
+    """An inline profile, or a profile NAME (built-in or saved): never a server path."""
     if isinstance(hardware, HardwareProfile):
         return hardware
-    if not re.match(NAME_PATTERN, hardware):  # names only: never read server paths
-        raise UnknownName(f"unknown hardware profile {hardware!r}", profile_names())
-    return get_profile(hardware)
+    return get_named_profile(hardware)
 
 
 def _json(data: dict) -> Response:
