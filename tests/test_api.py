@@ -154,6 +154,69 @@ def test_upload_size_limit_is_413(tmp_path):
         assert response.status_code == 413 and "2048 bytes" in response.json()["detail"]
 
 
+def _asgi_post(app, path: str, headers: dict[str, str], chunks: list[bytes]):
+    """POST straight to the ASGI app: (status, body, chunks it read), to see what it read."""
+    import asyncio
+
+    pending, read, sent = list(chunks), [], []
+
+    async def receive():
+        if pending:
+            read.append(pending.pop(0))
+            return {"type": "http.request", "body": read[-1], "more_body": bool(pending)}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("test", 1),
+             "server": ("test", 80),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body), len(read)
+
+
+@pytest.mark.parametrize("path", ["/v1/uploads", "/v1/sweet-spots/onnx"])
+def test_an_upload_over_the_limit_is_refused_before_its_body_is_read(tmp_path, path):
+    """The 413 came only after Starlette had spooled the whole body to disk (a 1.5 GB upload
+    was written first): a declared Content-Length over the limit is refused unread, and a
+    body sent without one is refused as soon as it grows past the limit."""
+    app = create_app(_settings(tmp_path, max_upload_bytes=2048))
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"big\"\r\n\r\n").encode()  # fmt: skip
+    chunks = [head] + [b"x" * 65536] * 20
+    form = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    status, body, read = _asgi_post(app, path, {**form, "content-length": str(1_500_000_000)},
+                                    list(chunks))  # fmt: skip
+    assert (status, read) == (413, 0) and "limit of 2048 bytes" in body["detail"]
+    status, body, read = _asgi_post(app, path, form, list(chunks))  # chunked: no length
+    assert status == 413 and "limit of 2048 bytes" in body["detail"]
+    assert read < len(chunks)
+
+
+def test_json_bodies_over_the_limit_are_413(tmp_path):
+    """A 30 MB layer name was accepted and echoed back: JSON bodies had no limit at all."""
+    settings = _settings(tmp_path, max_body_bytes=4096)
+    layer = {"kind": "linear", "name": "x" * 5000, "in_features": 8, "out_features": 8}
+    with TestClient(create_app(settings)) as client:
+        big = client.post("/v1/sweet-spots", json={"hardware": "atom-c2750", "layers": [layer]})
+        assert big.status_code == 413 and "limit of 4096 bytes" in big.json()["detail"]
+        assert _submit(client, config={**TINY, "pad": "y" * 5000}).status_code == 413
+        small = client.post("/v1/sweet-spots", json={"hardware": "atom-c2750",
+                                                     "layers": [{**layer, "name": "x"}]})
+        assert small.status_code == 200
+    status, body, read = _asgi_post(create_app(settings), "/v1/jobs",
+                                    {"content-type": "application/json"},
+                                    [b'{"model": "' + b"y" * 3000, b"y" * 3000 + b'"}'])
+    assert (status, read) == (413, 2) and "limit of 4096 bytes" in body["detail"]
+    assert Settings(data_dir=tmp_path).max_body_bytes == 8 * 2**20  # the default
+
+
 # ---------------------------------------------------------------------- hardware, catalogue
 
 

@@ -22,12 +22,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from service import jobs as store
 from service import web
 from service.api import errors
+from service.api.body_limit import BodyLimit
 from service.api.deps import get_owner
 from service.api.routes import catalogue, hardware, jobs, ops, sweet_spots, uploads
 from service.db import make_engine, make_sessionmaker, migrate
 from service.settings import Settings
 
 log = logging.getLogger("sweetspot.api")
+UPLOAD_PATHS = frozenset({"/v1/uploads", "/v1/sweet-spots/onnx"})
+"""Routes that take a file: their bodies may be ``max_upload_bytes``, others ``max_body_bytes``."""
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -79,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
+    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes,
+                       max_body_bytes=settings.max_body_bytes,
+                       upload_paths=UPLOAD_PATHS)  # fmt: skip
     app.add_middleware(sweet_spots.CachedSweetSpots, tokens=settings.tokens)
     _install_metrics(app)  # added last: outermost, so it also counts the fast path
     errors.install(app)
