@@ -100,6 +100,11 @@ def create_job(
     return job, True
 
 
+def by_idempotency_key(session: Session, owner: str, key: str | None) -> Job | None:
+    """The owner's job submitted under ``key``, if any (a retry of it is not a new job)."""
+    return _by_key(session, owner, key) if key else None
+
+
 def _by_key(session: Session, owner: str, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
 

@@ -443,6 +443,20 @@ def test_idempotency_key(client):
     assert conflict.status_code == 409 and "different request" in conflict.json()["detail"]
 
 
+def test_a_retry_at_the_queue_limit_gets_its_job_back(tmp_path):
+    """With the queue full, resending a request whose idempotency key names an existing job
+    was a 429 (the limit was checked before the key); it is the 202 with that job."""
+    with TestClient(create_app(_settings(tmp_path, max_queued_jobs=2))) as client:
+        first = _submit(client, idempotency_key="k1")
+        assert _submit(client).status_code == 202
+        assert _submit(client).status_code == 429  # full
+        again = _submit(client, idempotency_key="k1")
+        assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+        assert _submit(client, idempotency_key="k2").status_code == 429  # a new job
+        assert _submit(client, idempotency_key="k1", model="resnet20").status_code == 409
+        assert client.get("/v1/jobs").json()["count"] == 2
+
+
 def test_twenty_concurrent_submissions_with_one_key_create_one_job(client):
     results: list = []
 

@@ -89,6 +89,16 @@ def _validate(body: JobCreate, settings, session, owner: str) -> dict:
     return request
 
 
+def check_queue_limit(session, settings, owner: str, idempotency_key: str | None) -> None:
+    """429 when the owner already has ``max_queued_jobs`` jobs queued or running, unless the
+    idempotency key names one of its jobs: a retry adds nothing, and gets that job back."""
+    if store.by_idempotency_key(session, owner, idempotency_key) is not None:
+        return
+    if store.count_active(session, owner) >= settings.max_queued_jobs:
+        raise HTTPException(429, f"you have {settings.max_queued_jobs} jobs queued or running, "
+                                 "the limit; wait for some to finish")  # fmt: skip
+
+
 @router.post(
     "", status_code=status.HTTP_202_ACCEPTED,
     responses={409: {"model": ErrorPublic}, 422: {"model": ErrorPublic},
@@ -100,9 +110,7 @@ def create_job(
 ) -> JobPublic:
     """Queue a pruning job (202 + Location). A repeated idempotency key returns the same job."""
     request = _validate(body, settings, session, owner)
-    if store.count_active(session, owner) >= settings.max_queued_jobs:
-        raise HTTPException(429, f"you have {settings.max_queued_jobs} jobs queued or running, "
-                                 "the limit; wait for some to finish")  # fmt: skip
+    check_queue_limit(session, settings, owner, body.idempotency_key)
     job, _created = store.create_job(session, owner, request, body.idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return to_public(session, job)
