@@ -648,6 +648,21 @@ def test_a_calibration_whose_passes_disagreed_succeeds_with_a_warning(client, se
     assert "warning: the passes' medians differ by 45%" in done["status_reason"]
 
 
+def test_calibrations_count_against_the_queue_limit(tmp_path):
+    """Calibration jobs were queued past SWEETSPOT_MAX_QUEUED_JOBS; they are jobs like any
+    other (a retry under an existing idempotency key still gets its job)."""
+    with TestClient(create_app(_settings(tmp_path, max_queued_jobs=2))) as client:
+        first = client.post("/v1/hardware/calibrate", json={"idempotency_key": "c1"})
+        assert first.status_code == 202
+        assert _submit(client).status_code == 202
+        full = client.post("/v1/hardware/calibrate", json={"name": "lab"})
+        assert full.status_code == 429 and "limit" in full.json()["detail"]
+        again = client.post("/v1/hardware/calibrate", json={"idempotency_key": "c1"})
+        assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+        assert _submit(client).status_code == 429
+        assert client.get("/v1/jobs").json()["count"] == 2
+
+
 def test_a_failed_calibration_is_a_failed_job_with_the_reason(client, settings, monkeypatch):
     import model.calibration
 

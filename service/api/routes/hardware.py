@@ -12,7 +12,7 @@ from service import jobs as store
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.errors import UnknownName
 from service.api.routes import sweet_spots
-from service.api.routes.jobs import to_public
+from service.api.routes.jobs import check_queue_limit, to_public
 from service.api.schemas import CalibrationCreate, ErrorPublic, JobPublic, ProfilesPublic
 
 router = APIRouter(prefix="/hardware", tags=["hardware"])
@@ -60,15 +60,18 @@ def create_profile(
 
 @router.post(
     "/calibrate", status_code=status.HTTP_202_ACCEPTED,
-    responses={409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
+    responses={409: {"model": ErrorPublic}, 422: {"model": ErrorPublic},
+               429: {"model": ErrorPublic}},
 )  # fmt: skip
 def calibrate_host(
-    body: CalibrationCreate, session: SessionDep, owner: OwnerDep, response: Response
+    body: CalibrationCreate, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
+    response: Response,
 ) -> JobPublic:
     """Calibrate the host the workers run on, as a job; it writes the profile ``name``
     (default ``host``) when it succeeds. Follow it like any job."""
     if is_builtin_profile(body.name):
         raise HTTPException(409, f"{body.name!r} is a built-in profile; choose another name")
+    check_queue_limit(session, settings, owner, body.idempotency_key)  # a job like any other
     request = {"kind": "calibration", **body.model_dump(exclude={"idempotency_key"})}
     job, _ = store.create_job(session, owner, request, body.idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
