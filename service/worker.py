@@ -213,7 +213,9 @@ class Worker:
 
 def _calibration(worker: Worker, job_id: str, request: dict) -> None:
     """A calibration job: microbenchmarks of this host, then the profile is saved. It cannot
-    be interrupted midway (a cancel lands when it finishes)."""
+    be interrupted midway: a cancel that came meanwhile is honoured before saving (the job
+    ends cancelled and writes nothing), as is a profile of that name created meanwhile
+    (unless the request says ``replace``: the job fails and the profile is kept)."""
     import json
 
     from model.calibration import calibrate, pass_spread_warning
@@ -233,19 +235,42 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
         try:
             profile = calibrate(request.get("name", "host"), bool(request.get("quick", True)),
                                 request.get("threads"), on_progress)  # fmt: skip
-            save_profile(profile, worker.settings.profiles_dir)
-            out = worker.settings.artifacts.job_dir(job_id)
-            out.mkdir(parents=True, exist_ok=True)
-            text = profile.model_dump_json(indent=2, exclude_none=True)
-            (out / "profile.json").write_text(text)
-            status, reason = store.SUCCEEDED, f"profile {profile.name!r} written"
-            if warning := pass_spread_warning(profile):
-                reason += f" (warning: {warning})"
-            result = {"profile": json.loads(profile.model_dump_json(exclude_none=True))}
+            refused, why = _may_save(worker, job_id, profile.name, request)
+            if refused is not None:  # cancelled, lost, or the name was taken meanwhile
+                status, reason = refused, why
+            else:
+                save_profile(profile, worker.settings.profiles_dir)
+                out = worker.settings.artifacts.job_dir(job_id)
+                out.mkdir(parents=True, exist_ok=True)
+                text = profile.model_dump_json(indent=2, exclude_none=True)
+                (out / "profile.json").write_text(text)
+                status, reason = store.SUCCEEDED, f"profile {profile.name!r} written"
+                if warning := pass_spread_warning(profile):
+                    reason += f" (warning: {warning})"
+                result = {"profile": json.loads(profile.model_dump_json(exclude_none=True))}
         except Exception as error:  # a noisy run, no native kernel, …: the job's failure
             log.exception("calibration job %s failed", job_id)
             status, reason = store.FAILED, f"{type(error).__name__}: {error}"
     worker.record_outcome(job_id, status, reason, result)
+
+
+def _may_save(worker: Worker, job_id: str, name: str, request: dict) -> tuple[str | None, str]:
+    """Whether a finished calibration may write its profile: ``(None, "")`` if so, else the
+    job's outcome and reason (its job was cancelled or lost while it measured, or a profile
+    of that name was created meanwhile and the request does not say ``replace``)."""
+    from perfmodel import profile_names
+
+    with worker.sessions() as session:
+        try:
+            job = store.check_owner(session, job_id, worker.worker_id)
+        except (store.InvalidTransition, store.JobNotFound) as error:
+            return store.FAILED, str(error)  # record_outcome will refuse it: not ours
+        if job.status == store.CANCELLING:
+            return store.CANCELLED, "cancelled by request; the profile was not written"
+    if name in profile_names() and not request.get("replace"):
+        return store.FAILED, (f"a profile named {name!r} was created while this calibration "
+                              "ran; it was kept (calibrate with replace=true to replace it)")
+    return None, ""
 
 
 class Heartbeat:

@@ -648,6 +648,56 @@ def test_a_calibration_whose_passes_disagreed_succeeds_with_a_warning(client, se
     assert "warning: the passes' medians differ by 45%" in done["status_reason"]
 
 
+def _fake_calibration(monkeypatch, during=lambda: None, description="calibrated here"):
+    import model.calibration
+    from perfmodel import get_profile
+
+    def fake_calibrate(name, quick, threads, progress):
+        during()  # what happens while it measures
+        paper = get_profile("atom-c2750")
+        return paper.model_copy(update={"name": name, "description": description})
+
+    monkeypatch.setattr(model.calibration, "calibrate", fake_calibrate)
+
+
+def test_a_calibration_cancelled_while_measuring_writes_nothing(client, settings, monkeypatch):
+    """The cancel answered 202 "cancelling", then the job succeeded and wrote the profile."""
+    job = client.post("/v1/hardware/calibrate", json={"name": "lab"}).json()
+    cancel = lambda: client.post(f"/v1/jobs/{job['id']}/cancel")  # noqa: E731
+    _fake_calibration(monkeypatch, during=lambda: cancel().status_code == 202 or 1 / 0)
+    assert Worker(settings).run_once()
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "cancelled" and "not written" in done["status_reason"]
+    assert client.get("/v1/hardware/lab").status_code == 404
+    assert client.get(f"/v1/jobs/{job['id']}/artifacts").json()["count"] == 0
+
+
+def test_a_calibration_does_not_silently_replace_a_custom_profile(client, settings,
+                                                                 monkeypatch):  # fmt: skip
+    """POST /v1/hardware answers 409 for an existing name; a calibration overwrote it."""
+    profile = {"name": "lab", "dense_flops_per_s": 2e11, "memory_bandwidth_bytes_per_s": 3e10,
+               "sparse_overhead": 2.5, "description": "mine",
+               "provenance": {"kind": "datasheet", "source": "vendor"}}  # fmt: skip
+    assert client.post("/v1/hardware", json=profile).status_code == 201
+    taken = client.post("/v1/hardware/calibrate", json={"name": "lab"})
+    assert taken.status_code == 409 and "replace=true" in taken.json()["detail"]
+    assert client.get("/v1/jobs").json()["count"] == 0
+    # Created while the calibration ran: kept, and the job says why it wrote nothing.
+    job = client.post("/v1/hardware/calibrate", json={"name": "lab2"}).json()
+    create = lambda: client.post("/v1/hardware", json={**profile, "name": "lab2"})  # noqa: E731
+    _fake_calibration(monkeypatch, during=lambda: create().status_code == 201 or 1 / 0)
+    Worker(settings).run_once()
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "failed" and "it was kept" in done["status_reason"]
+    assert client.get("/v1/hardware/lab2").json()["description"] == "mine"
+    # Asked for: replaced.
+    _fake_calibration(monkeypatch)
+    job = client.post("/v1/hardware/calibrate", json={"name": "lab", "replace": True}).json()
+    Worker(settings).run_once()
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
+    assert client.get("/v1/hardware/lab").json()["description"] == "calibrated here"
+
+
 def test_calibrations_count_against_the_queue_limit(tmp_path):
     """Calibration jobs were queued past SWEETSPOT_MAX_QUEUED_JOBS; they are jobs like any
     other (a retry under an existing idempotency key still gets its job)."""

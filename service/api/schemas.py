@@ -203,6 +203,10 @@ class CalibrationCreate(BaseModel):
                       description="profile to write (must not be a built-in one)")  # fmt: skip
     quick: bool = Field(True, description="the ≤ 60 s plan instead of the ≤ 3 min one")
     threads: int | None = Field(None, ge=1, le=64, description="threads to calibrate for")
+    replace: bool = Field(
+        False, description="replace the custom profile ``name`` if it exists (else: 409, as "
+        "POST /v1/hardware)"
+    )
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
 

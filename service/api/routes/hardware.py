@@ -68,9 +68,14 @@ def calibrate_host(
     response: Response,
 ) -> JobPublic:
     """Calibrate the host the workers run on, as a job; it writes the profile ``name``
-    (default ``host``) when it succeeds. Follow it like any job."""
+    (default ``host``) when it succeeds. An existing custom profile of that name is replaced
+    only with ``replace``. Follow it like any job."""
     if is_builtin_profile(body.name):
         raise HTTPException(409, f"{body.name!r} is a built-in profile; choose another name")
+    if body.name in profile_names() and not body.replace:
+        raise HTTPException(409, f"a custom profile named {body.name!r} already exists; "
+                                 "choose another name, or pass replace=true to recalibrate "
+                                 "it")  # fmt: skip
     check_queue_limit(session, settings, owner, body.idempotency_key)  # a job like any other
     request = {"kind": "calibration", **body.model_dump(exclude={"idempotency_key"})}
     job, _ = store.create_job(session, owner, request, body.idempotency_key)

@@ -40,6 +40,7 @@ function calibrateForm() {
   const name = h("input", { type: "text", value: "host", required: true,
     pattern: "[a-z0-9][a-z0-9._-]*" });
   const quick = h("input", { type: "checkbox", checked: true });
+  const replace = h("input", { type: "checkbox" });
   const error = errorBox(null);
   const form = h("form", { class: "panel", "aria-labelledby": "hw-cal" },
     h("h2", { id: "hw-cal" }, "Calibrate this host"),
@@ -48,12 +49,14 @@ function calibrateForm() {
       "profile. It keeps the CPUs busy for up to a minute (three without quick)."),
     field("cal-name", "Profile name", name, "lower case; built-in names are refused"),
     h("div", { class: "field" }, h("label", {}, quick, " quick plan (≤ 60 s)")),
+    h("div", { class: "field" }, h("label", {}, replace,
+      " replace the custom profile of this name if it exists")),
     h("button", { type: "submit" }, "Calibrate"), error);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
       const job = await api("/v1/hardware/calibrate", { method: "POST",
-        body: { name: name.value.trim(), quick: quick.checked } });
+        body: { name: name.value.trim(), quick: quick.checked, replace: replace.checked } });
       announce(`Calibration job ${job.id} queued`);
       forget("/v1/hardware");
       location.hash = `#/jobs/${job.id}`;
