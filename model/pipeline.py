@@ -96,7 +96,8 @@ def parse_weights(data: bytes, source: str, safetensors: bool = False) -> dict[s
     (its name says so), so its own error is the one reported.
 
     Raises:
-        ValueError: neither format, or not a dict of tensors.
+        ValueError: neither format, not a dict of tensors named by strings, or a tensor holds
+            NaN or infinity (no training or prediction can start from it).
     """
     try:
         state = load_safetensors(data)
@@ -117,6 +118,13 @@ def parse_weights(data: bytes, source: str, safetensors: bool = False) -> dict[s
     if not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError(f"{source} holds a dict with values other than tensors, not a state "
                          "dict")  # fmt: skip
+    if not all(isinstance(key, str) for key in state):
+        odd = next(key for key in state if not isinstance(key, str))
+        raise ValueError(f"{source} holds a dict with keys other than strings ({odd!r}), not "
+                         "a state dict")  # fmt: skip
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{source} holds NaN or infinite values in tensor {key!r}")
     return state
 
 

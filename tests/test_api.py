@@ -495,6 +495,20 @@ def test_checkpoint_upload_and_job_from_it(client, settings):
     assert "checkpoint_path" not in done["request"]
 
 
+def test_checkpoints_with_odd_keys_or_non_finite_weights_are_422(client):
+    """Non-string keys were a 500 (AttributeError in load_into); NaN weights were accepted."""
+    nan = create_model("lenet5").state_dict()
+    nan["conv1.weight"] = nan["conv1.weight"].clone().fill_(float("nan"))
+    for state, message in [({1: torch.zeros(1)}, "keys other than strings"),
+                           (nan, "NaN or infinite values in tensor 'conv1.weight'")]:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        response = client.post("/v1/uploads", data={"model": "lenet5"},
+                               files={"file": ("start.pt", buffer.getvalue())})  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert message in response.json()["detail"]
+
+
 def test_artifact_path_traversal_is_refused(client, settings):
     job = _submit(client).json()
     Worker(settings).run_once()

@@ -149,7 +149,10 @@ def test_checkpoint_files_and_uploads_are_read_the_same_way(tmp_path):
     from model.pipeline import load_weights, parse_weights
 
     cases = [({"conv1.weight": torch.ones(1), "note": "hi"}, "holds a dict with values other"),
-             ([torch.ones(1)], "holds a list, not a state dict")]  # fmt: skip
+             ([torch.ones(1)], "holds a list, not a state dict"),
+             ({1: torch.zeros(1)}, "holds a dict with keys other than strings"),
+             ({"w": torch.tensor([1.0, float("nan")])}, "holds NaN or infinite values in"),
+             ({"w": torch.tensor([float("-inf")])}, "holds NaN or infinite values in")]  # fmt: skip
     for index, (content, message) in enumerate(cases):
         path = tmp_path / f"case{index}.pt"
         torch.save(content, path)
