@@ -49,6 +49,7 @@ from sklearn.linear_model import LinearRegression
 from model.allocator import freed_memory_kept
 from perfmodel import Conv2dSpec, HardwareProfile, LinearSpec, save_profile
 from perfmodel.hardware import (
+    MAX_NAME_LENGTH,
     NAME_PATTERN,
     SCHEMA_VERSION,
     DenseParameters,
@@ -1094,10 +1095,10 @@ def _argument_error(args: argparse.Namespace) -> str | None:
             f"--threads must be from 1 to {cpus} (the CPUs this process may use), got "
             f"{args.threads}: more would time an oversubscribed host"
         )
-    if not re.fullmatch(NAME_PATTERN, args.name):
+    if not re.fullmatch(NAME_PATTERN, args.name) or len(args.name) > MAX_NAME_LENGTH:
         return (
             f"--name {args.name!r} is not a profile name: lower-case letters, digits, '.', '_' "
-            "and '-', starting with a letter or digit"
+            f"and '-', starting with a letter or digit, at most {MAX_NAME_LENGTH} characters"
         )
     if is_builtin_profile(args.name):
         return (

@@ -42,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 BUILTIN_DIR = Path(__file__).with_name("profiles")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+MAX_NAME_LENGTH = 64
+"""A profile's name is its file's name: well within every file system's 255 bytes."""
 SCHEMA_VERSION = 3
 """Version written by this Sweetspot; every version up to it loads (see the module docstring)."""
 
@@ -259,7 +261,10 @@ class HardwareProfile(BaseModel):
     schema_version: int = Field(
         1, ge=1, le=SCHEMA_VERSION, description="Profile schema version (1: paper numbers only)."
     )
-    name: str = Field(pattern=NAME_PATTERN, description="Stable identifier, e.g. 'atom-c2750'.")
+    name: str = Field(
+        pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH,
+        description="Stable identifier, e.g. 'atom-c2750' (also the file name it is saved as).",
+    )  # fmt: skip
     description: str = ""
     dense_flops_per_s: float = Field(
         gt=0, description="F: achievable dense fp32 compute rate (the paper: MKL SGEMM)."

@@ -32,7 +32,9 @@ class _Spec(BaseModel):
 
     name: str = Field(description="Layer name, unique within a network (e.g. 'conv5').")
     batch: PositiveInt = Field(1, description="Images per call; C and S_A scale with it.")
-    dtype_bytes: PositiveInt = Field(4, description="Bytes per element (fp32 = 4).")
+    dtype_bytes: int = Field(
+        4, ge=1, le=16, description="Bytes per element (fp32 = 4; up to 16, complex128)."
+    )
 
     def with_batch(self, batch: int) -> _Spec:
         """The same layer run on ``batch`` images (a new object; specs are immutable)."""

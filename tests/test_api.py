@@ -234,6 +234,25 @@ def test_create_custom_profile_and_use_it(client):
     assert bad.status_code == 422 and "sparse_overhead" in bad.json()["detail"]
 
 
+def test_absurd_names_and_sizes_are_422_not_500(client):
+    """A 300-character profile name was an OSError (file name too long) in save_profile, a
+    layer's dtype_bytes of 10**400 an OverflowError in the roofline: both were 500s."""
+    profile = {"name": "x" * 300, "dense_flops_per_s": 2e11,
+               "memory_bandwidth_bytes_per_s": 3e10, "sparse_overhead": 2.5,
+               "provenance": {"kind": "datasheet", "source": "vendor"}}  # fmt: skip
+    response = client.post("/v1/hardware", json=profile)
+    assert response.status_code == 422 and "at most 64 characters" in response.json()["detail"]
+    assert client.post("/v1/hardware", json={**profile, "name": "x" * 64}).status_code == 201
+    layer = {"kind": "linear", "name": "fc", "in_features": 8, "out_features": 8}
+    for dtype_bytes in (10**400, 17, 0):
+        body = {"hardware": "atom-c2750", "layers": [{**layer, "dtype_bytes": dtype_bytes}]}
+        response = client.post("/v1/sweet-spots", json=body)
+        assert response.status_code == 422, dtype_bytes
+        assert "dtype_bytes" in response.json()["detail"]
+    body = {"hardware": "atom-c2750", "layers": [{**layer, "dtype_bytes": 16}]}
+    assert client.post("/v1/sweet-spots", json=body).status_code == 200
+
+
 def test_non_finite_profile_values_are_refused(client):
     """1e400 is infinity in JSON; it passed `gt=0` and was saved as null, after which the
     listing failed for every client."""

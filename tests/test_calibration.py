@@ -343,6 +343,7 @@ def test_calibrate_command_refuses_noisy_run(monkeypatch, capsys, fake_native):
         ({"name": "xeon-e5-2697v4"}, "is a built-in profile"),
         ({"name": "Bad Name"}, "is not a profile name"),
         ({"name": "../x"}, "is not a profile name"),
+        ({"name": "x" * 65}, "at most 64 characters"),
         ({"max_cv": -1.0}, "--max-cv must be > 0"),
         ({"threads": 0}, "--threads must be from 1 to"),
         ({"threads": 4096}, "--threads must be from 1 to"),
