@@ -50,6 +50,7 @@ from model.allocator import freed_memory_kept
 from perfmodel import Conv2dSpec, HardwareProfile, LinearSpec, save_profile
 from perfmodel.hardware import (
     MAX_NAME_LENGTH,
+    MAX_RATE,
     NAME_PATTERN,
     SCHEMA_VERSION,
     DenseParameters,
@@ -639,7 +640,9 @@ class _NonNegativeTimeRegressor(RegressorMixin, BaseEstimator):
 
 
 def _rate(seconds_per_unit: float) -> float | None:
-    return 1.0 / seconds_per_unit if seconds_per_unit > 1e-300 else None
+    """The rate of a fitted term; None (negligible) beyond the fastest rate a profile holds
+    (``MAX_RATE``, 1e18 per second: under a nanosecond for a billion units)."""
+    return 1.0 / seconds_per_unit if seconds_per_unit * MAX_RATE > 1.0 else None
 
 
 class DenseTimeRegressor(_NonNegativeTimeRegressor):

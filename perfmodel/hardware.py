@@ -47,8 +47,16 @@ MAX_NAME_LENGTH = 64
 SCHEMA_VERSION = 3
 """Version written by this Sweetspot; every version up to it loads (see the module docstring)."""
 
-Rate = Annotated[float, Field(gt=0)]
-OptionalRate = Annotated[float | None, Field(default=None, gt=0)]
+# Physically plausible ranges, wide enough for any machine from a microcontroller to an exascale
+# system: they keep every time and speedup the model computes finite (a rate of 1e-300 made
+# the dense time infinite, and the API's answer invalid JSON).
+MIN_RATE, MAX_RATE = 1.0, 1e18
+"""Rates, per second (FLOP/s, bytes/s, visits/s, …)."""
+MIN_RATIO, MAX_RATIO = 1e-2, 1e3
+"""The relative factors α (sparse_overhead) and β (sparse_bytes_per_nonzero)."""
+
+Rate = Annotated[float, Field(ge=MIN_RATE, le=MAX_RATE)]
+OptionalRate = Annotated[float | None, Field(default=None, ge=MIN_RATE, le=MAX_RATE)]
 
 
 class ProfileError(ValueError):
@@ -266,18 +274,20 @@ class HardwareProfile(BaseModel):
         description="Stable identifier, e.g. 'atom-c2750' (also the file name it is saved as).",
     )  # fmt: skip
     description: str = ""
-    dense_flops_per_s: float = Field(
-        gt=0, description="F: achievable dense fp32 compute rate (the paper: MKL SGEMM)."
+    dense_flops_per_s: Rate = Field(
+        description="F: achievable dense fp32 compute rate (the paper: MKL SGEMM)."
     )
-    memory_bandwidth_bytes_per_s: float = Field(
-        gt=0, description="B: achievable memory bandwidth (the paper: STREAM)."
+    memory_bandwidth_bytes_per_s: Rate = Field(
+        description="B: achievable memory bandwidth (the paper: STREAM)."
     )
     sparse_overhead: float = Field(
-        gt=0, description="α: compute cost of the sparse kernel per useful FLOP, relative to dense."
-    )
+        ge=MIN_RATIO, le=MAX_RATIO,
+        description="α: compute cost of the sparse kernel per useful FLOP, relative to dense.",
+    )  # fmt: skip
     sparse_bytes_per_nonzero: float = Field(
-        2.0, gt=0, description="β: bytes per non-zero / bytes per dense weight (fp32 CSR: 2)."
-    )
+        2.0, ge=MIN_RATIO, le=MAX_RATIO,
+        description="β: bytes per non-zero / bytes per dense weight (fp32 CSR: 2).",
+    )  # fmt: skip
     default_batch: int = Field(1, gt=0, description="Batch size the profile was measured at.")
     cores: int | None = Field(None, gt=0)
     clock_hz: float | None = Field(None, gt=0)

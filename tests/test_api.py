@@ -268,6 +268,36 @@ def test_non_finite_profile_values_are_refused(client):
     assert "inf-box" not in [p["name"] for p in client.get("/v1/hardware").json()["data"]]
 
 
+def test_implausible_profiles_are_refused_and_answers_are_always_json(client, monkeypatch):
+    """A profile with finite but absurd numbers (F = 1e-300 FLOP/s, β = 1e300) was accepted,
+    and its sweet spots answered ``Infinity``/``NaN``, which is not JSON."""
+    profile = {"name": "tiny", "dense_flops_per_s": 2e11, "memory_bandwidth_bytes_per_s": 3e10,
+               "sparse_overhead": 2.5, "provenance": {"kind": "user", "source": "t"}}  # fmt: skip
+    for field, value in [("dense_flops_per_s", 1e-300), ("dense_flops_per_s", 1e19),
+                         ("memory_bandwidth_bytes_per_s", 0.5), ("sparse_overhead", 1e-9),
+                         ("sparse_overhead", 1e6), ("sparse_bytes_per_nonzero", 1e300)]:
+        response = client.post("/v1/hardware", json={**profile, field: value})
+        assert response.status_code == 422, (field, value)
+        assert field in response.json()["detail"]
+        inline = client.post("/v1/sweet-spots", json={"model": "alexnet",
+                                                      "hardware": {**profile, field: value}})
+        assert inline.status_code == 422, (field, value)
+    assert client.get("/v1/hardware/tiny").status_code == 404
+    # Whatever else made a prediction non-finite: a 422, never NaN or Infinity in a body.
+    from service.api.routes import sweet_spots
+
+    class Infinite:
+        def to_dict(self):
+            return {"model": "custom", "totals": {"speedup": {"0.9": float("inf")}}}
+
+    monkeypatch.setattr(sweet_spots, "predict_network", lambda *args, **kwargs: Infinite())
+    layer = {"kind": "linear", "name": "fc", "in_features": 8, "out_features": 8}
+    for body in ({"hardware": profile, "layers": [layer]}, {"hardware": profile,
+                                                            "model": "lenet5", "batch": 3}):
+        response = client.post("/v1/sweet-spots", json=body)
+        assert response.status_code == 422 and "not finite" in response.json()["detail"]
+
+
 def test_listing_skips_a_profile_file_that_does_not_load(client, settings):
     broken = '{"name": "broken", "dense_flops_per_s": null}'
     (settings.profiles_dir / "broken.json").write_text(broken)

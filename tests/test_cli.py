@@ -85,7 +85,7 @@ def test_invalid_profile_file_names_the_field(capsys, tmp_path):
     bad.write_text(json.dumps({"name": "bad", "dense_flops_per_s": -5}))
     code, _, err = run(capsys, "hardware", "show", str(bad))
     assert code == 1
-    assert "field 'dense_flops_per_s': Input should be greater than 0" in err
+    assert "field 'dense_flops_per_s': Input should be greater than or equal to 1" in err
 
 
 def test_bad_batch_and_missing_source(capsys):

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -37,8 +37,19 @@ def _profile(hardware: str | HardwareProfile) -> HardwareProfile:
     return get_named_profile(hardware)
 
 
+def _dumps(data: dict) -> bytes:
+    """``data`` as strict JSON. Profiles and layer specs are bounded so that predictions stay
+    finite; should one still hold NaN or infinity (which ``json.dumps`` would write as the
+    invalid tokens ``NaN``/``Infinity``), the request gets a 422 instead of such a body."""
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
+    except ValueError:
+        raise HTTPException(422, "the prediction is not finite for this profile and these "
+                                 "layers (values beyond any real machine or network)") from None
+
+
 def _json(data: dict) -> Response:
-    return Response(json.dumps(data, ensure_ascii=False), media_type="application/json")
+    return Response(_dumps(data), media_type="application/json")
 
 
 _PREDICTIONS: dict[tuple[str, HardwareProfile, int], bytes] = {}
@@ -53,7 +64,7 @@ def predict_builtin(model: str, hardware: HardwareProfile, batch: int) -> bytes:
     if body is None:
         prediction = predict_network(network_layers(model, batch), hardware, name=model,
                                      batch=batch, model="auto")  # fmt: skip
-        body = json.dumps(prediction.to_dict(), ensure_ascii=False).encode()
+        body = _dumps(prediction.to_dict())
         if len(_PREDICTIONS) >= _MAX_CACHED:
             _PREDICTIONS.clear()
         _PREDICTIONS[key] = body
