@@ -42,7 +42,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
 from model.networks import create_model, network_info
-from model.pruning import make_config, method_info
+from model.pruning import check_network, make_config, method_info
 from model.training import Callback, TrainConfig, Trainer, layer_sparsity
 from model.training.distributed import Cluster
 from perfmodel import Conv2dSpec, HardwareProfile, get_profile, predict_network
@@ -79,6 +79,23 @@ def split_config(method: str, config: dict[str, Any]) -> tuple[TrainConfig, Any]
         info.config_type, {k: v for k, v in config.items() if k in method_keys}
     )
     return train, method_config
+
+
+def check_request(request: PruneRequest, method_config: Any | None = None) -> None:
+    """Refuse what would be ignored or fail only after training started: layer names in the
+    method's options that the network lacks, ``l1-filter`` on a network surgery cannot cut
+    (:func:`model.pruning.check_network`). The network is built on the meta device (nothing
+    allocated), so the CLI and the API's job submission call this too.
+
+    Raises:
+        ValueError / LookupError: an unknown name or a config the network cannot take.
+    """
+    info = network_info(request.model)
+    if method_config is None:
+        _, method_config = split_config(request.method, request.config)
+    with torch.device("meta"):
+        net = create_model(request.model)
+    check_network(request.method, method_config, net, tuple(info.input_shape))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -190,6 +207,7 @@ def run_pruning(
     cluster = _cluster(train_config, cluster)
     if cluster.node_rank != 0:
         raise ValueError("run_pruning runs node 0 of a job; other nodes call join_pruning")
+    check_request(request, method_config)
     _prepare_out_dir(out_dir, request, resume)
     net, data, hooks, predictions, by_name = _build(request, train_config, method_config)
     batch = getattr(method_config, "inference_batch", 1)

@@ -306,7 +306,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     from model.data import DatasetError
     from model.networks import UnknownNetworkError
-    from model.pipeline import PruneRequest, join_pruning, run_pruning, split_config
+    from model.pipeline import PruneRequest, check_request, join_pruning, run_pruning, split_config
     from model.pruning import UnknownMethodError
     from model.training import PHASES, Cancelled, epochs_done
 
@@ -316,8 +316,9 @@ def _prune(args: argparse.Namespace) -> int:
     )  # fmt: skip
     _load_profile(args.hardware)  # fail fast, exit 2 on an unknown name
     try:
-        train_config, _ = split_config(request.method, request.config)
-    except UnknownMethodError as error:
+        train_config, method_config = split_config(request.method, request.config)
+        check_request(request, method_config)  # names the network lacks, no surgery for l1
+    except (UnknownMethodError, UnknownNetworkError) as error:
         raise CliError(str(error), EXIT_USAGE) from None
     except ValueError as error:
         raise CliError(str(error), EXIT_USAGE) from None

@@ -126,6 +126,17 @@ def test_hardware_names_from_requests_are_never_read_as_paths(client, name):
     assert client.get("/v1/jobs").json()["count"] == 0
 
 
+def test_jobs_naming_layers_the_network_lacks_or_needing_surgery_are_422(client):
+    """Checked at submit against the network: they were queued and ignored, or failed after
+    the dense epochs."""
+    bad = _submit(client, method="ssl", config={**TINY, "layers": ["nope"]})
+    assert bad.status_code == 422 and "'nope'" in bad.json()["detail"]
+    assert "conv1, conv2, fc1, fc2" in bad.json()["detail"]
+    bad = _submit(client, method="l1-filter", model="alexnet_cifar", config=TINY)
+    assert bad.status_code == 422 and "surgery supports" in bad.json()["detail"]
+    assert client.get("/v1/jobs").json()["count"] == 0
+
+
 def test_unknown_names_list_the_valid_ones(client):
     response = client.get("/v1/sweet-spots", params={"model": "x", "hardware": "atom-c2750"})
     assert response.status_code == 422 and "lenet5" in response.json()["valid"]

@@ -90,6 +90,54 @@ def test_bad_requests_are_clear_errors(capsys, tmp_path, extra, code, message):
     assert message in err
 
 
+@pytest.mark.parametrize(
+    ("method", "setting", "message"),
+    [
+        ("ssl", 'layers=["nope"]', "layers names layer(s) 'nope' that LeNet5 does not have; "
+                                   "valid: conv1, conv2, fc1, fc2"),
+        ("magnitude", 'layers=["conv1","nope"]', "layers names layer(s) 'nope'"),
+        ("autoprune", 'layers=["nope"]', "layers names layer(s) 'nope'"),
+        ("autoprune", 'layer_strength={"nope":0.1}', "layer_strength names layer(s) 'nope'"),
+        ("gsl", 'multipliers={"nope":2}', "multipliers names layer(s) 'nope'"),
+        ("l1-filter", 'layer_ratios={"nope":0.5}', "layer_ratios names layer(s) 'nope' that "
+                                                   "LeNet5 does not have; valid: conv1, conv2"),
+        ("l1-filter", 'skip=["nope"]', "valid: Li layer ids 1-2 or conv1, conv2"),
+        ("l1-filter", "skip=[3]", "skip names layer(s) '3'"),
+        ("ssl", 'kind_strength={"nope":1}', "kind_strength keys must be group kinds in groups "
+                                            "(filter, channel); got 'nope'"),
+        ("ssl", 'kind_strength={"depth":1}', "got 'depth'"),
+    ],
+)
+def test_unknown_layer_names_are_refused_before_training(capsys, tmp_path, method, setting,
+                                                         message):  # fmt: skip
+    """They were silently ignored: the job pruned other layers, or none, and exited 0."""
+    out = tmp_path / "j"
+    code, _, err = run(capsys, "prune", *TINY, "--method", method, "--set", setting,
+                       "--out", str(out))  # fmt: skip
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (out / "events.jsonl").exists()  # nothing trained
+
+
+def test_l1_filter_refuses_a_network_surgery_cannot_cut_before_training(capsys, tmp_path):
+    """It failed only after the dense epochs (l1-filter chooses filters by surgery's groups)."""
+    out = tmp_path / "j"
+    code, _, err = run(capsys, "prune", *TINY, "--method", "l1-filter", "--model",
+                       "alexnet_cifar", "--out", str(out))  # fmt: skip
+    assert code == 2, err
+    assert "surgery supports residual networks and the plain chains" in err
+    assert not (out / "events.jsonl").exists()
+
+
+def test_valid_layer_names_and_li_ids_are_accepted():
+    from model.pipeline import PruneRequest, check_request
+
+    check_request(PruneRequest("l1-filter", "resnet20", config={"skip": [1, "layer1.0.conv1"],
+                                                               "layer_ratios": {"conv1": 0.2}}))
+    check_request(PruneRequest("ssl", "lenet5", config={"layers": ["conv2"],
+                                                        "kind_strength": {"filter": 0.1}}))
+
+
 def test_bad_dataset_folder(capsys, tmp_path):
     code, _, err = run(capsys, "prune", *TINY[:2], "--dataset", str(tmp_path), "--out",
                        str(tmp_path / "j"), "--quiet")  # fmt: skip

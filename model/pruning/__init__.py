@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from torch import nn
 
 from model.pruning.autoprune import AutoPrune, AutoPruneConfig
 from model.pruning.gsl import GSL, GSLConfig, GuidedController
@@ -114,6 +115,42 @@ def _problem(error: dict) -> str:
     return f"{field_name}: {error['msg']} (got {error['input']!r})"
 
 
+# Config fields that name layers by module path (``skip`` takes Li's layer ids too).
+LAYER_FIELDS = ("layers", "layer_strength", "multipliers", "layer_ratios", "skip")
+
+
+def check_network(method: str, config: Any, model: nn.Module, input_shape: tuple) -> None:
+    """Refuse, before any training, a config that names layers ``model`` does not have (they
+    were silently ignored: the job pruned something else, or nothing) and ``l1-filter`` on a
+    network surgery cannot cut (it needs surgery's channel groups to choose its filters, so it
+    failed only after the dense epochs). ``model`` may live on the meta device.
+
+    Raises:
+        ValueError: the unknown names with the valid ones, or surgery's reason
+            (:class:`model.surgery.SurgeryError`).
+    """
+    if method == "l1-filter":
+        from model.pruning.l1_filter import layer_ids, prunable_layers
+
+        prunable_layers(model, input_shape)  # SurgeryError: not a network surgery can cut
+        valid = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        ids = {str(i) for i in layer_ids(model).values()}
+    else:
+        valid = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        ids = set()
+    for key in LAYER_FIELDS:
+        names = getattr(config, key, None)
+        if not names:
+            continue
+        unknown = [str(n) for n in names if n not in valid and str(n) not in ids]
+        if unknown:
+            what = f"Li layer ids 1-{len(ids)} or " if key == "skip" else ""
+            raise ValueError(
+                f"{key} names layer(s) {', '.join(map(repr, unknown))} that "
+                f"{type(model).__name__} does not have; valid: {what}{', '.join(valid)}"
+            )
+
+
 @functools.cache
 def _adapter(config_type: type) -> TypeAdapter:
     return TypeAdapter(config_type)
@@ -134,6 +171,7 @@ __all__ = [
     "MethodInfo",
     "SSLConfig",
     "UnknownMethodError",
+    "check_network",
     "config_fields",
     "make_config",
     "method_info",

@@ -64,6 +64,12 @@ class SSLConfig:
         unknown = set(self.groups) - set(KINDS)
         if unknown or not self.groups:
             raise ValueError(f"groups must be a non-empty subset of {', '.join(KINDS)}")
+        ignored = sorted(set(self.kind_strength) - set(self.groups))
+        if ignored:  # a kind that is not regularised would silently keep the default λ_g
+            raise ValueError(
+                f"kind_strength keys must be group kinds in groups ({', '.join(self.groups)}); "
+                f"got {', '.join(map(repr, ignored))}"
+            )
         if self.strength < 0 or any(v < 0 for v in self.kind_strength.values()):
             raise ValueError("strength must be >= 0")
         if self.mode not in MODES:

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from model.data import DATASETS
 from model.networks import network_info
-from model.pipeline import split_config
+from model.pipeline import PruneRequest, check_request, split_config
 from model.pruning import method_info
 from perfmodel import get_named_profile
 from service import jobs as store
@@ -64,7 +64,8 @@ def _validate(body: JobCreate, settings, session, owner: str) -> dict:
         raise UnknownName(f"unknown dataset {body.dataset!r} (the API trains on built-in data "
                           "sets only)", sorted(DATASETS))  # fmt: skip
     try:
-        train, _ = split_config(body.method, body.config)
+        train, method_config = split_config(body.method, body.config)
+        check_request(PruneRequest(body.method, body.model, config=body.config), method_config)
     except ValueError as error:
         raise HTTPException(422, f"invalid config: {error}") from None
     if train.threads is not None and train.threads > 64:
