@@ -32,6 +32,7 @@ Profiles are data files (JSON or TOML), never code. The three platforms of the p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
 from functools import cache
@@ -356,7 +357,7 @@ def user_profile_dir() -> Path:
 
 
 def _profile_files() -> dict[str, Path]:
-    """Profile name → file; user profiles shadow built-ins of the same name."""
+    """Profile name → file; a user file named like a built-in is skipped (built-ins win)."""
     directories = (BUILTIN_DIR, user_profile_dir())
     stamps = []
     for directory in directories:
@@ -375,8 +376,16 @@ def _scan(stamps: tuple[tuple[str, int | None], ...]) -> dict[str, Path]:
         if stamp is None or not Path(directory).is_dir():
             continue
         for path in sorted(Path(directory).iterdir()):
-            if path.suffix.lower() in (".json", ".toml"):
-                files[path.stem] = path
+            if path.suffix.lower() not in (".json", ".toml"):
+                continue
+            if Path(directory) != BUILTIN_DIR and is_builtin_profile(path.stem):
+                # A user file must not replace the paper's platform (or hide it when broken);
+                # warned once per listing, as the scan is cached until the folder changes.
+                logging.getLogger("sweetspot.hardware").warning(
+                    "ignoring user profile %s: %r is a built-in profile name", path, path.stem
+                )
+                continue
+            files[path.stem] = path
     return files
 
 

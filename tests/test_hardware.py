@@ -146,3 +146,24 @@ def test_profile_file_name_must_match_declared_name(tmp_path, monkeypatch):
     (tmp_path / "other.json").write_text(json.dumps(VALID))
     with pytest.raises(ProfileError, match="declares name 'my-box'"):
         get_profile("other")
+
+
+def test_user_profiles_named_like_a_built_in_are_skipped(tmp_path, monkeypatch, caplog):
+    """They replaced the paper's platform silently (or, broken, hid it): built-ins win."""
+    from perfmodel.hardware import load_profiles
+
+    builtin = get_profile("xeon-e5-2697v4")
+    monkeypatch.setenv("SWEETSPOT_PROFILE_DIR", str(tmp_path))
+    (tmp_path / "xeon-e5-2697v4.json").write_text(
+        json.dumps({**VALID, "name": "xeon-e5-2697v4"}))  # fmt: skip
+    (tmp_path / "atom-c2750.toml").write_text("not = [valid")
+    with caplog.at_level("WARNING", logger="sweetspot.hardware"):
+        assert get_profile("xeon-e5-2697v4") == builtin
+        assert isinstance(get_profile("atom-c2750"), HardwareProfile)
+        profiles, problems = load_profiles()
+    assert problems == {}
+    assert {p.name: p for p in profiles}["xeon-e5-2697v4"] == builtin
+    assert profile_names().count("xeon-e5-2697v4") == 1
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("xeon-e5-2697v4.json" in m for m in warned) == 1, warned
+    assert any("atom-c2750.toml" in m for m in warned)
