@@ -322,6 +322,10 @@ def _prune(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     except ValueError as error:
         raise CliError(str(error), EXIT_USAGE) from None
+    try:  # the folder first, as `sensitivity`: a path that cannot be a folder is one line
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"cannot create --out {args.out}: {error.strerror or error}") from None
     phase_epochs = train_config.phase_epochs(warm_start=bool(request.checkpoint))
     bar = tqdm(total=sum(phase_epochs.values()), unit="epoch", disable=args.quiet,
                dynamic_ncols=True, file=sys.stderr)  # fmt: skip
@@ -361,6 +365,9 @@ def _prune(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     except (ValueError, DatasetError, FileNotFoundError, FloatingPointError) as error:
         raise CliError(str(error)) from None
+    except OSError as error:  # a folder or file it cannot write (permissions, a full disk)
+        raise CliError(f"{error.strerror or error}: {error.filename}" if error.filename
+                       else str(error)) from None  # fmt: skip
     except Cancelled as error:  # only a job on several nodes stops without being asked here
         raise CliError(f"training stopped: {error}; run the same commands again to resume "
                        "from the last finished epoch") from None  # fmt: skip

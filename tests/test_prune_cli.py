@@ -138,6 +138,26 @@ def test_valid_layer_names_and_li_ids_are_accepted():
                                                         "kind_strength": {"filter": 0.1}}))
 
 
+def test_an_out_path_that_cannot_be_a_folder_is_one_line(capsys, tmp_path):
+    """It was a traceback (FileExistsError, NotADirectoryError, PermissionError)."""
+    existing = tmp_path / "file"
+    existing.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    outs = [existing, existing / "sub"]
+    import os
+
+    if os.geteuid() != 0:  # root writes anywhere
+        outs.append(locked / "job")
+    for out in outs:
+        code, _, err = run(capsys, "prune", *TINY, "--out", str(out))
+        assert code == 1, (out, err)
+        assert err.startswith(f"sweetspot: cannot create --out {out}: ") and \
+            len(err.strip().splitlines()) == 1, err  # fmt: skip
+    assert existing.read_text() == "x"
+
+
 def test_bad_dataset_folder(capsys, tmp_path):
     code, _, err = run(capsys, "prune", *TINY[:2], "--dataset", str(tmp_path), "--out",
                        str(tmp_path / "j"), "--quiet")  # fmt: skip
