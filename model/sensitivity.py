@@ -175,6 +175,29 @@ def _argument_error(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _no_prunable_conv(model: str) -> str | None:
+    """Why ``model`` cannot be analysed, if it has no prunable conv layer (LeNet-300-100 made
+    ``mean_drop`` divide by zero after the training); built on the meta device, so before the
+    output folder is made. Unknown names are left to :func:`model.pipeline.build_network`."""
+    from model.networks import UnknownNetworkError, create_model, network_info
+
+    try:
+        info = network_info(model)
+    except UnknownNetworkError:
+        return None
+    with torch.device("meta"):
+        net = create_model(model)
+    try:
+        if prunable_layers(net, info.input_shape):
+            return None
+    except ValueError as error:  # SurgeryError: no channel groups to rank filters in
+        return f"{model}: {error}"
+    has = [f"{name} ({type(m).__name__})" for name, m in net.named_modules()
+           if isinstance(m, nn.Conv2d | nn.Linear)]  # fmt: skip
+    return (f"{model} has no prunable conv layers (it has {', '.join(has) or 'none'}); "
+            "filter-pruning sensitivity needs a network with convolutions")
+
+
 def run(args: argparse.Namespace) -> int:
     """``sweetspot sensitivity``: train (or load) a network, analyse it, write the outputs.
     Exit 2 for bad arguments or names, 1 for a data set or checkpoint that does not load;
@@ -189,6 +212,10 @@ def run(args: argparse.Namespace) -> int:
         ratios = _ratios(args.ratios)
     except ValueError as error:
         problem = problem or str(error)
+    if problem:
+        print(f"sweetspot: {problem}", file=sys.stderr)
+        return 2
+    problem = _no_prunable_conv(args.model)
     if problem:
         print(f"sweetspot: {problem}", file=sys.stderr)
         return 2

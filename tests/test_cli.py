@@ -257,6 +257,16 @@ def test_sensitivity_refuses_bad_arguments_before_training(capsys, tmp_path, mon
     assert message in err and "Traceback" not in err
 
 
+def test_sensitivity_of_a_network_without_conv_layers_is_refused(capsys, tmp_path):
+    """LeNet-300-100 divided by zero in mean_drop after the training."""
+    out = tmp_path / "s"
+    code, stdout, err = run(capsys, "sensitivity", "--model", "lenet300", "--dense-epochs", "0",
+                            "--ratios", "0.5", "--out", str(out))  # fmt: skip
+    assert code == 2 and stdout == ""
+    assert "lenet300 has no prunable conv layers (it has fc1 (Linear)" in err, err
+    assert not out.exists()
+
+
 def test_sensitivity_out_must_not_be_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("")
     code, _, err = run(capsys, "sensitivity", "--model", "lenet5", "--out", str(tmp_path / "file"))
