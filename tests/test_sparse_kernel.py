@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
@@ -206,6 +207,28 @@ def test_images_per_unit_thresholds():
 # Two layers (geometry, a middle row, sparsity): 96→32 5×5 on 27×27 in 2 groups (3 channel
 # blocks, strips of 12–13 vectors: one tile each) and 4→8 3×3 on 40×40 (strips of 48 vectors
 # as tiles of 12, 12 and 24: the tiles after a strip's first one stop where the first did).
+@contextlib.contextmanager
+def _num_threads(threads: int):
+    """torch's intra-op thread count set to ``threads`` inside, restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _refuses_each(call, target: torch.Tensor, j: int, values) -> torch.Tensor:
+    """``call(spoilt)`` raises the op's range error for ``target`` with entry ``j`` set to
+    each of ``values``; returns the last spoilt copy."""
+    for value in values:
+        bad = target.clone()
+        bad[j] = value
+        with pytest.raises(RuntimeError, match=r"column index out of range \[0, "):
+            call(bad)
+    return bad
+
+
 OFFSET_CHECK_LAYERS = {
     "blocks": ((96, 27, 27, 32, (5, 5), (1, 1), (2, 2), (1, 1), 2), 17, 0.9),
     "tiles": ((4, 40, 40, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1), 5, 0.5),
@@ -236,17 +259,12 @@ def test_native_conv_rejects_any_out_of_range_offset(batch, threads, mode, where
         out_channels=K, kernel=list(kernel), stride=list(stride), padding=list(padding),
         dilation=list(dilation), groups=groups, relu=False, mode=mode,
     )  # fmt: skip
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for value in (layout.channels * layout.plane, 2**31 - 1, -1, -(2**31)):
-            bad = offsets.clone()
-            bad[j] = value
-            with pytest.raises(RuntimeError, match=r"column index out of range \[0, "):
-                op(x, csr.values, bad, csr.row_ptr, bias, **args)
+    with _num_threads(threads):
+        bad = _refuses_each(
+            lambda spoilt: op(x, csr.values, spoilt, csr.row_ptr, bias, **args), offsets, j,
+            (layout.channels * layout.plane, 2**31 - 1, -1, -(2**31)),
+        )  # fmt: skip
         good = op(x, csr.values, offsets, csr.row_ptr, bias, **args)
-    finally:
-        torch.set_num_threads(previous)
     expected = F.conv2d(x, weight, bias, groups=groups, **conv_args)
     torch.testing.assert_close(good, expected, rtol=RTOL, atol=ATOL)
     with pytest.raises(RuntimeError, match="column index out of range"):  # an empty batch too
@@ -289,17 +307,12 @@ def test_native_row_pairs_reject_any_out_of_range_offset(batch, threads, mode, w
             pair_row_ptr=pairs.pair_row_ptr,
         )  # fmt: skip
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for value in (layout.channels * layout.plane, 2**31 - 1, -1):
-            bad = target.clone()
-            bad[j] = value
-            with pytest.raises(RuntimeError, match=r"column index out of range \[0, "):
-                call(*((own, bad) if array == "shared" else (bad, shared)))
+    with _num_threads(threads):
+        bad = _refuses_each(
+            lambda spoilt: call(*((own, spoilt) if array == "shared" else (spoilt, shared))),
+            target, j, (layout.channels * layout.plane, 2**31 - 1, -1),
+        )  # fmt: skip
         good = call(own, shared)
-    finally:
-        torch.set_num_threads(previous)
     expected = F.conv2d(x, weight, bias, groups=groups, **conv_args)
     torch.testing.assert_close(good, expected, rtol=RTOL, atol=ATOL)
     with pytest.raises(RuntimeError, match="column index out of range"):  # an empty batch too
@@ -361,17 +374,9 @@ def test_native_segment_major_rejects_any_out_of_range_offset(batch, threads, wh
     scheduling path, and valid ones give F.conv2d's result."""
     call, target, x, expected, layout = _segment_major_call(native_kernel, layer, batch, pairs, 5)
     j = {"first": 0, "middle": target.numel() // 2, "last": target.numel() - 1}[where]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for value in (layout.channels * layout.plane, 2**31 - 1, -1):
-            bad = target.clone()
-            bad[j] = value
-            with pytest.raises(RuntimeError, match=r"column index out of range \[0, "):
-                call(bad)
+    with _num_threads(threads):
+        bad = _refuses_each(call, target, j, (layout.channels * layout.plane, 2**31 - 1, -1))
         good = call(target)
-    finally:
-        torch.set_num_threads(previous)
     torch.testing.assert_close(good, expected, rtol=RTOL, atol=ATOL)
     with pytest.raises(RuntimeError, match="column index out of range"):  # an empty batch too
         call(bad, images=x[:0])
@@ -392,16 +397,12 @@ def test_sparse_conv2d_passes_large_weights_in_segment_major_order(batch, thread
     x, weight, bias, conv_args = _problem(case, sparsity, seed=8, bias=True)
     csr = conv_weight_to_csr(weight)
     assert csr.nnz * 8 >= SEGMENT_MAJOR_MIN_BYTES and csr.pairs_pay() == pairs
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         out = sparse_conv2d(x, csr, bias, fuse_relu=True, **conv_args)
         (_, _, tail), = csr._plans.values()
         small = conv_weight_to_csr(weight[:4])
         sparse_conv2d(x, small, **conv_args)
         (_, _, small_tail), = small._plans.values()
-    finally:
-        torch.set_num_threads(previous)
     assert tail[-2] is not None and (tail[-1] is not None) == pairs  # segments, pair segments
     assert small_tail[-2:] == (None, None)
     expected = F.relu(F.conv2d(x, weight, bias, **conv_args))
