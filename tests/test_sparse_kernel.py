@@ -399,10 +399,10 @@ def test_sparse_conv2d_passes_large_weights_in_segment_major_order(batch, thread
     assert csr.nnz * 8 >= SEGMENT_MAJOR_MIN_BYTES and csr.pairs_pay() == pairs
     with _num_threads(threads):
         out = sparse_conv2d(x, csr, bias, fuse_relu=True, **conv_args)
-        (_, _, tail), = csr._plans.values()
+        (_, _, tail, _), = csr._plans.values()
         small = conv_weight_to_csr(weight[:4])
         sparse_conv2d(x, small, **conv_args)
-        (_, _, small_tail), = small._plans.values()
+        (_, _, small_tail, _), = small._plans.values()
     assert tail[-2] is not None and (tail[-1] is not None) == pairs  # segments, pair segments
     assert small_tail[-2:] == (None, None)
     expected = F.relu(F.conv2d(x, weight, bias, **conv_args))
@@ -758,6 +758,56 @@ def test_call_plans_are_cached_per_shape_and_bounded():
             sparse_conv2d(y, csr), F.conv2d(y, csr.to_dense()), rtol=RTOL, atol=ATOL
         )
     assert 1 <= len(csr._plans) <= 64
+
+
+def test_fast_path_follows_the_shape_threads_and_options(native_kernel):
+    """The last native plan is reused only for the same input shape, thread count and option
+    objects: other shapes, a thread count with its own plan (stacking and blocking depend on
+    it) and equal-but-other options (1.0, True) take the slow path and its checks."""
+    _, csr = _small()
+    dense = csr.to_dense()
+    x, y = torch.randn(2, 3, 8, 8), torch.randn(3, 3, 11, 7)
+    for _ in range(3):  # alternating shapes: each call leaves the other's plan in the fast slot
+        for inp in (x, y):
+            torch.testing.assert_close(
+                sparse_conv2d(inp, csr, padding=1), F.conv2d(inp, dense, padding=1),
+                rtol=RTOL, atol=ATOL,
+            )  # fmt: skip
+    assert len(csr._plans) == 2
+    default = torch.get_num_threads()
+    for threads in (1, 2, 3):
+        with _num_threads(threads):
+            sparse_conv2d(x, csr, padding=1)
+    # a plan per thread count (the key's last item): the fast slot did not stand in
+    assert {key[-1] for key in csr._plans if key[0] == x.shape} == {1, 2, 3, default}
+    with pytest.raises(TypeError, match="padding"):  # 1.0 == 1, but is no padding
+        sparse_conv2d(x, csr, padding=1.0)
+    with pytest.raises(ValueError, match="bias"):  # the op refuses, the slow path names it
+        sparse_conv2d(x, csr, torch.zeros(3), padding=1)
+    torch.testing.assert_close(
+        sparse_conv2d(x, csr, padding=1, fuse_relu=True),
+        F.conv2d(x, dense, padding=1).relu(), rtol=RTOL, atol=ATOL,
+    )  # fmt: skip
+
+
+def test_fast_path_sees_in_place_writes(native_kernel):
+    """The plan checks the CSR's version counters in C++: a write through torch after a call
+    (values scaled, indices moved) is computed, for convolutions and linear layers."""
+    _, csr = _small()
+    x = torch.randn(2, 3, 8, 8)
+    sparse_conv2d(x, csr)
+    csr.values.mul_(2)
+    torch.testing.assert_close(sparse_conv2d(x, csr), F.conv2d(x, csr.to_dense()),
+                               rtol=RTOL, atol=ATOL)  # fmt: skip
+    weight = torch.zeros(4, 6)
+    weight[:, 0] = 1.0
+    linear = linear_weight_to_csr(weight)
+    v = torch.randn(2, 6)
+    sparse_linear(v, linear)
+    linear.cols.fill_(5)  # every non-zero moved to column 5
+    torch.testing.assert_close(sparse_linear(v, linear), v[:, 5:6].expand(2, 4))
+    with pytest.raises(ValueError, match="in_features"):
+        sparse_linear(torch.randn(2, 7), linear)
 
 
 def test_weights_with_cached_plans_copy_and_pickle():

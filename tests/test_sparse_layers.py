@@ -310,6 +310,10 @@ def test_tracing_is_refused_not_silently_wrong():
         with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be traced"):
             torch.jit.trace(layer, x)
         with torch.no_grad():
+            layer(x)  # now with a fast-path plan for this shape, which checks tracing in C++
+        with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be traced"):
+            torch.jit.trace(layer, x)
+        with torch.no_grad():
             torch.jit.trace(layer.to_dense(), x)  # the way out the message names
 
 

@@ -48,6 +48,7 @@ def _without_plans(weight: object) -> dict:
     module, which does not pickle, and are rebuilt on the first call."""
     state = dict(weight.__dict__)
     state["_plans"] = {}
+    state["_fast"] = []
     # A copy's tensors start their version counters afresh, so the stamp would no longer
     # describe them: without it the copy's first call rebuilds what is derived.
     state.pop("_stamp", None)
@@ -68,7 +69,7 @@ def _forget_if_changed(weight: object, a: torch.Tensor, b: torch.Tensor, c: torc
         return
     caches = weight.__dict__
     if caches.get("_stamp") != stamp:
-        for name in ("_offsets", "_cache", "_plans"):
+        for name in ("_offsets", "_cache", "_plans", "_fast"):
             if name in caches:
                 caches[name].clear()
         caches["_stamp"] = stamp
@@ -254,6 +255,8 @@ class ConvCSR:
     _cache: dict[object, object] = field(default_factory=dict, init=False, repr=False)  # pairs…
     # functional.sparse_conv2d's call plans, per input shape and options
     _plans: dict[tuple, tuple] = field(default_factory=dict, init=False, repr=False)
+    # the last native plan used, for sparse_conv2d's fast path: [(options..., call)] or []
+    _fast: list[tuple] = field(default_factory=list, init=False, repr=False)
 
     def __getstate__(self) -> dict:
         return _without_plans(self)
@@ -409,6 +412,8 @@ class LinearCSR:
     in_features: int
     # functional.sparse_linear's native arguments (one plan, under "native")
     _plans: dict[str, tuple] = field(default_factory=dict, init=False, repr=False)
+    # sparse_linear's fast path: [(implementation, call)] or []
+    _fast: list[tuple] = field(default_factory=list, init=False, repr=False)
 
     def __getstate__(self) -> dict:
         return _without_plans(self)

@@ -136,12 +136,35 @@ def sparse_conv2d(
         TypeError: wrong dtype or argument types. ValueError: wrong shapes or layout.
         RuntimeError: ``implementation="native"`` but the kernel is unavailable.
     """
+    # Fast path: the last native plan, when this call passes the very same option objects
+    # (identity, so that True or 1.0 never take the plan of 1). The plan checks in C++ the
+    # input shape, thread count, tracing and the CSR's version counters, and returns None
+    # where it does not apply; on any error the slow path below runs and raises the typed one.
+    # Right after another layer has run, each Python step costs microseconds: the slow path's
+    # key, checks and lookup cost 25–40 µs a call (docs/sparse-kernel.md, "The Python call").
+    try:
+        fast = weight._fast[0]
+    except (AttributeError, IndexError):
+        fast = None
+    if (
+        fast is not None
+        and fast[0] is stride
+        and fast[1] is padding
+        and fast[2] is dilation
+        and fast[3] is implementation
+        and fast[4] is batch_layout
+        and fast[5] is row_pairs
+    ):
+        try:
+            out = fast[6](input, bias, fuse_relu)
+        except (RuntimeError, TypeError):
+            out = None
+        if out is not None:
+            return out
     # The plan (layout, offsets, the op's arguments) depends on the call's shapes and options
-    # only, so it is cached per weight: a repeated native call is one dict lookup and the op,
-    # whose own checks stand in for the Python ones (on a failure those run, to raise the
-    # typed error below). Right after another layer has run, Python's objects are out of
-    # cache and each check costs microseconds (the input's device alone ≈17 µs): building
-    # the plan and checking the input cost ≈40 µs a call (AlexNet conv3 at batch 1, ≈10%).
+    # only, so it is cached per weight; the op's own checks stand in for the Python ones (on
+    # a failure those run, to raise the typed error below). Building the plan and checking
+    # the input cost ≈40 µs a call cold (AlexNet conv3 at batch 1, ≈10%).
     key = _plan_key(input, weight, stride, padding, dilation, implementation, batch_layout,
                     row_pairs)  # fmt: skip
     _refuse_tracing("sparse_conv2d")
@@ -161,10 +184,14 @@ def sparse_conv2d(
                 if len(weight._plans) >= _MAX_PLANS:
                     weight._plans.clear()
                 weight._plans[key] = plan
-    module, head, tail = plan
+    module, head, tail, call = plan
     if module is None:
         with torch.no_grad():
             return reference.sparse_conv2d(input, weight, head, bias, fuse_relu)
+    if key is not None:
+        weight.__dict__.setdefault("_fast", [])[:] = [
+            (stride, padding, dilation, implementation, batch_layout, row_pairs, call)
+        ]
     try:
         # The extension op records no autograd history, so no no_grad() context (≈3 µs a call).
         return module.sparse_conv2d_forward(input, *head, bias, *tail[:6], fuse_relu, *tail[6:])
@@ -224,9 +251,10 @@ _MAX_PLANS = 64
 
 def _conv_plan(shape, weight, stride_, padding_, dilation_, implementation, batch_layout,
                row_pairs):  # fmt: skip
-    """(module, head, tail) for :func:`sparse_conv2d`: the native module (None for the
-    reference) and the op's arguments before and after the bias (relu goes after the first six
-    of ``tail``); for the reference, ``head`` is the layout. Raises as the op documents."""
+    """(module, head, tail, call) for :func:`sparse_conv2d`: the native module (None for the
+    reference), the op's arguments before and after the bias (relu goes after the first six
+    of ``tail``; for the reference, ``head`` is the layout) and the extension's ``ConvCall``
+    holding them for this input shape (None for the reference). Raises as the op documents."""
     if min(stride_) < 1 or min(dilation_) < 1 or min(padding_) < 0:
         raise ValueError(
             f"stride and dilation must be >= 1 and padding >= 0, got stride={stride_}, "
@@ -256,7 +284,7 @@ def _conv_plan(shape, weight, stride_, padding_, dilation_, implementation, batc
         )
     module = _module(implementation)
     if module is None:
-        return None, layout, ()
+        return None, layout, (), None
     kernel, groups = list(weight.kernel), weight.groups
     geometry = (kernel, list(stride_), list(padding_), list(dilation_))
     use_pairs = row_pairs or (row_pairs is None and weight.pairs_pay())
@@ -294,7 +322,9 @@ def _conv_plan(shape, weight, stride_, padding_, dilation_, implementation, batc
         pair_args = (None, None, None)
     tail = (weight.out_channels, *geometry, groups, _BATCH_LAYOUTS[batch_layout], *pair_args,
             layout.stack, *segments)  # fmt: skip
-    return module, head, tail
+    call = module.ConvCall(list(shape), torch.get_num_threads(),
+                           [weight.values, weight.kernel_index, weight.row_ptr], *head, *tail)
+    return module, head, tail, call
 
 
 def _native_cols(weight: LinearCSR) -> torch.Tensor:
@@ -319,28 +349,25 @@ def sparse_linear(
     Raises:
         TypeError: wrong dtype or argument types. ValueError: wrong shapes or layout.
     """
-    # A 2-D input with a native plan cached for this weight goes straight to the op, whose own
-    # checks stand in for the Python ones (as in sparse_conv2d; cold, they cost ≈100 µs of
-    # AlexNet fc6's 1.5 ms at batch 1). On a failure the Python checks run for the typed error.
-    native_call = type(weight) is LinearCSR and implementation in ("auto", "native")
+    # Fast path, as in sparse_conv2d: a 2-D input with a native plan for this weight goes to
+    # the extension's LinearCall, which checks in C++ what the Python checks below would and
+    # returns None where it does not apply (cold, those checks cost ≈100 µs of AlexNet fc6's
+    # 1.5 ms at batch 1). On any error the slow path runs and raises the typed one.
+    try:
+        fast = weight._fast[0]
+    except (AttributeError, IndexError):
+        fast = None
+    if fast is not None and fast[0] is implementation:
+        try:
+            out = fast[1](input, bias, fuse_relu)
+        except (RuntimeError, TypeError):
+            out = None
+        if out is not None:
+            return out
     _refuse_tracing("sparse_linear")
-    if isinstance(weight, LinearCSR):
-        weight.forget_if_changed()  # the plan's 16-bit columns copy the old indices
-    plan = weight._plans.get("native") if native_call else None
-    if plan is not None and isinstance(input, torch.Tensor):
-        shape = input.shape
-        if len(shape) == 2 and shape[1] == weight.in_features:
-            module, values, cols, row_ptr = plan
-            try:
-                return module.sparse_linear_forward(
-                    input, values, cols, row_ptr, bias, weight.out_features, fuse_relu
-                )
-            except (RuntimeError, TypeError):
-                _check_tensor(input, "input")
-                _check_bias(bias, "out_features", weight.out_features)
-                raise
     if not isinstance(weight, LinearCSR):
         raise TypeError(f"weight must be a LinearCSR, got {type(weight).__name__}")
+    weight.forget_if_changed()  # the plan's 16-bit columns copy the old indices
     _check_tensor(input, "input")
     if input.dim() < 1 or input.shape[-1] != weight.in_features:
         raise ValueError(
@@ -357,11 +384,15 @@ def sparse_linear(
     else:  # the extension op records no autograd history
         plan = weight._plans.get("native")
         if plan is None:  # one plan serves auto and native: both run this module
-            plan = weight._plans["native"] = (
-                module,
-                weight.values,
-                _native_cols(weight),
-                weight.row_ptr,
+            arrays = (weight.values, _native_cols(weight), weight.row_ptr)
+            call = module.LinearCall(
+                weight.in_features,
+                [weight.values, weight.cols, weight.row_ptr],
+                *arrays,
+                weight.out_features,
             )
-        out = module.sparse_linear_forward(x, *plan[1:], bias, weight.out_features, fuse_relu)
+            plan = weight._plans["native"] = (module, *arrays, call)
+        out = module.sparse_linear_forward(x, *plan[1:4], bias, weight.out_features, fuse_relu)
+        if type(weight) is LinearCSR:
+            weight.__dict__.setdefault("_fast", [])[:] = [(implementation, plan[4])]
     return out.reshape(*lead, weight.out_features)

@@ -28,6 +28,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 
 #include <algorithm>
 #include <climits>
@@ -1220,6 +1221,103 @@ at::Tensor sparse_linear_forward(const at::Tensor& input, const at::Tensor& valu
   return output;
 }
 
+// ---------------------------------------------------------------------------------------
+// Call plans: the op's arguments for one input shape and thread count, held in C++. Right
+// after another layer has run, every Python step of a call costs microseconds (its code and
+// objects are out of cache): the plan key, the version check, the tracing check and the
+// lookup cost 25–40 µs a call, and converting the op's 19 arguments more; that was 15–20% of
+// an AlexNet layer at 95% sparsity and batch 1. A plan object takes three arguments and
+// checks in C++ what the Python caller would (docs/sparse-kernel.md, "The Python call").
+// `run` returns nothing when the plan does not apply (another input shape or thread count,
+// the CSR arrays written in place, tracing): the caller then takes its slow path, which
+// rebuilds the plan or raises the typed error. Errors the op raises (dtype, bias, offsets)
+// propagate the same way.
+
+// The CSR's own arrays and their version counters when the plan was made: a write through
+// torch (copy_, mul_, ...) bumps a counter, and what was derived from the arrays is stale.
+// Tensors made under inference mode have no counter and are not watched (as in Python).
+class Watched {
+ public:
+  explicit Watched(std::vector<at::Tensor> tensors) : tensors_(std::move(tensors)) {
+    for (const auto& t : tensors_) versions_.push_back(t.is_inference() ? -1 : t._version());
+  }
+  bool unchanged() const {
+    for (size_t i = 0; i < tensors_.size(); ++i)
+      if (versions_[i] >= 0 && tensors_[i]._version() != versions_[i]) return false;
+    return true;
+  }
+
+ private:
+  std::vector<at::Tensor> tensors_;
+  std::vector<int64_t> versions_;
+};
+
+class ConvCall {
+ public:
+  ConvCall(std::vector<int64_t> shape, int64_t threads, std::vector<at::Tensor> watched,
+           at::Tensor values, at::Tensor offsets, at::Tensor row_ptr, int64_t out_channels,
+           std::vector<int64_t> kernel, std::vector<int64_t> stride,
+           std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+           int64_t mode, c10::optional<at::Tensor> pair_values,
+           c10::optional<at::Tensor> pair_offsets, c10::optional<at::Tensor> pair_row_ptr,
+           int64_t stack, c10::optional<at::Tensor> segments,
+           c10::optional<at::Tensor> pair_segments)
+      : shape_(std::move(shape)), threads_(threads), watched_(std::move(watched)),
+        values_(std::move(values)), offsets_(std::move(offsets)), row_ptr_(std::move(row_ptr)),
+        out_channels_(out_channels), kernel_(std::move(kernel)), stride_(std::move(stride)),
+        padding_(std::move(padding)), dilation_(std::move(dilation)), groups_(groups),
+        mode_(mode), pair_values_(std::move(pair_values)),
+        pair_offsets_(std::move(pair_offsets)), pair_row_ptr_(std::move(pair_row_ptr)),
+        stack_(stack), segments_(std::move(segments)), pair_segments_(std::move(pair_segments)) {}
+
+  c10::optional<at::Tensor> run(const at::Tensor& input, const c10::optional<at::Tensor>& bias,
+                                bool relu) const {
+    if (!input.defined() || input.sizes() != c10::IntArrayRef(shape_) ||
+        at::get_num_threads() != threads_ || torch::jit::tracer::isTracing() ||
+        !watched_.unchanged())
+      return c10::nullopt;
+    return sparse_conv2d_forward(input, values_, offsets_, row_ptr_, bias, out_channels_,
+                                 kernel_, stride_, padding_, dilation_, groups_, relu, mode_,
+                                 pair_values_, pair_offsets_, pair_row_ptr_, stack_, segments_,
+                                 pair_segments_);
+  }
+
+ private:
+  std::vector<int64_t> shape_;
+  int64_t threads_;
+  Watched watched_;
+  at::Tensor values_, offsets_, row_ptr_;
+  int64_t out_channels_;
+  std::vector<int64_t> kernel_, stride_, padding_, dilation_;
+  int64_t groups_, mode_;
+  c10::optional<at::Tensor> pair_values_, pair_offsets_, pair_row_ptr_;
+  int64_t stack_;
+  c10::optional<at::Tensor> segments_, pair_segments_;
+};
+
+// The sparse linear op's plan: a 2-D input of in_features columns (any batch).
+class LinearCall {
+ public:
+  LinearCall(int64_t in_features, std::vector<at::Tensor> watched, at::Tensor values,
+             at::Tensor cols, at::Tensor row_ptr, int64_t out_features)
+      : in_features_(in_features), watched_(std::move(watched)), values_(std::move(values)),
+        cols_(std::move(cols)), row_ptr_(std::move(row_ptr)), out_features_(out_features) {}
+
+  c10::optional<at::Tensor> run(const at::Tensor& input, const c10::optional<at::Tensor>& bias,
+                                bool relu) const {
+    if (!input.defined() || input.dim() != 2 || input.size(1) != in_features_ ||
+        torch::jit::tracer::isTracing() || !watched_.unchanged())
+      return c10::nullopt;
+    return sparse_linear_forward(input, values_, cols_, row_ptr_, bias, out_features_, relu);
+  }
+
+ private:
+  int64_t in_features_;
+  Watched watched_;
+  at::Tensor values_, cols_, row_ptr_;
+  int64_t out_features_;
+};
+
 std::string isa() { return kIsa; }
 int64_t vector_width() { return VW; }
 int64_t pair_tile() { return kPairTile; }
@@ -1248,6 +1346,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Cache blocking (channel blocks, channels per block, vectors of every register tile)",
         py::arg("C"), py::arg("H"), py::arg("W"), py::arg("kernel"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("out_channels"), py::arg("stack") = 1);
+  py::class_<ConvCall>(m, "ConvCall", "sparse_conv2d_forward's arguments for one input shape")
+      .def(py::init<std::vector<int64_t>, int64_t, std::vector<at::Tensor>, at::Tensor,
+                    at::Tensor, at::Tensor, int64_t, std::vector<int64_t>,
+                    std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, int64_t,
+                    int64_t, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+                    c10::optional<at::Tensor>, int64_t, c10::optional<at::Tensor>,
+                    c10::optional<at::Tensor>>(),
+           py::arg("shape"), py::arg("threads"), py::arg("watched"), py::arg("values"),
+           py::arg("offsets"), py::arg("row_ptr"), py::arg("out_channels"), py::arg("kernel"),
+           py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
+           py::arg("mode"), py::arg("pair_values"), py::arg("pair_offsets"),
+           py::arg("pair_row_ptr"), py::arg("stack"), py::arg("segments"),
+           py::arg("pair_segments"))
+      .def("__call__", &ConvCall::run, "The op's output, or None where the plan does not apply",
+           py::arg("input"), py::arg("bias"), py::arg("relu"));
+  py::class_<LinearCall>(m, "LinearCall", "sparse_linear_forward's arguments")
+      .def(py::init<int64_t, std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor,
+                    int64_t>(),
+           py::arg("in_features"), py::arg("watched"), py::arg("values"), py::arg("cols"),
+           py::arg("row_ptr"), py::arg("out_features"))
+      .def("__call__", &LinearCall::run, "The op's output, or None where the plan does not apply",
+           py::arg("input"), py::arg("bias"), py::arg("relu"));
   m.def("isa", &isa, "Instruction set the kernel was compiled for");
   m.def("vector_width", &vector_width, "Floats per vector register");
   m.def("pair_tile", &pair_tile, "Most output vectors of a row pair's register tile");
