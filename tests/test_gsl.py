@@ -169,3 +169,52 @@ def test_restore_puts_back_the_dense_weights_and_stop_freezes_zeros():
     gsl.after_step(model, {})
     assert (model.good.weight[:, :7] == 0).all()  # …but the frozen pattern holds
     assert set(gsl.masks(model)) == {"good.weight"}
+
+
+def test_budget_end_settles_layers_still_being_pruned():
+    """A layer still being pruned when the prune phase's epochs ran out used to stay
+    "pruning": below its sweet spot it kept the zeros (accuracy lost, no speed) and the report
+    showed it as still pruning. Now it stops inside its sweet spot, or gets its dense weights
+    back below it."""
+    controller = GuidedController(_predictions("good", "low", "hopeless"), GSLConfig())
+    controller.start()
+    decisions = {d.layer: d for d in controller.finish({"good": 0.6, "low": 0.3})}
+    assert decisions["good"].action == "stop"
+    assert "budget ended at 60.0%" in decisions["good"].reason
+    assert "inside its sweet spot (50.0–80.0%)" in decisions["good"].reason
+    assert decisions["low"].action == "restore"
+    assert "below the lower bound" in decisions["low"].reason
+    assert "hopeless" not in decisions  # excluded from the start
+    assert controller.state == {"good": "stopped", "low": "restored", "hopeless": "excluded"}
+    assert controller.finish({}) == []  # settled once
+    unguided = GuidedController(_predictions("good"), GSLConfig(guided=False))
+    unguided.start()
+    assert unguided.finish({"good": 0.1}) == [] and unguided.state["good"] == "pruning"
+
+    gsl, model, _ = _gsl()
+    dense = model.good.weight.detach().clone()
+    with torch.no_grad():
+        model.good.weight[:, :2] = 0  # 25%: below the 50% lower bound
+    events: list = []
+    gsl.end_prune(model, 4, events.append)
+    assert [(e["action"], e["epoch"]) for e in events] == [("restore", 4)]
+    torch.testing.assert_close(model.good.weight, dense)
+    assert gsl.masks(model) == {} and gsl.layer_states()["good"] == "restored"
+
+
+def test_trainer_settles_gsl_layers_when_the_prune_budget_ends():
+    """Through the training loop: one prune epoch is too short for the lasso to reach the
+    sweet spot, so the layer ends restored (dense) with a decision event, not "pruning"."""
+    from model.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(64, 1, 4, 4)
+    data = torch.utils.data.TensorDataset(x, (x.sum((1, 2, 3)) > 0).long())
+    predictions = _predictions("1")
+    gsl = GSL(predictions, GSLConfig(lasso=0.0))  # no lasso: sparsity stays 0
+    config = TrainConfig(dense_epochs=0, prune_epochs=1, finetune_epochs=1, batch_size=32)
+    events = Trainer(model, data, data, config, hooks=gsl).fit().events
+    assert gsl.layer_states() == {"1": "restored"}
+    [decision] = [e for e in events if e["type"] == "decision" and e["action"] == "restore"]
+    assert "budget ended at 0.0%" in decision["reason"]

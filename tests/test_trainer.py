@@ -134,8 +134,10 @@ def test_resume_after_cancel_equals_an_uninterrupted_run(tmp_path):
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
     assert resumed.hooks.layer_states() == straight.hooks.layer_states()
-    assert straight.hooks.layer_states()["conv"] in ("pruning", "stopped")
-    assert layer_sparsity(straight.model)["conv"] > 0.01  # pruning did happen
+    # the prune budget's end settles the layer (stopped, or restored below its sweet spot)
+    assert straight.hooks.layer_states()["conv"] in ("stopped", "restored")
+    last_prune = [e for e in straight.events if e["type"] == "epoch" and e["phase"] == "prune"][-1]
+    assert last_prune["sparsity"]["conv"] > 0.01  # pruning did happen
     kinds = [(e["type"], e.get("phase"), e.get("epoch")) for e in resumed.events
              if e["type"] in ("epoch", "decision")]  # fmt: skip
     expected = [(e["type"], e.get("phase"), e.get("epoch")) for e in straight.events

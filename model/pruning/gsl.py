@@ -14,6 +14,8 @@ controller watches each layer's sparsity against its sweet spot:
    sweet spot stops being pruned (its zero pattern is frozen: more sparsity buys no speed); a
    layer whose sparsity has stabilised below the lower bound stops and gets its dense weights
    back (it would only cost accuracy). Pruning converges when no layer is left to prune.
+   When the prune phase's epochs run out first, every layer still being pruned is settled the
+   same way: inside its sweet spot it stops, below it its dense weights come back.
 4. The trainer then fine-tunes with the zero pattern frozen.
 
 With ``guided=False`` the same mechanics run on every layer without the controller: the
@@ -138,6 +140,35 @@ class GuidedController:
                 )))  # fmt: skip
         return decisions
 
+    def finish(self, sparsity: dict[str, float]) -> list[Decision]:
+        """The prune phase's budget ran out: settle every layer still being pruned. At or past
+        the lower bound of its sweet spot it stops (pruned as far as it got); below it, sparse
+        would be slower than dense, so its dense weights come back (the pruning would only
+        cost accuracy). The unguided baseline keeps every layer pruned."""
+        if not self.config.guided:
+            return []
+        decisions = []
+        for name, state in self.state.items():
+            spot = self.predictions[name].sweet_spot
+            if state != PRUNING or spot is None:
+                continue
+            current = sparsity[name]
+            budget = f"the pruning budget ended at {100 * current:.1f}% sparsity"
+            if current >= spot.min_sparsity:
+                self.state[name] = STOPPED
+                decisions.append(Decision(name, "stop", (
+                    f"{budget}, inside its sweet spot ({100 * spot.min_sparsity:.1f}–"
+                    f"{100 * spot.max_sparsity:.1f}%)"
+                )))  # fmt: skip
+            else:
+                self.state[name] = RESTORED
+                decisions.append(Decision(name, "restore", (
+                    f"{budget}, below the lower bound of its sweet spot "
+                    f"({100 * spot.min_sparsity:.1f}%): sparse would be slower, dense weights "
+                    "restored"
+                )))  # fmt: skip
+        return decisions
+
     @property
     def converged(self) -> bool:
         return self.config.guided and PRUNING not in self.state.values()
@@ -218,11 +249,23 @@ class GSL:
     def end_epoch(self, model: nn.Module, epoch: int, emit: Callback) -> bool:
         if epoch % self.config.check_every:
             return False
-        sparsity = {
+        self._apply(model, self.controller.check(self._sparsity(model)), epoch, emit)
+        return self.controller.converged
+
+    def end_prune(self, model: nn.Module, epoch: int, emit: Callback) -> None:
+        """The prune phase ended (its epochs ran out or it converged): settle the layers still
+        being pruned (:meth:`GuidedController.finish`)."""
+        self._apply(model, self.controller.finish(self._sparsity(model)), epoch, emit)
+
+    def _sparsity(self, model: nn.Module) -> dict[str, float]:
+        return {
             name: (self._module(model, name).weight == 0).float().mean().item()
             for name in self._pruning()
         }
-        for decision in self.controller.check(sparsity):
+
+    def _apply(self, model: nn.Module, decisions: list[Decision], epoch: int,
+               emit: Callback) -> None:  # fmt: skip
+        for decision in decisions:
             weight = self._module(model, decision.layer).weight
             with torch.no_grad():
                 if decision.action == "stop":
@@ -230,7 +273,6 @@ class GSL:
                 elif decision.action == "restore":
                     weight.copy_(self.dense_weights[decision.layer])
             emit(decision.event(epoch))
-        return self.controller.converged
 
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Zero patterns to freeze for fine-tuning: every layer pruned or stopped."""

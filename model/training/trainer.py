@@ -128,6 +128,10 @@ class PruningHooks(Protocol):
     # sparsity(model) -> dict[str, float]
     #     per-layer sparsity reported in prune-phase epoch events, for methods whose zeros are
     #     not (yet) in the weights (AutoPrune's masks multiply them in the forward pass).
+    # end_prune(model, epoch, emit) -> None
+    #     the prune phase is over (epochs ran out or it converged), before the fine-tuning
+    #     masks are taken: settle what is still being pruned (GSL's layers short of their
+    #     budget). Called again on a resume at fine-tuning epoch 0, so it must be idempotent.
 
 
 def epochs_done(event: Event, phase_epochs: dict[str, int]) -> int:
@@ -451,6 +455,10 @@ class Trainer:
             self._share_decisions(False)
             self.optimizer = self._optimizer(self.config.lr)
         elif phase == "finetune" and self.hooks is not None:
+            end_prune = getattr(self.hooks, "end_prune", None)
+            if end_prune is not None:
+                end_prune(self.model, self.config.prune_epochs, self.emit)
+                self._share_decisions(False)
             self.masks = {k: v.detach().clone() for k, v in self.hooks.masks(self.model).items()}
             self._apply_masks()
             self.optimizer = self._optimizer(self.config.finetune_lr)
