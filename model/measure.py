@@ -6,6 +6,11 @@ same process, interleaved, after a warm-up, taking medians (RESEARCH.md §7: sha
 noisy; only ratios measured together mean anything), with freed memory kept as calibration
 measures (:mod:`model.allocator`). Whole model: the pruned network with
 dense kernels against the same network converted by the plan.
+
+Every speedup comes with the spread of its rounds: each round times both contenders back to
+back, so ``speedup_iqr`` is the interquartile range of the per-round ratios. Where it is wider
+than :data:`NOISY_SPREAD` of the speedup the host was too busy to trust the figure, and the
+measurement names it under ``noisy``.
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ from torch import nn
 from model.allocator import freed_memory_kept
 from model.surgery import capture_activations
 
+# A speedup whose per-round ratios have an interquartile range wider than this fraction of it
+# is reported as noisy (docs/gsl.md, "Measured speedups and their noise").
+NOISY_SPREAD = 0.25
 
-def median_times(
+
+def timed_rounds(
     functions: Sequence[Callable[[], object]], repeats: int, warmup: int = 1
-) -> list[float]:
-    """Median seconds per call of each function, timed round-robin after ``warmup`` rounds,
-    with freed memory kept (:mod:`model.allocator`)."""
+) -> list[list[float]]:
+    """Seconds of each call of each function, timed round-robin after ``warmup`` rounds,
+    with freed memory kept (:mod:`model.allocator`): ``repeats`` samples per function."""
     samples: list[list[float]] = [[] for _ in functions]
     with freed_memory_kept():
         for _ in range(warmup):
@@ -36,7 +45,36 @@ def median_times(
                 start = time.perf_counter()
                 function()
                 samples[index].append(time.perf_counter() - start)
-    return [statistics.median(s) for s in samples]
+    return samples
+
+
+def median_times(
+    functions: Sequence[Callable[[], object]], repeats: int, warmup: int = 1
+) -> list[float]:
+    """Median seconds per call of each function (see :func:`timed_rounds`)."""
+    return [statistics.median(s) for s in timed_rounds(functions, repeats, warmup)]
+
+
+def compare(before: Callable[[], object], after: Callable[[], object], repeats: int,
+            names: tuple[str, str]) -> dict:  # fmt: skip
+    """``{names[0]: s, names[1]: s, "speedup", "speedup_iqr": [q1, q3]}``: median times of the
+    two, their ratio, and the interquartile range of the per-round ratios."""
+    slow, fast = timed_rounds([before, after], repeats)
+    ratios = [a / b for a, b in zip(slow, fast, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    median_slow, median_fast = statistics.median(slow), statistics.median(fast)
+    return {names[0]: median_slow, names[1]: median_fast, "speedup": median_slow / median_fast,
+            "speedup_iqr": [q1, q3]}  # fmt: skip
+
+
+def noisy(measured: dict) -> list[str]:
+    """Names of the timings in a measurement (its layers, then ``model``) whose per-round
+    speedups spread wider than :data:`NOISY_SPREAD` of the speedup."""
+    timings = {**measured["layers"], "model": measured["model"]}
+    return [
+        name for name, t in timings.items()
+        if (t["speedup_iqr"][1] - t["speedup_iqr"][0]) > NOISY_SPREAD * t["speedup"]
+    ]  # fmt: skip
 
 
 def measure_speedups(
@@ -56,8 +94,9 @@ def measure_speedups(
         repeats: timed rounds (medians are reported).
 
     Returns:
-        ``{"layers": {name: {"dense_s", "sparse_s", "speedup"}}, "model": {"dense_s",
-        "converted_s", "speedup"}, "kernel": str, "threads": int, "batch": int}``.
+        ``{"layers": {name: {"dense_s", "sparse_s", "speedup", "speedup_iqr"}}, "model":
+        {"dense_s", "converted_s", "speedup", "speedup_iqr"}, "kernel": str, "threads": int,
+        "batch": int, "noisy": [names]}`` (see :func:`compare`, :func:`noisy`).
     """
     from model.sparse import SparseConv2d, SparseLinear, convert_model, kernel_info
 
@@ -74,22 +113,21 @@ def measure_speedups(
             else:
                 sparse = SparseLinear.from_dense(dense)
             x = inputs[name]
-            dense_s, sparse_s = median_times(
-                [lambda d=dense, x=x: d(x), lambda s=sparse, x=x: s(x)], repeats
-            )
-            layers[name] = {"dense_s": dense_s, "sparse_s": sparse_s, "speedup": dense_s / sparse_s}
+            layers[name] = compare(lambda d=dense, x=x: d(x), lambda s=sparse, x=x: s(x),
+                                   repeats, ("dense_s", "sparse_s"))  # fmt: skip
         converted = convert_model(model, plan)
-        dense_s, converted_s = median_times(
-            [lambda: model(example), lambda: converted(example)], repeats
-        )
+        whole = compare(lambda: model(example), lambda: converted(example), repeats,
+                        ("dense_s", "converted_s"))  # fmt: skip
     info = kernel_info()
-    return {
+    measured = {
         "layers": layers,
-        "model": {"dense_s": dense_s, "converted_s": converted_s, "speedup": dense_s / converted_s},
+        "model": whole,
         "kernel": getattr(info, "implementation", str(info)),
         "threads": torch.get_num_threads(),
         "batch": batch,
     }
+    measured["noisy"] = noisy(measured)
+    return measured
 
 
 def measure_cut(
@@ -107,8 +145,9 @@ def measure_cut(
     process, interleaved, medians (see :func:`median_times`).
 
     Returns:
-        ``{"layers": {name: {"dense_s", "cut_s", "speedup"}}, "model": {"dense_s",
-        "converted_s", "speedup"}, "kernel": "dense (torch)", "threads": int, "batch": int}``.
+        ``{"layers": {name: {"dense_s", "cut_s", "speedup", "speedup_iqr"}}, "model":
+        {"dense_s", "converted_s", "speedup", "speedup_iqr"}, "kernel": "dense (torch)",
+        "threads": int, "batch": int, "noisy": [names]}``.
     """
     original, cut = original.eval(), cut.eval()
     example = torch.randn(batch, *input_shape)
@@ -124,15 +163,17 @@ def measure_cut(
     with torch.no_grad():
         for name in (n for n in before if n in changed):
             x, y = original_inputs[name], cut_inputs[name]
-            dense_s, cut_s = median_times(
-                [lambda m=before[name], x=x: m(x), lambda m=after[name], y=y: m(y)], repeats
-            )
-            layers[name] = {"dense_s": dense_s, "cut_s": cut_s, "speedup": dense_s / cut_s}
-        dense_s, cut_s = median_times([lambda: original(example), lambda: cut(example)], repeats)
-    return {
+            layers[name] = compare(lambda m=before[name], x=x: m(x),
+                                   lambda m=after[name], y=y: m(y), repeats,
+                                   ("dense_s", "cut_s"))  # fmt: skip
+        whole = compare(lambda: original(example), lambda: cut(example), repeats,
+                        ("dense_s", "converted_s"))  # fmt: skip
+    measured = {
         "layers": layers,
-        "model": {"dense_s": dense_s, "converted_s": cut_s, "speedup": dense_s / cut_s},
+        "model": whole,
         "kernel": "dense (torch)",
         "threads": torch.get_num_threads(),
         "batch": batch,
     }
+    measured["noisy"] = noisy(measured)
+    return measured
