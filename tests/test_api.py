@@ -342,6 +342,54 @@ def test_openapi_has_stable_operation_ids(client):
     assert {"jobs-create_job", "jobs-cancel_job", "sweet-spots-get_sweet_spots"} <= operations
 
 
+def _documented_body(schema: dict, path: str, method: str, status: int):
+    """A validator of the body the schema documents for ``status`` of one operation."""
+    import jsonschema_rs
+
+    response = schema["paths"][path][method]["responses"][str(status)]
+    body = response["content"]["application/json"]["schema"]
+    return body, jsonschema_rs.validator_for({**body, "components": schema["components"]})
+
+
+def test_openapi_documents_the_real_error_bodies(client):
+    schema = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # never sent
+    body, validator = _documented_body(schema, "/v1/jobs", "get", 422)
+    assert body == {"$ref": "#/components/schemas/ErrorPublic"}
+    real = client.get("/v1/jobs", params={"limit": 0})
+    assert real.status_code == 422 and real.json()["errors"][0]["loc"] == ["query", "limit"]
+    validator.validate(real.json())
+    for path, method, status, call in [
+        ("/v1/jobs", "post", 422, lambda: client.post("/v1/jobs", json={"model": 5})),
+        ("/v1/jobs/{job_id}", "get", 404, lambda: client.get("/v1/jobs/nope")),
+        ("/v1/hardware", "post", 413, lambda: client.post(
+            "/v1/hardware", content=b"x" * (9 * 2**20), headers={"content-type": "text/json"})),
+        ("/v1/uploads", "post", 400, lambda: client.post(
+            "/v1/uploads", content=b"x", headers={"content-type": "multipart/form-data"})),
+        ("/v1/jobs", "post", 400, lambda: client.post(
+            "/v1/jobs", content="[" * 5000 + "]" * 5000,
+            headers={"content-type": "application/json"})),
+    ]:  # fmt: skip
+        real = call()
+        assert real.status_code == status, (path, real.text)
+        _documented_body(schema, path, method, status)[1].validate(real.json())
+    assert all("401" not in op["responses"] for ops in schema["paths"].values()
+               for op in ops.values()), "no tokens configured: no 401"  # fmt: skip
+
+
+def test_openapi_documents_401_when_tokens_are_configured(tmp_path):
+    with TestClient(create_app(_settings(tmp_path, api_tokens="t"))) as client:
+        schema = client.get("/openapi.json").json()
+        real = client.get("/v1/jobs")
+    assert real.status_code == 401 and real.headers["www-authenticate"] == "Bearer"
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            assert ("401" in operation["responses"]) == path.startswith("/v1/"), path
+    _, validator = _documented_body(schema, "/v1/jobs", "get", 401)
+    validator.validate(real.json())
+    assert "WWW-Authenticate" in schema["paths"]["/v1/jobs"]["get"]["responses"]["401"]["headers"]
+
+
 # -------------------------------------------------------------------------------- jobs
 
 

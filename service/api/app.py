@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Per-layer sparse-vs-dense sweet spots and pruning jobs.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        responses=errors.documented(500),
     )
     engine = make_engine(settings.url)
     migrate(engine)
@@ -95,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["*"], allow_headers=["*"],
         )  # fmt: skip
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)],
+                   responses=errors.documented(401) if settings.tokens else None)  # fmt: skip
     for module in (sweet_spots, hardware, catalogue, jobs, uploads):
         v1.include_router(module.router)
     app.include_router(v1)

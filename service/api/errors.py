@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,7 @@ from model.networks import UnknownNetworkError
 from model.pruning import UnknownMethodError
 from perfmodel import ProfileError, UnknownProfileError
 from perfmodel.onnx_import import OnnxImportError
+from service.api.schemas import ErrorPublic
 from service.jobs import IdempotencyConflictError, InvalidTransition, JobNotFound
 
 log = logging.getLogger("sweetspot.api")
@@ -47,6 +49,33 @@ STATUS: dict[type[Exception], int] = {
     IdempotencyConflictError: 409,
 }
 """Domain errors and their HTTP status; anything with a ``valid`` list gets it in the body."""
+
+
+WHEN: dict[int, str] = {
+    400: "the body could not be parsed (a malformed multipart form, JSON nested too deeply)",
+    401: "no valid API token (only when the service has tokens configured)",
+    404: "no such resource of yours; `valid` lists the names that exist, where useful",
+    409: "the request conflicts with the resource's current state",
+    413: "the request body (or the uploaded file) is over this service's limit",
+    422: "invalid request: `errors` locates each problem of a body or query that failed "
+         "validation; an unknown name lists the `valid` ones",
+    429: "too many of your jobs are queued or running",
+    500: "an unexpected error (the server log has the details)",
+}
+"""What each error status means; every one of them has an ``ErrorPublic`` body."""
+
+
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, with the body they really have
+    (``ErrorPublic``, not FastAPI's default ``HTTPValidationError`` for 422)."""
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorPublic, "description": WHEN[code]} for code in codes
+    }
+    if 401 in responses:
+        responses[401]["headers"] = {"WWW-Authenticate": {
+            "description": "`Bearer`: the scheme to authenticate with",
+            "schema": {"type": "string"}}}  # fmt: skip
+    return responses
 
 
 def install(app: FastAPI) -> None:

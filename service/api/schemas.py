@@ -21,12 +21,22 @@ MAX_DIM = 1_000_000  # channels, features or pixels along one side
 MAX_FLOPS = 10**18  # one layer: beyond any real network
 
 
+class FieldErrorPublic(BaseModel):
+    """One problem of an invalid request: where (``loc``, e.g. ``["body", "config"]``), what."""
+
+    loc: list[str]
+    msg: str
+    type: str
+
+
 class ErrorPublic(BaseModel):
     """Every 4xx/5xx body: what was wrong, and (where useful) what is allowed."""
 
-    detail: str
-    valid: list[str] | None = None
-    errors: list[dict[str, Any]] | None = None
+    detail: str = Field(description="what was wrong, in one line")
+    valid: list[str] | None = Field(None, description="the names that exist, for an unknown one")
+    errors: list[FieldErrorPublic] | None = Field(
+        None, description="each problem of a request that failed validation (422)"
+    )
 
 
 class Link(BaseModel):

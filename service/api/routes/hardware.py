@@ -10,10 +10,10 @@ from perfmodel import HardwareProfile, get_profile, profile_names, save_profile
 from perfmodel.hardware import is_builtin_profile, load_profiles
 from service import jobs as store
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
-from service.api.errors import UnknownName
+from service.api.errors import UnknownName, documented
 from service.api.routes import sweet_spots
 from service.api.routes.jobs import check_queue_limit, to_public
-from service.api.schemas import CalibrationCreate, ErrorPublic, JobPublic, ProfilesPublic
+from service.api.schemas import CalibrationCreate, JobPublic, ProfilesPublic
 
 router = APIRouter(prefix="/hardware", tags=["hardware"])
 log = logging.getLogger("sweetspot.api")
@@ -30,7 +30,7 @@ def list_profiles() -> ProfilesPublic:
     return ProfilesPublic(data=profiles, count=len(profiles))
 
 
-@router.get("/{name}", responses={404: {"model": ErrorPublic}})
+@router.get("/{name}", responses=documented(404, 422))
 def get_hardware(name: str) -> HardwareProfile:
     """One profile with its provenance."""
     if name not in profile_names():
@@ -38,10 +38,8 @@ def get_hardware(name: str) -> HardwareProfile:
     return get_profile(name)
 
 
-@router.post(
-    "", status_code=status.HTTP_201_CREATED,
-    responses={409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
-)  # fmt: skip
+@router.post("", status_code=status.HTTP_201_CREATED,
+             responses=documented(400, 409, 413, 422))  # fmt: skip
 def create_profile(
     profile: HardwareProfile, settings: SettingsDep, _owner: OwnerDep, response: Response
 ) -> HardwareProfile:
@@ -58,11 +56,8 @@ def create_profile(
     return profile
 
 
-@router.post(
-    "/calibrate", status_code=status.HTTP_202_ACCEPTED,
-    responses={409: {"model": ErrorPublic}, 422: {"model": ErrorPublic},
-               429: {"model": ErrorPublic}},
-)  # fmt: skip
+@router.post("/calibrate", status_code=status.HTTP_202_ACCEPTED,
+             responses=documented(400, 409, 413, 422, 429))  # fmt: skip
 def calibrate_host(
     body: CalibrationCreate, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
     response: Response,

@@ -17,11 +17,10 @@ from model.pruning import method_info
 from perfmodel import get_named_profile
 from service import jobs as store
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
-from service.api.errors import UnknownName
+from service.api.errors import UnknownName, documented
 from service.api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
-    ErrorPublic,
     EventPublic,
     EventsPublic,
     JobCreate,
@@ -34,8 +33,8 @@ from service.api.schemas import (
 )
 from service.db import Job, Upload
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
-NOT_FOUND = {404: {"model": ErrorPublic}}
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(422))  # all take parameters
+NOT_FOUND = documented(404)
 
 
 def to_public(session, job: Job) -> JobPublic:
@@ -100,11 +99,8 @@ def check_queue_limit(session, settings, owner: str, idempotency_key: str | None
                                  "the limit; wait for some to finish")  # fmt: skip
 
 
-@router.post(
-    "", status_code=status.HTTP_202_ACCEPTED,
-    responses={409: {"model": ErrorPublic}, 422: {"model": ErrorPublic},
-               429: {"model": ErrorPublic}},
-)  # fmt: skip
+@router.post("", status_code=status.HTTP_202_ACCEPTED,
+             responses=documented(400, 409, 413, 422, 429))  # fmt: skip
 def create_job(
     body: JobCreate, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
     response: Response,
@@ -137,7 +133,7 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
-             responses={**NOT_FOUND, 409: {"model": ErrorPublic}})  # fmt: skip
+             responses=documented(404, 409))  # fmt: skip
 def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
     """Cancel: a queued job at once, a running one within seconds (via ``cancelling``)."""
     job = store.cancel_job(session, owner, job_id, "cancel requested through the API")
@@ -145,7 +141,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={**NOT_FOUND, 409: {"model": ErrorPublic}})  # fmt: skip
+               responses=documented(404, 409))  # fmt: skip
 def delete_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> None:
     """Delete a finished job with its events, metrics and artifacts (409 if not finished)."""
     store.delete_job(session, owner, job_id, settings.artifacts)

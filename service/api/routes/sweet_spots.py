@@ -15,10 +15,9 @@ from perfmodel import HardwareProfile, get_named_profile, predict_network
 from perfmodel.hardware import NAME_PATTERN
 from perfmodel.onnx_import import layers_from_onnx, load_onnx
 from service.api.deps import SettingsDep
-from service.api.errors import UnknownName
+from service.api.errors import UnknownName, documented
 from service.api.schemas import (
     MAX_BATCH,
-    ErrorPublic,
     PredictionPublic,
     SweetSpotRequest,
     _bounded,
@@ -26,7 +25,7 @@ from service.api.schemas import (
 from service.uploads import read_limited
 
 router = APIRouter(prefix="/sweet-spots", tags=["sweet-spots"])
-ERRORS = {422: {"model": ErrorPublic}, 413: {"model": ErrorPublic}}
+ERRORS = documented(413, 422)
 PREDICTION = {200: {"model": PredictionPublic, "description": "per-layer predictions"}}
 
 
@@ -141,7 +140,8 @@ async def get_sweet_spots(
     return Response(body, media_type="application/json")
 
 
-@router.post("", responses={**PREDICTION, **ERRORS}, response_class=Response)
+@router.post("", responses={**PREDICTION, **documented(400, 413, 422)},
+             response_class=Response)  # fmt: skip
 def post_sweet_spots(body: SweetSpotRequest) -> Response:
     """Per-layer sweet spots of a built-in network or of given layer specs, on a named or an
     inline hardware profile."""
@@ -158,7 +158,8 @@ def post_sweet_spots(body: SweetSpotRequest) -> Response:
     return _json(prediction.to_dict())
 
 
-@router.post("/onnx", responses={**PREDICTION, **ERRORS}, response_class=Response)
+@router.post("/onnx", responses={**PREDICTION, **documented(400, 413, 422)},
+             response_class=Response)  # fmt: skip
 async def post_sweet_spots_onnx(
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="an ONNX model")],

@@ -10,15 +10,15 @@ from fastapi.concurrency import run_in_threadpool
 from model.networks import network_info
 from service import jobs as store
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
-from service.api.schemas import ErrorPublic, UploadPublic
+from service.api.errors import documented
+from service.api.schemas import UploadPublic
 from service.db import Upload
 from service.uploads import read_limited, validate_checkpoint
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED,
-             responses={413: {"model": ErrorPublic}, 422: {"model": ErrorPublic}})  # fmt: skip
+@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 413, 422))
 async def upload_checkpoint(
     settings: SettingsDep, session: SessionDep, owner: OwnerDep,
     file: Annotated[UploadFile, File(description=".safetensors or weights-only .pt")],
