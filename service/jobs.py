@@ -19,6 +19,7 @@ rendezvous closes whenever the job leaves ``running``.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -375,7 +376,7 @@ def finish(
     _transition(session, job, status, reason)
     if status == SUCCEEDED:
         job.progress = 1.0
-    job.result = result
+    job.result = finite(result)
     session.commit()
     return job
 
@@ -419,17 +420,35 @@ def recover_lost(session: Session, stale_after_s: float, policy: str) -> list[tu
 METRIC_FIELDS = ("loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every number that is not finite (NaN, ±infinity) replaced by None.
+
+    Events and results are stored and served as strict JSON (``NaN`` is not JSON, and
+    PostgreSQL refuses it): a null there means the number was not finite, e.g. a diverged
+    loss or a speedup that could not be measured.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
 def add_event(session: Session, job_id: str, event: dict[str, Any]) -> None:
-    """Store one training event; epoch events also become metric time series."""
-    session.add(JobEvent(job_id=job_id, type=str(event.get("type", "log")), data=event))
+    """Store one training event (not-finite numbers as null); epoch events also become metric
+    time series, without the points whose value is not finite."""
+    session.add(JobEvent(job_id=job_id, type=str(event.get("type", "log")), data=finite(event)))
     if event.get("type") == "epoch":
         common = {"job_id": job_id, "step": int(event.get("step", 0)),
                   "epoch": int(event.get("epoch", 0)), "phase": str(event.get("phase", ""))}
-        for name in METRIC_FIELDS:
-            if isinstance(event.get(name), int | float):
-                session.add(Metric(name=name, value=float(event[name]), **common))
-        for layer, value in (event.get("sparsity") or {}).items():
-            session.add(Metric(name=f"sparsity/{layer}", value=float(value), **common))
+        values = [(name, event.get(name)) for name in METRIC_FIELDS]
+        values += [(f"sparsity/{layer}", value)
+                   for layer, value in (event.get("sparsity") or {}).items()]  # fmt: skip
+        for name, value in values:
+            if isinstance(value, int | float) and math.isfinite(value):
+                session.add(Metric(name=name, value=float(value), **common))
     session.commit()
 
 
@@ -445,6 +464,8 @@ def metrics(session: Session, job_id: str) -> dict[str, list[dict[str, Any]]]:
     series: dict[str, list[dict[str, Any]]] = {}
     query = select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)
     for row in session.scalars(query):
+        if not math.isfinite(row.value):  # stored before add_event left such points out
+            continue
         series.setdefault(row.name, []).append(
             {"step": row.step, "epoch": row.epoch, "phase": row.phase, "value": row.value,
              "time": row.at.isoformat()}

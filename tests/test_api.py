@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from model.networks import create_model
 from service import jobs as store
 from service.api.app import create_app
-from service.db import Job, utcnow
+from service.db import Job, JobEvent, utcnow
 from service.settings import Settings
 from service.worker import Worker, _phase_epochs, epoch_progress
 
@@ -542,6 +542,56 @@ def test_bad_job_requests(client, changes, status, message):
     assert response.status_code == status
     assert message in response.json()["detail"]
     assert client.get("/v1/jobs").json()["count"] == 0  # nothing was queued
+
+
+def _strict_json(text: str):
+    """``text`` parsed as JSON proper: ``NaN`` and ``Infinity`` are not JSON."""
+
+    def refuse(token: str):
+        raise AssertionError(f"{token} in a response: not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_not_finite_numbers_in_results_and_events_are_null(client):
+    """A diverged loss or a speedup that came out NaN: storing the epoch event failed (NOT
+    NULL on the metric, so the job failed), and the event stream sent ``NaN``, not JSON."""
+    nan, inf = float("nan"), float("inf")
+    job_id = _submit(client).json()["id"]
+    with client.app.state.sessions() as session:
+        store.claim_next(session, "w")
+        store.add_event(session, job_id, {"type": "epoch", "phase": "prune", "epoch": 1,
+                                          "step": 9, "loss": nan, "train_accuracy": 0.5,
+                                          "test_accuracy": inf, "sparsity": {"conv1": nan}})
+        session.add(JobEvent(job_id=job_id, type="log", data={"loss": nan, "at": [-inf]}))
+        session.commit()  # as stored before: NaN in the JSON column
+        store.finish(session, job_id, "succeeded", "finished", {
+            "accuracy": {"pruned": nan}, "model_speedup": inf,
+            "layers": [{"name": "conv1", "measured_speedup": nan}]})  # fmt: skip
+        assert session.get(Job, job_id).result["model_speedup"] is None  # stored as null
+    job = _strict_json(client.get(f"/v1/jobs/{job_id}").text)
+    assert job["result"] == {"accuracy": {"pruned": None}, "model_speedup": None,
+                             "layers": [{"name": "conv1", "measured_speedup": None}]}
+    assert _strict_json(client.get("/v1/jobs").text)["data"][0]["result"] == job["result"]
+    events = _strict_json(client.get(f"/v1/jobs/{job_id}/events").text)["data"]
+    assert events[0]["data"]["loss"] is None and events[0]["data"]["sparsity"] == {"conv1": None}
+    assert events[1]["data"] == {"loss": None, "at": [None]}
+    stream = client.get(f"/v1/jobs/{job_id}/events", params={"follow": "true"}).text
+    streamed = [_strict_json(line.removeprefix("data: "))
+                for line in stream.splitlines() if line.startswith("data: ")]  # fmt: skip
+    assert [e.get("data") for e in streamed[:2]] == [e["data"] for e in events]
+    series = _strict_json(client.get(f"/v1/jobs/{job_id}/metrics").text)["series"]
+    assert list(series) == ["train_accuracy"]  # the points that were not finite are left out
+
+
+@pytest.mark.parametrize("config", ['{"lr": NaN}', '{"lr": Infinity}', '{"lr": 1e999}',
+                                    '{"multipliers": {"conv1": -Infinity}}'])
+def test_job_config_numbers_must_be_finite(client, config):
+    body = f'{{"model": "lenet5", "dataset": "synthetic", "config": {config}}}'
+    response = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "is not a finite number" in response.json()["detail"]
+    assert client.get("/v1/jobs").json()["count"] == 0
 
 
 def test_idempotency_key(client):

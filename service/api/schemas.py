@@ -7,6 +7,7 @@ starts live here: the API never lets a request trigger unbounded work.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -183,6 +184,8 @@ class CataloguePublic(BaseModel):
 # -------------------------------------------------------------------------------- jobs
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+NOT_FINITE = "a number that was not finite (NaN or infinity: a diverged loss, a speedup that " \
+             "could not be measured) is null"
 
 
 class JobCreate(BaseModel):
@@ -195,13 +198,39 @@ class JobCreate(BaseModel):
     dataset: str = Field("digits", max_length=64, description="built-in data set name")
     hardware: str = Field("xeon-e5-2697v4", max_length=64, pattern=NAME_PATTERN)
     config: dict[str, Any] = Field(
-        default_factory=dict, description="trainer and method hyperparameters, e.g. epochs"
+        default_factory=dict, description="trainer and method hyperparameters, e.g. epochs "
+        "(numbers must be finite)"
     )
     checkpoint: str | None = Field(
         None, max_length=64, description="id of a checkpoint uploaded with POST /v1/uploads"
     )
     measure: bool = Field(True, description="time the pruned model against dense")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("config")
+    @classmethod
+    def _finite_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Python's JSON parser takes ``NaN``, ``Infinity`` and ``1e999``; a job is refused
+        them, rather than stored and trained with them."""
+        if (where := _not_finite(config)) is not None:
+            raise ValueError(f"config{where} is not a finite number")
+        return config
+
+
+def _not_finite(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` (``.lr``, ``.layers[2]``) a float is NaN or infinite, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        items = [(f"{where}.{key}", item) for key, item in value.items()]
+    elif isinstance(value, list):
+        items = [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        return None
+    for path, item in items:
+        if (found := _not_finite(item, path)) is not None:
+            return found
+    return None
 
 
 class CalibrationCreate(BaseModel):
@@ -238,7 +267,9 @@ class JobPublic(BaseModel):
     progress: float
     attempts: int
     worker_id: str | None
-    result: dict[str, Any] | None
+    result: dict[str, Any] | None = Field(
+        description=f"summary of a finished job (accuracy, speedups per layer); {NOT_FINITE}"
+    )
     transitions: list[TransitionPublic]
     links: dict[str, Link]
 
@@ -253,7 +284,7 @@ class JobsPublic(BaseModel):
 class EventPublic(BaseModel):
     id: int
     type: str
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(description=f"the event as the trainer reported it; {NOT_FINITE}")
     at: datetime
 
 
@@ -263,6 +294,8 @@ class EventsPublic(BaseModel):
 
 
 class MetricPoint(BaseModel):
+    """One point of a series; points whose value was not finite (a diverged loss) are left out."""
+
     step: int
     epoch: int
     phase: str

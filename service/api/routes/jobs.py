@@ -148,8 +148,9 @@ def delete_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: Sett
 
 
 def _sse(event) -> str:
-    payload = json.dumps({"id": event.id, "type": event.type, "data": event.data,
-                          "at": event.at.isoformat()})  # fmt: skip
+    """One server-sent event; its data strict JSON, also for an event stored with NaN."""
+    payload = json.dumps({"id": event.id, "type": event.type, "data": store.finite(event.data),
+                          "at": event.at.isoformat()}, allow_nan=False)  # fmt: skip
     return f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
 
 
