@@ -2,7 +2,8 @@
 
 Workers are separate processes (CPU-heavy training never runs in the web process). A
 supervisor thread restarts a worker that died; its job is resolved by the lost-job monitor
-(requeued once from its checkpoint, by default) and picked up again.
+(requeued once from its checkpoint, by default) and picked up again. Workers stop when this
+process is gone, also when it was SIGKILLed (:func:`service.worker.stop_with_parent`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -44,11 +45,10 @@ class Worker:
 
     def run_forever(self) -> None:
         log.info("worker %s polling %s", self.worker_id, self.settings.url)
-        parent = os.environ.get("SWEETSPOT_PARENT_PID")
+        parent = os.environ.get("SWEETSPOT_PARENT_PID", "")
+        if parent.isdigit():  # started by serve: stop when it is gone, also if SIGKILLed
+            stop_with_parent(int(parent), self.stop, self.poll_s)
         while not self.stop.is_set():
-            if parent and str(os.getppid()) != parent:  # started by serve, which is gone
-                log.warning("parent process %s is gone; worker %s exits", parent, self.worker_id)
-                return
             if not self.run_once():
                 self.stop.wait(self.poll_s)
 
@@ -209,6 +209,41 @@ class Worker:
         return Cluster(nodes=train_config.nodes, node_rank=0, procs=train_config.procs,
                        master_addr=address, master_port=port,
                        timeout_s=self.settings.rendezvous_timeout_s)  # fmt: skip
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def stop_with_parent(parent_pid: int, stop: threading.Event, every_s: float = 0.5) -> None:
+    """Set ``stop`` once the process ``parent_pid`` that started this one has died, even if it
+    was SIGKILLed and could not stop its workers (an orphan would run its job to the end and
+    hold the job's data directory). Stopping is what SIGTERM does: a running job stops at its
+    next heartbeat and is requeued to resume from its checkpoint, then the worker exits.
+
+    On Linux the kernel sends this process SIGTERM when the parent dies (``PR_SET_PDEATHSIG``;
+    strictly, when the parent's thread that started it ends: ``WorkerPool`` starts workers from
+    threads that live as long as the pool). Everywhere a thread also checks every ``every_s``
+    that the parent is unchanged: the fallback on other systems, and for a parent that died
+    before this process asked for the signal.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as error:  # no usable libc: the thread still watches
+            log.warning("prctl(PR_SET_PDEATHSIG) unavailable: %s", error)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            if stop.wait(every_s):
+                return
+        log.warning("parent process %d is gone; this worker stops", parent_pid)
+        stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _calibration(worker: Worker, job_id: str, request: dict) -> None:

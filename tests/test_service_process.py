@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -11,6 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 from tests_process import Server, wait
+
+from service import jobs as store
+from service.db import Job, make_engine, make_sessionmaker, migrate
+from service.settings import Settings
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -97,3 +102,64 @@ def test_worker_killed_mid_job_is_requeued_and_resumed(tmp_path):
             worker.terminate()
             worker.wait(timeout=30)
         server.stop()
+
+
+POOL = """
+import time
+from service.serve import WorkerPool
+from service.settings import Settings
+
+pool = WorkerPool(Settings(), 1).start()
+print(pool.processes[0].pid, flush=True)
+time.sleep(300)
+"""
+"""What ``sweetspot serve`` does about workers (without the API, which is not the point)."""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie nobody reaped (PID 1 in a container may not) has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_busy_worker_stops_when_serve_is_killed(tmp_path):
+    """SIGKILLed, serve cannot stop its workers: an idle one noticed between polls, but a busy
+    one trained on as an orphan to the end of its job. It now stops within seconds, as on
+    SIGTERM (its parent's death signal, or its check of the parent pid): the job is requeued
+    to resume from its checkpoint."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**_env(tmp_path), "PYTHONPATH": str(root)}
+    settings = Settings(data_dir=tmp_path).prepare()
+    engine = make_engine(settings.url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    request = {"method": "gsl", "model": "lenet5", "dataset": "synthetic",
+               "hardware": "xeon-e5-2697v4", "measure": False,
+               "config": {**TINY, "dense_epochs": 1000}}  # minutes of training: busy
+    with sessions() as session:
+        job_id = store.create_job(session, "", request, None)[0].id
+
+    def job() -> Job:
+        with sessions() as session:
+            return session.get(Job, job_id)
+
+    pool = subprocess.Popen([sys.executable, "-c", POOL], cwd=root, env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    worker = int(pool.stdout.readline())
+    try:
+        wait(lambda: job().status == "running", timeout_s=60)
+        pool.kill()
+        pool.wait()
+        wait(lambda: not _running(worker), timeout_s=10)
+        requeued = job()
+        assert requeued.status == "queued", requeued.status_reason
+        assert "worker shut down" in requeued.status_reason
+    finally:
+        pool.kill()
+        if _running(worker):
+            os.kill(worker, signal.SIGKILL)
+        engine.dispose()
