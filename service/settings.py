@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(200 * 2**20, ge=1024, description="uploads above get 413")
     max_body_bytes: int = Field(
         8 * 2**20, ge=1024, description="other request bodies (JSON) above get 413; 8 MiB "
-        "holds the largest sweet-spot request (10,000 layer specs)"
+        "holds the largest sweet-spot request (1,000 layer specs) many times over"
     )
     heartbeat_s: float = Field(2.0, gt=0, description="worker heartbeat period")
     stale_after_s: float = Field(30.0, gt=0, description="a running job without heartbeat is lost")

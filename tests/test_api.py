@@ -157,6 +157,45 @@ def test_onnx_upload(client):
     assert bad.status_code == 422 and "ONNX" in bad.json()["detail"]
 
 
+def _onnx_chain(layers: int) -> bytes:
+    """x(1,2) → ``layers`` MatMul layers 2×2 in a row."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("MatMul", [f"y{i}", "w"], [f"y{i + 1}"], name=f"fc{i}")
+             for i in range(layers)]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info(f"y{layers}", TensorProto.FLOAT, [1, 2])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [0.0] * 4)],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_sweet_spot_requests_have_at_most_max_layers(client):
+    """10,000 layer specs on a calibrated profile took 24 s (its refined model costs ~2.5 ms
+    a layer); an ONNX upload had no limit at all. Both are refused past MAX_LAYERS, with a
+    422 that says the maximum; the schema documents it as ``maxItems``."""
+    from service.api.schemas import MAX_LAYERS
+
+    layer = {"kind": "linear", "in_features": 64, "out_features": 64}
+    layers = [{**layer, "name": f"fc{i}"} for i in range(MAX_LAYERS + 1)]
+    refused = client.post("/v1/sweet-spots", json={"hardware": "atom-c2750", "layers": layers})
+    assert refused.status_code == 422 and f"at most {MAX_LAYERS} items" in refused.json()["detail"]
+    accepted = client.post("/v1/sweet-spots", json={"hardware": "atom-c2750",
+                                                    "layers": layers[:MAX_LAYERS]})  # fmt: skip
+    assert accepted.status_code == 200 and len(accepted.json()["layers"]) == MAX_LAYERS
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["SweetSpotRequest"]
+    assert schema["properties"]["layers"]["anyOf"][0]["maxItems"] == MAX_LAYERS
+
+    def upload(layers: int):
+        return client.post("/v1/sweet-spots/onnx", data={"hardware": "atom-c2750"},
+                           files={"file": ("chain.onnx", _onnx_chain(layers))})  # fmt: skip
+
+    too_many = upload(MAX_LAYERS + 1)
+    assert too_many.status_code == 422 and f"at most {MAX_LAYERS}" in too_many.json()["detail"]
+    assert upload(3).status_code == 200
+
+
 def test_upload_size_limit_is_413(tmp_path):
     settings = _settings(tmp_path, max_upload_bytes=2048)
     with TestClient(create_app(settings)) as client:

@@ -18,6 +18,7 @@ from service.api.deps import SettingsDep
 from service.api.errors import UnknownName, documented
 from service.api.schemas import (
     MAX_BATCH,
+    MAX_LAYERS,
     PredictionPublic,
     SweetSpotRequest,
     _bounded,
@@ -181,6 +182,9 @@ async def post_sweet_spots_onnx(
 
             raise OnnxImportError(f"the ONNX checker rejected the model: {error}") from None
         layers = [_bounded(layer) for layer in layers_from_onnx(data, batch=batch)]
+        if len(layers) > MAX_LAYERS:
+            raise ValueError(f"the model has {len(layers)} Conv, Gemm and MatMul layers; a "
+                             f"request may have at most {MAX_LAYERS}")  # fmt: skip
         return predict_network(layers, profile, name=file.filename or "upload.onnx",
                                batch=batch, model="auto").to_dict()  # fmt: skip
 
