@@ -71,6 +71,7 @@ Parameters are valid for the thread count they were calibrated with (``refined.t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from perfmodel.hardware import (
@@ -351,6 +352,10 @@ def images_per_unit(
     return min(candidates, key=lambda g: (cost(g), _ceil_div(batch, g) * g, -g))
 
 
+# The geometry depends on the layer's shape only, not on the density: cached, since a sweet-spot
+# search evaluates the sparse time some 60–120 times per layer (a calibrated profile's
+# predictions took ≈2 ms a layer, 40% of it here).
+@functools.lru_cache(maxsize=4096)
 def layer_images_per_unit(layer: Conv2dSpec, vector_width: int = 16, threads: int = 1) -> int:
     """:func:`images_per_unit` for ``layer`` at its batch."""
     layout = _layer_layout(layer)
@@ -359,6 +364,7 @@ def layer_images_per_unit(layer: Conv2dSpec, vector_width: int = 16, threads: in
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def sparse_conv_geometry(
     layer: Conv2dSpec, vector_width: int = 16, stack: int = 1
 ) -> SparseConvGeometry:

@@ -19,9 +19,10 @@ from perfmodel.layers import Conv2dSpec, LinearSpec
 MAX_BATCH = 65_536
 MAX_LAYERS = 1_000
 """Layers per sweet-spot request (``layers``, or an ONNX upload's). The refined model of a
-calibrated profile costs about 3 ms a layer on the 2-core development machine (the paper's
-0.1 ms): through ``POST /v1/sweet-spots`` 10,000 layers took 24 s there, 1,000 take 3.5 s.
-Real networks have far fewer (ResNet-152: 155 convolution and linear layers)."""
+calibrated profile costs about 0.8 ms a layer on the 2-core development machine (the paper's
+0.1 ms): through ``POST /v1/sweet-spots`` 1,000 layers take 0.9 s there (3.5 s before its
+geometry was cached). Real networks have far fewer (ResNet-152: 155 convolution and linear
+layers)."""
 MAX_DIM = 1_000_000  # channels, features or pixels along one side
 MAX_FLOPS = 10**18  # one layer: beyond any real network
 
