@@ -7,13 +7,15 @@ Commands:
     bench       benchmarks (``bench kernel``: the direct sparse convolution against dense)
 
 Exit codes: 0 success, 2 bad usage or unknown name (the message lists the valid names),
-1 any other failure (an invalid file, say), always with a one-line message on stderr.
+1 any other failure (an invalid file, say), always with a one-line message on stderr; 141,
+silently, when the reader of stdout left early (``sweetspot models | head -1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -32,6 +34,7 @@ from perfmodel.predict import resolve_model
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`'s yes
 
 
 class CliError(Exception):
@@ -635,16 +638,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sweetspot`` console script."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # the reader left (`sweetspot models | head -1`): stop quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # output that fit in the pipe's buffer meets a closed pipe here
+        return code
     except CliError as error:
         print(f"sweetspot: {error}", file=sys.stderr)
         return error.code
     except KeyboardInterrupt:
         print("sweetspot: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device: Python flushes it at exit, and what is left in its
+    buffer would meet the closed pipe again (an 'Exception ignored' message on stderr)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
+        pass
 
 
 if __name__ == "__main__":

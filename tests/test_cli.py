@@ -171,6 +171,31 @@ def test_console_script_is_installed():
     assert json.loads(result.stdout)["model"] == "resnet20"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["models"], ["hardware", "list"],
+     ["predict", "--model", "alexnet", "--hardware", "atom-c2750"]],
+)  # fmt: skip
+def test_a_reader_that_leaves_early_gets_no_traceback(argv):
+    """`sweetspot models | head -1`: stdout's reader is gone before the output is written
+    (here: before the process starts). A BrokenPipeError traceback came out on stderr; now it
+    exits quietly with 141, as a program killed by SIGPIPE."""
+    import os
+    from pathlib import Path
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *argv], stdout=write, stderr=subprocess.PIPE,
+            text=True, timeout=120, check=False, cwd=Path(__file__).parents[1],
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert result.stderr == ""
+    assert result.returncode == 141
+
+
 def test_bench_predict_prints_json(capsys):
     code, out, _ = run(capsys, "bench", "predict", "--model", "resnet20", "--repeats", "2")
     assert code == 0
