@@ -237,6 +237,25 @@ def test_bench_kernel_prints_its_json_contract(capsys):
     assert set(summary["median_speedup_vs_dense"]) == {"0.5", "0.9"}
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--warmup", "-1", "must be >= 0, got -1"), ("--repeats", "0", "must be >= 1, got 0"),
+     ("--sparsity", "1.5", "must be in [0, 1)"), ("--sparsity", "-0.1", "must be in [0, 1)"),
+     ("--sparsity", "nan", "must be in [0, 1)"), ("--batch", "0", "must be >= 1, got 0"),
+     ("--threads", "0", "must be >= 1, got 0"), ("--seed", "-1", "must be between 0 and"),
+     ("--repeats", "2.5", "expected an integer, got '2.5'")],
+)  # fmt: skip
+def test_bench_kernel_refuses_values_out_of_range_before_timing(capsys, monkeypatch, option,
+                                                                value, message):  # fmt: skip
+    """The range check printed its one message for every option to stdout; --warmup -1 ran."""
+    from model.sparse import bench
+
+    monkeypatch.setattr(bench, "bench_layer", lambda *a, **k: pytest.fail("timed"))
+    code, out, err = run(capsys, "bench", "kernel", "--layers", "cifar", option, value)
+    assert code == 2 and out == ""
+    assert f"argument {option}: {message}" in err and "usage: sweetspot bench kernel" in err
+
+
 def test_bench_summary_marks_a_break_even_below_every_measured_sparsity():
     """A layer already faster than dense at the lowest sparsity measured has its break-even at
     or below it: the summary said `break-even 0.90` for a run of 0.9 alone."""

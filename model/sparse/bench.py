@@ -102,7 +102,8 @@ LAYER_SETS: dict[str, tuple[BenchLayer, ...]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``sweetspot bench kernel``."""
+    """Options of ``sweetspot bench kernel``; argparse refuses a value out of range (usage on
+    stderr, exit 2) before anything is built or timed."""
     parser.add_argument(
         "--layers",
         nargs="+",
@@ -110,24 +111,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=["alexnet"],
         help="layer sets to run (default: alexnet conv2–5)",
     )
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 32], help="batch sizes")
-    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts")
+    parser.add_argument(
+        "--batch", nargs="+", type=_integer(1), default=[1, 32], help="batch sizes (>= 1)"
+    )
+    parser.add_argument(
+        "--threads", nargs="+", type=_integer(1), default=[1, 2], help="thread counts (>= 1)"
+    )
     parser.add_argument(
         "--sparsity",
         nargs="+",
-        type=float,
+        type=_sparsity,
         default=[0.5, 0.7, 0.8, 0.9, 0.95],
-        help="fractions of zero weights",
+        help="fractions of zero weights, in [0, 1)",
     )
-    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (median taken)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument(
+        "--repeats", type=_integer(1), default=9, help="timed rounds (median taken; >= 1)"
+    )
+    parser.add_argument("--warmup", type=_integer(0), default=2, help="untimed rounds first (>= 0)")
     parser.add_argument(
         "--no-torch-sparse",
         action="store_true",
         help="skip the torch.sparse baseline (it needs the large unfolded input)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=_integer(0, 2**64 - 1), default=0, help="of the inputs and the patterns"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _integer(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[least, most]``, else a message with the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least or (most is not None and value > most):
+            allowed = f">= {least}" if most is None else f"between {least} and {most}"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+
+    return parse
+
+
+def _sparsity(text: str) -> float:
+    """An argparse ``type``: a fraction of zero weights in ``[0, 1)``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (a fraction), got {text}")
+    return value
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict:
@@ -357,11 +393,8 @@ def _table(results: list[dict], summary: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark described by ``args`` (see :func:`add_arguments`); exit status."""
-    bad = [s for s in args.sparsity if not 0.0 <= s < 1.0]
-    if bad or min(args.batch) < 1 or min(args.threads) < 1 or args.repeats < 1:
-        print("sparsity must be in [0, 1); batch, threads and repeats must be >= 1")
-        return 2
+    """Run the benchmark described by ``args`` (parsed by :func:`add_arguments`, which
+    checked every value's range); exit status."""
     info = kernel_info()
     sets = {name: [layer.name for layer in LAYER_SETS[name]] for name in args.layers}
     cases = [
