@@ -78,6 +78,10 @@ def split_config(method: str, config: dict[str, Any]) -> tuple[TrainConfig, Any]
     method_config = make_config(
         info.config_type, {k: v for k, v in config.items() if k in method_keys}
     )
+    batch = getattr(method_config, "inference_batch", 1)  # every method has it; used here
+    if batch < 1:
+        raise ValueError(f"invalid {info.config_type.__name__}: inference_batch must be >= 1, "
+                         f"got {batch}")  # fmt: skip
     return train, method_config
 
 

@@ -570,6 +570,8 @@ def test_progress_follows_the_epoch_events_phase_and_epoch():
         ({"config": {"epochz": 3}}, 422, "unknown config key(s) epochz"),
         ({"config": {"prune_epochs": 10_000}}, 422, "exceeds this service's limit"),
         ({"config": {"lr": -1}}, 422, "lr must be > 0"),
+        ({"config": {"seed": -1}}, 422, "seed must be between 0 and 4294967295"),
+        ({"config": {"inference_batch": 0}}, 422, "inference_batch must be >= 1"),
         ({"config": {"multipliers": 3}}, 422, "multipliers: Input should be a valid dictionary"),
         ({"config": {"guided": "maybe"}}, 422, "guided: Input should be a valid boolean"),
         ({"checkpoint": "nothing"}, 422, "is not an upload of yours"),

@@ -82,12 +82,24 @@ def test_start_from_a_checkpoint_skips_dense_training(capsys, tmp_path):
         (["--lr", "-1"], 2, "lr must be > 0"),
         (["--set", "lasso=abc"], 2, "lasso: Input should be a valid number"),
         (["--set", "multipliers=3"], 2, "multipliers: Input should be a valid dictionary"),
+        # These failed with torch's or NumPy's words (exit 1) after the job had started, or
+        # ran (checkpoint_every=-1 checkpointed every epoch).
+        (["--seed", "-1"], 2, "seed must be between 0 and 4294967295, got -1"),
+        (["--seed", str(2**64)], 2, "seed must be between 0 and 4294967295"),
+        (["--set", "weight_decay=-1"], 2, "weight_decay must be >= 0 and finite, got -1"),
+        (["--set", "weight_decay=NaN"], 2, "weight_decay must be >= 0 and finite, got nan"),
+        (["--set", "inference_batch=0"], 2, "invalid GSLConfig: inference_batch must be >= 1"),
+        (["--method", "ssl", "--set", "inference_batch=-2"], 2,
+         "invalid SSLConfig: inference_batch must be >= 1, got -2"),
+        (["--set", "log_every=-1"], 2, "log_every must be >= 0 (0: never), got -1"),
+        (["--set", "checkpoint_every=-1"], 2, "checkpoint_every must be >= 0"),
     ],
-)
+)  # fmt: skip
 def test_bad_requests_are_clear_errors(capsys, tmp_path, extra, code, message):
     result, _, err = run(capsys, "prune", *TINY, "--out", str(tmp_path / "j"), *extra)
     assert result == code
     assert message in err
+    assert not (tmp_path / "j").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(

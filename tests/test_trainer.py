@@ -155,7 +155,12 @@ def test_checkpoint_is_weights_only(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("batch_size", 0, "batch_size must be >= 1"), ("lr", 0, "lr must be > 0"),
-     ("momentum", 1.0, "momentum must be in"), ("prune_epochs", -1, "prune_epochs must be")],
+     ("momentum", 1.0, "momentum must be in"), ("prune_epochs", -1, "prune_epochs must be"),
+     ("weight_decay", -1e-4, "weight_decay must be >= 0"),
+     ("weight_decay", float("inf"), "weight_decay must be >= 0 and finite"),
+     ("seed", -1, "seed must be between 0 and"), ("seed", 2**32, "seed must be between 0 and"),
+     ("log_every", -1, "log_every must be >= 0"),
+     ("checkpoint_every", -1, "checkpoint_every must be >= 0")],
 )  # fmt: skip
 def test_invalid_config(field, value, message):
     with pytest.raises(ValueError, match=message):

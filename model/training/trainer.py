@@ -37,6 +37,7 @@ from model.training import distributed
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
 PHASES = ("dense", "prune", "finetune")
+SEED_MAX = 2**32 - 1  # the epochs' shuffles are seeded with seed · 100003 + phase · 10^6 + epoch
 
 
 class Cancelled(Exception):  # noqa: N818 - reads as "the run was cancelled"
@@ -80,6 +81,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay < math.inf:  # NaN too: torch's SGD takes it
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if not 0 <= self.seed <= SEED_MAX:  # NumPy's split refuses < 0, torch > 2^64 - 1
+            raise ValueError(f"seed must be between 0 and {SEED_MAX}, got {self.seed}")
+        for name in ("log_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if not 1 <= self.procs <= 64:
