@@ -43,11 +43,19 @@ from safetensors.torch import load_file, save_file
 
 from model.networks import create_model, network_info
 from model.pruning import check_network, make_config, method_info
+from model.report import REPORT_FILES
 from model.training import Callback, TrainConfig, Trainer, layer_sparsity
 from model.training.distributed import Cluster
 from perfmodel import Conv2dSpec, HardwareProfile, get_profile, predict_network
 from perfmodel.extract import extract_layers
 from perfmodel.roofline import PerformanceModel, get_model
+
+# Every file a job writes into its folder but request.json (rewritten at each start): a fresh
+# start removes them, so a run stopped early never shows the previous run's weights or report.
+JOB_FILES = (
+    "checkpoint.pt", "checkpoint.tmp", "events.jsonl", "manifest.json", "dense.safetensors",
+    "pruned.safetensors", "cut.safetensors", *REPORT_FILES,
+)  # fmt: skip
 
 
 @dataclass
@@ -477,7 +485,8 @@ def _train_rank(local_index: int, cluster: Cluster, request: PruneRequest, out_d
 
 
 def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:
-    """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh."""
+    """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh
+    (removing the files of :data:`JOB_FILES` an earlier run left, and no others)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     request_file = out_dir / "request.json"
     # Whether it is measured, and how many threads, processes or hosts run it, do not change
@@ -494,9 +503,8 @@ def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None
                 f"{out_dir} holds the checkpoint of a different job; choose another output "
                 "folder or start afresh without resuming (sweetspot prune --no-resume)"
             )
-    else:
-        for stale in ("checkpoint.pt", "events.jsonl", "manifest.json", "dense.safetensors",
-                      "cut.safetensors"):
+    else:  # a fresh start: no file of an earlier run stays next to this run's (others do)
+        for stale in JOB_FILES:
             (out_dir / stale).unlink(missing_ok=True)
     request_file.write_text(current)
 

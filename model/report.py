@@ -34,6 +34,7 @@ REPORT_NAME = "report.md"
 ACCURACY_PNG = "accuracy.png"
 SPARSITY_PNG = "sparsity.png"
 SPEEDUP_PNG = "speedup.png"
+REPORT_FILES = (REPORT_NAME, ACCURACY_PNG, SPARSITY_PNG, SPEEDUP_PNG)  # all write_report writes
 
 PHASE_COLORS = {"dense": "#dddddd", "prune": "#fde3c8", "finetune": "#d6eadf"}
 

@@ -60,6 +60,32 @@ def test_rerun_resumes_and_a_different_job_is_refused(capsys, tmp_path):
                "--no-resume")[0] == 0  # fmt: skip
 
 
+def test_a_fresh_start_removes_the_previous_runs_files_and_no_others(capsys, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """--no-resume removed the checkpoint, events, manifest and dense/cut weights of the run
+    before but left its pruned weights, report and plots: interrupted, the new run showed them
+    as if they were its own."""
+    import model.training
+
+    out = tmp_path / "job"
+    out.mkdir()
+    previous = ["pruned.safetensors", "cut.safetensors", "report.md", "accuracy.png",
+                "sparsity.png", "speedup.png", "manifest.json", "checkpoint.tmp"]  # fmt: skip
+    for name in previous:
+        (out / name).write_text("the previous run's")
+    (out / "notes.md").write_text("mine")  # not Sweetspot's: stays
+    (out / "other.png").write_text("mine")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model.training.Trainer, "fit", interrupted)
+    code, _, err = run(capsys, "prune", *TINY, "--out", str(out), "--no-resume")
+    assert code == 130 and "interrupted" in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "events.jsonl", "notes.md", "other.png", "request.json"]  # fmt: skip
+
+
 def test_start_from_a_checkpoint_skips_dense_training(capsys, tmp_path):
     from model.networks import create_model
 
