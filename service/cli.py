@@ -107,10 +107,10 @@ def _range(prediction) -> str:
 def format_prediction(result: NetworkPrediction) -> str:
     """The human-readable table of ``sweetspot predict``."""
     hw = result.hardware
-    lines = [
-        f"{result.model} on {hw.name} ({hw.dense_flops_per_s / 1e9:g} GFLOP/s, "
-        f"{hw.memory_bandwidth_bytes_per_s / 1e9:g} GB/s, α={hw.sparse_overhead:g}, "
-        f"β={hw.sparse_bytes_per_nonzero:g}), batch {result.batch}, "
+    lines = [  # the digits of `hardware list`: calibrated numbers have many more
+        f"{result.model} on {hw.name} ({hw.dense_flops_per_s / 1e9:.4g} GFLOP/s, "
+        f"{hw.memory_bandwidth_bytes_per_s / 1e9:.4g} GB/s, α={hw.sparse_overhead:.3g}, "
+        f"β={hw.sparse_bytes_per_nonzero:.3g}), batch {result.batch}, "
         f"{result.performance_model} model",
         "",
     ]

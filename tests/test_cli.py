@@ -53,6 +53,22 @@ def test_predict_with_a_profile_file(capsys, tmp_path):
     assert code == 0 and json.loads(out)["hardware"] == "box"
 
 
+def test_predict_header_rounds_a_calibrated_profile_as_hardware_list(capsys, tmp_path):
+    """The header printed 6 digits of calibrated numbers (175.875 GFLOP/s, 32.3848 GB/s,
+    α=0.700841); `hardware list` shows 4 (α and β: 3)."""
+    profile = tmp_path / "host.toml"
+    profile.write_text(
+        'name = "host"\ndense_flops_per_s = 175874895103.18533\n'
+        "memory_bandwidth_bytes_per_s = 32384841326.77817\nsparse_overhead = 0.7008405481040741\n"
+        'sparse_bytes_per_nonzero = 2.0\n[provenance]\nkind = "user"\nsource = "test"\n'
+    )
+    code, out, _ = run(capsys, "predict", "--model", "lenet5", "--hardware", str(profile))
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "lenet5 on host (175.9 GFLOP/s, 32.38 GB/s, α=0.701, β=2), batch 1, paper model"
+    )
+
+
 def test_performance_model_errors_are_one_line(capsys):
     """An unknown --performance-model and 'refined' on an uncalibrated profile printed a
     traceback; they print one line, exit codes as `validate` uses them (usage 2, profile 1)."""
