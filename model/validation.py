@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import sys
 import time
@@ -367,16 +366,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot_path_error(path: Path) -> str | None:
-    """Why the plot could not be written to ``path``, or None."""
+    """Why the plot could not be written to ``path``, or None. The file is opened for appending
+    (what it holds stays; it is removed again when it was not there), so the reason is the
+    system's own: no such folder, a file where a folder should be, no permission to write
+    there, a read-only file system."""
     if path.suffix.lower() != ".png":
         return "the plot is a PNG: name a file ending in .png"
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        return f"the folder {folder} does not exist"
-    if not os.access(folder, os.W_OK):
-        return f"the folder {folder} is not writable"
     if path.is_dir():
         return "that is a folder"
+    existed = path.exists() or path.is_symlink()
+    try:
+        with path.open("ab"):
+            pass
+    except NotADirectoryError:
+        blocking = next((p for p in reversed(path.parents) if p.is_file()), path.parent)
+        return f"{blocking} is a file, not a folder"
+    except FileNotFoundError as error:
+        if not path.parent.exists():
+            return f"the folder {path.parent} does not exist"
+        return f"cannot write it: {error.strerror}"
+    except OSError as error:  # permission denied, a read-only file system
+        return f"cannot write it: {error.strerror or error}"
+    if not existed:
+        path.unlink(missing_ok=True)
     return None
 
 

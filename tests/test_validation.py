@@ -142,6 +142,43 @@ def test_validate_refuses_bad_options_before_measuring(monkeypatch, capsys, extr
     assert message in capsys.readouterr().err
 
 
+def _refused_plot(monkeypatch, capsys, plot) -> str:
+    save_profile(refined_profile())
+    monkeypatch.setattr(validation, "validate", lambda *a, **k: pytest.fail("measured"))
+    parser = argparse.ArgumentParser()
+    validation.add_arguments(parser)
+    args = parser.parse_args(["--hardware", "host", "--quick", "--quiet", "--plot", str(plot)])
+    assert validation.run(args) == 2
+    return capsys.readouterr().err
+
+
+def test_a_plot_path_is_refused_for_its_real_reason(monkeypatch, capsys, tmp_path):
+    """A file where the plot's folder should be, or a folder the user may not search, was
+    reported as 'the folder ... does not exist'; a plot file the user may not write, or a
+    folder os.access calls writable (/sys as root), passed the check and failed only after
+    every case was measured. The file is now opened, and the system's reason reported."""
+    (tmp_path / "notes").write_text("")
+    for plot in (tmp_path / "notes" / "x.png", tmp_path / "notes" / "sub" / "x.png"):
+        err = _refused_plot(monkeypatch, capsys, plot)
+        assert f"{tmp_path / 'notes'} is a file, not a folder" in err, err
+    err = _refused_plot(monkeypatch, capsys, tmp_path / "none" / "x.png")
+    assert f"the folder {tmp_path / 'none'} does not exist" in err
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(validation.Path, "open", denied)
+    assert validation._plot_path_error(tmp_path / "x.png") == "cannot write it: Permission denied"
+
+
+def test_checking_the_plot_path_leaves_no_file_and_keeps_an_old_plot(tmp_path):
+    assert validation._plot_path_error(tmp_path / "new.png") is None
+    assert not (tmp_path / "new.png").exists()
+    (tmp_path / "old.png").write_bytes(b"old plot")
+    assert validation._plot_path_error(tmp_path / "old.png") is None
+    assert (tmp_path / "old.png").read_bytes() == b"old plot"
+
+
 def test_validate_quick_end_to_end(tmp_path, capsys):
     save_profile(refined_profile())
     parser = argparse.ArgumentParser()
