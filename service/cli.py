@@ -325,38 +325,48 @@ def _prune(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     except ValueError as error:
         raise CliError(str(error), EXIT_USAGE) from None
+    cluster = _prune_cluster(args, train_config.procs)
     try:  # the folder first, as `sensitivity`: a path that cannot be a folder is one line
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CliError(f"cannot create --out {args.out}: {error.strerror or error}") from None
     phase_epochs = train_config.phase_epochs(warm_start=bool(request.checkpoint))
-    bar = tqdm(total=sum(phase_epochs.values()), unit="epoch", disable=args.quiet,
-               dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+    bar = None  # drawn when training starts: a refusal before it is not printed after a bar
+
+    def started() -> tqdm:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=sum(phase_epochs.values()), unit="epoch", disable=args.quiet,
+                       dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+        return bar
 
     def note(message: str) -> None:
         """Progress text goes to stderr (stdout is for the result) and is silenced by --quiet."""
-        if not args.quiet:
+        if args.quiet:
+            return
+        if bar is None:
+            print(message, file=sys.stderr)
+        else:
             bar.write(message, file=sys.stderr)
 
     def progress(event: dict) -> None:
         kind = event.get("type")
         if kind == "phase" and event["phase"] in PHASES:
-            bar.set_description(event["phase"])
+            started().set_description(event["phase"])
         elif kind == "epoch":
-            bar.update(epochs_done(event, phase_epochs) - bar.n)  # resumed: from where it was
+            drawn = started()
+            drawn.update(epochs_done(event, phase_epochs) - drawn.n)  # resumed: from where it was
             pruned = " ".join(f"{k} {v:.0%}" for k, v in event["sparsity"].items() if v > 0)
-            bar.set_postfix_str(f"acc {event['test_accuracy']:.3f}  sparsity: {pruned or '-'}")
+            drawn.set_postfix_str(f"acc {event['test_accuracy']:.3f}  sparsity: {pruned or '-'}")
         elif kind == "decision":
             note(f"[epoch {event['epoch']}] {event['layer']}: {event['action']} — "
                  f"{event['reason']}")  # fmt: skip
         elif kind == "log":
             note(event["message"])
 
-    cluster = _prune_cluster(args, train_config.procs)
     try:
         if cluster is not None and cluster.node_rank > 0:
             join_pruning(request, Path(args.out), cluster, resume=not args.no_resume, log=note)
-            bar.close()
             print(f"node {cluster.node_rank} of {cluster.nodes} finished; node 0 wrote the "
                   "artifacts")  # fmt: skip
             return 0
@@ -387,7 +397,8 @@ def _prune(args: argparse.Namespace) -> int:
             130,
         ) from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if args.json:
         print(json.dumps(manifest, indent=2))
     else:

@@ -86,6 +86,35 @@ def test_a_fresh_start_removes_the_previous_runs_files_and_no_others(capsys, tmp
         "events.jsonl", "notes.md", "other.png", "request.json"]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [(["--nodes", "2"], 2, "--nodes/--node-rank need --master HOST:PORT"),
+     (["--master", "foo"], 2, "--master must be HOST:PORT"),
+     (["--dataset", "nope"], 1, "unknown dataset 'nope'"),
+     (["--checkpoint", "nope.safetensors"], 1, "checkpoint nope.safetensors does not exist"),
+     ([], 1, "holds the checkpoint of a different job")],
+)  # fmt: skip
+def test_a_refusal_is_not_printed_after_a_progress_bar(capsys, tmp_path, extra, code, message):
+    """The bar was drawn (0/4 epochs) before these were refused, the message after it or in
+    the middle of its line; it is drawn when training starts."""
+    out = tmp_path / "job"
+    if not extra:  # the checkpoint of another job
+        out.mkdir()
+        (out / "checkpoint.pt").write_bytes(b"")
+        (out / "request.json").write_text("{}")
+    loud = [arg for arg in TINY if arg != "--quiet"]
+    result, _, err = run(capsys, "prune", *loud, "--out", str(out), *extra)
+    assert result == code
+    assert err.startswith("sweetspot: ") and message in err and err.count("\n") == 1, err
+
+
+def test_the_progress_bar_is_drawn_when_training_starts(capsys, tmp_path):
+    loud = [arg for arg in TINY if arg != "--quiet"]
+    code, _, err = run(capsys, "prune", *loud, "--out", str(tmp_path / "job"), "--no-measure")
+    assert code == 0
+    assert "finetune: 100%" in err and "4/4" in err
+
+
 def test_start_from_a_checkpoint_skips_dense_training(capsys, tmp_path):
     from model.networks import create_model
 
