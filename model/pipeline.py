@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from model.networks import create_model, network_info
 from model.pruning import check_network, make_config, method_info
@@ -191,7 +191,9 @@ def load_into(net: torch.nn.Module, state: dict, model: str, what: str = "the we
 
 
 def _save(module: torch.nn.Module, path: Path) -> None:
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    """The module's weights as safetensors, created as any file is (the user's umask: 0644
+    under 022); ``save_file`` renames a private temporary file into place, always 0600."""
+    path.write_bytes(save({k: v.contiguous() for k, v in module.state_dict().items()}))
 
 
 def run_pruning(
@@ -274,8 +276,7 @@ def run_pruning(
         manifest["structure"] = "structured"
         _structured_layers(manifest, by_name, cut_specs, sparsity, states, performance_model,
                            hardware)  # fmt: skip
-        save_file({k: v.contiguous() for k, v in cut_result.model.state_dict().items()},
-                  str(out_dir / "cut.safetensors"))  # fmt: skip
+        _save(cut_result.model, out_dir / "cut.safetensors")
         manifest["cut"] = _cut_summary(cut_result, fibres, net, info, data.num_classes)
         if request.measure:
             log("measuring the cut network against the original on this host")

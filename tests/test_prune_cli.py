@@ -115,6 +115,26 @@ def test_the_progress_bar_is_drawn_when_training_starts(capsys, tmp_path):
     assert "finetune: 100%" in err and "4/4" in err
 
 
+@pytest.mark.parametrize("method", ["gsl", "l1-filter"])
+def test_artifacts_are_created_with_the_users_umask(capsys, tmp_path, method):
+    """The weights (dense, pruned, cut) were 0600 whatever the umask — safetensors' save_file
+    renames a private temporary file — while the manifest and report were 0644."""
+    import os
+
+    out = tmp_path / "job"
+    previous = os.umask(0o022)
+    try:
+        code, _, err = run(capsys, "prune", *TINY, "--method", method, "--out", str(out),
+                           "--no-measure")  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert {"dense.safetensors", "pruned.safetensors"} <= modes.keys()
+    assert ("cut.safetensors" in modes) == (method == "l1-filter")
+    assert set(modes.values()) == {"0o644"}, modes
+
+
 def test_start_from_a_checkpoint_skips_dense_training(capsys, tmp_path):
     from model.networks import create_model
 
