@@ -54,7 +54,8 @@ from perfmodel.roofline import PerformanceModel, get_model
 # start removes them, so a run stopped early never shows the previous run's weights or report.
 JOB_FILES = (
     "checkpoint.pt", "checkpoint.tmp", "events.jsonl", "manifest.json", "dense.safetensors",
-    "pruned.safetensors", "cut.safetensors", *REPORT_FILES,
+    "pruned.safetensors", "cut.safetensors", "dense.safetensors.tmp", "pruned.safetensors.tmp",
+    "cut.safetensors.tmp", *REPORT_FILES,
 )  # fmt: skip
 
 
@@ -192,8 +193,12 @@ def load_into(net: torch.nn.Module, state: dict, model: str, what: str = "the we
 
 def _save(module: torch.nn.Module, path: Path) -> None:
     """The module's weights as safetensors, created as any file is (the user's umask: 0644
-    under 022); ``save_file`` renames a private temporary file into place, always 0600."""
-    path.write_bytes(save({k: v.contiguous() for k, v in module.state_dict().items()}))
+    under 022; ``save_file`` renames a private temporary file into place, always 0600), and
+    written to ``<name>.tmp`` first and renamed, so a run killed meanwhile never leaves a
+    truncated file under the real name."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_bytes(save({k: v.contiguous() for k, v in module.state_dict().items()}))
+    os.replace(partial, path)
 
 
 def run_pruning(

@@ -133,6 +133,7 @@ def test_artifacts_are_created_with_the_users_umask(capsys, tmp_path, method):
     assert {"dense.safetensors", "pruned.safetensors"} <= modes.keys()
     assert ("cut.safetensors" in modes) == (method == "l1-filter")
     assert set(modes.values()) == {"0o644"}, modes
+    assert not [name for name in modes if name.endswith(".tmp")]  # written, then renamed
 
 
 def test_start_from_a_checkpoint_skips_dense_training(capsys, tmp_path):
