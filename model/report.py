@@ -70,6 +70,20 @@ def _pct(value: Any, digits: int = 1) -> str:
     return "–" if value is None else f"{100 * float(value):.{digits}f}%"
 
 
+def noise_note(measured: dict | None) -> str | None:
+    """One line for the user where a measurement has noisy timings (``model.measure.noisy``),
+    else None (also for measurements made before timings carried their spread)."""
+    if not measured or not measured.get("noisy"):
+        return None
+    q1, q3 = measured["model"]["speedup_iqr"]
+    return (
+        f"measured on a busy host: the rounds of {', '.join(measured['noisy'])} disagree by more "
+        f"than {measured.get('noisy_spread', 0.25):.0%} of the speedup (whole model: the middle "
+        f"half of its rounds {q1:.2f}–{q3:.2f}x); rerun on a quieter machine to trust these "
+        "figures"
+    )
+
+
 def _times(value: Any) -> str:
     return "–" if value is None else f"{float(value):.2f}×"
 
@@ -123,6 +137,10 @@ def render_markdown(
             ],
         ],
     )
+
+    note = noise_note(manifest.get("measurement"))
+    if note:
+        lines += ["", f"**Note:** {note}."]
 
     layers = manifest.get("layers") or []
     lines += ["", "## Layers", ""]

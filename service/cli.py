@@ -432,8 +432,13 @@ def format_manifest(manifest: dict, out: str) -> str:
     speed = manifest["model_speedup"]
     measured = f"{speed['measured']:.2f}x on this host" if speed["measured"] else "not measured"
     lines += ["", f"model speedup: predicted {speed['predicted']:.2f}x "
-                  f"({manifest['hardware']}); measured: {measured}",
-              f"artifacts in {out}: {', '.join(_artifact_files(manifest))}"]  # fmt: skip
+                  f"({manifest['hardware']}); measured: {measured}"]  # fmt: skip
+    from model.report import noise_note
+
+    note = noise_note(manifest.get("measurement"))
+    if note:
+        lines.append(note)
+    lines.append(f"artifacts in {out}: {', '.join(_artifact_files(manifest))}")
     return "\n".join(lines)
 
 

@@ -141,3 +141,24 @@ def test_report_lists_config_and_artifacts(tmp_path, key):
     text = write_report(tmp_path, _manifest(), []).read_text()
     expected = {"config": "- `epochs`: `8`", "artifacts": "- weights: [model.safetensors]"}
     assert expected[key] in text
+
+
+def test_report_and_summary_flag_a_noisy_measurement(tmp_path):
+    """A measurement whose rounds disagree (busy host) says so in report.md and in the
+    prune command's summary; a steady one, or one made before timings had a spread, does not."""
+    from service.cli import format_manifest
+
+    manifest = _manifest()
+    steady = {"speedup": 1.42, "speedup_iqr": [1.38, 1.45]}
+    shaky = {"speedup": 1.91, "speedup_iqr": [1.2, 2.6]}
+    manifest["measurement"] = {"layers": {"conv2": shaky}, "model": steady, "noisy": ["conv2"],
+                               "noisy_spread": 0.25}  # fmt: skip
+    note = "measured on a busy host: the rounds of conv2 disagree by more than 25%"
+    assert f"**Note:** {note}" in write_report(tmp_path / "a", manifest, _events()).read_text()
+    assert note in format_manifest(manifest, "out") and "1.38–1.45x" in format_manifest(
+        manifest, "out"
+    )
+    manifest["measurement"]["noisy"] = []
+    assert "busy host" not in write_report(tmp_path / "b", manifest, _events()).read_text()
+    del manifest["measurement"]["noisy"]  # made before spreads were measured
+    assert "busy host" not in format_manifest(manifest, "out")
