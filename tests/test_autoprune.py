@@ -124,6 +124,10 @@ def test_the_live_regularizer_leaves_pruned_masks_to_the_data_where_linear_answe
     assert moves["leaky"] < moves["softplus"] < moves["linear"]
     with pytest.raises(ValueError, match="regularizer must be one of"):
         AutoPruneConfig(regularizer="none")
+    with pytest.raises(ValueError, match=r"leak must be in \[0, 1\]"):
+        AutoPruneConfig(leak=-0.5)
+    with pytest.raises(ValueError, match=r"layer_strength values must be >= 0, got \['fc1'\]"):
+        AutoPruneConfig(layer_strength={"fc1": -1.0, "fc2": 0.1})
 
 
 def test_softplus_equals_the_linear_estimator_with_masks_started_further_up():

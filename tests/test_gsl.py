@@ -218,3 +218,17 @@ def test_trainer_settles_gsl_layers_when_the_prune_budget_ends():
     assert gsl.layer_states() == {"1": "restored"}
     [decision] = [e for e in events if e["type"] == "decision" and e["action"] == "restore"]
     assert "budget ended at 0.0%" in decision["reason"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"stable_tol": 0.0}, "stable_tol must be > 0"),
+     ({"conv_multiplier": -1.0}, r"multipliers must be >= 0, got \['conv_multiplier'\]"),
+     ({"multipliers": {"fc1": -0.1}}, r"got \['fc1'\]"),
+     ({"linear_multiplier": float("nan")}, "linear_multiplier")],
+)  # fmt: skip
+def test_config_refuses_values_that_make_no_sense(options, message):
+    """A negative multiplier grew weights instead of pruning them; a tolerance of 0 never
+    counted a layer as stable."""
+    with pytest.raises(ValueError, match=message):
+        GSLConfig(**options)

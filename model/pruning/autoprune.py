@@ -102,6 +102,11 @@ class AutoPruneConfig:
             raise ValueError(f"regularizer must be one of {', '.join(REGULARIZERS)}")
         if self.strength < 0 or self.mask_lr <= 0 or self.temperature <= 0:
             raise ValueError("strength must be >= 0, mask_lr and temperature > 0")
+        if not 0 <= self.leak <= 1:
+            raise ValueError(f"leak must be in [0, 1], got {self.leak}")
+        negative = sorted(k for k, v in self.layer_strength.items() if not v >= 0)
+        if negative:
+            raise ValueError(f"layer_strength values must be >= 0, got {negative}")
 
 
 def step(m: torch.Tensor) -> torch.Tensor:

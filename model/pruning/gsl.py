@@ -59,6 +59,13 @@ class GSLConfig:
             raise ValueError("threshold_t0 and threshold_k must be > 0")
         if self.check_every < 1 or self.patience < 1:
             raise ValueError("check_every and patience must be >= 1")
+        if not self.stable_tol > 0:
+            raise ValueError(f"stable_tol must be > 0, got {self.stable_tol}")
+        multipliers = {"conv_multiplier": self.conv_multiplier,
+                       "linear_multiplier": self.linear_multiplier, **self.multipliers}  # fmt: skip
+        negative = sorted(k for k, v in multipliers.items() if not v >= 0)
+        if negative:  # a negative multiplier grows weights instead of shrinking them
+            raise ValueError(f"multipliers must be >= 0, got {negative}")
 
 
 @dataclass(frozen=True)
