@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import statistics
@@ -144,9 +145,12 @@ def _probe(url: str, params: dict, headers: dict) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # NaN fails every comparison; infinity would run forever.
     for ok, rule, value in ((args.concurrency >= 1, "--concurrency must be >= 1", args.concurrency),
-                            (args.duration > 0, "--duration must be > 0", args.duration),
-                            (args.warmup >= 0, "--warmup must be >= 0", args.warmup)):  # fmt: skip
+                            (0 < args.duration < math.inf, "--duration must be > 0 and finite",
+                             args.duration),
+                            (0 <= args.warmup < math.inf, "--warmup must be >= 0 and finite",
+                             args.warmup)):  # fmt: skip
         if not ok:
             print(f"sweetspot: {rule}, got {value}", file=sys.stderr)
             return 2

@@ -361,6 +361,10 @@ def test_checkpoints_that_do_not_load_are_one_line_errors(capsys, tmp_path, monk
 def test_bench_api_checks_before_loading(capsys):
     code, out, err = run(capsys, "bench", "api", "--concurrency", "0")
     assert code == 2 and "--concurrency must be >= 1" in err
+    for option in ("--duration", "--warmup"):  # infinity ran forever, NaN was refused oddly
+        for value in ("inf", "nan"):
+            code, out, err = run(capsys, "bench", "api", option, value)
+            assert code == 2 and f"{option} must be" in err and "finite" in err, (option, err)
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
