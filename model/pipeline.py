@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save
 
 from model.networks import create_model, network_info
 from model.pruning import check_network, make_config, method_info
-from model.report import REPORT_FILES
+from model.report import REPORT_FILES, write_report
 from model.training import Callback, TrainConfig, Trainer, layer_sparsity
 from model.training.distributed import Cluster
 from perfmodel import Conv2dSpec, HardwareProfile, get_profile, predict_network
@@ -305,12 +305,7 @@ def run_pruning(
     if surgery is not None:
         manifest["artifacts"]["cut_weights"] = "cut.safetensors"
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    try:
-        from model.report import write_report
-
-        write_report(out_dir, manifest, trainer.events)
-    except ImportError:  # the report module is optional until it lands
-        manifest["artifacts"]["report"] = None
+    write_report(out_dir, manifest, trainer.events)
     return manifest
 
 
