@@ -10,6 +10,7 @@ from torch import nn
 from model.sparse import (
     SparseConv2d,
     SparseLinear,
+    conv_weight_to_csr,
     convert_model,
     convertible_layers,
     linear_weight_to_csr,
@@ -349,3 +350,44 @@ def test_a_copy_after_an_in_place_write_uses_the_written_weights():
         buffer.seek(0)
         for twin in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
             torch.testing.assert_close(twin(x), dense(x), rtol=1e-4, atol=1e-5)
+
+
+def test_layers_compute_with_their_current_buffers():
+    """.half().float() (any _apply), torch.func.functional_call and assigning a buffer replace
+    the layer's buffers; the layer went on computing with the arrays it was built from."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    conv = _exactly_pruned(nn.Conv2d(8, 16, 3, padding=1), 0.6, 0)
+    layer = SparseConv2d.from_dense(conv)
+    x = torch.randn(2, 8, 7, 7)
+    with torch.no_grad():
+        layer(x)  # plans and the fast path built on the original arrays
+        doubled = functional_call(layer, {"values": layer.values * 2}, (x,))
+        expected = F.conv2d(x, conv.weight * 2, conv.bias, 1, 1)
+        torch.testing.assert_close(doubled, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(layer(x), conv(x), rtol=1e-4, atol=1e-5)  # restored
+        layer.half().float()  # new buffers
+        layer.values.mul_(2)
+        rounded = conv.weight.half().float() * 2
+        torch.testing.assert_close(layer(x), F.conv2d(x, rounded, layer.bias, 1, 1),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+
+    linear = _exactly_pruned(nn.Linear(12, 6), 0.5, 1)
+    sparse = SparseLinear.from_dense(linear)
+    v = torch.randn(3, 12)
+    with torch.no_grad():
+        sparse(v)
+        sparse.values = sparse.values * 3  # assigning a buffer
+        torch.testing.assert_close(sparse(v), F.linear(v, linear.weight * 3, linear.bias),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_list_options_are_kept_as_pairs():
+    """A layer built with list options never hit its plan cache (lists are no cache keys)."""
+    layer = SparseConv2d(conv_weight_to_csr(torch.randn(4, 3, 3, 3)), None, stride=[1, 1],
+                         padding=[1, 1], dilation=[1, 1])  # fmt: skip
+    assert (layer.stride, layer.padding, layer.dilation) == ((1, 1), (1, 1), (1, 1))
+    with torch.no_grad():
+        layer(torch.randn(1, 3, 6, 6))
+    assert len(layer.weight_csr._plans) == 1 and layer.weight_csr._fast

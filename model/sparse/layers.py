@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from model.sparse.csr import ConvCSR, LinearCSR, conv_weight_to_csr, linear_weight_to_csr
-from model.sparse.functional import Implementation, sparse_conv2d, sparse_linear
+from model.sparse.functional import Implementation, _pair, sparse_conv2d, sparse_linear
 
 
 def _check_inference(x: torch.Tensor, layer: str) -> None:
@@ -31,6 +31,23 @@ def _csr_of_buffers(layer: nn.Module, index: str) -> None:
     CSR's caches are stale (its own version check would drop them; this makes it explicit)."""
     arrays = {"values": layer.values, index: getattr(layer, index), "row_ptr": layer.row_ptr}
     layer.weight_csr = dataclasses.replace(layer.weight_csr, **arrays)
+
+
+def _current_csr(layer: nn.Module, index: str):
+    """The layer's CSR weight over its current buffers. ``.to()``/``.float()`` (``_apply``),
+    ``torch.func.functional_call`` and assigning a buffer replace the buffers, and the layer
+    went on computing with the arrays it was built from (a substituted weight was ignored,
+    later in-place writes to the new buffers too): a buffer that is not the CSR's array
+    re-points the CSR at the buffers first (its caches start afresh)."""
+    csr, buffers = layer.weight_csr, layer._buffers
+    if (
+        buffers["values"] is not csr.values
+        or buffers[index] is not getattr(csr, index)
+        or buffers["row_ptr"] is not csr.row_ptr
+    ):
+        _csr_of_buffers(layer, index)
+        csr = layer.weight_csr
+    return csr
 
 
 def _padding_of(conv: nn.Conv2d) -> tuple[int, int]:
@@ -70,9 +87,10 @@ class SparseConv2d(nn.Module):
         self.out_channels = weight.out_channels
         self.kernel_size = weight.kernel
         self.groups = weight.groups
-        self.stride = stride
-        self.padding = padding
-        self.dilation = dilation
+        # Pairs of ints (a list would make every call rebuild its plan: it is no cache key).
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
         self.fuse_relu = fuse_relu
         self.implementation: Implementation = implementation
         # Buffers so .state_dict() / deepcopy carry the CSR arrays.
@@ -149,7 +167,7 @@ class SparseConv2d(nn.Module):
             x = x.contiguous()  # e.g. channels_last input; the kernel wants NCHW
         out = sparse_conv2d(
             x,
-            self.weight_csr,
+            _current_csr(self, "kernel_index"),
             self.bias,
             self.stride,
             self.padding,
@@ -238,8 +256,9 @@ class SparseLinear(nn.Module):
         if isinstance(x, torch.Tensor) and x.layout == torch.strided and not x.is_contiguous():
             x = x.contiguous()
         return sparse_linear(
-            x, self.weight_csr, self.bias, self.fuse_relu, implementation=self.implementation
-        )
+            x, _current_csr(self, "cols"), self.bias, self.fuse_relu,
+            implementation=self.implementation,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         text = f"in_features={self.in_features}, out_features={self.out_features}"
