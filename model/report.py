@@ -103,7 +103,7 @@ def _sweet_spot(spot: dict | None) -> str:
         return "none"
     return (
         f"{_pct(spot.get('min_sparsity'))}–{_pct(spot.get('max_sparsity'))} "
-        f"(up to {_times(spot.get('max_speedup'))})"
+        f"({_times(spot.get('max_speedup'))} at its upper bound)"
     )
 
 

@@ -115,7 +115,7 @@ def format_prediction(result: NetworkPrediction) -> str:
         "",
     ]
     keys = [f"{s:g}" for s in result.sparsities]
-    header = ["layer", "shape", "MFLOP", "dense µs", "bound", "sweet spot", "best×"]
+    header = ["layer", "shape", "MFLOP", "dense µs", "bound", "sweet spot", "×@sat"]
     header += [f"×@{k}" for k in keys] + ["plan"]
     rows = []
     for p in result.layers:

@@ -11,7 +11,8 @@ controller watches each layer's sparsity against its sweet spot:
    ``|w_i| ≤ 1 / (|d_i|/t0 + 1/(k·t0))`` with ``d_i`` the update just applied: small weights
    that are not moving fast are cut (t0 = 1e-4, k = 10 as in SkimCaffe).
 3. Every ``check_every`` epochs the controller re-projects: a layer past the upper bound of its
-   sweet spot stops being pruned (its zero pattern is frozen: more sparsity buys no speed); a
+   sweet spot stops being pruned (its zero pattern is frozen: past it the kernel is memory
+   bound and more sparsity saves only weight traffic, a little speed for accuracy); a
    layer whose sparsity has stabilised below the lower bound stops and gets its dense weights
    back (it would only cost accuracy). Pruning converges when no layer is left to prune.
    When the prune phase's epochs run out first, every layer still being pruned is settled the
@@ -136,7 +137,8 @@ class GuidedController:
                 self.state[name] = STOPPED
                 decisions.append(Decision(name, "stop", (
                     f"sparsity {100 * current:.1f}% passed the upper bound of its sweet spot "
-                    f"({100 * spot.max_sparsity:.1f}%): more sparsity buys no speed"
+                    f"({100 * spot.max_sparsity:.1f}%), where the kernel turns memory bound: "
+                    "more sparsity saves only weight traffic, little speed for accuracy"
                 )))  # fmt: skip
             elif stable and current < spot.min_sparsity:
                 self.state[name] = RESTORED

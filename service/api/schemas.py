@@ -106,9 +106,15 @@ class SweetSpotRequest(BaseModel):
 class SweetSpotPublic(BaseModel):
     """One sweet spot: the range in which sparse beats dense, and the speedup at its top."""
 
-    min_sparsity: float
-    max_sparsity: float
-    max_speedup: float
+    min_sparsity: float = Field(description="break-even: below it sparse is slower than dense")
+    max_sparsity: float = Field(
+        description="saturation: past it the kernel is memory bound and more sparsity saves "
+        "only weight traffic (1.0 where it never turns memory bound)"
+    )
+    max_speedup: float = Field(
+        description="the predicted speedup at max_sparsity; past it the speedup still grows, "
+        "slowly, by the weights' share of the memory traffic"
+    )
 
 
 class LayerPredictionPublic(BaseModel):

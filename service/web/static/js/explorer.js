@@ -150,7 +150,7 @@ function renderResults(section, predictions, profiles) {
 
   const groupHead = predictions.map((p, i) => h("th", { scope: "colgroup", colspan: 4,
     class: `group g${i}` }, p.hardware));
-  const subHead = predictions.map(() => ["bound", "sweet spot", "best×", "plan and reason"]
+  const subHead = predictions.map(() => ["bound", "sweet spot", "×@sat", "plan and reason"]
     .map((t) => h("th", { scope: "col" }, t)));
   const tbody = h("tbody");
   first.layers.forEach((layer, row) => {
@@ -215,7 +215,7 @@ function renderResults(section, predictions, profiles) {
         const l = p.layers[row];
         return [h("dt", {}, p.hardware), h("dd", {},
           `${l.bound} bound dense (${fmt.num(l.dense_time_s * 1e6, 4)} µs); sweet spot ${
-            fmt.range(l.sweet_spot)}${l.sweet_spot ? `, up to ${fmt.x(l.sweet_spot.max_speedup, 1)}`
+            fmt.range(l.sweet_spot)}${l.sweet_spot ? `, ${fmt.x(l.sweet_spot.max_speedup, 1)} at its upper bound`
             : ""}; plan: ${l.recommendation} — ${l.reason}`)];
       })));
     if (focus) detail.querySelector("h2").focus();
