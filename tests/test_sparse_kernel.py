@@ -981,3 +981,82 @@ def test_native_linear_int16_and_int32_columns(native_kernel, batch, features):
             op(x, csr.values, bad, csr.row_ptr, bias, K, False)
     with pytest.raises(RuntimeError, match="column index out of range"):
         op(x, csr.values, -csr.cols - 1, csr.row_ptr, bias, K, False)
+
+
+def test_native_op_lets_other_python_threads_run(native_kernel):
+    """The op held the GIL for its whole run: a service's other threads stalled meanwhile."""
+    import threading
+    import time
+
+    weight = torch.randn(128, 128, 3, 3)
+    weight[torch.rand(weight.shape) < 0.5] = 0
+    csr = conv_weight_to_csr(weight)
+    x = torch.randn(4, 128, 56, 56)
+    sparse_conv2d(x, csr, padding=1)  # plan built
+    for _ in range(3):  # a few tries: the ticks need the scheduler's help on a busy machine
+        ticks: list[float] = []
+        done = threading.Event()
+
+        def tick(ticks: list[float] = ticks, done: threading.Event = done) -> None:
+            while not done.is_set():
+                ticks.append(time.perf_counter())
+                time.sleep(0.002)
+
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        time.sleep(0.02)
+        start = time.perf_counter()
+        sparse_conv2d(x, csr, padding=1)
+        end = time.perf_counter()
+        done.set()
+        ticker.join()
+        if sum(start < t < end for t in ticks) >= 3:
+            break
+    assert sum(start < t < end for t in ticks) >= 3, f"{end - start:.3f} s with no other thread"
+
+
+def test_huge_padding_is_refused_before_any_work(native_kernel):
+    """Padding 100000 made gigabytes of layout numbers before the op's size check."""
+    _, csr = _small()
+    x = torch.randn(1, 3, 9, 9)
+    with pytest.raises(ValueError, match="too large for the sparse kernel's 32-bit offsets"):
+        sparse_conv2d(x, csr, padding=100_000)
+    with pytest.raises(ValueError, match="too large"):
+        sparse_conv2d(x, csr, padding=3000)
+
+
+def test_per_size_caches_stay_bounded(native_kernel):
+    """Plans were capped at 64 but offsets and segment-major copies grew with every new input
+    size (≈700 KiB a size on AlexNet conv3 at 90%)."""
+    weight = torch.randn(64, 64, 3, 3)
+    weight[torch.rand(weight.shape) < 0.5] = 0  # row pairs, segment-major (CSR ≥ 64 KiB)
+    csr = conv_weight_to_csr(weight)
+    for size in range(4, 84):
+        x = torch.randn(1, 64, size, 7)
+        out = sparse_conv2d(x, csr, padding=1)
+    torch.testing.assert_close(out, F.conv2d(x, weight, padding=1), rtol=RTOL, atol=1e-4)
+    pairs = csr._cache.get("pairs")
+    sizes = [len(csr._plans), len(csr._offsets), len(pairs._offsets), len(pairs._segments),
+             sum(1 for k in csr._cache if isinstance(k, tuple) and k[0] == "segments")]
+    assert max(sizes) <= 64, sizes
+
+
+def test_flags_and_corrupt_indices_raise_typed_errors(native_kernel):
+    """fuse_relu=[0] gave pybind's dump of 19 parameters; row_pairs=1 passed as True; a
+    negative index in a hand-made CSR wrapped around in the row-pair split (a wrong result)."""
+    x, csr = _small()
+    for value in ([0], "", None):
+        with pytest.raises(TypeError, match="fuse_relu must be True or False"):
+            sparse_conv2d(x, csr, fuse_relu=value)
+        with pytest.raises(TypeError, match="fuse_relu must be True or False"):
+            sparse_linear(torch.randn(2, 6), linear_weight_to_csr(torch.randn(4, 6)),
+                          fuse_relu=value)  # fmt: skip
+    for value in (1, 0.0):
+        with pytest.raises(TypeError, match="row_pairs"):
+            sparse_conv2d(x, csr, row_pairs=value)
+    weight = torch.randn(8, 3, 3, 3)
+    corrupt = conv_weight_to_csr(weight)
+    corrupt.kernel_index[-1] = -1
+    for row_pairs in (True, False):
+        with pytest.raises((ValueError, RuntimeError), match="out of range"):
+            sparse_conv2d(x, corrupt, row_pairs=row_pairs)

@@ -302,6 +302,15 @@ class ConvCSR:
     def _split_pairs(self) -> RowPairs | None:
         if (self.out_channels // self.groups) % 2:
             return None
+        # The split goes through the dense weight, where a negative index would wrap around
+        # (a wrong result, where the one-row kernel refuses it): refuse it here as well.
+        columns = (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
+        index = self.kernel_index
+        if self.nnz and not 0 <= int(index.min()) <= int(index.max()) < columns:
+            raise ValueError(
+                f"sparse_conv2d: column index out of range [0, {columns}) in the CSR's "
+                "kernel_index"
+            )
         dense = self.to_dense().reshape(self.out_channels // 2, 2, -1)
         first, second = dense[:, 0], dense[:, 1]
         both = (first != 0) & (second != 0)
@@ -332,6 +341,18 @@ class ConvCSR:
     def sparsity(self) -> float:
         """Fraction of zero weights (1 − density)."""
         return 1.0 - self.nnz / self.dense_size
+
+    def forget_layouts(self) -> None:
+        """Drop what was derived per input size (offsets and segment-major copies, here and in
+        the row pairs), keeping the row-pair split: with ever new input sizes these caches
+        grew without bound (≈700 KiB a size for AlexNet conv3 at 90%)."""
+        self._offsets.clear()
+        for key in [k for k in self._cache if isinstance(k, tuple) and k[0] == "segments"]:
+            self._cache.pop(key, None)
+        pairs = self._cache.get("pairs")
+        if pairs is not None:
+            pairs._offsets.clear()
+            pairs._segments.clear()
 
     def input_offsets(self, layout: ConvLayout) -> torch.Tensor:
         """Column indices as offsets into one group's padded input (int32, cached per layout)."""

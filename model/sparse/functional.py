@@ -167,6 +167,7 @@ def sparse_conv2d(
     # the input cost ≈40 µs a call cold (AlexNet conv3 at batch 1, ≈10%).
     key = _plan_key(input, weight, stride, padding, dilation, implementation, batch_layout,
                     row_pairs)  # fmt: skip
+    _check_flag(fuse_relu, "fuse_relu")
     _refuse_tracing("sparse_conv2d")
     if isinstance(weight, ConvCSR):
         weight.forget_if_changed()  # values or indices written in place since the plan
@@ -182,7 +183,8 @@ def sparse_conv2d(
                               implementation, batch_layout, row_pairs)  # fmt: skip
             if key is not None:
                 if len(weight._plans) >= _MAX_PLANS:
-                    weight._plans.clear()
+                    weight._plans.clear()  # and what was derived per input size with them
+                    weight.forget_layouts()
                 weight._plans[key] = plan
     module, head, tail, call = plan
     if module is None:
@@ -199,6 +201,14 @@ def sparse_conv2d(
         _check_tensor(input, "input", dims=4)  # the typed error, where a Python check has one
         _check_bias(bias, "out_channels", weight.out_channels)
         raise
+
+
+def _check_flag(value: object, name: str) -> None:
+    """A flag is True or False (or what equals them: 1, 0, NumPy's bools); anything else made
+    the native op raise pybind's dump of its 19 parameters, and the reference take its
+    truthiness."""
+    if value not in (True, False):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
 
 
 def _refuse_tracing(op: str) -> None:
@@ -275,7 +285,7 @@ def _conv_plan(shape, weight, stride_, padding_, dilation_, implementation, batc
         padding_,
         dilation_,
     )
-    if row_pairs not in (None, True, False):
+    if row_pairs is not None and type(row_pairs) is not bool:  # 1 == True, but is no flag
         raise TypeError(f"row_pairs must be True, False or None, not {row_pairs!r}")
     if row_pairs and weight.row_pairs() is None:
         raise ValueError(
@@ -289,12 +299,21 @@ def _conv_plan(shape, weight, stride_, padding_, dilation_, implementation, batc
     geometry = (kernel, list(stride_), list(padding_), list(dilation_))
     use_pairs = row_pairs or (row_pairs is None and weight.pairs_pay())
     blocking = None  # channel blocks for a segment-major CSR, where the op wants one
-    if batch_layout != "blocked":  # the batch-blocked layout reads the CSR in row order
+    if batch_layout != "blocked":  # the batch-blocked layout stacks nothing
         layout = _stacked_layout(layout, shape[0], torch.get_num_threads())
+    # The op's own limit, before any work: a huge padding made gigabytes of layout numbers.
+    vector_width = int(module.vector_width())
+    if layout.channels * layout.plane + layout.flat_outputs >= 2**31 // vector_width:
+        raise ValueError(
+            f"input too large for the sparse kernel's 32-bit offsets: its padded layout has "
+            f"{layout.channels * layout.plane} elements per group (input {shape[2]}x{shape[3]}, "
+            f"padding {padding_}, stride {stride_}, dilation {dilation_})"
+        )
+    if batch_layout != "blocked":  # the batch-blocked layout reads the CSR in row order
         blocks, block_channels = module.conv_blocking(
             layout.channels, layout.height, layout.width, *geometry, weight.out_channels,
-            layout.stack,
-        )[:2]  # fmt: skip
+            layout.stack, tiles=False,
+        )  # fmt: skip
         # One block is row order already; a small CSR stays in cache (SEGMENT_MAJOR_MIN_BYTES).
         if blocks > 1 and weight.nnz * 8 >= SEGMENT_MAJOR_MIN_BYTES:
             blocking = (layout, blocks, block_channels)
@@ -365,6 +384,7 @@ def sparse_linear(
         if out is not None:
             return out
     _refuse_tracing("sparse_linear")
+    _check_flag(fuse_relu, "fuse_relu")
     if not isinstance(weight, LinearCSR):
         raise TypeError(f"weight must be a LinearCSR, got {type(weight).__name__}")
     weight.forget_if_changed()  # the plan's 16-bit columns copy the old indices

@@ -692,6 +692,16 @@ class Scratch {
     return data_;
   }
 
+  // Gives a buffer above `floats` back to the system: kept, one huge input would hold its
+  // memory for the life of the thread (4 × 64 × 512 × 512 floats: ≈140 MiB on two threads).
+  void release_above(int64_t floats) {
+    if (size_ <= floats) return;
+    std::free(data_);
+    data_ = nullptr;
+    size_ = used_ = 0;
+    key_.clear();
+  }
+
   // n floats whose padding is zero for the layout `key`.
   float* packing(int64_t n, const std::vector<int64_t>& key) {
     float* d = get(n);
@@ -712,6 +722,15 @@ class Scratch {
 thread_local Scratch tl_pack;     // packed input of the unit this thread works on
 thread_local Scratch tl_partial;  // partial sums of the current strip
 thread_local std::vector<int64_t> tl_cursor;
+
+// Scratch kept between calls up to 32 MiB a buffer (VGG's 224×224 conv1_2 packs 13 MB); a
+// larger one is allocated again on the next call, a small cost next to such a layer's work.
+constexpr int64_t kKeepScratchFloats = int64_t{8} << 20;
+
+void release_large_scratch() {
+  tl_pack.release_above(kKeepScratchFloats);
+  tl_partial.release_above(kKeepScratchFloats);
+}
 
 // Cursors for n output channels: one per row, and one per row pair.
 int64_t* cursors(int64_t n) {
@@ -770,6 +789,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
                              emit_blocked(a, L, k, v0, v1, acc, blk * VW);
                            });
         }
+        release_large_scratch();
       });
     } else {
       float* buf = tl_pack.packing(elems, key);
@@ -786,6 +806,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
                            });
         });
       }
+      release_large_scratch();
     }
   }
 
@@ -817,6 +838,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
                             emit_spatial(a, L, k, v0, v1, acc, out, count);
                           });
         }
+        release_large_scratch();
       });
     } else {
       float* buf = tl_pack.packing(elems, key);
@@ -837,6 +859,7 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
                           });
         });
       }
+      release_large_scratch();  // the calling thread's packing buffer (partials are small)
     }
   }
 }
@@ -1028,12 +1051,13 @@ void check_stack(int64_t stack) {
 std::vector<int64_t> conv_blocking(int64_t C, int64_t H, int64_t W, std::vector<int64_t> kernel,
                                    std::vector<int64_t> stride, std::vector<int64_t> padding,
                                    std::vector<int64_t> dilation, int64_t out_channels,
-                                   int64_t stack) {
+                                   int64_t stack, bool tiles) {
   check_stack(stack);
   const Layout L = make_layout(C, H, W, kernel[0], kernel[1], stride[0], stride[1], padding[0],
                                padding[1], dilation[0], dilation[1], stack);
   const Blocking b = make_blocking(L, 1, out_channels);
   std::vector<int64_t> numbers{b.nblocks, b.cblock};
+  if (!tiles) return numbers;  // the op's plan needs only the blocks (a huge image has millions)
   for (int64_t v0 = 0, v1; v0 < b.nvec; v0 = v1) {
     v1 = strip_end(b, v0);
     for (int64_t v = v0, n; v < v1; v += n) numbers.push_back(n = tile_vectors(v1 - v));
@@ -1327,7 +1351,10 @@ int64_t num_threads() { return at::get_num_threads(); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Sweetspot direct sparse convolution (Park et al., ICLR 2017) and sparse linear";
+  // The ops release the GIL while they run (they touch no Python object): other Python
+  // threads go on meanwhile, e.g. a service's request handlers.
   m.def("sparse_conv2d_forward", &sparse_conv2d_forward, "Direct sparse conv2d (fp32, CSR)",
+        py::call_guard<py::gil_scoped_release>(),
         py::arg("input"), py::arg("values"), py::arg("offsets"), py::arg("row_ptr"),
         py::arg("bias"), py::arg("out_channels"), py::arg("kernel"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("relu"),
@@ -1336,6 +1363,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stack") = 1, py::arg("segments") = py::none(),
         py::arg("pair_segments") = py::none());
   m.def("sparse_linear_forward", &sparse_linear_forward, "CSR × dense linear (fp32)",
+        py::call_guard<py::gil_scoped_release>(),
         py::arg("input"), py::arg("values"), py::arg("cols"), py::arg("row_ptr"),
         py::arg("bias"), py::arg("out_features"), py::arg("relu"));
   m.def("conv_layout", &conv_layout,
@@ -1345,7 +1373,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_blocking", &conv_blocking,
         "Cache blocking (channel blocks, channels per block, vectors of every register tile)",
         py::arg("C"), py::arg("H"), py::arg("W"), py::arg("kernel"), py::arg("stride"),
-        py::arg("padding"), py::arg("dilation"), py::arg("out_channels"), py::arg("stack") = 1);
+        py::arg("padding"), py::arg("dilation"), py::arg("out_channels"), py::arg("stack") = 1,
+        py::arg("tiles") = true);
   py::class_<ConvCall>(m, "ConvCall", "sparse_conv2d_forward's arguments for one input shape")
       .def(py::init<std::vector<int64_t>, int64_t, std::vector<at::Tensor>, at::Tensor,
                     at::Tensor, at::Tensor, int64_t, std::vector<int64_t>,
@@ -1360,6 +1389,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("pair_row_ptr"), py::arg("stack"), py::arg("segments"),
            py::arg("pair_segments"))
       .def("__call__", &ConvCall::run, "The op's output, or None where the plan does not apply",
+           py::call_guard<py::gil_scoped_release>(),
            py::arg("input"), py::arg("bias"), py::arg("relu"));
   py::class_<LinearCall>(m, "LinearCall", "sparse_linear_forward's arguments")
       .def(py::init<int64_t, std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor,
@@ -1367,6 +1397,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("in_features"), py::arg("watched"), py::arg("values"), py::arg("cols"),
            py::arg("row_ptr"), py::arg("out_features"))
       .def("__call__", &LinearCall::run, "The op's output, or None where the plan does not apply",
+           py::call_guard<py::gil_scoped_release>(),
            py::arg("input"), py::arg("bias"), py::arg("relu"));
   m.def("isa", &isa, "Instruction set the kernel was compiled for");
   m.def("vector_width", &vector_width, "Floats per vector register");
