@@ -43,6 +43,55 @@ def load_onnx(source: str | Path | bytes) -> onnx.ModelProto:
     return model
 
 
+def check_onnx(model: onnx.ModelProto) -> None:
+    """Run the ONNX checker on ``model``'s graph, with a clear error when it rejects it.
+
+    Tensors stored as external data (PyTorch's default export writes its weights to
+    ``model.onnx.data`` next to ``model.onnx``) are checked without their bytes: only their
+    shapes are ever used, and the checker would otherwise look for the data file on this
+    machine (relative to the working directory). A copy is checked with each such tensor
+    replaced by an empty one of the same name and type; a malformed reference (no
+    ``location``, or inline data as well) is left for the checker to refuse.
+    """
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in _all_tensors(copy.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        keys = {entry.key for entry in tensor.external_data}
+        inline = tensor.HasField("raw_data") or any(
+            len(getattr(tensor, field)) for field in _VALUE_FIELDS
+        )
+        if "location" not in keys or inline:
+            continue
+        placeholder = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=[0])
+        tensor.CopyFrom(placeholder)
+    try:
+        onnx.checker.check_model(copy)
+    except onnx.checker.ValidationError as error:
+        raise OnnxImportError(f"the ONNX checker rejected the model: {error}") from None
+
+
+_VALUE_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data",
+                 "uint64_data")  # fmt: skip
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Every tensor of ``graph``: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
+
+
 def layers_from_onnx(source: str | Path | bytes, batch: int | None = None) -> list[Layer]:
     """Specs of every convolution and fully connected layer of an ONNX model, in graph order.
 

@@ -157,6 +157,68 @@ def test_onnx_upload(client):
     assert bad.status_code == 422 and "ONNX" in bad.json()["detail"]
 
 
+def _external_data_export(directory) -> tuple[bytes, list[str]]:
+    """A small PyTorch model exported the default way, ``torch.onnx.export(m, x, path)``: the
+    weights go to ``model.onnx.data`` next to ``model.onnx``. Without the exporter's
+    dependencies, a graph saved with external data by ``onnx`` itself stands in."""
+    import onnx
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 8, 3)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.conv1(x).mean((2, 3)))
+
+    path = directory / "model.onnx"
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Net().eval(), (torch.zeros(1, 3, 16, 16),), str(path))
+        names = ["conv1", "fc"]
+    except ImportError:  # onnxscript missing
+        onnx.save_model(onnx.load_from_string(_onnx_chain(2)), str(path),
+                        save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=0)  # fmt: skip
+        names = ["fc0", "fc1"]
+    model = onnx.load(str(path), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return path.read_bytes(), names
+
+
+def test_onnx_upload_with_weights_as_external_data(client, tmp_path, monkeypatch):
+    """PyTorch's default export keeps the weights in ``model.onnx.data``; only ``model.onnx``
+    is uploaded. The checker refused it (the data file "is not regular file"), though the
+    shapes are all a prediction needs; it is accepted, wherever the server runs from. A
+    reference to external data without a location is still a clear 422."""
+    import onnx
+
+    exported = tmp_path / "export"
+    exported.mkdir()
+    data, names = _external_data_export(exported)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    def upload(content: bytes):
+        return client.post("/v1/sweet-spots/onnx", data={"hardware": "xeon-e5-2697v4"},
+                           files={"file": ("model.onnx", content)})  # fmt: skip
+
+    response = upload(data)
+    assert response.status_code == 200, response.text
+    assert [layer["name"] for layer in response.json()["layers"]] == names
+    model = onnx.load_from_string(data)
+    tensor = next(t for t in model.graph.initializer
+                  if t.data_location == onnx.TensorProto.EXTERNAL)  # fmt: skip
+    del tensor.external_data[:]  # EXTERNAL, but where?
+    bad = upload(model.SerializeToString())
+    assert bad.status_code == 422 and "ONNX checker rejected" in bad.json()["detail"]
+
+
 def _onnx_chain(layers: int) -> bytes:
     """x(1,2) → ``layers`` MatMul layers 2×2 in a row."""
     from onnx import TensorProto, helper

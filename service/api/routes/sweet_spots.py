@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from model.analysis import network_layers
 from perfmodel import HardwareProfile, get_named_profile, predict_network
 from perfmodel.hardware import NAME_PATTERN
-from perfmodel.onnx_import import layers_from_onnx, load_onnx
+from perfmodel.onnx_import import check_onnx, layers_from_onnx, load_onnx
 from service.api.deps import SettingsDep
 from service.api.errors import UnknownName, documented
 from service.api.schemas import (
@@ -172,15 +172,7 @@ async def post_sweet_spots_onnx(
     data = await read_limited(file, settings.max_upload_bytes)
 
     def work() -> dict:
-        import onnx
-
-        model = load_onnx(data)
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as error:
-            from perfmodel.onnx_import import OnnxImportError
-
-            raise OnnxImportError(f"the ONNX checker rejected the model: {error}") from None
+        check_onnx(load_onnx(data))  # weights stored as external data need not come along
         layers = [_bounded(layer) for layer in layers_from_onnx(data, batch=batch)]
         if len(layers) > MAX_LAYERS:
             raise ValueError(f"the model has {len(layers)} Conv, Gemm and MatMul layers; a "
