@@ -437,6 +437,27 @@ def test_health_version_metrics(client):
     assert "sweetspot_http_requests_total" in text
 
 
+def test_metrics_label_requests_with_the_full_route_template_fast_path_included(client):
+    """Routes were labelled without their ``/v1`` prefix (``/jobs``), and repeated sweet-spot
+    queries, answered from memory before routing, as ``unmatched``."""
+    query = {"model": "lenet5", "hardware": "atom-c2750"}
+    for _ in range(3):  # the first is routed, the next two take the fast path
+        assert client.get("/v1/sweet-spots", params=query).status_code == 200
+    job = _submit(client).json()
+    assert client.get(f"/v1/jobs/{job['id']}").status_code == 200
+    assert client.get("/v1/nowhere").status_code == 404
+    counts = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("sweetspot_http_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels[len("sweetspot_http_requests_total"):]] = float(value)
+    assert counts['{method="GET",route="/v1/sweet-spots",status="200"}'] == 3
+    assert counts['{method="POST",route="/v1/jobs",status="202"}'] == 1
+    assert counts['{method="GET",route="/v1/jobs/{job_id}",status="200"}'] == 1
+    assert counts['{method="GET",route="unmatched",status="404"}'] == 1
+    assert not any('route="/jobs' in key or 'route="/sweet' in key for key in counts), counts
+
+
 def test_openapi_has_stable_operation_ids(client):
     operations = {op["operationId"] for path in client.get("/openapi.json").json()["paths"].values()
                   for op in path.values()}  # fmt: skip

@@ -25,6 +25,7 @@ from service.api import errors
 from service.api.body_limit import BodyLimit
 from service.api.deps import get_owner
 from service.api.routes import catalogue, hardware, jobs, ops, sweet_spots, uploads
+from service.api.routes.sweet_spots import ROUTE_LABEL
 from service.db import make_engine, make_sessionmaker, migrate
 from service.settings import Settings
 
@@ -87,7 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_body_bytes=settings.max_body_bytes,
                        upload_paths=UPLOAD_PATHS)  # fmt: skip
     app.add_middleware(sweet_spots.CachedSweetSpots, tokens=settings.tokens)
-    _install_metrics(app)  # added last: outermost, so it also counts the fast path
+    prefixes: dict[int, str] = {}  # id(route) → the prefix its router was included under
+    _install_metrics(app, prefixes)  # added last: outermost, so it also counts the fast path
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -100,13 +102,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    responses=errors.documented(401) if settings.tokens else None)  # fmt: skip
     for module in (sweet_spots, hardware, catalogue, jobs, uploads):
         v1.include_router(module.router)
+        prefixes.update((id(route), v1.prefix) for route in module.router.routes)
     app.include_router(v1)
     app.include_router(ops.router)
     web.mount(app)  # the page at / (service/web)
     return app
 
 
-def _install_metrics(app: FastAPI) -> None:
+def _install_metrics(app: FastAPI, prefixes: dict[int, str]) -> None:
     registry = CollectorRegistry()
     requests = Counter("sweetspot_http_requests_total", "HTTP requests",
                        ["method", "route", "status"], registry=registry)  # fmt: skip
@@ -121,17 +124,24 @@ def _install_metrics(app: FastAPI) -> None:
                 job_gauge.labels(status=status).set(count)
 
     app.state.observe_jobs = observe_jobs
-    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)
+    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency, prefixes=prefixes)
 
 
 class MetricsMiddleware:
-    """Counts requests and observes latency per route template (a plain ASGI middleware:
-    no per-request task or body copy, unlike ``@app.middleware("http")``)."""
+    """Counts requests and observes latency per route template, the full path as clients
+    use it (``/v1/jobs/{job_id}``), ``unmatched`` for paths no route has (a plain ASGI
+    middleware: no per-request task or body copy, unlike ``@app.middleware("http")``).
 
-    def __init__(self, app, requests: Counter, latency: Histogram):
+    FastAPI may hand the router's own route (``/jobs/{job_id}``) as ``scope["route"]``;
+    ``prefixes`` maps such routes to the prefix they were included under. Requests answered
+    before routing (the cached sweet-spot fast path) name their route in
+    ``scope[ROUTE_LABEL]``."""
+
+    def __init__(self, app, requests: Counter, latency: Histogram, prefixes: dict[int, str]):
         self.app = app
         self.requests = requests
         self.latency = latency
+        self.prefixes = prefixes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -148,8 +158,13 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
+            path = scope.get(ROUTE_LABEL) or self._template(scope.get("route"))
             method = scope.get("method", "")
             self.latency.labels(method, path).observe(time.perf_counter() - start)
             self.requests.labels(method, path, str(status["code"])).inc()
+
+    def _template(self, route) -> str:
+        path = getattr(route, "path_format", None) or getattr(route, "path", None)
+        if path is None:
+            return "unmatched"
+        return self.prefixes.get(id(route), "") + path

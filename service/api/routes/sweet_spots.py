@@ -76,6 +76,10 @@ def clear_cache() -> None:
     _BY_QUERY.clear()
 
 
+ROUTE_LABEL = "sweetspot.route"
+"""Scope key naming the route template of a request answered before routing (metrics)."""
+_FAST_ROUTE = "/v1/sweet-spots"
+
 # Answers by raw query string, for the fast path below: (body, profile file, its mtime).
 _BY_QUERY: dict[bytes, tuple[bytes, str, int]] = {}
 
@@ -100,9 +104,10 @@ class CachedSweetSpots:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "GET" and \
-                scope["path"] == "/v1/sweet-spots":  # fmt: skip
+                scope["path"] == _FAST_ROUTE:  # fmt: skip
             entry = _BY_QUERY.get(scope["query_string"])
             if entry is not None and self._authorised(scope) and _fresh(entry):
+                scope[ROUTE_LABEL] = _FAST_ROUTE
                 await send({"type": "http.response.start", "status": 200, "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(entry[0])).encode())]})  # fmt: skip
