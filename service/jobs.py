@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +460,15 @@ def events_after(session: Session, job_id: str, after_id: int, limit: int = 1000
     return list(session.scalars(query))
 
 
+def timestamp(at: datetime) -> str:
+    """``at`` as the API writes every time: ISO 8601 in UTC with a ``Z``
+    (``2026-01-02T03:04:05.678901Z``), as pydantic writes the models' datetimes, so that
+    hand-written JSON (server-sent events, metric series) reads the same."""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC).replace(tzinfo=None)
+    return f"{at.isoformat()}Z"
+
+
 def metrics(session: Session, job_id: str) -> dict[str, list[dict[str, Any]]]:
     series: dict[str, list[dict[str, Any]]] = {}
     query = select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)
@@ -468,7 +477,7 @@ def metrics(session: Session, job_id: str) -> dict[str, list[dict[str, Any]]]:
             continue
         series.setdefault(row.name, []).append(
             {"step": row.step, "epoch": row.epoch, "phase": row.phase, "value": row.value,
-             "time": row.at.isoformat()}
+             "time": timestamp(row.at)}
         )
     return series
 

@@ -626,6 +626,29 @@ def test_cancel_a_queued_job_and_bad_transitions(client):
     assert client.post("/v1/jobs/nope/cancel").status_code == 404
 
 
+def test_every_timestamp_has_one_format(client):
+    """Streamed events and metric series wrote ``…+00:00`` while the JSON models (events list,
+    jobs, transitions) write ``…Z``: all are ISO 8601 UTC with a ``Z`` now."""
+    import re
+
+    job = _submit(client).json()
+    with client.app.state.sessions() as session:
+        store.add_event(session, job["id"], {"type": "epoch", "phase": "dense", "epoch": 1,
+                                             "step": 3, "test_accuracy": 0.5})  # fmt: skip
+    client.post(f"/v1/jobs/{job['id']}/cancel")  # so that the stream ends
+    listed = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    stream = client.get(f"/v1/jobs/{job['id']}/events", params={"follow": "true"}).text
+    streamed = [json.loads(line[len("data: "):]) for line in stream.splitlines()
+                if line.startswith("data: {\"id\"")]  # fmt: skip
+    assert [e["at"] for e in streamed] == [e["at"] for e in listed] and listed
+    series = client.get(f"/v1/jobs/{job['id']}/metrics").json()["series"]
+    job = client.get(f"/v1/jobs/{job['id']}").json()
+    times = [e["at"] for e in listed] + [p["time"] for p in series["test_accuracy"]]
+    times += [job["created_at"]] + [t["at"] for t in job["transitions"]]
+    utc = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+    assert all(utc.fullmatch(time) for time in times), times
+
+
 def test_progress_follows_the_epoch_events_phase_and_epoch():
     """Progress comes from each event's phase and epoch, not from a count of the events this
     worker saw: a job resumed at prune epoch 3 of 4 is past its dense epochs, not at 0%."""

@@ -150,7 +150,7 @@ def delete_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: Sett
 def _sse(event) -> str:
     """One server-sent event; its data strict JSON, also for an event stored with NaN."""
     payload = json.dumps({"id": event.id, "type": event.type, "data": store.finite(event.data),
-                          "at": event.at.isoformat()}, allow_nan=False)  # fmt: skip
+                          "at": store.timestamp(event.at)}, allow_nan=False)  # fmt: skip
     return f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
 
 
