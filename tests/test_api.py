@@ -620,7 +620,13 @@ def test_a_worker_records_no_outcome_for_a_job_it_lost(tmp_path, claimed_again):
 
 def test_cancel_a_queued_job_and_bad_transitions(client):
     job = _submit(client).json()
-    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    assert job["links"]["cancel"] == {"href": f"/v1/jobs/{job['id']}/cancel"}
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    # A finished job's cancel is a 409: it is no longer offered as a link.
+    assert "cancel" not in cancelled["links"] and "events" in cancelled["links"]
+    listed = client.get("/v1/jobs").json()["data"][0]
+    assert listed["id"] == job["id"] and "cancel" not in listed["links"]
     again = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
     assert client.post("/v1/jobs/nope/cancel").status_code == 404

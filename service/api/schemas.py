@@ -283,7 +283,10 @@ class JobPublic(BaseModel):
         description=f"summary of a finished job (accuracy, speedups per layer); {NOT_FINITE}"
     )
     transitions: list[TransitionPublic]
-    links: dict[str, Link]
+    links: dict[str, Link] = Field(
+        description="self, events, metrics, artifacts; cancel only while the job is queued, "
+        "running or cancelling"
+    )
 
 
 class JobsPublic(BaseModel):

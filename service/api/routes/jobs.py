@@ -48,10 +48,19 @@ def to_public(session, job: Job) -> JobPublic:
         transitions=[TransitionPublic(from_status=t.from_status, to_status=t.to_status,
                                       reason=t.reason, at=t.at)
                      for t in store.transitions(session, job.id)],
-        links={"self": Link(href=base), "cancel": Link(href=f"{base}/cancel"),
-               "events": Link(href=f"{base}/events"), "metrics": Link(href=f"{base}/metrics"),
-               "artifacts": Link(href=f"{base}/artifacts")},
+        links=_links(base, job.status),
     )  # fmt: skip
+
+
+def _links(base: str, job_status: str) -> dict[str, Link]:
+    """Where to go next; ``cancel`` only while the job can still be cancelled (a finished
+    job's cancel is a 409)."""
+    links = {"self": Link(href=base)}
+    if job_status not in store.TERMINAL:
+        links["cancel"] = Link(href=f"{base}/cancel")
+    for name in ("events", "metrics", "artifacts"):
+        links[name] = Link(href=f"{base}/{name}")
+    return links
 
 
 def _validate(body: JobCreate, settings, session, owner: str) -> dict:
