@@ -143,6 +143,11 @@ def test_unknown_names_list_the_valid_ones(client):
     response = client.get("/v1/hardware/pentium")
     assert response.status_code == 404
     assert response.json()["valid"] == ["atom-c2750", "xeon-e5-2697v4", "xeon-phi-7250"]
+    # A job's unknown config key too (its valid keys were only in the detail).
+    response = _submit(client, config={**TINY, "lasso_typo": 1})
+    assert response.status_code == 422 and "unknown config key(s) lasso_typo" in \
+        response.json()["detail"]  # fmt: skip
+    assert {"lasso", "prune_epochs", "lr", "threads"} <= set(response.json()["valid"])
 
 
 def test_onnx_upload(client):

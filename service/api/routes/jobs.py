@@ -14,6 +14,7 @@ from model.data import DATASETS
 from model.networks import network_info
 from model.pipeline import PruneRequest, check_request, split_config
 from model.pruning import method_info
+from model.training import TrainConfig
 from perfmodel import get_named_profile
 from service import jobs as store
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
@@ -71,6 +72,11 @@ def _validate(body: JobCreate, settings, session, owner: str) -> dict:
     if body.dataset not in DATASETS:
         raise UnknownName(f"unknown dataset {body.dataset!r} (the API trains on built-in data "
                           "sets only)", sorted(DATASETS))  # fmt: skip
+    valid_keys = sorted({*TrainConfig.__dataclass_fields__,
+                         *method_info(body.method).config_type.__dataclass_fields__})  # fmt: skip
+    if unknown := sorted(set(body.config) - set(valid_keys)):  # as split_config, with `valid`
+        raise UnknownName(f"invalid config: unknown config key(s) {', '.join(unknown)}; valid "
+                          f"keys: {', '.join(valid_keys)}", valid_keys)  # fmt: skip
     try:
         train, method_config = split_config(body.method, body.config)
         check_request(PruneRequest(body.method, body.model, config=body.config), method_config)
