@@ -502,7 +502,10 @@ def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None
         if previous != current:
             raise ValueError(
                 f"{out_dir} holds the checkpoint of a different job; choose another output "
-                "folder or start afresh without resuming (sweetspot prune --no-resume)"
+                "folder, or start afresh without resuming (sweetspot prune --no-resume), which "
+                "deletes that job's files there: its checkpoint, events, manifest, weights, "
+                "report and plots (" + ", ".join(n for n in JOB_FILES if not n.endswith(".tmp"))
+                + ")"
             )
     else:  # a fresh start: no file of an earlier run stays next to this run's (others do)
         for stale in JOB_FILES:

@@ -56,6 +56,8 @@ def test_rerun_resumes_and_a_different_job_is_refused(capsys, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["layers"] == json.loads(first)["layers"]
     code, _, err = run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--lr", "0.5")
     assert code == 1 and "checkpoint of a different job" in err and "--no-resume" in err
+    # following the hint deletes the earlier job's files: the message says so, naming them
+    assert "deletes that job's files" in err and "pruned.safetensors" in err and "report.md" in err
     assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--lr", "0.05",
                "--no-resume")[0] == 0  # fmt: skip
 
