@@ -227,8 +227,11 @@ def run_pruning(
     if cluster.node_rank != 0:
         raise ValueError("run_pruning runs node 0 of a job; other nodes call join_pruning")
     check_request(request, method_config)
-    _prepare_out_dir(out_dir, request, resume)
+    _check_out_dir(out_dir, request, resume)
+    # the data set and network first: a refused one (an unknown data set, a folder in no
+    # supported format) leaves out_dir as it was
     net, data, hooks, predictions, by_name = _build(request, train_config, method_config)
+    _prepare_out_dir(out_dir, request, resume)
     batch = getattr(method_config, "inference_batch", 1)
     dense_path = out_dir / "dense.safetensors"
     ranks, failed = None, True
@@ -485,21 +488,22 @@ def _train_rank(local_index: int, cluster: Cluster, request: PruneRequest, out_d
             distributed.shutdown()
 
 
-def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:
-    """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh
-    (removing the files of :data:`JOB_FILES` an earlier run left, and no others)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    request_file = out_dir / "request.json"
-    # Whether it is measured, and how many threads, processes or hosts run it, do not change
-    # the job: a checkpoint resumes under any of them.
+def _job_identity(request: PruneRequest) -> str:
+    """What request.json records: the job, not how it runs. Whether it is measured, and how
+    many threads, processes or hosts run it, do not change the job: a checkpoint resumes under
+    any of them."""
     identity = {k: v for k, v in asdict(request).items() if k != "measure"}
     identity["config"] = {k: v for k, v in request.config.items()
                           if k not in ("threads", "procs", "nodes")}  # fmt: skip
-    current = json.dumps(identity, indent=2, sort_keys=True)
-    checkpoint = out_dir / "checkpoint.pt"
+    return json.dumps(identity, indent=2, sort_keys=True)
+
+
+def _check_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:
+    """Refuse to resume a different job's checkpoint in ``out_dir`` (nothing is written)."""
+    checkpoint, request_file = out_dir / "checkpoint.pt", out_dir / "request.json"
     if resume and checkpoint.exists():
         previous = request_file.read_text() if request_file.exists() else None
-        if previous != current:
+        if previous != _job_identity(request):
             raise ValueError(
                 f"{out_dir} holds the checkpoint of a different job; choose another output "
                 "folder, or start afresh without resuming (sweetspot prune --no-resume), which "
@@ -507,10 +511,18 @@ def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None
                 "report and plots (" + ", ".join(n for n in JOB_FILES if not n.endswith(".tmp"))
                 + ")"
             )
-    else:  # a fresh start: no file of an earlier run stays next to this run's (others do)
+
+
+def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:
+    """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh
+    (removing the files of :data:`JOB_FILES` an earlier run left, and no others)."""
+    _check_out_dir(out_dir, request, resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (resume and (out_dir / "checkpoint.pt").exists()):
+        # a fresh start: no file of an earlier run stays next to this run's (others do)
         for stale in JOB_FILES:
             (out_dir / stale).unlink(missing_ok=True)
-    request_file.write_text(current)
+    (out_dir / "request.json").write_text(_job_identity(request))
 
 
 def _measure(net, plan, input_shape, batch, log) -> dict | None:

@@ -305,13 +305,9 @@ def _prune_cluster(args: argparse.Namespace, procs: int):
 def _prune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from model.data import DatasetError
     from model.networks import UnknownNetworkError
-    from model.pipeline import PruneRequest, check_request, join_pruning, run_pruning, split_config
+    from model.pipeline import PruneRequest, check_request, split_config
     from model.pruning import UnknownMethodError
-    from model.training import PHASES, Cancelled, epochs_done
 
     request = PruneRequest(
         method=args.method, model=args.model, dataset=args.dataset, hardware=args.hardware,
@@ -326,10 +322,42 @@ def _prune(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CliError(str(error), EXIT_USAGE) from None
     cluster = _prune_cluster(args, train_config.procs)
+    created = _new_folders(Path(args.out))  # removed again if the job is refused
     try:  # the folder first, as `sensitivity`: a path that cannot be a folder is one line
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CliError(f"cannot create --out {args.out}: {error.strerror or error}") from None
+    try:
+        return _run_prune(args, request, train_config, cluster)
+    except BaseException:  # refused before training wrote anything: leave no new folder
+        for folder in created:  # deepest first; a folder with anything in it stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _new_folders(path) -> list:
+    """The folders ``path.mkdir(parents=True)`` would create, deepest first."""
+    created = []
+    while not path.exists() and path != path.parent:
+        created.append(path)
+        path = path.parent
+    return created
+
+
+def _run_prune(args: argparse.Namespace, request, train_config, cluster) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from model.data import DatasetError
+    from model.networks import UnknownNetworkError
+    from model.pipeline import join_pruning, run_pruning
+    from model.pruning import UnknownMethodError
+    from model.training import PHASES, Cancelled, epochs_done
+
     phase_epochs = train_config.phase_epochs(warm_start=bool(request.checkpoint))
     bar = None  # drawn when training starts: a refusal before it is not printed after a bar
 

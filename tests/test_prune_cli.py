@@ -321,3 +321,24 @@ def test_checkpoint_files_and_uploads_are_read_the_same_way(tmp_path):
     ours = tmp_path / "ours.pt"
     torch.save({"model": {"w": torch.zeros(2)}, "optimizer": {}}, ours)
     assert list(load_weights(ours)) == ["w"]
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "{tmp}"])
+def test_a_refused_data_set_leaves_no_new_folder_and_an_old_one_as_it_was(capsys, tmp_path,
+                                                                          dataset):  # fmt: skip
+    """An unknown data set (or a folder in no supported format) was refused after the output
+    folder had been created with a request.json in it; a --no-resume run also deleted the
+    files of the job there."""
+    argv = [a if a != "synthetic" else dataset.format(tmp=tmp_path) for a in TINY]
+    new = tmp_path / "new" / "job"
+    code, _, err = run(capsys, "prune", *argv, "--out", str(new), "--no-measure")
+    assert code == 1 and "dataset" in err
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    files = {"request.json": "{}", "manifest.json": "{}", "report.md": "x", "notes.txt": "y"}
+    for name, text in files.items():
+        (old / name).write_text(text)
+    code, _, _ = run(capsys, "prune", *argv, "--out", str(old), "--no-measure", "--no-resume")
+    assert code == 1
+    assert {p.name: p.read_text() for p in old.iterdir()} == files
