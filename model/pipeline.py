@@ -43,7 +43,14 @@ from safetensors.torch import load_file, save
 
 from model.networks import create_model, network_info
 from model.pruning import check_network, make_config, method_info
-from model.report import REPORT_FILES, write_report
+from model.report import (
+    ACCURACY_PNG,
+    REPORT_FILES,
+    REPORT_NAME,
+    SPARSITY_PNG,
+    SPEEDUP_PNG,
+    write_report,
+)
 from model.training import Callback, TrainConfig, Trainer, layer_sparsity
 from model.training.distributed import Cluster
 from perfmodel import Conv2dSpec, HardwareProfile, get_profile, predict_network
@@ -301,15 +308,26 @@ def run_pruning(
             if measured is not None:
                 _attach_measurement(manifest, measured)
     manifest["artifacts"] = {
+        "manifest": "manifest.json", "request": "request.json",
         "dense_weights": dense_path.name if dense_path.exists() else None,
         "pruned_weights": "pruned.safetensors", "events": "events.jsonl",
-        "checkpoint": "checkpoint.pt", "report": "report.md",
+        "checkpoint": "checkpoint.pt", "report": REPORT_NAME,
+        **dict(zip(PLOT_KEYS, (ACCURACY_PNG, SPARSITY_PNG, SPEEDUP_PNG), strict=True)),
     }  # fmt: skip
     if surgery is not None:
         manifest["artifacts"]["cut_weights"] = "cut.safetensors"
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest_path = out_dir / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     write_report(out_dir, manifest, trainer.events)
+    missing = [key for key in PLOT_KEYS if not (out_dir / manifest["artifacts"][key]).exists()]
+    if missing:  # a plot with nothing to draw (no epoch, no layer) is not written
+        for key in missing:
+            del manifest["artifacts"][key]
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+PLOT_KEYS = ("accuracy_plot", "sparsity_plot", "speedup_plot")  # manifest["artifacts"] keys
 
 
 def build_network(model: str, dataset: str, seed: int, checkpoint: str | None = None) -> tuple:

@@ -26,6 +26,7 @@ says so instead of linking a missing file.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -196,9 +197,12 @@ def render_markdown(
     config = manifest.get("config") or {}
     if config:
         lines += ["## Configuration", ""]
-        lines += [f"- `{key}`: `{value}`" for key, value in config.items()]
+        lines += [f"- `{key}`: `{json.dumps(value, ensure_ascii=False)}`"  # null, not None
+                  for key, value in config.items()]  # fmt: skip
         lines.append("")
-    artifacts = manifest.get("artifacts") or {}
+    # the files next to this one (not itself, nor a plot that was not drawn)
+    artifacts = {key: value for key, value in (manifest.get("artifacts") or {}).items()
+                 if value and value != REPORT_NAME and plots.get(value, True)}  # fmt: skip
     if artifacts:
         lines += ["## Artifacts", ""]
         lines += [f"- {key}: [{value}]({value})" for key, value in artifacts.items()]

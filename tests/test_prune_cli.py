@@ -39,6 +39,12 @@ def test_tiny_gsl_job_writes_every_artifact(capsys, tmp_path):
     for name in ("dense.safetensors", "pruned.safetensors", "events.jsonl", "checkpoint.pt",
                  "report.md", "accuracy.png", "sparsity.png", "speedup.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
+    artifacts = manifest["artifacts"]
+    assert set(artifacts.values()) >= {"manifest.json", "request.json", "report.md",
+                                       "accuracy.png", "sparsity.png", "speedup.png"}  # fmt: skip
+    assert all((out / name).exists() for name in artifacts.values() if name)
+    report = (out / "report.md").read_text()
+    assert "[report.md](report.md)" not in report and "[request.json](request.json)" in report
     weights = load_file(str(out / "pruned.safetensors"))
     conv2 = next(x for x in manifest["layers"] if x["name"] == "conv2")
     sparsity = (weights["conv2.weight"] == 0).float().mean().item()

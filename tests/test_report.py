@@ -144,6 +144,21 @@ def test_report_lists_config_and_artifacts(tmp_path, key):
     assert expected[key] in text
 
 
+def test_report_config_is_json_and_artifacts_list_the_other_files(tmp_path):
+    """The Configuration section printed Python (None, True) and the Artifacts section linked
+    report.md to itself."""
+    manifest = _manifest()
+    manifest["config"] = {"train": {"threads": None, "augment": True}, "method": {"lasso": 0.1}}
+    manifest["artifacts"] = {"manifest": "manifest.json", "report": "report.md",
+                             "accuracy_plot": "accuracy.png", "speedup_plot": "speedup.png"}
+    text = write_report(tmp_path, manifest, []).read_text()  # no epochs: no accuracy plot
+    assert '- `train`: `{"threads": null, "augment": true}`' in text
+    assert "None" not in text and "True" not in text
+    assert "[report.md](report.md)" not in text and "[accuracy.png]" not in text
+    assert "- manifest: [manifest.json](manifest.json)" in text
+    assert "- speedup_plot: [speedup.png](speedup.png)" in text
+
+
 def test_report_and_summary_flag_a_noisy_measurement(tmp_path):
     """A measurement whose rounds disagree (busy host) says so in report.md and in the
     prune command's summary; a steady one, or one made before timings had a spread, does not."""
