@@ -130,18 +130,21 @@ def plot(result: Sensitivity, path: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sweetspot sensitivity``."""
     parser.add_argument("--model", required=True, help="built-in network name")
-    parser.add_argument("--dataset", default="digits", metavar="NAME|PATH")
+    parser.add_argument("--dataset", default="digits", metavar="NAME|PATH",
+                        help="digits (default), synthetic, or a folder (MNIST, CIFAR-10, images)")
     parser.add_argument("--checkpoint", metavar="FILE",
                         help="trained weights (.safetensors or weights-only .pt); "
                              "otherwise the dense network is trained first")  # fmt: skip
     parser.add_argument("--dense-epochs", type=int, default=10, help="training without a "
                         "checkpoint (default 10)")  # fmt: skip
     parser.add_argument("--ratios", default=",".join(str(r) for r in RATIOS),
-                        help="comma-separated pruning ratios")  # fmt: skip
+                        help="comma-separated fractions of filters to prune (default "
+                             f"{','.join(str(r) for r in RATIOS)})")  # fmt: skip
     parser.add_argument("--layers", help="comma-separated layer paths (default: all prunable)")
-    parser.add_argument("--random-repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--random-repeats", type=int, default=3,
+                        help="draws averaged for the random-filter baseline (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument(
         "--out",
         required=True,

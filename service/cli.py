@@ -581,15 +581,18 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dataset", default="digits", metavar="NAME|PATH",
                        help="digits (default), synthetic, or a folder (MNIST, CIFAR-10, images)")
     prune.add_argument("--hardware", default="xeon-e5-2697v4", metavar="NAME|FILE",
-                       help="profile the sweet spots are predicted for")
+                       help="profile the sweet spots are predicted for (default "
+                            "xeon-e5-2697v4)")
     prune.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    prune.add_argument("--epochs", type=int, help="pruning epochs (prune_epochs)")
-    prune.add_argument("--dense-epochs", type=int, help="baseline training epochs")
-    prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs")
-    prune.add_argument("--lr", type=float, help="learning rate")
-    prune.add_argument("--batch-size", type=int, help="training batch size")
-    prune.add_argument("--seed", type=int, help="random seed")
-    prune.add_argument("--threads", type=int, help="torch threads")
+    # the defaults are TrainConfig's (model/training/trainer.py)
+    prune.add_argument("--epochs", type=int, help="pruning epochs, prune_epochs (default 30)")
+    prune.add_argument("--dense-epochs", type=int,
+                       help="baseline training epochs (default 10; 0 with --checkpoint)")
+    prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 10)")
+    prune.add_argument("--lr", type=float, help="learning rate (default 0.02)")
+    prune.add_argument("--batch-size", type=int, help="training batch size (default 64)")
+    prune.add_argument("--seed", type=int, help="random seed (default 0)")
+    prune.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     prune.add_argument("--checkpoint", metavar="FILE",
                        help="start from these dense weights (.safetensors or weights-only .pt)")
     prune.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -609,8 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(func=_prune)
 
     serve = commands.add_parser("serve", help="run the REST API with local workers")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve.add_argument("--workers", type=int,
                        help="local worker processes (default SWEETSPOT_MAX_CONCURRENT_JOBS, 1)")
     serve.add_argument("--api-tokens", help="comma-separated tokens (env SWEETSPOT_API_TOKENS)")
@@ -655,10 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_predict = bench_commands.add_parser(
         "predict", help="time the per-layer prediction of a whole network (JSON)"
     )
-    bench_predict.add_argument("--model", default="resnet50")
-    bench_predict.add_argument("--hardware", default="xeon-e5-2697v4")
-    bench_predict.add_argument("--batch", type=int, default=1)
-    bench_predict.add_argument("--repeats", type=int, default=20)
+    bench_predict.add_argument("--model", default="resnet50",
+                               help="built-in network name (default resnet50)")
+    bench_predict.add_argument("--hardware", default="xeon-e5-2697v4", metavar="NAME|FILE",
+                               help="hardware profile (default xeon-e5-2697v4)")
+    bench_predict.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    bench_predict.add_argument("--repeats", type=int, default=20,
+                               help="timed runs; the median is printed (default 20)")
     bench_predict.set_defaults(func=_bench_predict)
     from service import loadtest
 

@@ -387,3 +387,31 @@ def test_bench_api_serves_the_users_own_profile(capsys):
     assert code == 0, err
     result = json.loads(out)
     assert result["hardware"] == "bench-box" and result["requests"] > 0 and not result["errors"]
+
+
+def test_every_option_of_serve_bench_predict_sensitivity_and_prune_has_help():
+    """serve --host/--port, bench predict's and sensitivity's options had no help, and prune's
+    epoch options did not say their defaults."""
+    import argparse
+
+    from model.training import TrainConfig
+    from service.cli import build_parser
+
+    def subparser(parser, *names):
+        for name in names:
+            action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            parser = action.choices[name]
+        return parser
+
+    parser = build_parser()
+    for names in (("serve",), ("bench", "predict"), ("sensitivity",), ("prune",)):
+        for action in subparser(parser, *names)._actions:
+            assert action.help, (names, action.option_strings)
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in action.help, (names, action.option_strings)
+    prune = {a.dest: a.help for a in subparser(parser, "prune")._actions}
+    defaults = TrainConfig()
+    for dest, field in (("epochs", "prune_epochs"), ("dense_epochs", "dense_epochs"),
+                        ("finetune_epochs", "finetune_epochs"), ("lr", "lr"),
+                        ("batch_size", "batch_size"), ("seed", "seed")):  # fmt: skip
+        assert f"(default {getattr(defaults, field):g}" in prune[dest], dest
