@@ -61,6 +61,7 @@ from perfmodel.hardware import (
     RefinedParameters,
     SparseParameters,
     is_builtin_profile,
+    profile_names,
     user_profile_dir,
 )
 from perfmodel.refined import (
@@ -196,6 +197,16 @@ class Plan:
     min_sample_s: float  # a timing sample loops a call until it lasts at least this
     idle_timeout_s: float  # longest wait for idle CPUs before measuring anyway
     passes: int = 1  # the whole sweep, repeated; samples pooled (see pool_timings)
+
+
+# How a profile's provenance notes say it came from the quick plan (`sweetspot predict` warns)
+QUICK_NOTE = "quick plan (calibrate --quick): less accurate"
+
+
+def calibrated_quick(profile: HardwareProfile) -> bool:
+    """Whether ``profile`` was calibrated with the quick plan (its provenance notes say so)."""
+    notes = profile.provenance.notes or ""
+    return profile.provenance.kind == "calibration" and notes.startswith(QUICK_NOTE)
 
 
 def plan_for(quick: bool) -> Plan:
@@ -882,9 +893,10 @@ REFERENCE_LAYER = Conv2dSpec(
 
 
 def build_profile(
-    data: CalibrationData, name: str, max_cv: float = DEFAULT_MAX_CV
+    data: CalibrationData, name: str, max_cv: float = DEFAULT_MAX_CV, quick: bool = False
 ) -> HardwareProfile:
-    """Check the noise, fit, and assemble the profile (nothing is written).
+    """Check the noise, fit, and assemble the profile (nothing is written). ``quick``: the
+    data came from the quick plan, which the provenance notes then say first (:data:`QUICK_NOTE`).
 
     Raises:
         NoisyRunError: the median coefficient of variation of the timings exceeds ``max_cv``.
@@ -934,7 +946,9 @@ def build_profile(
                 threads=data.threads,
                 torch=torch.__version__,
                 notes=(
-                    f"F: 1024² SGEMM; B: DRAM read; α: sparse kernel on AlexNet conv3 vs F; "
+                    (f"{QUICK_NOTE} ({len(QUICK_LAYERS)} layers, {len(QUICK_SPARSITIES)} "
+                     "sparsities, 1 pass); " if quick else "")
+                    + f"F: 1024² SGEMM; B: DRAM read; α: sparse kernel on AlexNet conv3 vs F; "
                     f"{data.kernel} kernel ({data.isa}); allocator: {data.allocator}; "
                     f"{data.load} at the end; "
                     f"noise CV {noise:.3f}; fit speedup MAPE {refined.fit.speedup_mape:.3f}"
@@ -1027,7 +1041,7 @@ def calibrate(
             "calibrating the reference implementation would describe nothing useful"
         )
     data = run_benchmarks(plan_for(quick), threads, progress)
-    return build_profile(data, name, max_cv)
+    return build_profile(data, name, max_cv, quick=quick)
 
 
 # ------------------------------------------------------------------------------ the command
@@ -1038,7 +1052,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", default=DEFAULT_NAME, help=f"profile name to write (default: {DEFAULT_NAME})"
     )
-    parser.add_argument("--quick", action="store_true", help="the ≤ 60 s plan (less accurate)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the quick plan: 1 pass over {len(QUICK_LAYERS)} layers and "
+        f"{len(QUICK_SPARSITIES)} sparsities, about 5 s instead of 30-40 s (budget 60 s); "
+        "less accurate, and recorded in the profile (predict warns)",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite an existing custom profile of that name (else: refused, exit 2)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -1110,6 +1135,11 @@ def _argument_error(args: argparse.Namespace) -> str | None:
         )
     if not args.max_cv > 0:
         return f"--max-cv must be > 0, got {args.max_cv}"
+    if not getattr(args, "replace", False) and args.name in profile_names():
+        return (
+            f"a custom profile named {args.name!r} already exists (in {user_profile_dir()}): "
+            "pass --replace to recalibrate it, or choose another --name"
+        )
     return None
 
 

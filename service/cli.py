@@ -68,6 +68,10 @@ def _predict(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise CliError(f"--batch must be >= 1, got {args.batch}", EXIT_USAGE)
     hardware = _load_profile(args.hardware)
+    if hardware.provenance.kind == "calibration" and _calibrated_quick(hardware):
+        print(f"sweetspot: warning: {hardware.name} was calibrated with `calibrate --quick` "
+              "(less accurate); recalibrate without --quick before trusting these "
+              "predictions", file=sys.stderr)  # fmt: skip
     if args.onnx:
         try:
             layers = layers_from_onnx(args.onnx, batch=args.batch)
@@ -95,6 +99,12 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         print(format_prediction(prediction))
     return 0
+
+
+def _calibrated_quick(profile: HardwareProfile) -> bool:
+    from model.calibration import calibrated_quick  # sklearn: imported for calibrations only
+
+    return calibrated_quick(profile)
 
 
 def _range(prediction) -> str:

@@ -30,6 +30,7 @@ from model.calibration import (
     time_interleaved,
 )
 from perfmodel import SCHEMA_VERSION, Conv2dSpec, get_profile, predict_network, profile_names
+from perfmodel.hardware import user_profile_dir
 from perfmodel.refined import (
     DENSE_CALL_FIELD,
     DENSE_RATE_FIELD,
@@ -368,3 +369,42 @@ def test_calibrate_refuses_an_unwritable_profile_directory_before_measuring(monk
     monkeypatch.setattr(calibration, "run_benchmarks", lambda *a, **k: pytest.fail("measured"))
     assert calibration.run(_args(quick=True, threads=1)) == 1
     assert "cannot create the profile directory" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_to_overwrite_a_profile_without_replace(monkeypatch, capsys,
+                                                                  fake_native):  # fmt: skip
+    """The command overwrote an existing profile silently (the API answers 409 unless
+    replace=true)."""
+    clean = _data(simulate(TRUE, plan_for(quick=True)))
+    monkeypatch.setattr(calibration, "run_benchmarks", lambda plan, threads, progress: clean)
+    assert calibration.run(_args(quick=True, threads=1)) == 0
+    path = next(p for p in user_profile_dir().iterdir() if p.name == "host.json")
+    path.write_text(path.read_text().replace('"notes"', '"comment": "mine", "notes"', 1))
+    before = path.read_text()
+    capsys.readouterr()
+    monkeypatch.setattr(calibration, "run_benchmarks", lambda *a, **k: pytest.fail("measured"))
+    assert calibration.run(_args(quick=True, threads=1)) == 2
+    err = capsys.readouterr().err
+    assert "a custom profile named 'host' already exists" in err and "--replace" in err
+    assert path.read_text() == before
+    monkeypatch.setattr(calibration, "run_benchmarks", lambda plan, threads, progress: clean)
+    assert calibration.run(_args(quick=True, threads=1, replace=True)) == 0
+    assert path.read_text() != before
+
+
+def test_a_quick_calibration_says_so_and_predict_warns(monkeypatch, capsys, fake_native):
+    """A --quick profile was used silently (it can mispredict badly) and did not record how it
+    was made."""
+    from service.cli import main
+
+    clean = _data(simulate(TRUE, plan_for(quick=True)))
+    monkeypatch.setattr(calibration, "run_benchmarks", lambda plan, threads, progress: clean)
+    assert calibration.run(_args(quick=True, threads=1, name="fast")) == 0
+    assert calibration.run(_args(threads=1, name="full")) == 0
+    assert get_profile("fast").provenance.notes.startswith("quick plan (calibrate --quick)")
+    assert "quick" not in get_profile("full").provenance.notes
+    capsys.readouterr()
+    for name, warned in (("fast", True), ("full", False), ("xeon-e5-2697v4", False)):
+        assert main(["predict", "--model", "lenet5", "--hardware", name]) == 0
+        err = capsys.readouterr().err
+        assert ("calibrated with `calibrate --quick`" in err) == warned, name
