@@ -27,7 +27,7 @@ from model.surgery import capture_activations
 
 # A speedup whose per-round ratios have an interquartile range wider than this fraction of it
 # is reported as noisy (docs/gsl.md, "Measured speedups and their noise").
-NOISY_SPREAD = 0.25
+NOISY_SPREAD = 0.5
 
 
 def timed_rounds(

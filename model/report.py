@@ -79,7 +79,7 @@ def noise_note(measured: dict | None) -> str | None:
     q1, q3 = measured["model"]["speedup_iqr"]
     return (
         f"measured on a busy host: the rounds of {', '.join(measured['noisy'])} disagree by more "
-        f"than {measured.get('noisy_spread', 0.25):.0%} of the speedup (whole model: the middle "
+        f"than {measured.get('noisy_spread', 0.5):.0%} of the speedup (whole model: the middle "
         f"half of its rounds {q1:.2f}–{q3:.2f}x); rerun on a quieter machine to trust these "
         "figures"
     )
