@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from datetime import timedelta
@@ -461,6 +462,20 @@ def test_metrics_label_requests_with_the_full_route_template_fast_path_included(
     assert counts['{method="GET",route="/v1/jobs/{job_id}",status="200"}'] == 1
     assert counts['{method="GET",route="unmatched",status="404"}'] == 1
     assert not any('route="/jobs' in key or 'route="/sweet' in key for key in counts), counts
+
+
+def test_api_docs_pages_need_no_internet(client):
+    """/docs and /redoc loaded Swagger UI and ReDoc from a CDN: blank on an offline host."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assert "cdn." not in html.text and "https://" not in html.text.split("<body")[0], page
+        scripts = re.findall(r'src="([^"]+\.js)"', html.text)
+        assert scripts, page
+        for script in scripts:
+            served = client.get(script)
+            assert served.status_code == 200 and len(served.content) > 100_000, script
+    assert "/openapi.json" in client.get("/docs").text
 
 
 def test_openapi_has_stable_operation_ids(client):

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service import jobs as store
@@ -71,7 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         thread.join(timeout=5)
         app.state.engine.dispose()
 
-    app = FastAPI(
+    # FastAPI's /docs and /redoc pages load Swagger UI and ReDoc from a CDN, blank on an
+    # offline host; fastapi-offline serves the same pages from bundled files.
+    app = FastAPIOffline(
         title="Sweetspot",
         version="1",
         summary="Per-layer sparse-vs-dense sweet spots and pruning jobs.",
