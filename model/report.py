@@ -277,6 +277,7 @@ def plot_sparsity(path: Path, epochs: list[dict], decisions: list[dict]) -> bool
         values = [100 * (e.get("sparsity") or {}).get(name, float("nan")) for e in epochs]
         (line,) = ax.plot(x, values, "-", label=name)
         colors[name] = line.get_color()
+    stacked: dict[tuple[int, int], int] = {}  # labels already at a point: the next goes above
     for d in decisions:
         layer = d.get("layer")
         if layer not in colors:
@@ -285,13 +286,18 @@ def plot_sparsity(path: Path, epochs: list[dict], decisions: list[dict]) -> bool
         i = next((k for k, s in enumerate(steps) if s >= d.get("step", 0)), len(epochs) - 1)
         y = 100 * (epochs[i].get("sparsity") or {}).get(layer, 0.0)
         ax.plot([x[i]], [y], "v", color=colors[layer], markersize=7, markeredgecolor="black")
+        # several layers decided in one epoch at one sparsity (all excluded or pruned at 0%)
+        # had their labels drawn on top of each other
+        point = (i, round(y))
+        above = stacked[point] = stacked.get(point, -1) + 1
         ax.annotate(
-            d.get("action", ""),
+            f"{layer}: {d.get('action', '')}" if above or len(colors) > 1 else d.get("action", ""),
             (x[i], y),
             textcoords="offset points",
-            xytext=(0, 7),
+            xytext=(0, 7 + 9 * above),
             fontsize=7,
             ha="center",
+            color=colors[layer],
         )
     _shade_phases(ax, epochs)
     ax.set_xlim(0.5, len(epochs) + 0.5)

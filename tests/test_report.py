@@ -178,3 +178,29 @@ def test_report_and_summary_flag_a_noisy_measurement(tmp_path):
     assert "busy host" not in write_report(tmp_path / "b", manifest, _events()).read_text()
     del manifest["measurement"]["noisy"]  # made before spreads were measured
     assert "busy host" not in format_manifest(manifest, "out")
+
+
+def test_decision_labels_at_one_point_are_stacked(tmp_path, monkeypatch):
+    """Four layers decided at epoch 0 at 0% sparsity drew four labels on top of each other."""
+    import matplotlib.axes
+
+    from model.report import plot_sparsity
+
+    labels = []
+    original = matplotlib.axes.Axes.annotate
+
+    def record(self, text, xy, *args, **kwargs):
+        labels.append((text, tuple(xy), kwargs.get("xytext")))
+        return original(self, text, xy, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", record)
+    names = ["conv1", "conv2", "fc1", "fc2"]
+    epochs = [{"epoch": e, "step": 10 * e, "phase": "prune",
+               "sparsity": {n: 0.1 * e for n in names}} for e in (1, 2)]  # fmt: skip
+    decisions = [{"layer": n, "action": "exclude" if n != "conv2" else "prune", "step": 0}
+                 for n in names]  # fmt: skip
+    assert plot_sparsity(tmp_path / "sparsity.png", epochs, decisions)
+    assert len(labels) == 4
+    assert len({(xy, offset) for _, xy, offset in labels}) == 4  # no two labels in one place
+    assert {text for text, _, _ in labels} == {"conv1: exclude", "conv2: prune", "fc1: exclude",
+                                               "fc2: exclude"}  # fmt: skip
