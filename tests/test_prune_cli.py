@@ -59,6 +59,9 @@ def test_rerun_resumes_and_a_different_job_is_refused(capsys, tmp_path):
     assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure")[0] == 0
     first = (out / "manifest.json").read_text()
     assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure")[0] == 0
+    logged = [json.loads(line).get("message", "") for line in
+              (out / "events.jsonl").read_text().splitlines()]  # fmt: skip
+    assert any("the run had finished, nothing is trained again" in m for m in logged)
     assert json.loads((out / "manifest.json").read_text())["layers"] == json.loads(first)["layers"]
     code, _, err = run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--lr", "0.5")
     assert code == 1 and "checkpoint of a different job" in err and "--no-resume" in err

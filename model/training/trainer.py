@@ -291,7 +291,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.events = list(state["events"])
         torch.set_rng_state(state["rng"])
-        self.emit({"type": "log", "message": f"resumed at {self.phase} epoch {self.epoch}"})
+        finished = self.phase == "finetune" and self.epoch >= self.config.finetune_epochs
+        self.emit({"type": "log", "message": (
+            f"resumed at {self.phase} epoch {self.epoch}: the run had finished, nothing is "
+            "trained again (its results are written again)"
+            if finished else f"resumed at {self.phase} epoch {self.epoch}"
+        )})  # fmt: skip
 
     # ----------------------------------------------------------------------------- loop
 
