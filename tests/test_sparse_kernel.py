@@ -1060,3 +1060,12 @@ def test_flags_and_corrupt_indices_raise_typed_errors(native_kernel):
     for row_pairs in (True, False):
         with pytest.raises((ValueError, RuntimeError), match="out of range"):
             sparse_conv2d(x, corrupt, row_pairs=row_pairs)
+
+
+def test_typed_errors_on_a_cached_plan_are_not_chained(native_kernel):
+    """The typed error came "during handling of" the op's RuntimeError in the traceback."""
+    x, csr = _small()
+    sparse_conv2d(x, csr)  # cached plan
+    with pytest.raises(TypeError, match="float32") as raised:
+        sparse_conv2d(x.double(), csr)
+    assert raised.value.__context__ is None and raised.value.__cause__ is None

@@ -197,10 +197,13 @@ def sparse_conv2d(
     try:
         # The extension op records no autograd history, so no no_grad() context (≈3 µs a call).
         return module.sparse_conv2d_forward(input, *head, bias, *tail[:6], fuse_relu, *tail[6:])
-    except (RuntimeError, TypeError):
-        _check_tensor(input, "input", dims=4)  # the typed error, where a Python check has one
-        _check_bias(bias, "out_channels", weight.out_channels)
-        raise
+    except (RuntimeError, TypeError) as error:
+        failure = error
+    # The typed error, where a Python check has one (raised here, outside the handler, so it
+    # is not shown as raised "during handling" of the op's error).
+    _check_tensor(input, "input", dims=4)
+    _check_bias(bias, "out_channels", weight.out_channels)
+    raise failure
 
 
 def _check_flag(value: object, name: str) -> None:
