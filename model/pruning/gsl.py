@@ -134,15 +134,13 @@ class GuidedController:
                 and max(window) - min(window) < self.config.stable_tol
             )
             if current >= spot.max_sparsity:
-                self.state[name] = STOPPED
-                decisions.append(Decision(name, "stop", (
+                decisions.append(self._decide(name, "stop", (
                     f"sparsity {100 * current:.1f}% passed the upper bound of its sweet spot "
                     f"({100 * spot.max_sparsity:.1f}%), where the kernel turns memory bound: "
                     "more sparsity saves only weight traffic, little speed for accuracy"
                 )))  # fmt: skip
             elif stable and current < spot.min_sparsity:
-                self.state[name] = RESTORED
-                decisions.append(Decision(name, "restore", (
+                decisions.append(self._decide(name, "restore", (
                     f"sparsity stabilised at {100 * current:.1f}%, below the lower bound of its "
                     f"sweet spot ({100 * spot.min_sparsity:.1f}%): sparse would be slower, "
                     "dense weights restored"
@@ -164,19 +162,22 @@ class GuidedController:
             current = sparsity[name]
             budget = f"the pruning budget ended at {100 * current:.1f}% sparsity"
             if current >= spot.min_sparsity:
-                self.state[name] = STOPPED
-                decisions.append(Decision(name, "stop", (
+                decisions.append(self._decide(name, "stop", (
                     f"{budget}, inside its sweet spot ({100 * spot.min_sparsity:.1f}–"
                     f"{100 * spot.max_sparsity:.1f}%)"
                 )))  # fmt: skip
             else:
-                self.state[name] = RESTORED
-                decisions.append(Decision(name, "restore", (
+                decisions.append(self._decide(name, "restore", (
                     f"{budget}, below the lower bound of its sweet spot "
                     f"({100 * spot.min_sparsity:.1f}%): sparse would be slower, dense weights "
                     "restored"
                 )))  # fmt: skip
         return decisions
+
+    def _decide(self, name: str, action: str, reason: str) -> Decision:
+        """A stop or restore of ``name``, its state moved to match the action."""
+        self.state[name] = STOPPED if action == "stop" else RESTORED
+        return Decision(name, action, reason)
 
     @property
     def converged(self) -> bool:
