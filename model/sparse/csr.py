@@ -69,7 +69,7 @@ def _forget_if_changed(weight: object, a: torch.Tensor, b: torch.Tensor, c: torc
         return
     caches = weight.__dict__
     if caches.get("_stamp") != stamp:
-        for name in ("_offsets", "_cache", "_plans", "_fast"):
+        for name in ("_offsets", "_segments", "_cache", "_plans", "_fast"):
             if name in caches:
                 caches[name].clear()
         caches["_stamp"] = stamp
@@ -252,7 +252,9 @@ class ConvCSR:
     # Derived from the arrays, never given: a copy with other arrays (dataclasses.replace)
     # starts without them.
     _offsets: dict[ConvLayout, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
-    _cache: dict[object, object] = field(default_factory=dict, init=False, repr=False)  # pairs…
+    _cache: dict[str, object] = field(default_factory=dict, init=False, repr=False)  # pairs…
+    # segment-major copies, per layout and blocking (segment_major)
+    _segments: dict[tuple, tuple] = field(default_factory=dict, init=False, repr=False)
     # functional.sparse_conv2d's call plans, per input shape and options
     _plans: dict[tuple, tuple] = field(default_factory=dict, init=False, repr=False)
     # the last native plan used, for sparse_conv2d's fast path: [(options..., call)] or []
@@ -347,8 +349,7 @@ class ConvCSR:
         the row pairs), keeping the row-pair split: with ever new input sizes these caches
         grew without bound (≈700 KiB a size for AlexNet conv3 at 90%)."""
         self._offsets.clear()
-        for key in [k for k in self._cache if isinstance(k, tuple) and k[0] == "segments"]:
-            self._cache.pop(key, None)
+        self._segments.clear()
         pairs = self._cache.get("pairs")
         if pairs is not None:
             pairs._offsets.clear()
@@ -370,13 +371,13 @@ class ConvCSR:
         one stream, which the hardware prefetchers follow (in row order it jumps to every
         row's part; a cold CSR at batch 1 cost ≈30% of AlexNet conv3). Cached per layout and
         blocking (the extension's ``conv_blocking``)."""
-        key = ("segments", layout, blocks, block_channels)
-        cached = self._cache.get(key)
+        key = (layout, blocks, block_channels)
+        cached = self._segments.get(key)
         if cached is None:
             offsets = self._offsets.get(layout)
             if offsets is None:  # not kept: the op reads only the segment-major copy
                 offsets = _kernel_offsets(self.kernel_index, self.kernel, layout)
-            cached = self._cache[key] = _segment_major(
+            cached = self._segments[key] = _segment_major(
                 self.values, offsets, self.row_ptr, blocks, block_channels * layout.plane
             )
         return cached  # type: ignore[return-value]
