@@ -59,10 +59,10 @@ from perfmodel.roofline import PerformanceModel, get_model
 
 # Every file a job writes into its folder but request.json (rewritten at each start): a fresh
 # start removes them, so a run stopped early never shows the previous run's weights or report.
+WEIGHT_FILES = ("dense.safetensors", "pruned.safetensors", "cut.safetensors")
 JOB_FILES = (
-    "checkpoint.pt", "checkpoint.tmp", "events.jsonl", "manifest.json", "dense.safetensors",
-    "pruned.safetensors", "cut.safetensors", "dense.safetensors.tmp", "pruned.safetensors.tmp",
-    "cut.safetensors.tmp", *REPORT_FILES,
+    "checkpoint.pt", "checkpoint.tmp", "events.jsonl", "manifest.json", *WEIGHT_FILES,
+    *(f"{name}.tmp" for name in WEIGHT_FILES), *REPORT_FILES,  # .tmp: see _save
 )  # fmt: skip
 
 
@@ -532,9 +532,9 @@ def _check_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:
 
 
 def _prepare_out_dir(out_dir: Path, request: PruneRequest, resume: bool) -> None:
-    """Create ``out_dir``; refuse to resume a different job's checkpoint, or start afresh
-    (removing the files of :data:`JOB_FILES` an earlier run left, and no others)."""
-    _check_out_dir(out_dir, request, resume)
+    """Create ``out_dir`` (already checked by :func:`_check_out_dir`) to resume its
+    checkpoint, or to start afresh (removing the files of :data:`JOB_FILES` an earlier run
+    left, and no others)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (resume and (out_dir / "checkpoint.pt").exists()):
         # a fresh start: no file of an earlier run stays next to this run's (others do)
