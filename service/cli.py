@@ -327,9 +327,7 @@ def _prune(args: argparse.Namespace) -> int:
     try:
         train_config, method_config = split_config(request.method, request.config)
         check_request(request, method_config)  # names the network lacks, no surgery for l1
-    except (UnknownMethodError, UnknownNetworkError) as error:
-        raise CliError(str(error), EXIT_USAGE) from None
-    except ValueError as error:
+    except (UnknownMethodError, UnknownNetworkError, ValueError) as error:
         raise CliError(str(error), EXIT_USAGE) from None
     cluster = _prune_cluster(args, train_config.procs)
     created = _new_folders(Path(args.out))  # removed again if the job is refused
