@@ -204,7 +204,8 @@ def _save(module: torch.nn.Module, path: Path) -> None:
     written to ``<name>.tmp`` first and renamed, so a run killed meanwhile never leaves a
     truncated file under the real name."""
     partial = path.with_name(path.name + ".tmp")
-    partial.write_bytes(save({k: v.contiguous() for k, v in module.state_dict().items()}))
+    state = module.state_dict()  # on the CPU: a run saves its baseline while on a GPU
+    partial.write_bytes(save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
     os.replace(partial, path)
 
 
@@ -234,6 +235,9 @@ def run_pruning(
     if cluster.node_rank != 0:
         raise ValueError("run_pruning runs node 0 of a job; other nodes call join_pruning")
     check_request(request, method_config)
+    from model.training import distributed
+
+    distributed.resolve_device(train_config.device, cluster.procs)  # GPUs asked for are here
     _check_out_dir(out_dir, request, resume)
     # the data set and network first: a refused one (an unknown data set, a folder in no
     # supported format) leaves out_dir as it was
@@ -256,7 +260,7 @@ def run_pruning(
         try:
             if cluster.distributed:  # data-parallel: this process is rank 0
                 log(f"data-parallel training on {cluster.nodes} host(s) × {cluster.procs} "
-                    f"process(es) (gloo)")  # fmt: skip
+                    "process(es)")  # fmt: skip
                 ranks, cluster = _start_node(cluster, request, out_dir, resume, train_config,
                                              cancel=cancel)  # fmt: skip
             trainer = Trainer(
@@ -265,6 +269,7 @@ def run_pruning(
                 checkpoint_path=out_dir / "checkpoint.pt", cancel=cancel,
             )  # fmt: skip
             result = _fit(trainer, resume, cluster)
+            device = distributed.describe_device(trainer.device)
             failed = False
         finally:
             if cluster.distributed:
@@ -281,7 +286,7 @@ def run_pruning(
         "accuracy": {"dense": result.dense_accuracy, "pruned": result.final_accuracy},
         "structure": "unstructured", "layers": [],
         "model_speedup": {"predicted": None, "measured": None},
-        "measurement": None, "seconds": result.seconds,
+        "measurement": None, "seconds": result.seconds, "trained_on": device,
     }  # fmt: skip
     surgery = None
     if getattr(hooks, "structured", False):
@@ -435,10 +440,13 @@ def _start_node(
     )
     if primary:
         try:
-            distributed.init(cluster, cancel=cancel)
+            distributed.init(cluster, cancel=cancel, device=train_config.device)
         except distributed.RendezvousCancelledError as error:
             _stop_node(ranks, abort=True)
             raise Cancelled(str(error)) from None
+        except ValueError:  # the device asked for is not on this host
+            _stop_node(ranks, abort=True)
+            raise
         except RuntimeError as error:
             _stop_node(ranks, abort=True)
             raise distributed.RendezvousTimeoutError(
@@ -493,7 +501,7 @@ def _train_rank(local_index: int, cluster: Cluster, request: PruneRequest, out_d
     train_config, method_config = split_config(request.method, request.config)
     train_config.threads = threads
     net, data, hooks, _, _ = _build(request, train_config, method_config)
-    distributed.init(cluster, local_index)
+    distributed.init(cluster, local_index, device=train_config.device)
     try:
         trainer = Trainer(net, data.train, data.test, train_config, hooks=hooks,
                           checkpoint_path=out_dir / "checkpoint.pt", cancel=cancel)  # fmt: skip
@@ -508,11 +516,11 @@ def _train_rank(local_index: int, cluster: Cluster, request: PruneRequest, out_d
 
 def _job_identity(request: PruneRequest) -> str:
     """What request.json records: the job, not how it runs. Whether it is measured, and how
-    many threads, processes or hosts run it, do not change the job: a checkpoint resumes under
-    any of them."""
+    many threads, processes or hosts run it and on which device, do not change the job: a
+    checkpoint resumes under any of them."""
     identity = {k: v for k, v in asdict(request).items() if k != "measure"}
     identity["config"] = {k: v for k, v in request.config.items()
-                          if k not in ("threads", "procs", "nodes")}  # fmt: skip
+                          if k not in ("threads", "procs", "nodes", "device")}  # fmt: skip
     return json.dumps(identity, indent=2, sort_keys=True)
 
 

@@ -4,7 +4,8 @@ Commands:
     predict     per-layer sweet spots of a built-in model or an ONNX file on a hardware profile
     hardware    list and show hardware profiles
     models      list the built-in networks
-    bench       benchmarks (``bench kernel``: the direct sparse convolution against dense)
+    bench       benchmarks (``bench kernel``: the direct sparse convolution against dense;
+                ``bench train``: seconds per training step on each device)
 
 Exit codes: 0 success, 2 bad usage or unknown name (the message lists the valid names),
 1 any other failure (an invalid file, say), always with a one-line message on stderr; 141,
@@ -283,7 +284,7 @@ def _prune_config(args: argparse.Namespace) -> dict:
     for flag, key in (("epochs", "prune_epochs"), ("dense_epochs", "dense_epochs"),
                       ("finetune_epochs", "finetune_epochs"), ("lr", "lr"),
                       ("batch_size", "batch_size"), ("seed", "seed"),
-                      ("threads", "threads")):  # fmt: skip
+                      ("threads", "threads"), ("device", "device")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             config[key] = value
@@ -318,6 +319,7 @@ def _prune(args: argparse.Namespace) -> int:
     from model.networks import UnknownNetworkError
     from model.pipeline import PruneRequest, check_request, split_config
     from model.pruning import UnknownMethodError
+    from model.training.distributed import resolve_device
 
     request = PruneRequest(
         method=args.method, model=args.model, dataset=args.dataset, hardware=args.hardware,
@@ -327,6 +329,7 @@ def _prune(args: argparse.Namespace) -> int:
     try:
         train_config, method_config = split_config(request.method, request.config)
         check_request(request, method_config)  # names the network lacks, no surgery for l1
+        resolve_device(train_config.device, train_config.procs)  # the GPUs asked for are here
     except (UnknownMethodError, UnknownNetworkError, ValueError) as error:
         raise CliError(str(error), EXIT_USAGE) from None
     cluster = _prune_cluster(args, train_config.procs)
@@ -601,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--batch-size", type=int, help="training batch size (default 64)")
     prune.add_argument("--seed", type=int, help="random seed (default 0)")
     prune.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    prune.add_argument("--device", help="where to train: auto (a CUDA GPU when there is one, "
+                       "default), cpu, cuda (one GPU per process), cuda:N")  # fmt: skip
     prune.add_argument("--checkpoint", metavar="FILE",
                        help="start from these dense weights (.safetensors or weights-only .pt)")
     prune.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -682,6 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loadtest.add_arguments(bench_api)
     bench_api.set_defaults(func=loadtest.run)
+    from model.training import bench as train_bench
+
+    train = bench_commands.add_parser(
+        "train", help="seconds per training step on each device (CPU vs GPU, JSON)"
+    )
+    train_bench.add_arguments(train)
+    train.set_defaults(func=train_bench.run)
     try:
         from model.sparse import bench as kernel_bench
     except ImportError:

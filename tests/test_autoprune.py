@@ -169,6 +169,7 @@ def _config(**changes) -> TrainConfig:
         "weight_decay": 0.01,
         "log_every": 0,
         "threads": 1,
+        "device": "cpu",  # the tests read the model and the masks side by side after a run
     }
     return TrainConfig(**{**base, **changes})  # fmt: skip
 

@@ -12,8 +12,9 @@ from model.pipeline import PruneRequest, run_pruning
 pytestmark = pytest.mark.slow
 # lasso 0.01: conv2 passes the lower bound of its sweet spot within the 2 prune epochs (at the
 # default it does not, and the end of the budget restores its dense weights: nothing to compare)
+# device cpu: gloo on CPUs here, also on a host with a GPU (tests/test_device.py has NCCL's)
 CONFIG = {"dense_epochs": 1, "prune_epochs": 2, "finetune_epochs": 1, "threads": 1,
-          "batch_size": 32, "log_every": 0, "lasso": 0.01}  # fmt: skip
+          "batch_size": 32, "log_every": 0, "lasso": 0.01, "device": "cpu"}  # fmt: skip
 
 
 def _request(procs: int = 1) -> PruneRequest:

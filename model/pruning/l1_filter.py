@@ -202,9 +202,9 @@ def select_filters(
         scores = weight.abs().reshape(weight.shape[0], -1).sum(1)  # (C,) eq. 1
         if criterion == "largest":
             scores = -scores
-        elif criterion == "random":
-            scores = torch.rand(len(scores), generator=generator)
-        mask = torch.zeros(len(scores), dtype=torch.bool)
+        elif criterion == "random":  # drawn on the CPU: the same filters on any device
+            scores = torch.rand(len(scores), generator=generator).to(weight.device)
+        mask = torch.zeros(len(scores), dtype=torch.bool, device=weight.device)
         mask[torch.argsort(scores, descending=True, stable=True)[:kept]] = True
         return mask
 

@@ -58,7 +58,7 @@ def cubic_schedule(t: int, n: int, initial: float, final: float) -> float:
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """0/1 mask zeroing the ``round(sparsity·n)`` smallest |w| (ties broken by position)."""
     count = round(sparsity * weight.numel())
-    mask = torch.ones(weight.numel(), dtype=weight.dtype)
+    mask = torch.ones(weight.numel(), dtype=weight.dtype, device=weight.device)
     if count > 0:
         order = torch.argsort(weight.detach().abs().flatten(), stable=True)
         mask[order[:count]] = 0

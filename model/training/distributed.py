@@ -1,4 +1,5 @@
-"""Data-parallel training on several processes and hosts with ``torch.distributed`` (gloo).
+"""Data-parallel training on several processes and hosts with ``torch.distributed``: gloo when
+the job trains on CPUs, NCCL when it trains on CUDA GPUs (one GPU per process).
 
 Every rank sees the same shuffled global batch and trains on its slice of it; gradients are
 summed weighted by slice size and divided by the global batch size, which is exactly the
@@ -15,11 +16,17 @@ next to itself. Node 0's first process is rank 0: it hosts the rendezvous (a TCP
 ``master_addr:master_port``) that every other rank connects to. :class:`Cluster` says where a
 process sits; the service's workers agree on it through the job store (``service.jobs``), the
 command line through ``sweetspot prune --nodes/--node-rank/--master``.
+
+The training device (:func:`resolve_device`) is decided once per job: rank 0 resolves the
+config's ``device`` and publishes its kind in the rendezvous store; every other rank trains on
+the same kind (local rank ``i`` on GPU ``i``, as ``torchrun``'s ``LOCAL_RANK``) or fails with
+a message that says why, so a job never mixes gloo and NCCL.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -92,15 +99,75 @@ class RendezvousTimeoutError(RuntimeError):
 
 
 JOINED_KEY = "sweetspot/joined"
+DEVICE_KEY = "sweetspot/device"  # rank 0's device kind: "cpu" or "cuda"
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def check_device_spec(spec: str) -> None:
+    """Refuse a ``device`` value that is not one of :data:`DEVICE_CHOICES` (no hardware
+    looked at: the host that checks a job may not be the one that trains it)."""
+    if not isinstance(spec, str) or not DEVICE_PATTERN.fullmatch(spec):
+        raise ValueError(f"device must be {DEVICE_CHOICES}, got {spec!r}")
+
+
+def resolve_device(spec: str, procs: int = 1, local_index: int = 0) -> torch.device:
+    """The device a job's process trains on, from the config's ``device``:
+
+    ``cpu``     the CPU.
+    ``cuda``    CUDA GPU ``local_index`` (one GPU per process of a host: ``procs`` GPUs).
+    ``cuda:N``  GPU ``N``; one process per host only.
+    ``auto``    ``cuda`` when torch sees at least ``procs`` GPUs, else the CPU.
+
+    Raises ValueError, saying what this host has, when the GPUs asked for are not there.
+    """
+    check_device_spec(spec)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec == "cpu" or (spec == "auto" and count < procs):
+        return torch.device("cpu")
+    if count == 0:
+        built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+        raise ValueError(f"device={spec!r} but torch ({torch.__version__}, built {built}) sees "
+                         "no CUDA GPU on this host; use device='cpu' or 'auto'")  # fmt: skip
+    if spec.startswith("cuda:"):
+        index = int(spec.partition(":")[2])
+        if procs > 1:
+            raise ValueError(f"device={spec!r} pins one GPU, but procs={procs}: NCCL needs a GPU "
+                             "per process; use device='cuda' (process i on GPU i)")  # fmt: skip
+        if index >= count:
+            raise ValueError(f"device={spec!r} but this host has {count} CUDA GPU(s) "
+                             f"(cuda:0 … cuda:{count - 1})")  # fmt: skip
+        return torch.device("cuda", index)
+    if procs > count:
+        raise ValueError(f"procs={procs} processes need a CUDA GPU each (NCCL cannot share one), "
+                         f"but this host has {count}; lower procs or use device='cpu'")  # fmt: skip
+    return torch.device("cuda", local_index)
+
+
+def describe_device(device: torch.device) -> str:
+    """``"cpu"`` or ``"cuda:0 (NVIDIA H200)"``: what a run's log and manifest record."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+_device = torch.device("cpu")  # the device of the process group this process is in
+
+
+def group_device() -> torch.device:
+    """The device this rank trains on (and its collectives run on): set by :func:`init`."""
+    return _device
 
 
 def is_rank_lost(error: BaseException) -> bool:
-    """Whether ``error`` is a collective failing because a peer went away (gloo's transport
-    errors and timeouts are plain RuntimeErrors naming gloo)."""
+    """Whether ``error`` is a collective failing because a peer went away (gloo's and NCCL's
+    transport errors and timeouts are plain RuntimeErrors naming their backend)."""
     dist_error = getattr(dist, "DistError", ())
+    text = str(error).lower()
     return isinstance(error, RankLostError) or (
         isinstance(error, RuntimeError)
-        and (isinstance(error, dist_error) or "gloo" in str(error).lower())
+        and (isinstance(error, dist_error) or "gloo" in text or "nccl" in text)
     )
 
 
@@ -120,10 +187,13 @@ class RendezvousCancelledError(RuntimeError):
     """The job was cancelled (or its worker stopped) while it waited for its other ranks."""
 
 
-def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None = None) -> None:
+def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None = None,
+         device: str = "cpu") -> torch.device:  # fmt: skip
     """Join the job's process group as rank ``cluster.first_rank + local_index``; blocks until
     every rank has joined: at most ``cluster.timeout_s`` (then :class:`RendezvousTimeoutError`),
     and on rank 0 only until ``cancel`` is set (then :class:`RendezvousCancelledError`).
+    Returns the device this rank trains on (``device`` is the job's config value, resolved by
+    :func:`agree_device`): the group uses NCCL on CUDA, gloo on the CPU.
 
     The rendezvous is a TCP store that rank 0 hosts; every rank checks in there and rank 0
     waits, in short rounds, until all have, *before* the process group is made. A rendezvous
@@ -136,6 +206,7 @@ def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None 
     store = dist.TCPStore(cluster.master_addr, cluster.master_port, world_size=cluster.world,
                           is_master=rank == 0, timeout=timeout,
                           wait_for_workers=False)  # fmt: skip
+    resolved = agree_device(store, rank, device, cluster.procs, local_index)
     joined = store.add(JOINED_KEY, 1)
     stop = cancel or threading.Event()
     while rank == 0 and joined < cluster.world:
@@ -146,12 +217,37 @@ def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None 
                 f"{joined} of {cluster.world} ranks joined within {cluster.timeout_s:g} s"
             )
         joined = store.add(JOINED_KEY, 0)
+    global _device
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    backend = "nccl" if resolved.type == "cuda" else "gloo"
     try:
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=cluster.world,
+        dist.init_process_group(backend, store=store, rank=rank, world_size=cluster.world,
                                 timeout=timeout)  # fmt: skip
     except Exception:
         _forget_failed_group()
         raise
+    _device = resolved
+    return resolved
+
+
+def agree_device(store: Any, rank: int, spec: str, procs: int, local_index: int
+                 ) -> torch.device:  # fmt: skip
+    """One device kind per job: rank 0 resolves ``spec`` (:func:`resolve_device`) and
+    publishes its kind in the rendezvous store; the other ranks wait for it and take the same
+    kind (``cuda`` → GPU ``local_index``), raising ValueError when this host cannot."""
+    if rank == 0:
+        resolved = resolve_device(spec, procs, local_index)
+        store.set(DEVICE_KEY, resolved.type)
+        return resolved
+    kind = store.get(DEVICE_KEY).decode()
+    if kind == "cpu":
+        return torch.device("cpu")
+    try:
+        return resolve_device("cuda" if spec in ("auto", "cpu") else spec, procs, local_index)
+    except ValueError as error:
+        raise ValueError(f"rank 0 of this job trains on CUDA GPUs, but rank {rank} cannot: "
+                         f"{error}") from None  # fmt: skip
 
 
 def _forget_failed_group() -> None:
@@ -166,8 +262,10 @@ def _forget_failed_group() -> None:
 
 
 def shutdown() -> None:
+    global _device
     if dist.is_initialized():
         dist.destroy_process_group()
+    _device = torch.device("cpu")
 
 
 def average_gradients(model: nn.Module, local_n: int, global_n: int) -> None:
@@ -200,21 +298,33 @@ def stop_code(cancel_set: bool, rank: int, world: int) -> int:
         mine = CANCEL_REQUESTED if rank == 0 else RANK_LEAVING
     if world == 1:
         return mine
-    value = torch.tensor([float(mine)])
+    value = torch.tensor([float(mine)], device=_device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return int(value.item())
 
 
 def sum_over_ranks(values: Sequence[float]) -> list[float]:
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_device)
     dist.all_reduce(tensor)
     return tensor.tolist()
 
 
 def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled: pass CPU tensors, :func:`to_device`)."""
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """``obj`` with every tensor in its dicts, lists and tuples moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {key: to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(value, device) for value in obj)
+    return obj
 
 
 def broadcast_module(model: nn.Module) -> None:

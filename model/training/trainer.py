@@ -14,7 +14,11 @@ accuracy and per-layer sparsity, and method decisions with reasons.
 
 Resuming from a checkpoint gives the same result as an uninterrupted run: the data order of
 epoch ``e`` depends only on ``(seed, e)``, and the checkpoint holds the model, optimizer,
-method and RNG states. Checkpoints are loaded with ``torch.load(weights_only=True)``.
+method and RNG states. Checkpoints are loaded with ``torch.load(weights_only=True)`` onto the
+CPU first, so a run checkpointed on a GPU resumes on a CPU host and the other way round.
+
+The run trains on the config's ``device`` (:func:`model.training.distributed.resolve_device`:
+a CUDA GPU when there is one, by default) and hands the model back on the device it came on.
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     log_every: int = 20  # steps between "step" events
     checkpoint_every: int = 1  # epochs between checkpoints (0: never)
-    procs: int = 1  # data-parallel processes per host (torch.distributed, gloo); same global batch
+    procs: int = 1  # data-parallel processes per host (gloo on CPUs, NCCL on GPUs); same batch
     nodes: int = 1  # hosts the job's processes span (service: workers that join the job)
+    device: str = "auto"  # 'auto' (a CUDA GPU per process if there are enough), 'cpu', 'cuda[:N]'
 
     def __post_init__(self) -> None:
         for name in ("dense_epochs", "prune_epochs", "finetune_epochs"):
@@ -94,6 +99,7 @@ class TrainConfig:
             raise ValueError(f"procs must be between 1 and 64, got {self.procs}")
         if not 1 <= self.nodes <= 64:
             raise ValueError(f"nodes must be between 1 and 64, got {self.nodes}")
+        distributed.check_device_spec(self.device)
 
     def phase_epochs(self, warm_start: bool = False) -> dict[str, int]:
         """Epochs each phase runs at most, in order (no dense phase when the run starts from
@@ -165,19 +171,29 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of ``model`` on ``dataset``, in eval mode."""
+    """(mean cross-entropy loss, accuracy) of ``model`` on ``dataset``, in eval mode, on the
+    model's device."""
     was_training = model.training
     model.eval()
-    total, correct, loss = 0, 0, 0.0
+    device = model_device(model)
+    total = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
     with torch.no_grad():
         for inputs, targets in DataLoader(dataset, batch_size=batch_size):
+            inputs, targets = inputs.to(device), targets.to(device)
             logits = model(inputs)
-            loss += F.cross_entropy(logits, targets, reduction="sum").item()
-            correct += (logits.argmax(1) == targets).sum().item()
+            loss += F.cross_entropy(logits, targets, reduction="sum")
+            correct += (logits.argmax(1) == targets).sum()
             total += len(targets)
     model.train(was_training)
-    return loss / max(total, 1), correct / max(total, 1)
+    return loss.item() / max(total, 1), correct.item() / max(total, 1)
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
@@ -226,9 +242,17 @@ class Trainer:
         self.epoch = 0  # epochs completed in the current phase
         self.dense_accuracy: float | None = None
         self.masks: dict[str, torch.Tensor] = {}
+        self.rank, self.world = distributed.rank_and_world()
+        # data-parallel ranks train where their process group runs (one device kind per job)
+        self.device = (distributed.group_device() if self.world > 1
+                       else distributed.resolve_device(config.device))  # fmt: skip
+        self._home = model_device(model)  # where fit() hands the model back
+        self.model.to(self.device)
+        if self.device.type == "cuda":  # a resumed run equals an uninterrupted one there too
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
         self.optimizer = self._optimizer(config.lr)
         self._start = time.perf_counter()
-        self.rank, self.world = distributed.rank_and_world()
 
     # ------------------------------------------------------------------ events and state
 
@@ -265,6 +289,8 @@ class Trainer:
             "dense_accuracy": self.dense_accuracy,
             "events": self.events,
             "rng": torch.get_rng_state(),
+            "cuda_rng": (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                         else None),  # dropout on a GPU draws from the GPU's generator
             "config": asdict(self.config),
         }
 
@@ -277,9 +303,12 @@ class Trainer:
         tmp.replace(self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
 
     def load_checkpoint(self, path: Path) -> None:
-        self.load_state(torch.load(path, weights_only=True))
+        self.load_state(torch.load(path, map_location="cpu", weights_only=True))
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Resume from ``state`` (a checkpoint loaded onto the CPU, or this run's own)."""
+        rng, cuda_rng = state["rng"].cpu(), state.get("cuda_rng")
+        state = distributed.to_device(state, self.device)
         self.model.load_state_dict(state["model"])
         self.phase, self.epoch, self.step = state["phase"], state["epoch"], state["step"]
         self.dense_accuracy = state["dense_accuracy"]
@@ -290,7 +319,9 @@ class Trainer:
         self.optimizer = self._optimizer(lr)
         self.optimizer.load_state_dict(state["optimizer"])
         self.events = list(state["events"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(rng)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng.cpu(), self.device)
         finished = self.phase == "finetune" and self.epoch >= self.config.finetune_epochs
         self.emit({"type": "log", "message": (
             f"resumed at {self.phase} epoch {self.epoch}: the run had finished, nothing is "
@@ -304,7 +335,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch_key)
         return DataLoader(
             self.train_set, batch_size=self.config.batch_size, shuffle=True,
-            generator=generator, drop_last=False,
+            generator=generator, drop_last=False, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
 
     def _params(self) -> dict[str, torch.Tensor]:
@@ -333,7 +364,9 @@ class Trainer:
     def _run_epoch(self, phase: str) -> tuple[float, float]:
         self.model.train()
         epoch_key = PHASES.index(phase) * 1_000_000 + self.epoch
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
         tracked = self.hooks.tracked_parameters() if phase == "prune" and self.hooks else set()
         for inputs, targets in self._loader(epoch_key):
             stop = distributed.stop_code(self.cancel.is_set(), self.rank, self.world)
@@ -348,12 +381,15 @@ class Trainer:
             if self.world > 1:  # this rank's share of the global batch
                 inputs = inputs.tensor_split(self.world)[self.rank]
                 targets = targets.tensor_split(self.world)[self.rank]
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             logits = self.model(inputs)
             loss = F.cross_entropy(logits, targets) if len(targets) else logits.sum() * 0.0
-            if not math.isfinite(loss.item()):
+            loss_value = loss.item()  # the one wait for the device per step
+            if not math.isfinite(loss_value):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at step {self.step} ({phase}); lower the lr"
+                    f"loss became {loss_value} at step {self.step} ({phase}); lower the lr"
                 )
             loss.backward()
             if self.world > 1:
@@ -373,15 +409,21 @@ class Trainer:
                 self._apply_masks()
                 self._mask_momentum()
             self.step += 1
-            total_loss += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
+            total_loss += loss.detach().double() * len(targets)
+            correct += (logits.argmax(1) == targets).sum()
             seen += len(targets)
             if self.config.log_every and self.step % self.config.log_every == 0:
                 self.emit({"type": "step", "phase": phase, "epoch": self.epoch + 1,
-                           "loss": loss.item()})  # fmt: skip
+                           "loss": loss_value})  # fmt: skip
+        totals = [total_loss.item(), correct.item(), seen]
         if self.world > 1:
-            total_loss, correct, seen = distributed.sum_over_ranks([total_loss, correct, seen])
-        return total_loss / max(seen, 1), correct / max(seen, 1)
+            totals = distributed.sum_over_ranks(totals)
+        return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
+
+    def train_epoch(self, phase: str = "dense") -> tuple[float, float]:
+        """One epoch of ``phase`` (train loss, train accuracy) without events, checkpoints or
+        phase changes: what ``sweetspot bench train`` times."""
+        return self._run_epoch(phase)
 
     def _sparsity(self, phase: str) -> dict[str, float]:
         sparsity = layer_sparsity(self.model)
@@ -400,18 +442,28 @@ class Trainer:
         return test_accuracy
 
     def fit(self, resume: bool = True) -> TrainResult:
-        """Run (or resume) all phases; raises :class:`Cancelled` if cancelled."""
+        """Run (or resume) all phases; raises :class:`Cancelled` if cancelled. The model is
+        handed back on the device it was given on, also when the run stops early."""
+        try:
+            return self._fit(resume)
+        finally:
+            self.model.to(self._home)
+
+    def _fit(self, resume: bool) -> TrainResult:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         state = None
         if resume and self.rank == 0 and self.checkpoint_path and self.checkpoint_path.exists():
-            state = torch.load(self.checkpoint_path, weights_only=True)
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         if self.world > 1:  # rank 0's resume point: other hosts need not see its files
             state = distributed.broadcast_object(state)
         if state is not None:
             self.load_state(state)
         else:
             torch.manual_seed(self.config.seed)
+        self.emit({"type": "log", "message": "training on "
+                   + distributed.describe_device(self.device)
+                   + (f" × {self.world} processes" if self.world > 1 else "")})  # fmt: skip
         epochs = {
             "dense": self.config.dense_epochs,
             "prune": self.config.prune_epochs if self.hooks else 0,
@@ -453,9 +505,9 @@ class Trainer:
         if self.world == 1:
             return converged
         state = {"hooks": self.hooks.state_dict() if self.hooks else {}, "converged": converged}
-        state = distributed.broadcast_object(state)
+        state = distributed.broadcast_object(distributed.to_device(state, "cpu"))
         if self.rank != 0 and self.hooks is not None:
-            self.hooks.load_state_dict(state["hooks"])
+            self.hooks.load_state_dict(distributed.to_device(state["hooks"], self.device))
         distributed.broadcast_module(self.model)
         return bool(state["converged"])
 
