@@ -304,3 +304,23 @@ def test_the_service_refuses_a_bad_device_and_fails_a_job_whose_gpu_is_missing(t
         assert done["status"] == "failed"
         assert "device='cuda:0' but torch" in done["status_reason"]
         assert "sees no CUDA GPU on this host" in done["status_reason"]
+
+
+@gpu
+def test_a_worker_trains_a_job_on_its_gpu(tmp_path):
+    """``auto`` (the default) on a worker whose host has a GPU: the job trains there."""
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.settings import Settings
+    from service.worker import Worker
+
+    settings = Settings(data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/v1/jobs", json={"model": "lenet5", "dataset": "synthetic",
+                                            "measure": False, "config": TINY}).json()
+        assert Worker(settings).run_once()
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["status_reason"]
+        manifest = client.get(f"/v1/jobs/{job['id']}/artifacts/manifest.json").json()
+        assert manifest["trained_on"] == f"cuda:0 ({torch.cuda.get_device_name(0)})"

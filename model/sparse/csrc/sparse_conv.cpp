@@ -40,10 +40,31 @@
 #include <string>
 #include <utility>
 #include <vector>
+#include <type_traits>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
+
+// Error messages are built here and handed to TORCH_CHECK as one string: numbers go through
+// std::to_string, never an ostream. Where an extension's ostream insertion of an integer
+// crashes the process (seen with torch 2.11.0+cu130 and GCC 13.3 on an Intel host: every
+// extension, even one TORCH_CHECK with a number and default flags), a refused input would
+// otherwise be a segfault instead of a RuntimeError.
+inline std::string message_piece(const char* text) { return text; }
+inline std::string message_piece(const std::string& text) { return text; }
+inline std::string message_piece(c10::ScalarType type) { return c10::toString(type); }
+template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
+std::string message_piece(T value) {
+  return std::to_string(value);
+}
+template <typename... Parts>
+std::string message(const Parts&... parts) {
+  std::string text;
+  ((text += message_piece(parts)), ...);
+  return text;
+}
+#define SS_CHECK(cond, ...) TORCH_CHECK(cond, message(__VA_ARGS__))
 
 namespace {
 
@@ -153,7 +174,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b > 0); }
 // overflow checks, so absurd values raise instead of wrapping around (a size that wrapped to
 // 0 once divided by zero in the blocking and killed the process).
 void check_no_overflow(bool overflowed) {
-  TORCH_CHECK(!overflowed, "sparse_conv2d: the padded layout's size overflows 64 bits (stride, ",
+  SS_CHECK(!overflowed, "sparse_conv2d: the padded layout's size overflows 64 bits (stride, ",
               "padding, dilation, kernel or stack too large)");
 }
 int64_t mul(int64_t a, int64_t b) {
@@ -685,7 +706,7 @@ class Scratch {
       std::free(data_);
       const size_t bytes = static_cast<size_t>((n * sizeof(float) + 63) / 64 * 64);
       data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-      TORCH_CHECK(data_ != nullptr, "sparse_conv2d: out of memory for ", bytes, " bytes");
+      SS_CHECK(data_ != nullptr, "sparse_conv2d: out of memory for ", bytes, " bytes");
       size_ = n;
       key_.clear();
     }
@@ -869,10 +890,10 @@ void run_conv(const ConvArgs& a, const Layout& L, int64_t N, int64_t mode) {
 // to `total`, non-decreasing, so every range they give lies inside the arrays.
 void check_pointers(const int32_t* p, int64_t count, int64_t total, const char* what,
                     const char* name) {
-  TORCH_CHECK(p[0] == 0 && p[count] == total, what, ": ", name,
+  SS_CHECK(p[0] == 0 && p[count] == total, what, ": ", name,
               " must start at 0 and end at the number of non-zeros");
   for (int64_t i = 0; i < count; ++i)
-    TORCH_CHECK(p[i] <= p[i + 1], what, ": ", name, " must be non-decreasing");
+    SS_CHECK(p[i] <= p[i + 1], what, ": ", name, " must be non-decreasing");
 }
 
 // Validates the CSR arrays. Column indices are int32, or (when `allow_u16`, sparse_linear)
@@ -884,23 +905,23 @@ void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Te
                int64_t rows, int64_t max_offset, const char* what, bool allow_u16 = false,
                bool check_cols = true, bool pairs = false) {
   const char* csr = pairs ? "row-pair" : "CSR";
-  TORCH_CHECK(values.dim() == 1 && offsets.dim() == 1 && row_ptr.dim() == 1, what, ": ", csr,
+  SS_CHECK(values.dim() == 1 && offsets.dim() == 1 && row_ptr.dim() == 1, what, ": ", csr,
               " values, column indices and row pointers must be 1-D tensors");
-  TORCH_CHECK(values.scalar_type() == at::kFloat, what, ": ", csr,
+  SS_CHECK(values.scalar_type() == at::kFloat, what, ": ", csr,
               " values must be float32, got ", values.scalar_type());
-  TORCH_CHECK((offsets.scalar_type() == at::kInt ||
+  SS_CHECK((offsets.scalar_type() == at::kInt ||
                (allow_u16 && offsets.scalar_type() == at::kShort)) &&
                   row_ptr.scalar_type() == at::kInt,
               what, ": ", csr, " column indices and row pointers must be int32",
               allow_u16 ? " (or int16 holding unsigned 16-bit column indices)" : "");
-  TORCH_CHECK(values.device().is_cpu() && offsets.device().is_cpu() && row_ptr.device().is_cpu(),
+  SS_CHECK(values.device().is_cpu() && offsets.device().is_cpu() && row_ptr.device().is_cpu(),
               what, ": ", csr, " tensors must be on the CPU");
-  TORCH_CHECK(values.is_contiguous() && offsets.is_contiguous() && row_ptr.is_contiguous(), what,
+  SS_CHECK(values.is_contiguous() && offsets.is_contiguous() && row_ptr.is_contiguous(), what,
               ": ", csr, " tensors must be contiguous");
-  TORCH_CHECK(values.numel() == (pairs ? 2 : 1) * offsets.numel(), what, ": ", values.numel(),
+  SS_CHECK(values.numel() == (pairs ? 2 : 1) * offsets.numel(), what, ": ", values.numel(),
               " values but ", offsets.numel(), " column indices",
               pairs ? " (row pairs need two values per column index)" : "");
-  TORCH_CHECK(row_ptr.numel() == rows + 1, what, ": ", pairs ? "row-pair" : "row",
+  SS_CHECK(row_ptr.numel() == rows + 1, what, ": ", pairs ? "row-pair" : "row",
               " pointers must have ", rows + 1, " entries (one per ",
               pairs ? "pair of output rows" : "output row", " + 1), got ", row_ptr.numel());
   check_pointers(row_ptr.data_ptr<int32_t>(), rows, offsets.numel(), what, "row pointers");
@@ -934,7 +955,7 @@ void check_csr(const at::Tensor& values, const at::Tensor& offsets, const at::Te
     lo = l;
     hi = h;
   }
-  TORCH_CHECK(lo >= 0 && hi < max_offset, what, ": column index out of range [0, ", max_offset,
+  SS_CHECK(lo >= 0 && hi < max_offset, what, ": column index out of range [0, ", max_offset,
               ") — were the offsets computed for this input size (and stack)?");
 }
 
@@ -950,33 +971,33 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
                                  const c10::optional<at::Tensor>& pair_row_ptr,
                                  int64_t stack, const c10::optional<at::Tensor>& segments,
                                  const c10::optional<at::Tensor>& pair_segments) {
-  TORCH_CHECK(input.dim() == 4, "sparse_conv2d: input must be 4-D (N, C, H, W), got ",
+  SS_CHECK(input.dim() == 4, "sparse_conv2d: input must be 4-D (N, C, H, W), got ",
               input.dim(), "-D");
-  TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_conv2d: input must be float32, got ",
+  SS_CHECK(input.scalar_type() == at::kFloat, "sparse_conv2d: input must be float32, got ",
               input.scalar_type());
-  TORCH_CHECK(input.device().is_cpu(), "sparse_conv2d: input must be on the CPU");
-  TORCH_CHECK(input.is_contiguous(), "sparse_conv2d: input must be contiguous (NCHW)");
-  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 &&
+  SS_CHECK(input.device().is_cpu(), "sparse_conv2d: input must be on the CPU");
+  SS_CHECK(input.is_contiguous(), "sparse_conv2d: input must be contiguous (NCHW)");
+  SS_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 &&
                   dilation.size() == 2,
               "sparse_conv2d: kernel, stride, padding and dilation must have 2 entries");
-  TORCH_CHECK(kernel[0] >= 1 && kernel[1] >= 1 && stride[0] >= 1 && stride[1] >= 1 &&
+  SS_CHECK(kernel[0] >= 1 && kernel[1] >= 1 && stride[0] >= 1 && stride[1] >= 1 &&
                   dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 && padding[1] >= 0,
               "sparse_conv2d: kernel, stride and dilation must be >= 1 and padding >= 0");
-  TORCH_CHECK(groups >= 1 && out_channels >= 1 && out_channels % groups == 0,
+  SS_CHECK(groups >= 1 && out_channels >= 1 && out_channels % groups == 0,
               "sparse_conv2d: groups must be >= 1 and divide out_channels");
   const int64_t N = input.size(0), Ctot = input.size(1), H = input.size(2), W = input.size(3);
-  TORCH_CHECK(Ctot % groups == 0, "sparse_conv2d: groups=", groups,
+  SS_CHECK(Ctot % groups == 0, "sparse_conv2d: groups=", groups,
               " must divide the input channels (", Ctot, ")");
-  TORCH_CHECK(stack >= 1 && stack <= std::max<int64_t>(input.size(0), 1),
+  SS_CHECK(stack >= 1 && stack <= std::max<int64_t>(input.size(0), 1),
               "sparse_conv2d: stack must be from 1 to the batch size (", input.size(0),
               ") images per unit, got ", stack);
-  TORCH_CHECK(stack == 1 || mode != 2,
+  SS_CHECK(stack == 1 || mode != 2,
               "sparse_conv2d: the batch-blocked layout does not stack images (stack must be 1)");
   const Layout L = make_layout(Ctot / groups, H, W, kernel[0], kernel[1], stride[0], stride[1],
                                padding[0], padding[1], dilation[0], dilation[1], stack);
-  TORCH_CHECK(L.P >= 1 && L.Q >= 1, "sparse_conv2d: kernel larger than the padded input ", H,
+  SS_CHECK(L.P >= 1 && L.Q >= 1, "sparse_conv2d: kernel larger than the padded input ", H,
               "x", W);
-  TORCH_CHECK(add(mul(L.C, L.plane), L.M) < (int64_t{1} << 31) / VW,
+  SS_CHECK(add(mul(L.C, L.plane), L.M) < (int64_t{1} << 31) / VW,
               "sparse_conv2d: input too large for 32-bit offsets");
   // The column indices' range is checked inside the kernel (compute_unit), without a pass of
   // its own over them: that pass was ≈2% of a 2-thread batch-1 call (it ran serially). An
@@ -984,18 +1005,18 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
   check_csr(values, offsets, row_ptr, out_channels, L.C * L.plane, "sparse_conv2d",
             /*allow_u16=*/false, /*check_cols=*/N == 0);
   const bool pairs = pair_row_ptr.has_value() && pair_row_ptr->defined();
-  TORCH_CHECK(pairs == (pair_values.has_value() && pair_values->defined()) &&
+  SS_CHECK(pairs == (pair_values.has_value() && pair_values->defined()) &&
                   pairs == (pair_offsets.has_value() && pair_offsets->defined()),
               "sparse_conv2d: row pairs need pair_values, pair_offsets and pair_row_ptr");
   if (pairs) {
-    TORCH_CHECK((out_channels / groups) % 2 == 0, "sparse_conv2d: row pairs need an even number",
+    SS_CHECK((out_channels / groups) % 2 == 0, "sparse_conv2d: row pairs need an even number",
                 " of output channels per group, got ", out_channels / groups);
     check_csr(*pair_values, *pair_offsets, *pair_row_ptr, out_channels / 2, L.C * L.plane,
               "sparse_conv2d", /*allow_u16=*/false, /*check_cols=*/N == 0, /*pairs=*/true);
   }
   const float* bias_ptr = nullptr;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
+    SS_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
                     bias->numel() == out_channels && bias->is_contiguous() &&
                     bias->device().is_cpu(),
                 "sparse_conv2d: bias must be a contiguous float32 CPU tensor of ", out_channels,
@@ -1013,13 +1034,13 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
              output.data_ptr<float>(), groups, out_channels, out_channels / groups, relu, &bad,
              nullptr, nullptr};
   const bool segmented = segments.has_value() && segments->defined();
-  TORCH_CHECK((pairs && segmented) == (pair_segments.has_value() && pair_segments->defined()),
+  SS_CHECK((pairs && segmented) == (pair_segments.has_value() && pair_segments->defined()),
               "sparse_conv2d: segment-major row pairs need both segments and pair_segments");
   if (segmented) {
-    TORCH_CHECK(mode != 2, "sparse_conv2d: segment-major order is for the spatial layout");
+    SS_CHECK(mode != 2, "sparse_conv2d: segment-major order is for the spatial layout");
     const int64_t nblocks = make_blocking(L, 1, out_channels).nblocks;
     auto check = [&](const at::Tensor& t, int64_t rows, int64_t total, const char* name) {
-      TORCH_CHECK(t.scalar_type() == at::kInt && t.dim() == 1 && t.is_contiguous() &&
+      SS_CHECK(t.scalar_type() == at::kInt && t.dim() == 1 && t.is_contiguous() &&
                       t.device().is_cpu() && t.numel() == nblocks * rows + 1,
                   "sparse_conv2d: ", name, " must be a contiguous int32 CPU tensor of ",
                   nblocks * rows + 1, " entries (", nblocks, " channel blocks × ", rows,
@@ -1032,7 +1053,7 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
                                   "pair_segments");
   }
   run_conv(a, L, N, mode);
-  TORCH_CHECK(!bad.load(), "sparse_conv2d: column index out of range [0, ", L.C * L.plane,
+  SS_CHECK(!bad.load(), "sparse_conv2d: column index out of range [0, ", L.C * L.plane,
               ") — were the offsets computed for this input size (and stack)?");
   return output;
 }
@@ -1040,7 +1061,7 @@ at::Tensor sparse_conv2d_forward(const at::Tensor& input, const at::Tensor& valu
 // The test helpers below take stacks up to 2^20 (the op: up to the batch size); sizes that
 // still overflow raise in make_layout.
 void check_stack(int64_t stack) {
-  TORCH_CHECK(stack >= 1 && stack <= (int64_t{1} << 20), "stack must be from 1 to 2^20, got ",
+  SS_CHECK(stack >= 1 && stack <= (int64_t{1} << 20), "stack must be from 1 to 2^20, got ",
               stack);
 }
 
@@ -1166,7 +1187,7 @@ void linear_kernel(const float* x, const float* v, const Idx* c, const int32_t* 
       }
       if (chunk_bad) bad.store(true);
     });
-    TORCH_CHECK(!bad.load(), "sparse_linear: column index out of range [0, ", F, ")");
+    SS_CHECK(!bad.load(), "sparse_linear: column index out of range [0, ", F, ")");
     return;
   }
   // Larger batch (indices checked by check_csr): transpose x to (F, Npad) once, then
@@ -1210,21 +1231,21 @@ at::Tensor sparse_linear_forward(const at::Tensor& input, const at::Tensor& valu
                                  const at::Tensor& cols, const at::Tensor& row_ptr,
                                  const c10::optional<at::Tensor>& bias, int64_t out_features,
                                  bool relu) {
-  TORCH_CHECK(input.dim() == 2, "sparse_linear: input must be 2-D (N, in_features), got ",
+  SS_CHECK(input.dim() == 2, "sparse_linear: input must be 2-D (N, in_features), got ",
               input.dim(), "-D");
-  TORCH_CHECK(input.scalar_type() == at::kFloat, "sparse_linear: input must be float32, got ",
+  SS_CHECK(input.scalar_type() == at::kFloat, "sparse_linear: input must be float32, got ",
               input.scalar_type());
-  TORCH_CHECK(input.device().is_cpu(), "sparse_linear: input must be on the CPU");
-  TORCH_CHECK(input.is_contiguous(), "sparse_linear: input must be contiguous");
+  SS_CHECK(input.device().is_cpu(), "sparse_linear: input must be on the CPU");
+  SS_CHECK(input.is_contiguous(), "sparse_linear: input must be contiguous");
   const int64_t N = input.size(0), F = input.size(1), K = out_features;
   // Batch < VW checks column indices inside the kernel (one pass over memory, not two).
   check_csr(values, cols, row_ptr, K, F, "sparse_linear", /*allow_u16=*/true,
             /*check_cols=*/N >= VW || N == 0);
-  TORCH_CHECK(cols.scalar_type() != at::kShort || F <= 65536,
+  SS_CHECK(cols.scalar_type() != at::kShort || F <= 65536,
               "sparse_linear: 16-bit column indices need in_features <= 65536");
   const float* bias_ptr = nullptr;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == K &&
+    SS_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == K &&
                     bias->is_contiguous() && bias->device().is_cpu(),
                 "sparse_linear: bias must be a contiguous float32 CPU tensor of ", K,
                 " elements");
