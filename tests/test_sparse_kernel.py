@@ -827,6 +827,36 @@ def test_weights_with_cached_plans_copy_and_pickle():
     assert csr._plans  # the original keeps its plans
 
 
+def test_weights_pickled_before_the_call_caches_existed_still_load_and_run(monkeypatch):
+    """A pickle from a version without ``_plans``, ``_fast`` or ``_segments`` (the caches came
+    later) loads with them empty, and the weight computes as the original."""
+    from model.sparse.csr import ConvCSR, LinearCSR
+
+    x, csr = _small()
+    expected = sparse_conv2d(x, csr, row_pairs=True)
+    linear = linear_weight_to_csr(torch.randn(4, 6))
+    y = torch.randn(2, 6)
+    linear_out = sparse_linear(y, linear)
+    old_csr, old_linear = copy.deepcopy(csr), copy.deepcopy(linear)
+    for name in ("_plans", "_fast", "_segments"):
+        del old_csr.__dict__[name]
+    for name in ("_plans", "_fast"):
+        del old_linear.__dict__[name]
+    assert old_csr._cache, "row pairs were not cached: nothing to check for them"
+    for pairs in old_csr._cache.values():  # RowPairs without its segment-major copies
+        del pairs.__dict__["_segments"]
+    for cls in (ConvCSR, LinearCSR):  # pickled as an old version did: the whole __dict__
+        monkeypatch.setattr(cls, "__getstate__", lambda self: dict(self.__dict__))
+    pickled, pickled_linear = pickle.dumps(old_csr), pickle.dumps(old_linear)
+    monkeypatch.undo()
+    loaded, loaded_linear = pickle.loads(pickled), pickle.loads(pickled_linear)
+    assert loaded._plans == {} and loaded._fast == [] and loaded._segments == {}
+    assert loaded_linear._plans == {} and loaded_linear._fast == []
+    assert all(pairs._segments == {} for pairs in loaded._cache.values())
+    torch.testing.assert_close(sparse_conv2d(x, loaded, row_pairs=True), expected)
+    torch.testing.assert_close(sparse_linear(y, loaded_linear), linear_out)
+
+
 def test_kernel_larger_than_input_raises():
     x, csr = _small()
     with pytest.raises(ValueError, match="does not fit"):

@@ -34,7 +34,7 @@ Linear: the weight ``(out_features, in_features)`` is a plain CSR matrix (:class
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import torch
 
@@ -53,6 +53,15 @@ def _without_plans(weight: object) -> dict:
     # describe them: without it the copy's first call rebuilds what is derived.
     state.pop("_stamp", None)
     return state
+
+
+def _restore(weight: object, state: dict) -> None:
+    """Unpickle a CSR weight: a pickle from a version without some derived cache (``_plans``,
+    ``_fast``, ``_segments`` came later) gets it empty, rebuilt on the first call."""
+    weight.__dict__.update(state)
+    for spec in fields(weight):
+        if spec.name not in weight.__dict__ and spec.default_factory is not MISSING:
+            weight.__dict__[spec.name] = spec.default_factory()
 
 
 def _forget_if_changed(weight: object, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> None:
@@ -197,6 +206,9 @@ class RowPairs:
     )
     _segments: dict[tuple, tuple] = field(default_factory=dict, repr=False)
 
+    def __setstate__(self, state: dict) -> None:
+        _restore(self, state)
+
     @property
     def shared(self) -> float:
         """Fraction of all non-zeros that are in shared columns (two values each)."""
@@ -262,6 +274,9 @@ class ConvCSR:
 
     def __getstate__(self) -> dict:
         return _without_plans(self)
+
+    def __setstate__(self, state: dict) -> None:
+        _restore(self, state)
 
     def forget_if_changed(self) -> None:
         """Drop cached offsets, row pairs and call plans if the arrays were written in place."""
@@ -439,6 +454,9 @@ class LinearCSR:
 
     def __getstate__(self) -> dict:
         return _without_plans(self)
+
+    def __setstate__(self, state: dict) -> None:
+        _restore(self, state)
 
     def forget_if_changed(self) -> None:
         """Drop cached offsets, row pairs and call plans if the arrays were written in place."""
