@@ -391,3 +391,21 @@ def test_list_options_are_kept_as_pairs():
     with torch.no_grad():
         layer(torch.randn(1, 3, 6, 6))
     assert len(layer.weight_csr._plans) == 1 and layer.weight_csr._fast
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_nested_tensor_input_is_a_clear_error(warm):
+    """Nested tensors have no shape to plan on (torch raised its own 'Internal error ...
+    Please file an issue'): a ValueError that says what the layers take, also once a plan
+    for dense inputs is cached."""
+    conv = SparseConv2d.from_dense(torch.nn.Conv2d(2, 4, 3))
+    linear = SparseLinear.from_dense(torch.nn.Linear(4, 3))
+    if warm:
+        conv(torch.randn(1, 2, 5, 5))
+        linear(torch.randn(2, 4))
+    images = torch.nested.nested_tensor([torch.randn(2, 5, 5), torch.randn(2, 6, 6)])
+    rows = torch.nested.nested_tensor([torch.randn(1, 4), torch.randn(2, 4)])
+    for layer, x in ((conv, images), (linear, rows)):
+        with pytest.raises(ValueError, match="must be a dense \\(strided\\) tensor, got a nested"):
+            layer(x)

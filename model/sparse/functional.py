@@ -41,8 +41,9 @@ def _check_tensor(x: object, what: str, dims: int | None = None) -> torch.Tensor
         raise TypeError(f"{what} must be float32, got {x.dtype} (the sparse kernel is fp32 only)")
     if x.device.type != "cpu":
         raise ValueError(f"{what} must be on the CPU, got {x.device}")
-    if x.is_sparse or x.layout != torch.strided:
-        raise ValueError(f"{what} must be a dense (strided) tensor")
+    if x.is_sparse or x.is_nested or x.layout != torch.strided:
+        raise ValueError(f"{what} must be a dense (strided) tensor, got a "
+                         f"{'nested' if x.is_nested else str(x.layout)} one")
     if dims is not None and x.dim() != dims:
         raise ValueError(f"{what} must be {dims}-D, got shape {tuple(x.shape)}")
     if not x.is_contiguous():
@@ -241,6 +242,8 @@ def _plan_key(input, weight, stride, padding, dilation, implementation, batch_la
     (not a ConvCSR or a tensor, options of other types)."""
     geometry = (_exact_pair(stride), _exact_pair(padding), _exact_pair(dilation))
     if None in geometry or type(weight) is not ConvCSR or not isinstance(input, torch.Tensor):
+        return None
+    if input.is_nested:  # no shape to key on: _check_tensor refuses it
         return None
     if type(implementation) is not str or type(batch_layout) is not str:
         return None
