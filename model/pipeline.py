@@ -242,6 +242,7 @@ def run_pruning(
     # the data set and network first: a refused one (an unknown data set, a folder in no
     # supported format) leaves out_dir as it was
     net, data, hooks, predictions, by_name = _build(request, train_config, method_config)
+    earlier = _earlier_measurement(out_dir) if resume and not request.measure else None
     _prepare_out_dir(out_dir, request, resume)
     batch = getattr(method_config, "inference_batch", 1)
     dense_path = out_dir / "dense.safetensors"
@@ -312,6 +313,9 @@ def run_pruning(
             measured = _measure(net, plan, info.input_shape, batch, log)
             if measured is not None:
                 _attach_measurement(manifest, measured)
+    if earlier is not None and trainer.resumed_finished and manifest["measurement"] is None:
+        log("the run had finished and is not measured again: its earlier measurement is kept")
+        _attach_measurement(manifest, earlier)
     manifest["artifacts"] = {
         "manifest": "manifest.json", "request": "request.json",
         "dense_weights": dense_path.name if dense_path.exists() else None,
@@ -709,6 +713,18 @@ def _cut_summary(result, fibres, net, info, num_classes: int) -> dict[str, Any]:
         "cost": {"macs_before": before.macs, "macs_after": after.macs,
                  "params_before": before.params, "params_after": after.params},
     }  # fmt: skip
+
+
+def _earlier_measurement(out_dir: Path) -> dict | None:
+    """The measurement in the manifest an earlier, finished run of this job left in
+    ``out_dir`` (None if there is none): a rerun that trains nothing new and is not measured
+    keeps it rather than writing "not measured" over it."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    measured = manifest.get("measurement") if isinstance(manifest, dict) else None
+    return measured if isinstance(measured, dict) else None
 
 
 def _attach_measurement(manifest: dict, measured: dict) -> None:

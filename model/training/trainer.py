@@ -242,6 +242,7 @@ class Trainer:
         self.epoch = 0  # epochs completed in the current phase
         self.dense_accuracy: float | None = None
         self.masks: dict[str, torch.Tensor] = {}
+        self.resumed_finished = False  # resumed a run that had ended: nothing trained again
         self.rank, self.world = distributed.rank_and_world()
         # data-parallel ranks train where their process group runs (one device kind per job)
         self.device = (distributed.group_device() if self.world > 1
@@ -323,6 +324,7 @@ class Trainer:
         if cuda_rng is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(cuda_rng.cpu(), self.device)
         finished = self.phase == "finetune" and self.epoch >= self.config.finetune_epochs
+        self.resumed_finished = finished
         self.emit({"type": "log", "message": (
             f"resumed at {self.phase} epoch {self.epoch}: the run had finished, nothing is "
             "trained again (its results are written again)"
