@@ -270,7 +270,7 @@ def run_pruning(
                 checkpoint_path=out_dir / "checkpoint.pt", cancel=cancel,
             )  # fmt: skip
             result = _fit(trainer, resume, cluster)
-            device = distributed.describe_device(trainer.device)
+            trained_on = ", then ".join(trainer.trained_on) or None  # None: not recorded
             failed = False
         finally:
             if cluster.distributed:
@@ -287,7 +287,8 @@ def run_pruning(
         "accuracy": {"dense": result.dense_accuracy, "pruned": result.final_accuracy},
         "structure": "unstructured", "layers": [],
         "model_speedup": {"predicted": None, "measured": None},
-        "measurement": None, "seconds": result.seconds, "trained_on": device,
+        "measurement": None, "seconds": result.seconds,
+        "trained_on": trained_on,
     }  # fmt: skip
     surgery = None
     if getattr(hooks, "structured", False):

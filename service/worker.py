@@ -205,7 +205,8 @@ class Worker:
         if _is_loopback(address):
             on_event({"type": "log", "message": f"{address} is a loopback address: only "
                       "workers on this host can join; set SWEETSPOT_ADVERTISE_ADDRESS (and "
-                      "GLOO_SOCKET_IFNAME) on each worker host"})  # fmt: skip
+                      "GLOO_SOCKET_IFNAME, or NCCL_SOCKET_IFNAME on GPU hosts) on each "
+                      "worker host"})  # fmt: skip
         return Cluster(nodes=train_config.nodes, node_rank=0, procs=train_config.procs,
                        master_addr=address, master_port=port,
                        timeout_s=self.settings.rendezvous_timeout_s)  # fmt: skip
@@ -353,12 +354,14 @@ class Heartbeat:
 
 
 def _prune_request(request: dict, settings: Settings):
-    """The stored job request as the pipeline's; the worker's ``job_procs`` default applies."""
+    """The stored job request as the pipeline's; the worker's ``job_procs`` default applies
+    (at most one process per GPU when the job trains on GPUs)."""
     from model.pipeline import PruneRequest
+    from model.training.distributed import default_procs
 
     config = dict(request.get("config") or {})
-    if settings.job_procs > 1:
-        config.setdefault("procs", settings.job_procs)
+    if settings.job_procs > 1 and "procs" not in config:
+        config["procs"] = default_procs(settings.job_procs, config.get("device", "auto"))
     return PruneRequest(
         method=request["method"], model=request["model"], dataset=request["dataset"],
         hardware=request["hardware"], config=config, checkpoint=request.get("checkpoint_path"),

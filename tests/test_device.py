@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from model.pipeline import PruneRequest, run_pruning, split_config
 from model.training import Cancelled, TrainConfig, Trainer, distributed
-from model.training.distributed import agree_device, resolve_device
+from model.training.distributed import resolve_device
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -67,18 +68,56 @@ def test_gpus_that_are_not_there_are_a_clear_error(monkeypatch, gpus, spec, proc
     assert message in str(error.value)
 
 
-def test_every_rank_trains_on_the_device_kind_rank_0_chose(monkeypatch):
-    """A job never mixes gloo and NCCL: rank 0 publishes its kind in the rendezvous store."""
-    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    _gpus(monkeypatch, 2)
-    assert agree_device(store, 0, "cpu", 1, 0) == torch.device("cpu")
-    assert agree_device(store, 1, "auto", 1, 0) == torch.device("cpu")  # it has GPUs: unused
-    store.set(distributed.DEVICE_KEY, "cuda")
-    assert agree_device(store, 3, "auto", 2, 1) == torch.device("cuda", 1)
-    _gpus(monkeypatch, 0)
-    with pytest.raises(ValueError, match="rank 0 of this job trains on CUDA GPUs, but rank 1 "
-                                         "cannot: device='cuda' but torch"):  # fmt: skip
-        agree_device(store, 1, "auto", 1, 0)
+def _check_in_two_ranks(monkeypatch, devices: dict) -> tuple[object, object, float]:
+    """Ranks 0 and 1 of a 1-node × 2-process job check in at one store; rank ``i``'s host
+    resolves the device to ``devices[i]`` (a ``torch.device`` or a ValueError to raise).
+    Returns each rank's outcome and rank 0's seconds."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def resolve(spec, procs, local_index):
+        outcome = devices[local_index]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(distributed, "resolve_device", resolve)
+    cluster = distributed.Cluster(procs=2, master_port=distributed.free_port(), timeout_s=20)
+    stores = [torch.distributed.TCPStore("127.0.0.1", cluster.master_port, is_master=index == 0,
+                                         timeout=timedelta(seconds=20), wait_for_workers=False)
+              for index in (0, 1)]  # a connection each, as in two processes  # fmt: skip
+
+    def rank(index: int):
+        try:
+            return distributed.check_in(stores[index], index, cluster, "auto", index)
+        except Exception as error:  # the outcome under test
+            return error
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        zero, one = pool.submit(rank, 0), pool.submit(rank, 1)
+        return zero.result(), one.result(), time.monotonic() - start
+
+
+def test_a_job_trains_on_gpus_only_when_every_rank_has_one(monkeypatch):
+    """A job never mixes gloo and NCCL: GPUs when every rank got one, else CPUs everywhere
+    (``auto`` on a job whose hosts are not all GPU hosts)."""
+    both = {0: torch.device("cuda", 0), 1: torch.device("cuda", 1)}
+    assert _check_in_two_ranks(monkeypatch, both)[:2] == (both[0], both[1])
+    mixed = {0: torch.device("cuda", 0), 1: torch.device("cpu")}
+    assert _check_in_two_ranks(monkeypatch, mixed)[:2] == (torch.device("cpu"),) * 2
+
+
+def test_a_rank_whose_host_lacks_the_gpus_fails_the_job_at_once(monkeypatch):
+    """Rank 0 does not wait out the rendezvous for a rank that cannot come: it fails with
+    that rank's reason."""
+    missing = ValueError("device='cuda' but torch sees no CUDA GPU on this host")
+    zero, one, seconds = _check_in_two_ranks(monkeypatch, {0: torch.device("cuda", 0), 1: missing})
+    for outcome in (zero, one):
+        assert isinstance(outcome, distributed.RankDeviceError)
+        assert str(outcome) == ("rank 1 cannot train on this job's device: device='cuda' but "
+                                "torch sees no CUDA GPU on this host")  # fmt: skip
+    assert seconds < 10  # the rendezvous timeout is 20 s
 
 
 def test_to_device_moves_nested_tensors_and_keeps_the_rest():
@@ -128,11 +167,18 @@ def test_a_checkpoint_resumes_under_another_device_setting(tmp_path):
     events = (out / "events.jsonl").read_text()
     assert "resumed at prune epoch 1" in events
     assert manifest["config"]["train"]["device"] == "auto"
+    assert manifest["trained_on"] == "cpu"  # the same place both times: named once
+    again = run_pruning(_request("auto"), out)  # finished: nothing trained, nothing added
+    assert again["trained_on"] == "cpu"
+    assert (out / "events.jsonl").read_text().count('"training on cpu"') == 2
 
 
 def test_the_trainer_hands_the_model_back_where_it_came_from(monkeypatch):
     """Trained on the config's device, the model comes back on its own (the pipeline then
-    saves, converts and times it on the CPU), also when the run stops early."""
+    saves, converts and times it on the CPU), also when the run stops early. ``cpu:0`` stands
+    in for a GPU: it compares unequal to the model's ``cpu``."""
+    trains_on = torch.device("cpu", 0)
+    monkeypatch.setattr(distributed, "resolve_device", lambda spec: trains_on)
     moves = []
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     original = nn.Module.to
@@ -150,7 +196,7 @@ def test_the_trainer_hands_the_model_back_where_it_came_from(monkeypatch):
                       cancel=cancel)  # fmt: skip
     with pytest.raises(Cancelled):
         trainer.fit(resume=False)
-    assert moves == [torch.device("cpu"), torch.device("cpu")]
+    assert moves == [trains_on, torch.device("cpu")]
 
 
 # --------------------------------------------------------------------- on a CUDA GPU
@@ -199,7 +245,8 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu_and_on_the_gpu_equal_to_no_stop(tmp
             run_pruning(_request("cuda"), tmp_path / name, callbacks=[stop_in_prune],
                         cancel=cancel, resume=False)  # fmt: skip
         resumed = run_pruning(_request(then), tmp_path / name)
-        assert resumed["trained_on"].startswith(then)
+        gpu = f"cuda:0 ({torch.cuda.get_device_name(0)})"
+        assert resumed["trained_on"] == (gpu if then == "cuda" else f"{gpu}, then cpu")
         assert abs(resumed["accuracy"]["pruned"] - whole["accuracy"]["pruned"]) <= 0.03
     a = load_file(str(tmp_path / "whole" / "pruned.safetensors"))
     b = load_file(str(tmp_path / "gpu" / "pruned.safetensors"))
@@ -237,7 +284,7 @@ def test_nccl_collectives_run_on_the_gpu():
 def test_two_gpu_processes_match_one_with_the_same_global_batch(tmp_path):
     one = run_pruning(_request("cuda"), tmp_path / "one", resume=False)
     two = run_pruning(_request("cuda", procs=2), tmp_path / "two", resume=False)
-    assert two["trained_on"] == "cuda:0 (" + torch.cuda.get_device_name(0) + ")"
+    assert two["trained_on"] == f"2 processes, rank 0 on cuda:0 ({torch.cuda.get_device_name(0)})"
     assert abs(one["accuracy"]["pruned"] - two["accuracy"]["pruned"]) <= 0.01
 
 
@@ -258,6 +305,7 @@ def test_bench_train_times_a_step_on_each_device_once(capsys):
     ("argv", "message"),
     [
         (["--steps", "0"], "must be >= 1, got 0"),
+        (["--threads", "x"], "must be an integer >= 1, got 'x'"),
         (["--device", "gpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         (["--model", "nope"], "invalid choice: 'nope'"),
     ],
@@ -324,3 +372,37 @@ def test_a_worker_trains_a_job_on_its_gpu(tmp_path):
         assert done["status"] == "succeeded", done["status_reason"]
         manifest = client.get(f"/v1/jobs/{job['id']}/artifacts/manifest.json").json()
         assert manifest["trained_on"] == f"cuda:0 ({torch.cuda.get_device_name(0)})"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "device", "procs"),
+    [(0, None, 4), (0, "auto", 4), (2, None, 2), (2, "auto", 2), (8, "cuda", 4), (2, "cuda", 2),
+     (2, "cuda:1", 1), (2, "cpu", 4)],
+)  # fmt: skip
+def test_a_workers_procs_default_gives_a_gpu_job_one_process_per_gpu(monkeypatch, gpus, device,
+                                                                   procs):  # fmt: skip
+    """``sweetspot worker --procs 4`` on a host with 2 GPUs: a job that trains on GPUs gets
+    one process per GPU (NCCL cannot share one), not a refusal or a silent CPU run."""
+    from service.settings import Settings
+    from service.worker import _prune_request
+
+    _gpus(monkeypatch, gpus)
+    config = {} if device is None else {"device": device}
+    request = {"method": "gsl", "model": "lenet5", "dataset": "synthetic",
+               "hardware": "atom-c2750", "config": config}  # fmt: skip
+    assert _prune_request(request, Settings(job_procs=4)).config["procs"] == procs
+    explicit = {**request, "config": {**config, "procs": 3}}  # the job's own value stands
+    assert _prune_request(explicit, Settings(job_procs=4)).config["procs"] == 3
+
+
+def test_two_ranks_on_one_gpu_is_a_setup_error_not_a_lost_rank():
+    """NCCL refuses two ranks on one GPU (two nodes of a job on one host, seen on an H200):
+    requeueing the job would fail the same way, so it is not reported as a lost rank."""
+    duplicate = torch.distributed.DistBackendError(
+        "NCCL error in: NCCLUtils.cpp:93, invalid usage (run with NCCL_DEBUG=WARN for details)"
+        ", NCCL version 2.28.9\nncclInvalidUsage: ...\nDuplicate GPU detected : rank 0 and rank 1"
+        " both on CUDA device 60")  # fmt: skip
+    assert not distributed.is_rank_lost(duplicate)
+    assert distributed.is_rank_lost(torch.distributed.DistBackendError(
+        "NCCL error: remote process exited or there was a network error"))  # fmt: skip
+    assert distributed.is_rank_lost(RuntimeError("[gloo] Connection closed by peer"))

@@ -26,7 +26,10 @@ from model.training.trainer import TrainConfig, Trainer
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             devices.setdefault(distributed.resolve_device(spec), spec)
         except ValueError as error:  # a GPU asked for that this host does not have
-            print(f"error: {error}", file=sys.stderr)
+            print(f"sweetspot: {error}", file=sys.stderr)
             return 2
     results = [time_steps(args.model, args.batch, str(device), args.steps, args.repeats,
                           args.threads) for device in devices]  # fmt: skip

@@ -17,10 +17,11 @@ next to itself. Node 0's first process is rank 0: it hosts the rendezvous (a TCP
 process sits; the service's workers agree on it through the job store (``service.jobs``), the
 command line through ``sweetspot prune --nodes/--node-rank/--master``.
 
-The training device (:func:`resolve_device`) is decided once per job: rank 0 resolves the
-config's ``device`` and publishes its kind in the rendezvous store; every other rank trains on
-the same kind (local rank ``i`` on GPU ``i``, as ``torchrun``'s ``LOCAL_RANK``) or fails with
-a message that says why, so a job never mixes gloo and NCCL.
+The training device is agreed on at the rendezvous (:func:`check_in`): every rank resolves
+the config's ``device`` on its host (:func:`resolve_device`; local rank ``i`` on GPU ``i``,
+as ``torchrun``'s ``LOCAL_RANK``), and the job trains on CUDA GPUs only when every rank got
+one, else on CPUs; a rank whose host lacks GPUs the config names fails the job at once with
+its reason. So a job never mixes gloo and NCCL.
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class RendezvousTimeoutError(RuntimeError):
 
 
 JOINED_KEY = "sweetspot/joined"
-DEVICE_KEY = "sweetspot/device"  # rank 0's device kind: "cpu" or "cuda"
+DEVICE_KEY = "sweetspot/device"  # the job's device kind, set by rank 0: "cpu" or "cuda"
+GPU_RANKS_KEY = "sweetspot/gpu-ranks"  # ranks that got a GPU
+FAILED_KEY = "sweetspot/failed"  # ranks that cannot train on the job's device
+FAILED_REASON_KEY = "sweetspot/failed-reason"  # why (the last one to fail)
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -145,6 +149,19 @@ def resolve_device(spec: str, procs: int = 1, local_index: int = 0) -> torch.dev
     return torch.device("cuda", local_index)
 
 
+def default_procs(wanted: int, spec: object) -> int:
+    """The processes a worker gives a job that does not set ``procs`` (its ``--procs``), for
+    the job's ``device``: one for a pinned GPU (``cuda:N``), at most one per GPU when the job
+    trains on GPUs (``cuda``, or ``auto`` on a host with one: NCCL needs a GPU per process),
+    else ``wanted``."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if isinstance(spec, str) and spec.startswith("cuda:"):
+        return 1
+    if spec in ("cuda", "auto") and count:
+        return min(wanted, count)
+    return wanted
+
+
 def describe_device(device: torch.device) -> str:
     """``"cpu"`` or ``"cuda:0 (NVIDIA H200)"``: what a run's log and manifest record."""
     if device.type == "cuda":
@@ -162,9 +179,13 @@ def group_device() -> torch.device:
 
 def is_rank_lost(error: BaseException) -> bool:
     """Whether ``error`` is a collective failing because a peer went away (gloo's and NCCL's
-    transport errors and timeouts are plain RuntimeErrors naming their backend)."""
+    transport errors and timeouts are plain RuntimeErrors naming their backend). NCCL's
+    "invalid usage" (two ranks on one GPU: two nodes of a job on one host) is a setup error,
+    not a lost rank: running the job again would fail the same way."""
     dist_error = getattr(dist, "DistError", ())
     text = str(error).lower()
+    if "invalid usage" in text:
+        return False
     return isinstance(error, RankLostError) or (
         isinstance(error, RuntimeError)
         and (isinstance(error, dist_error) or "gloo" in text or "nccl" in text)
@@ -192,8 +213,8 @@ def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None 
     """Join the job's process group as rank ``cluster.first_rank + local_index``; blocks until
     every rank has joined: at most ``cluster.timeout_s`` (then :class:`RendezvousTimeoutError`),
     and on rank 0 only until ``cancel`` is set (then :class:`RendezvousCancelledError`).
-    Returns the device this rank trains on (``device`` is the job's config value, resolved by
-    :func:`agree_device`): the group uses NCCL on CUDA, gloo on the CPU.
+    Returns the device this rank trains on (``device`` is the job's config value, agreed on
+    as :func:`check_in` says): the group uses NCCL on CUDA GPUs, gloo on CPUs.
 
     The rendezvous is a TCP store that rank 0 hosts; every rank checks in there and rank 0
     waits, in short rounds, until all have, *before* the process group is made. A rendezvous
@@ -202,21 +223,10 @@ def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None 
     """
     rank = cluster.first_rank + local_index
     timeout = timedelta(seconds=cluster.timeout_s)
-    deadline = time.monotonic() + cluster.timeout_s
     store = dist.TCPStore(cluster.master_addr, cluster.master_port, world_size=cluster.world,
                           is_master=rank == 0, timeout=timeout,
                           wait_for_workers=False)  # fmt: skip
-    resolved = agree_device(store, rank, device, cluster.procs, local_index)
-    joined = store.add(JOINED_KEY, 1)
-    stop = cancel or threading.Event()
-    while rank == 0 and joined < cluster.world:
-        if stop.wait(0.2):
-            raise RendezvousCancelledError("cancelled while waiting for the job's other ranks")
-        if time.monotonic() > deadline:
-            raise RendezvousTimeoutError(
-                f"{joined} of {cluster.world} ranks joined within {cluster.timeout_s:g} s"
-            )
-        joined = store.add(JOINED_KEY, 0)
+    resolved = check_in(store, rank, cluster, device, local_index, cancel)
     global _device
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
@@ -231,23 +241,52 @@ def init(cluster: Cluster, local_index: int = 0, cancel: threading.Event | None 
     return resolved
 
 
-def agree_device(store: Any, rank: int, spec: str, procs: int, local_index: int
-                 ) -> torch.device:  # fmt: skip
-    """One device kind per job: rank 0 resolves ``spec`` (:func:`resolve_device`) and
-    publishes its kind in the rendezvous store; the other ranks wait for it and take the same
-    kind (``cuda`` → GPU ``local_index``), raising ValueError when this host cannot."""
-    if rank == 0:
-        resolved = resolve_device(spec, procs, local_index)
-        store.set(DEVICE_KEY, resolved.type)
-        return resolved
-    kind = store.get(DEVICE_KEY).decode()
-    if kind == "cpu":
-        return torch.device("cpu")
+class RankDeviceError(ValueError):
+    """A rank's host lacks the GPUs the job asks for (``device='cuda'`` or ``'cuda:N'``)."""
+
+
+def check_in(store: Any, rank: int, cluster: Cluster, spec: str, local_index: int = 0,
+             cancel: threading.Event | None = None) -> torch.device:  # fmt: skip
+    """The rendezvous before the process group, and one device kind for the whole job.
+
+    Every rank resolves ``spec`` on its host (:func:`resolve_device`) and checks in with what
+    it got: a GPU or the CPU, or, when ``spec`` names GPUs this host lacks, the reason (then it
+    raises :class:`RankDeviceError`). Rank 0 waits until all have checked in (see
+    :func:`init`), fails at once with a reason given, and publishes the job's kind:
+    CUDA when every rank got a GPU, else the CPU (``auto`` on a job whose hosts are not all
+    GPU hosts trains on CPUs everywhere, with gloo). Every rank then trains on that kind.
+    """
     try:
-        return resolve_device("cuda" if spec in ("auto", "cpu") else spec, procs, local_index)
+        resolved = resolve_device(spec, cluster.procs, local_index)
     except ValueError as error:
-        raise ValueError(f"rank 0 of this job trains on CUDA GPUs, but rank {rank} cannot: "
-                         f"{error}") from None  # fmt: skip
+        reason = f"rank {rank} cannot train on this job's device: {error}"
+        store.set(FAILED_REASON_KEY, reason)
+        store.add(FAILED_KEY, 1)
+        raise RankDeviceError(reason) from None
+    if resolved.type == "cuda":
+        store.add(GPU_RANKS_KEY, 1)
+    joined = store.add(JOINED_KEY, 1)
+    if rank == 0:
+        _wait_for_ranks(store, cluster, joined, cancel or threading.Event())
+        kind = "cuda" if store.add(GPU_RANKS_KEY, 0) == cluster.world else "cpu"
+        store.set(DEVICE_KEY, kind)
+    else:
+        kind = store.get(DEVICE_KEY).decode()
+    return resolved if resolved.type == kind else torch.device("cpu")
+
+
+def _wait_for_ranks(store: Any, cluster: Cluster, joined: int, stop: threading.Event) -> None:
+    deadline = time.monotonic() + cluster.timeout_s
+    while joined < cluster.world:
+        if store.add(FAILED_KEY, 0):  # its reason was set before it counted itself
+            raise RankDeviceError(store.get(FAILED_REASON_KEY).decode())
+        if stop.wait(0.2):
+            raise RendezvousCancelledError("cancelled while waiting for the job's other ranks")
+        if time.monotonic() > deadline:
+            raise RendezvousTimeoutError(
+                f"{joined} of {cluster.world} ranks joined within {cluster.timeout_s:g} s"
+            )
+        joined = store.add(JOINED_KEY, 0)
 
 
 def _forget_failed_group() -> None:

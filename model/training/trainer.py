@@ -243,6 +243,7 @@ class Trainer:
         self.dense_accuracy: float | None = None
         self.masks: dict[str, torch.Tensor] = {}
         self.resumed_finished = False  # resumed a run that had ended: nothing trained again
+        self.trained_on: list[str] = []  # where the run trained, over its resumes
         self.rank, self.world = distributed.rank_and_world()
         # data-parallel ranks train where their process group runs (one device kind per job)
         self.device = (distributed.group_device() if self.world > 1
@@ -289,6 +290,7 @@ class Trainer:
             "step": self.step,
             "dense_accuracy": self.dense_accuracy,
             "events": self.events,
+            "trained_on": self.trained_on,
             "rng": torch.get_rng_state(),
             "cuda_rng": (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
                          else None),  # dropout on a GPU draws from the GPU's generator
@@ -320,6 +322,7 @@ class Trainer:
         self.optimizer = self._optimizer(lr)
         self.optimizer.load_state_dict(state["optimizer"])
         self.events = list(state["events"])
+        self.trained_on = list(state.get("trained_on", []))  # older checkpoints: unknown
         torch.set_rng_state(rng)
         if cuda_rng is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(cuda_rng.cpu(), self.device)
@@ -463,9 +466,13 @@ class Trainer:
             self.load_state(state)
         else:
             torch.manual_seed(self.config.seed)
-        self.emit({"type": "log", "message": "training on "
-                   + distributed.describe_device(self.device)
-                   + (f" × {self.world} processes" if self.world > 1 else "")})  # fmt: skip
+        if not self.resumed_finished:
+            where = distributed.describe_device(self.device)
+            if self.world > 1:
+                where = f"{self.world} processes, rank 0 on {where}"
+            self.emit({"type": "log", "message": f"training on {where}"})
+            if self.trained_on[-1:] != [where]:
+                self.trained_on.append(where)
         epochs = {
             "dense": self.config.dense_epochs,
             "prune": self.config.prune_epochs if self.hooks else 0,
