@@ -452,13 +452,21 @@ def _start_node(
         except ValueError:  # the device asked for is not on this host
             _stop_node(ranks, abort=True)
             raise
-        except RuntimeError as error:
+        except distributed.RendezvousTimeoutError as error:
             _stop_node(ranks, abort=True)
             raise distributed.RendezvousTimeoutError(
                 f"not all {cluster.world} ranks ({cluster.nodes} host(s) × {cluster.procs}) "
                 f"joined within {cluster.timeout_s:g} s ({error}); start workers on more hosts, "
                 f"check that they reach {cluster.master_addr}:{cluster.master_port}, or lower "
                 "nodes"
+            ) from error
+        except RuntimeError as error:  # the store's port, the backend's connections, a GPU
+            _stop_node(ranks, abort=True)
+            raise RuntimeError(
+                f"the process group of the job's {cluster.world} ranks on "
+                f"{cluster.master_addr}:{cluster.master_port} did not form ({error}); check that "
+                "the port is free on node 0 and that the hosts reach each other "
+                "(GLOO_SOCKET_IFNAME, or NCCL_SOCKET_IFNAME on GPUs, names the interface)"
             ) from error
     return ranks, cluster
 

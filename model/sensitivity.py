@@ -145,6 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draws averaged for the random-filter baseline (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--device", default="auto", help="where the dense network trains: auto "
+                        "(a CUDA GPU when there is one, default), cpu, cuda, cuda:N")  # fmt: skip
     parser.add_argument(
         "--out",
         required=True,
@@ -172,6 +174,12 @@ def _argument_error(args: argparse.Namespace) -> str | None:
         value = getattr(args, option)
         if value is not None and value < least:
             return f"--{option.replace('_', '-')} must be >= {least}, got {value}"
+    from model.training.distributed import resolve_device
+
+    try:
+        resolve_device(args.device)  # a valid value, and the GPU it names is here
+    except ValueError as error:
+        return str(error)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return f"--out {args.out} is a file; it names the folder the outputs go to"
@@ -246,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not args.checkpoint:
         config = TrainConfig(dense_epochs=args.dense_epochs, seed=args.seed, log_every=0,
-                             checkpoint_every=0, threads=args.threads)  # fmt: skip
+                             checkpoint_every=0, threads=args.threads,
+                             device=args.device)  # fmt: skip
         Trainer(model, data.train, data.test, config).fit(resume=False)
     result = analyse(model, data.test, info.input_shape, ratios, layers,
                      args.random_repeats, args.seed)  # fmt: skip

@@ -302,6 +302,8 @@ def test_bench_summary_marks_a_break_even_below_every_measured_sparsity():
         (["--layers", "nope,fc1"], 2, "--layers nope, fc1: not prunable conv layers of lenet5"),
         (["--model", "nope"], 2, "unknown model 'nope'"),
         (["--checkpoint", "/missing.pt"], 1, "does not exist"),
+        (["--device", "gpu"], 2, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+        (["--device", "cuda:9"], 2, "device='cuda:9' but"),  # no such GPU here, whatever the host
     ],
 )
 def test_sensitivity_refuses_bad_arguments_before_training(capsys, tmp_path, monkeypatch, extra,

@@ -406,3 +406,22 @@ def test_two_ranks_on_one_gpu_is_a_setup_error_not_a_lost_rank():
     assert distributed.is_rank_lost(torch.distributed.DistBackendError(
         "NCCL error: remote process exited or there was a network error"))  # fmt: skip
     assert distributed.is_rank_lost(RuntimeError("[gloo] Connection closed by peer"))
+
+
+def test_a_process_group_that_does_not_form_says_so_not_that_ranks_are_missing(tmp_path):
+    """Only a rendezvous that timed out is reported as ranks that did not join; anything else
+    (here node 0's port taken) says the group did not form, and why."""
+    from model.pipeline import _start_node
+
+    port = distributed.free_port()
+    holder = torch.distributed.TCPStore("127.0.0.1", port, is_master=True,
+                                        wait_for_workers=False)  # the port is taken  # fmt: skip
+    request = _request("cpu")
+    train_config, _ = split_config(request.method, request.config)
+    cluster = distributed.Cluster(nodes=2, procs=1, master_port=port, timeout_s=3)
+    with pytest.raises(RuntimeError) as error:
+        _start_node(cluster, request, tmp_path, True, train_config)
+    assert not isinstance(error.value, distributed.RendezvousTimeoutError)
+    assert f"ranks on 127.0.0.1:{port} did not form" in str(error.value)
+    assert "address already in use" in str(error.value) and "port is free" in str(error.value)
+    del holder
