@@ -242,7 +242,7 @@ def run_pruning(
     # the data set and network first: a refused one (an unknown data set, a folder in no
     # supported format) leaves out_dir as it was
     net, data, hooks, predictions, by_name = _build(request, train_config, method_config)
-    earlier = _earlier_measurement(out_dir) if resume and not request.measure else None
+    earlier = _earlier_manifest(out_dir) if resume and not request.measure else None
     _prepare_out_dir(out_dir, request, resume)
     batch = getattr(method_config, "inference_batch", 1)
     dense_path = out_dir / "dense.safetensors"
@@ -314,9 +314,10 @@ def run_pruning(
             measured = _measure(net, plan, info.input_shape, batch, log)
             if measured is not None:
                 _attach_measurement(manifest, measured)
-    if earlier is not None and trainer.resumed_finished and manifest["measurement"] is None:
+    if trainer.resumed_finished and manifest["measurement"] is None and \
+            _same_plan(earlier, manifest):  # fmt: skip
         log("the run had finished and is not measured again: its earlier measurement is kept")
-        _attach_measurement(manifest, earlier)
+        _attach_measurement(manifest, {**earlier["measurement"], "kept": True})
     manifest["artifacts"] = {
         "manifest": "manifest.json", "request": "request.json",
         "dense_weights": dense_path.name if dense_path.exists() else None,
@@ -724,16 +725,30 @@ def _cut_summary(result, fibres, net, info, num_classes: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _earlier_measurement(out_dir: Path) -> dict | None:
-    """The measurement in the manifest an earlier, finished run of this job left in
-    ``out_dir`` (None if there is none): a rerun that trains nothing new and is not measured
-    keeps it rather than writing "not measured" over it."""
+def _earlier_manifest(out_dir: Path) -> dict | None:
+    """The manifest an earlier, finished run of this job left in ``out_dir``, if it holds a
+    measurement (else None): a rerun that trains nothing new and is not measured keeps that
+    measurement rather than writing "not measured" over it (:func:`_same_plan`)."""
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    measured = manifest.get("measurement") if isinstance(manifest, dict) else None
-    return measured if isinstance(measured, dict) else None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("measurement"), dict):
+        return None
+    return manifest
+
+
+def _same_plan(earlier: dict | None, manifest: dict) -> bool:
+    """Whether ``earlier``'s measurement timed what ``manifest`` describes: the same hardware
+    profile and performance model, the same structure, every layer in the same format (a
+    profile file edited between the runs re-plans the layers)."""
+    if earlier is None:
+        return False
+    keys = ("hardware", "performance_model", "structure")
+    layers = [(layer.get("name"), layer.get("format")) for layer in manifest["layers"]]
+    return all(earlier.get(key) == manifest[key] for key in keys) and layers == [
+        (layer.get("name"), layer.get("format")) for layer in earlier.get("layers") or []
+    ]
 
 
 def _attach_measurement(manifest: dict, measured: dict) -> None:

@@ -174,10 +174,10 @@ def _argument_error(args: argparse.Namespace) -> str | None:
         value = getattr(args, option)
         if value is not None and value < least:
             return f"--{option.replace('_', '-')} must be >= {least}, got {value}"
-    from model.training.distributed import resolve_device
+    from model.training.distributed import check_device_spec, resolve_device
 
-    try:
-        resolve_device(args.device)  # a valid value, and the GPU it names is here
+    try:  # a valid value, and, when the network is trained here, the GPU it names is here
+        check_device_spec(args.device) if args.checkpoint else resolve_device(args.device)
     except ValueError as error:
         return str(error)
     out = Path(args.out)

@@ -469,7 +469,10 @@ def format_manifest(manifest: dict, out: str) -> str:
             f"{(f'{measured:.2f}x' if measured else '-'):>9}  {state}"
         )
     speed = manifest["model_speedup"]
-    measured = f"{speed['measured']:.2f}x on this host" if speed["measured"] else "not measured"
+    kept = (manifest.get("measurement") or {}).get("kept")
+    measured = (f"{speed['measured']:.2f}x " + ("(kept from the earlier run)" if kept
+                                                 else "on this host")
+                if speed["measured"] else "not measured")  # fmt: skip
     lines += ["", f"model speedup: predicted {speed['predicted']:.2f}x "
                   f"({manifest['hardware']}); measured: {measured}"]  # fmt: skip
     from model.report import noise_note

@@ -361,7 +361,8 @@ def _prune_request(request: dict, settings: Settings):
 
     config = dict(request.get("config") or {})
     if settings.job_procs > 1 and "procs" not in config:
-        config["procs"] = default_procs(settings.job_procs, config.get("device", "auto"))
+        config["procs"] = default_procs(settings.job_procs, config.get("device", "auto"),
+                                        config.get("nodes", 1))  # fmt: skip
     return PruneRequest(
         method=request["method"], model=request["model"], dataset=request["dataset"],
         hardware=request["hardware"], config=config, checkpoint=request.get("checkpoint_path"),

@@ -68,11 +68,10 @@ def test_gpus_that_are_not_there_are_a_clear_error(monkeypatch, gpus, spec, proc
     assert message in str(error.value)
 
 
-def _check_in_two_ranks(monkeypatch, devices: dict) -> tuple[object, object, float]:
-    """Ranks 0 and 1 of a 1-node × 2-process job check in at one store; rank ``i``'s host
-    resolves the device to ``devices[i]`` (a ``torch.device`` or a ValueError to raise).
-    Returns each rank's outcome and rank 0's seconds."""
-    import time
+def _check_in(monkeypatch, devices: dict) -> list:
+    """Ranks 0 … n−1 of a 1-node × n-process job check in, each with its own connection to
+    rank 0's store; rank ``i``'s host resolves the device to ``devices[i]`` (a ``torch.device``
+    or a ValueError to raise). Returns each rank's outcome: its device or its exception."""
     from concurrent.futures import ThreadPoolExecutor
 
     def resolve(spec, procs, local_index):
@@ -82,10 +81,11 @@ def _check_in_two_ranks(monkeypatch, devices: dict) -> tuple[object, object, flo
         return outcome
 
     monkeypatch.setattr(distributed, "resolve_device", resolve)
-    cluster = distributed.Cluster(procs=2, master_port=distributed.free_port(), timeout_s=20)
+    cluster = distributed.Cluster(procs=len(devices), master_port=distributed.free_port(),
+                                  timeout_s=20)  # fmt: skip
     stores = [torch.distributed.TCPStore("127.0.0.1", cluster.master_port, is_master=index == 0,
                                          timeout=timedelta(seconds=20), wait_for_workers=False)
-              for index in (0, 1)]  # a connection each, as in two processes  # fmt: skip
+              for index in devices]  # fmt: skip
 
     def rank(index: int):
         try:
@@ -93,31 +93,30 @@ def _check_in_two_ranks(monkeypatch, devices: dict) -> tuple[object, object, flo
         except Exception as error:  # the outcome under test
             return error
 
-    start = time.monotonic()
-    with ThreadPoolExecutor(2) as pool:
-        zero, one = pool.submit(rank, 0), pool.submit(rank, 1)
-        return zero.result(), one.result(), time.monotonic() - start
+    with ThreadPoolExecutor(len(devices)) as pool:
+        return [future.result() for future in [pool.submit(rank, i) for i in devices]]
 
 
 def test_a_job_trains_on_gpus_only_when_every_rank_has_one(monkeypatch):
     """A job never mixes gloo and NCCL: GPUs when every rank got one, else CPUs everywhere
     (``auto`` on a job whose hosts are not all GPU hosts)."""
     both = {0: torch.device("cuda", 0), 1: torch.device("cuda", 1)}
-    assert _check_in_two_ranks(monkeypatch, both)[:2] == (both[0], both[1])
+    assert _check_in(monkeypatch, both) == [both[0], both[1]]
     mixed = {0: torch.device("cuda", 0), 1: torch.device("cpu")}
-    assert _check_in_two_ranks(monkeypatch, mixed)[:2] == (torch.device("cpu"),) * 2
+    assert _check_in(monkeypatch, mixed) == [torch.device("cpu")] * 2
 
 
-def test_a_rank_whose_host_lacks_the_gpus_fails_the_job_at_once(monkeypatch):
-    """Rank 0 does not wait out the rendezvous for a rank that cannot come: it fails with
-    that rank's reason."""
+def test_a_rank_whose_host_lacks_the_gpus_fails_the_job_at_once_on_every_rank(monkeypatch):
+    """Rank 0 does not wait out the rendezvous for a rank that cannot come (it would end in
+    a RendezvousTimeoutError), and the ranks already checked in learn why from it (they
+    would end in the store's own timeout)."""
     missing = ValueError("device='cuda' but torch sees no CUDA GPU on this host")
-    zero, one, seconds = _check_in_two_ranks(monkeypatch, {0: torch.device("cuda", 0), 1: missing})
-    for outcome in (zero, one):
-        assert isinstance(outcome, distributed.RankDeviceError)
-        assert str(outcome) == ("rank 1 cannot train on this job's device: device='cuda' but "
+    outcomes = _check_in(monkeypatch, {0: torch.device("cuda", 0), 1: torch.device("cuda", 1),
+                                       2: missing})  # fmt: skip
+    for outcome in outcomes:
+        assert type(outcome) is distributed.RankDeviceError, outcome
+        assert str(outcome) == ("rank 2 cannot train on this job's device: device='cuda' but "
                                 "torch sees no CUDA GPU on this host")  # fmt: skip
-    assert seconds < 10  # the rendezvous timeout is 20 s
 
 
 def test_to_device_moves_nested_tensors_and_keeps_the_rest():
@@ -377,17 +376,19 @@ def test_a_worker_trains_a_job_on_its_gpu(tmp_path):
 @pytest.mark.parametrize(
     ("gpus", "device", "procs"),
     [(0, None, 4), (0, "auto", 4), (2, None, 2), (2, "auto", 2), (8, "cuda", 4), (2, "cuda", 2),
-     (2, "cuda:1", 1), (2, "cpu", 4)],
+     (2, "cuda:1", 1), (2, "cpu", 4), (2, "auto nodes=2", 4), (2, "cuda nodes=2", 2)],
 )  # fmt: skip
 def test_a_workers_procs_default_gives_a_gpu_job_one_process_per_gpu(monkeypatch, gpus, device,
                                                                    procs):  # fmt: skip
     """``sweetspot worker --procs 4`` on a host with 2 GPUs: a job that trains on GPUs gets
-    one process per GPU (NCCL cannot share one), not a refusal or a silent CPU run."""
+    one process per GPU (NCCL cannot share one), not a refusal or a silent CPU run; ``auto``
+    over several hosts keeps 4 (the others may have no GPU: then the job trains on CPUs)."""
     from service.settings import Settings
     from service.worker import _prune_request
 
     _gpus(monkeypatch, gpus)
-    config = {} if device is None else {"device": device}
+    device, _, nodes = (device or "").partition(" nodes=")  # auto over hosts: maybe CPUs there
+    config = ({"device": device} if device else {}) | ({"nodes": int(nodes)} if nodes else {})
     request = {"method": "gsl", "model": "lenet5", "dataset": "synthetic",
                "hardware": "atom-c2750", "config": config}  # fmt: skip
     assert _prune_request(request, Settings(job_procs=4)).config["procs"] == procs
@@ -425,3 +426,20 @@ def test_a_process_group_that_does_not_form_says_so_not_that_ranks_are_missing(t
     assert f"ranks on 127.0.0.1:{port} did not form" in str(error.value)
     assert "address already in use" in str(error.value) and "port is free" in str(error.value)
     del holder
+
+
+
+def test_sensitivity_checks_the_gpu_only_when_it_trains(monkeypatch):
+    """With --checkpoint nothing trains: a GPU this host lacks is no reason to refuse."""
+    import argparse
+
+    from model.sensitivity import _argument_error
+
+    _gpus(monkeypatch, 0)
+    base = {"random_repeats": 1, "threads": None, "dense_epochs": 0, "out": "x"}
+    trains = argparse.Namespace(**base, device="cuda", checkpoint=None)
+    assert "sees no CUDA GPU" in _argument_error(trains)
+    loads = argparse.Namespace(**base, device="cuda", checkpoint="start.safetensors")
+    assert _argument_error(loads) is None
+    assert "device must be" in _argument_error(argparse.Namespace(**{**vars(loads),
+                                                                   "device": "gpu"}))

@@ -74,7 +74,8 @@ def test_rerun_resumes_and_a_different_job_is_refused(capsys, tmp_path):
 def test_a_finished_rerun_without_measuring_keeps_the_earlier_measurement(capsys, tmp_path):
     """Rerunning a finished job with --no-measure trains nothing and used to write "not
     measured" over the earlier run's timing of the very same weights. Once the weights can
-    differ (the checkpoint gone: trained again), the old timing is not carried over."""
+    differ (the checkpoint gone: trained again) or the plan does (another profile), the old
+    timing is not carried over."""
     out = tmp_path / "job"
     assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--set",
                "lasso=0.01")[0] == 0  # fmt: skip
@@ -83,12 +84,22 @@ def test_a_finished_rerun_without_measuring_keeps_the_earlier_measurement(capsys
     measured = {"model": {"speedup": 1.7}, "layers": {names[1]: {"speedup": 2.5}}}  # as if timed
     manifest["measurement"] = measured
     (out / "manifest.json").write_text(json.dumps(manifest))
-    code, _, err = run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--set",
-                       "lasso=0.01")  # fmt: skip
+    code, stdout, err = run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--set",
+                            "lasso=0.01")  # fmt: skip
     assert code == 0, err
     again = json.loads((out / "manifest.json").read_text())
-    assert again["measurement"] == measured and again["model_speedup"]["measured"] == 1.7
+    assert again["measurement"] == {**measured, "kept": True}
+    assert again["model_speedup"]["measured"] == 1.7
     assert [layer["measured_speedup"] for layer in again["layers"]][:2] == [None, 2.5]
+    assert "measured: 1.70x (kept from the earlier run)" in stdout
+    # timed under another plan (a profile file edited between the runs): not this plan's timing
+    again["hardware"] = "another-profile"
+    (out / "manifest.json").write_text(json.dumps(again))
+    assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--set",
+               "lasso=0.01")[0] == 0  # fmt: skip
+    assert json.loads((out / "manifest.json").read_text())["measurement"] is None
+    manifest["measurement"] = measured
+    (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "checkpoint.pt").unlink()  # trained again: other weights, the timing is not theirs
     assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure", "--set",
                "lasso=0.01")[0] == 0  # fmt: skip

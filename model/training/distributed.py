@@ -149,15 +149,16 @@ def resolve_device(spec: str, procs: int = 1, local_index: int = 0) -> torch.dev
     return torch.device("cuda", local_index)
 
 
-def default_procs(wanted: int, spec: object) -> int:
+def default_procs(wanted: int, spec: object, nodes: object = 1) -> int:
     """The processes a worker gives a job that does not set ``procs`` (its ``--procs``), for
     the job's ``device``: one for a pinned GPU (``cuda:N``), at most one per GPU when the job
-    trains on GPUs (``cuda``, or ``auto`` on a host with one: NCCL needs a GPU per process),
-    else ``wanted``."""
+    trains on GPUs (``cuda``, or ``auto`` on one host with a GPU: NCCL needs a GPU per
+    process), else ``wanted``. ``auto`` over several hosts is left at ``wanted``: whether it
+    trains on GPUs depends on the other hosts too (:func:`check_in`)."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if isinstance(spec, str) and spec.startswith("cuda:"):
         return 1
-    if spec in ("cuda", "auto") and count:
+    if count and (spec == "cuda" or (spec == "auto" and nodes in (None, 1))):
         return min(wanted, count)
     return wanted
 
@@ -267,11 +268,20 @@ def check_in(store: Any, rank: int, cluster: Cluster, spec: str, local_index: in
         store.add(GPU_RANKS_KEY, 1)
     joined = store.add(JOINED_KEY, 1)
     if rank == 0:
-        _wait_for_ranks(store, cluster, joined, cancel or threading.Event())
+        try:
+            _wait_for_ranks(store, cluster, joined, cancel or threading.Event())
+        except (RankDeviceError, RendezvousCancelledError, RendezvousTimeoutError) as error:
+            # the ranks already here wait for the job's kind: tell them why there is none
+            store.set(DEVICE_KEY, f"{type(error).__name__}:{error}")
+            raise
         kind = "cuda" if store.add(GPU_RANKS_KEY, 0) == cluster.world else "cpu"
         store.set(DEVICE_KEY, kind)
     else:
         kind = store.get(DEVICE_KEY).decode()
+        name, sep, reason = kind.partition(":")
+        if sep:  # rank 0 gave up: the same error here
+            errors = (RankDeviceError, RendezvousCancelledError, RendezvousTimeoutError)
+            raise next(e for e in errors if e.__name__ == name)(reason)
     return resolved if resolved.type == kind else torch.device("cpu")
 
 
