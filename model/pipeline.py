@@ -51,7 +51,7 @@ from model.report import (
     SPEEDUP_PNG,
     write_report,
 )
-from model.training import Callback, TrainConfig, Trainer, layer_sparsity
+from model.training import Callback, Cancelled, TrainConfig, Trainer, distributed, layer_sparsity
 from model.training.distributed import Cluster
 from perfmodel import Conv2dSpec, HardwareProfile, get_profile, predict_network
 from perfmodel.extract import extract_layers
@@ -235,8 +235,6 @@ def run_pruning(
     if cluster.node_rank != 0:
         raise ValueError("run_pruning runs node 0 of a job; other nodes call join_pruning")
     check_request(request, method_config)
-    from model.training import distributed
-
     distributed.resolve_device(train_config.device, cluster.procs)  # GPUs asked for are here
     _check_out_dir(out_dir, request, resume)
     # the data set and network first: a refused one (an unknown data set, a folder in no
@@ -404,8 +402,6 @@ def join_pruning(
 def _fit(trainer: Trainer, resume: bool, cluster: Cluster) -> Any:
     """``trainer.fit``; in a data-parallel job a failing collective (a rank died) becomes
     :class:`model.training.distributed.RankLostError`."""
-    from model.training import distributed
-
     try:
         return trainer.fit(resume=resume)
     except RuntimeError as error:
@@ -437,8 +433,6 @@ def _start_node(
 ) -> tuple[Any, Cluster]:  # fmt: skip
     """Spawn this node's other ranks; on node 0, join the process group as rank 0 (a cancel
     while it waits for the other nodes raises :class:`model.training.Cancelled`)."""
-    from model.training import Cancelled, distributed
-
     if train_config.threads is None:
         train_config.threads = max(1, (os.cpu_count() or 1) // cluster.procs)
     ranks, cluster = distributed.launch(
@@ -479,8 +473,6 @@ def _stop_node(ranks: Any, abort: bool = False) -> None:
     the job's own outcome (its exception is the one that matters)."""
     import logging
 
-    from model.training import distributed
-
     distributed.shutdown()
     if ranks is None:
         return
@@ -510,8 +502,6 @@ def _train_rank(local_index: int, cluster: Cluster, request: PruneRequest, out_d
                 cancel: threading.Event | None = None) -> None:  # fmt: skip
     """A data-parallel rank other than 0: the same job, no events, checkpoints or artifacts.
     Spawned ranks end quietly on a cancel (their node's first rank reports it)."""
-    from model.training import Cancelled, distributed
-
     train_config, method_config = split_config(request.method, request.config)
     train_config.threads = threads
     net, data, hooks, _, _ = _build(request, train_config, method_config)
@@ -742,13 +732,12 @@ def _same_plan(earlier: dict | None, manifest: dict) -> bool:
     """Whether ``earlier``'s measurement timed what ``manifest`` describes: the same hardware
     profile and performance model, the same structure, every layer in the same format (a
     profile file edited between the runs re-plans the layers)."""
-    if earlier is None:
-        return False
-    keys = ("hardware", "performance_model", "structure")
-    layers = [(layer.get("name"), layer.get("format")) for layer in manifest["layers"]]
-    return all(earlier.get(key) == manifest[key] for key in keys) and layers == [
-        (layer.get("name"), layer.get("format")) for layer in earlier.get("layers") or []
-    ]
+    def plan(of: dict) -> list:
+        keys = ("hardware", "performance_model", "structure")
+        layers = [(layer.get("name"), layer.get("format")) for layer in of.get("layers") or []]
+        return [of.get(key) for key in keys] + layers
+
+    return earlier is not None and plan(earlier) == plan(manifest)
 
 
 def _attach_measurement(manifest: dict, measured: dict) -> None:
