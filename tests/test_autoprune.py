@@ -185,7 +185,7 @@ def test_masked_weights_keep_their_values_and_get_no_momentum():
     trainer.phase = "prune"
     trainer.optimizer = trainer._optimizer(0.1)
     trainer.epoch = 0
-    trainer._run_epoch("prune")  # weight decay 0.01 and momentum 0.9 are on for the others
+    trainer.train_epoch("prune")  # weight decay 0.01 and momentum 0.9 are on for the others
     weight = model[0].weight.detach()
     assert torch.equal(weight[0], original[0])  # held exactly: recoverable
     assert not torch.equal(weight[1], original[1])  # live weights trained

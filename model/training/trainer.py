@@ -326,12 +326,12 @@ class Trainer:
         torch.set_rng_state(rng)
         if cuda_rng is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(cuda_rng.cpu(), self.device)
-        finished = self.phase == "finetune" and self.epoch >= self.config.finetune_epochs
-        self.resumed_finished = finished
+        self.resumed_finished = (self.phase == "finetune"
+                                 and self.epoch >= self.config.finetune_epochs)  # fmt: skip
         self.emit({"type": "log", "message": (
             f"resumed at {self.phase} epoch {self.epoch}: the run had finished, nothing is "
             "trained again (its results are written again)"
-            if finished else f"resumed at {self.phase} epoch {self.epoch}"
+            if self.resumed_finished else f"resumed at {self.phase} epoch {self.epoch}"
         )})  # fmt: skip
 
     # ----------------------------------------------------------------------------- loop
@@ -366,7 +366,9 @@ class Trainer:
             if buffer is not None:
                 buffer.mul_(mask)
 
-    def _run_epoch(self, phase: str) -> tuple[float, float]:
+    def train_epoch(self, phase: str = "dense") -> tuple[float, float]:
+        """One epoch of ``phase``: (train loss, train accuracy). No events, checkpoints or
+        phase changes (:meth:`fit` adds those; ``sweetspot bench train`` times this alone)."""
         self.model.train()
         epoch_key = PHASES.index(phase) * 1_000_000 + self.epoch
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -425,11 +427,6 @@ class Trainer:
             totals = distributed.sum_over_ranks(totals)
         return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
 
-    def train_epoch(self, phase: str = "dense") -> tuple[float, float]:
-        """One epoch of ``phase`` (train loss, train accuracy) without events, checkpoints or
-        phase changes: what ``sweetspot bench train`` times."""
-        return self._run_epoch(phase)
-
     def _sparsity(self, phase: str) -> dict[str, float]:
         sparsity = layer_sparsity(self.model)
         reported = getattr(self.hooks, "sparsity", None)
@@ -486,7 +483,7 @@ class Trainer:
             elif self.epoch == 0:
                 self._enter(phase)
             while self.epoch < epochs[phase]:
-                loss, train_accuracy = self._run_epoch(phase)
+                loss, train_accuracy = self.train_epoch(phase)
                 self.epoch += 1
                 if self.rank == 0:
                     accuracy = self._epoch_event(phase, loss, train_accuracy)
