@@ -116,6 +116,10 @@ def check_device_spec(spec: str) -> None:
         raise ValueError(f"device must be {DEVICE_CHOICES}, got {spec!r}")
 
 
+def _gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def resolve_device(spec: str, procs: int = 1, local_index: int = 0) -> torch.device:
     """The device a job's process trains on, from the config's ``device``:
 
@@ -127,7 +131,7 @@ def resolve_device(spec: str, procs: int = 1, local_index: int = 0) -> torch.dev
     Raises ValueError, saying what this host has, when the GPUs asked for are not there.
     """
     check_device_spec(spec)
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = _gpu_count()
     if spec == "cpu" or (spec == "auto" and count < procs):
         return torch.device("cpu")
     if count == 0:
@@ -155,7 +159,7 @@ def default_procs(wanted: int, spec: object, nodes: object = 1) -> int:
     trains on GPUs (``cuda``, or ``auto`` on one host with a GPU: NCCL needs a GPU per
     process), else ``wanted``. ``auto`` over several hosts is left at ``wanted``: whether it
     trains on GPUs depends on the other hosts too (:func:`check_in`)."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = _gpu_count()
     if isinstance(spec, str) and spec.startswith("cuda:"):
         return 1
     if count and (spec == "cuda" or (spec == "auto" and nodes in (None, 1))):
@@ -246,6 +250,10 @@ class RankDeviceError(ValueError):
     """A rank's host lacks the GPUs the job asks for (``device='cuda'`` or ``'cuda:N'``)."""
 
 
+# What makes rank 0 give up a rendezvous; sent on to the ranks already there by name.
+_GIVE_UP = (RankDeviceError, RendezvousCancelledError, RendezvousTimeoutError)
+
+
 def check_in(store: Any, rank: int, cluster: Cluster, spec: str, local_index: int = 0,
              cancel: threading.Event | None = None) -> torch.device:  # fmt: skip
     """The rendezvous before the process group, and one device kind for the whole job.
@@ -270,8 +278,7 @@ def check_in(store: Any, rank: int, cluster: Cluster, spec: str, local_index: in
     if rank == 0:
         try:
             _wait_for_ranks(store, cluster, joined, cancel or threading.Event())
-        except (RankDeviceError, RendezvousCancelledError, RendezvousTimeoutError) as error:
-            # the ranks already here wait for the job's kind: tell them why there is none
+        except _GIVE_UP as error:  # the ranks already here wait for the job's kind: say why
             store.set(DEVICE_KEY, f"{type(error).__name__}:{error}")
             raise
         kind = "cuda" if store.add(GPU_RANKS_KEY, 0) == cluster.world else "cpu"
@@ -280,8 +287,7 @@ def check_in(store: Any, rank: int, cluster: Cluster, spec: str, local_index: in
         kind = store.get(DEVICE_KEY).decode()
         name, sep, reason = kind.partition(":")
         if sep:  # rank 0 gave up: the same error here
-            errors = (RankDeviceError, RendezvousCancelledError, RendezvousTimeoutError)
-            raise next(e for e in errors if e.__name__ == name)(reason)
+            raise next(e for e in _GIVE_UP if e.__name__ == name)(reason)
     return resolved if resolved.type == kind else torch.device("cpu")
 
 
