@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from model.allocator import freed_memory_kept
+from model.arguments import integer
 from model.sparse.csr import conv_weight_to_csr, linear_weight_to_csr
 from model.sparse.functional import sparse_conv2d, sparse_linear
 from model.sparse.native import kernel_info
@@ -112,10 +113,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="layer sets to run (default: alexnet conv2–5)",
     )
     parser.add_argument(
-        "--batch", nargs="+", type=_integer(1), default=[1, 32], help="batch sizes (>= 1)"
+        "--batch", nargs="+", type=integer(1), default=[1, 32], help="batch sizes (>= 1)"
     )
     parser.add_argument(
-        "--threads", nargs="+", type=_integer(1), default=[1, 2], help="thread counts (>= 1)"
+        "--threads", nargs="+", type=integer(1), default=[1, 2], help="thread counts (>= 1)"
     )
     parser.add_argument(
         "--sparsity",
@@ -125,34 +126,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fractions of zero weights, in [0, 1)",
     )
     parser.add_argument(
-        "--repeats", type=_integer(1), default=9, help="timed rounds (median taken; >= 1)"
+        "--repeats", type=integer(1), default=9, help="timed rounds (median taken; >= 1)"
     )
-    parser.add_argument("--warmup", type=_integer(0), default=2, help="untimed rounds first (>= 0)")
+    parser.add_argument("--warmup", type=integer(0), default=2, help="untimed rounds first (>= 0)")
     parser.add_argument(
         "--no-torch-sparse",
         action="store_true",
         help="skip the torch.sparse baseline (it needs the large unfolded input)",
     )
     parser.add_argument(
-        "--seed", type=_integer(0, 2**64 - 1), default=0, help="of the inputs and the patterns"
+        "--seed", type=integer(0, 2**64 - 1), default=0, help="of the inputs and the patterns"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _integer(least: int, most: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type``: an integer in ``[least, most]``, else a message with the range."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < least or (most is not None and value > most):
-            allowed = f">= {least}" if most is None else f"between {least} and {most}"
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
-        return value
-
-    return parse
 
 
 def _sparsity(text: str) -> float:

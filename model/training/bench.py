@@ -21,18 +21,9 @@ import time
 import torch
 from torch.utils.data import TensorDataset
 
+from model.arguments import integer
 from model.training import distributed
 from model.training.trainer import TrainConfig, Trainer
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _device(text: str) -> str:
@@ -49,15 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default="resnet20", choices=sorted(NETWORKS),
                         help="built-in network (default resnet20)")  # fmt: skip
-    parser.add_argument("--batch", type=_positive, default=128,
+    parser.add_argument("--batch", type=integer(1), default=128,
                         help="images per step (default 128)")  # fmt: skip
     parser.add_argument("--device", nargs="+", type=_device, default=["cpu", "auto"],
                         help="devices to time, in order: cpu, cuda, cuda:N, auto; each once "
                         "(default: cpu auto, the CPU and a GPU if there is one)")  # fmt: skip
-    parser.add_argument("--steps", type=_positive, default=20, help="steps per timed epoch")
-    parser.add_argument("--repeats", type=_positive, default=5,
+    parser.add_argument("--steps", type=integer(1), default=20, help="steps per timed epoch")
+    parser.add_argument("--repeats", type=integer(1), default=5,
                         help="timed epochs per device (median taken; default 5)")  # fmt: skip
-    parser.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=integer(1), help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -71,10 +62,9 @@ def time_steps(model: str, batch: int, device: str, steps: int, repeats: int,
     net = create_model(model)
     inputs = torch.randn(batch * steps, *info.input_shape)
     data = TensorDataset(inputs, torch.randint(info.num_classes, (batch * steps,)))
-    config = TrainConfig(batch_size=batch, device=device, log_every=0, threads=threads,
-                         lr=0.001)  # fmt: skip
+    config = TrainConfig(batch_size=batch, device=device, lr=0.001, log_every=0)  # no events
     trainer = Trainer(net, data, data, config)
-    if threads:
+    if threads:  # train_epoch runs without fit(), which would set the config's threads
         torch.set_num_threads(threads)
     trainer.train_epoch()  # warm-up: allocator, cuDNN's choices, the first kernels
     epochs = []

@@ -1,0 +1,24 @@
+"""argparse value types shared by the commands ``model/`` implements (``bench kernel``,
+``bench train``): a bad value is refused by argparse with the allowed range (usage on
+stderr, exit 2), before anything is built or timed."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def integer(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[least, most]``, else a message with the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least or (most is not None and value > most):
+            allowed = f">= {least}" if most is None else f"between {least} and {most}"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+
+    return parse
