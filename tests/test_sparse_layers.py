@@ -16,6 +16,7 @@ from model.sparse import (
     linear_weight_to_csr,
     native,
     sparse_linear,
+    to_dense_model,
 )
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -263,6 +264,26 @@ def test_convert_model_of_a_bare_layer():
         torch.testing.assert_close(converted(x), F.conv2d(x, conv.weight, conv.bias))
 
 
+def test_to_dense_model_undoes_convert_model():
+    """The way back, to trace, export or train a converted model: dense layers with the same
+    outputs, a fused ReLU kept as a module, the input untouched."""
+    net = _net()
+    converted = convert_model(net, {"2.conv": "sparse", "5": "sparse"})
+    converted[0] = SparseConv2d.from_dense(net[0], fuse_relu=True)  # ReLU inside the kernel
+    dense = to_dense_model(converted)
+    assert not any(isinstance(m, SparseConv2d | SparseLinear) for m in dense.modules())
+    assert isinstance(dense[0], nn.Sequential) and isinstance(dense[0][1], nn.ReLU)
+    assert isinstance(dense[2].conv, nn.Conv2d) and isinstance(dense[5], nn.Linear)
+    assert isinstance(converted[5], SparseLinear)  # input untouched
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(x), net(x), rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(dense(x), converted(x), rtol=RTOL, atol=ATOL)
+    assert torch.equal(dense[5].weight == 0, net[5].weight == 0)  # same zeros
+    bare = to_dense_model(SparseLinear.from_dense(net[5]))
+    assert type(bare) is nn.Linear
+
+
 def _exactly_pruned(layer: nn.Module, sparsity: float, seed: int) -> nn.Module:
     """``layer`` with exactly ``sparsity`` of its weights zero, so two of them have the same
     number of non-zeros (and state dicts of the same shapes)."""
@@ -316,6 +337,24 @@ def test_tracing_is_refused_not_silently_wrong():
             torch.jit.trace(layer, x)
         with torch.no_grad():
             torch.jit.trace(layer.to_dense(), x)  # the way out the message names
+
+
+def test_export_is_refused_with_the_way_out():
+    """torch.export (non-strict, its default) ran the plan's Python on fake tensors and
+    failed deep inside with a data-dependent guard ("Could not extract specialized integer
+    ... csr.py in shared_fraction"); to_dense_model is the way out the message names."""
+    conv = SparseConv2d.from_dense(_exactly_pruned(nn.Conv2d(4, 8, 3), 0.5, 0))
+    linear = SparseLinear.from_dense(_exactly_pruned(nn.Linear(128, 4), 0.5, 0))
+    for layer, x in ((conv, torch.randn(2, 4, 6, 6)), (linear, torch.randn(2, 128))):
+        for _ in range(2):  # without, then with a fast-path plan for this shape
+            with pytest.raises(RuntimeError, match=r"cannot be traced or exported.*to_dense_"):
+                torch.export.export(layer, (x,))
+            with torch.no_grad():
+                layer(x)
+    net, x = nn.Sequential(conv, nn.Flatten(), linear), torch.randn(2, 4, 6, 6)
+    exported = torch.export.export(to_dense_model(net), (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), net(x), rtol=RTOL, atol=ATOL)
 
 
 def test_layers_built_under_inference_mode_run():

@@ -3,7 +3,8 @@
 Public API:
 - :class:`SparseConv2d`, :class:`SparseLinear`: inference-only replacements built with
   ``from_dense`` from a trained or pruned ``nn.Conv2d``/``nn.Linear``; same outputs.
-- :func:`convert_model`: a copy of a model with the layers a plan marks ``"sparse"`` replaced.
+- :func:`convert_model`: a copy of a model with the layers a plan marks ``"sparse"`` replaced;
+  :func:`to_dense_model` the way back (to trace, export or train it).
 - :func:`sparse_conv2d`, :func:`sparse_linear`: the ops on CSR weights
   (:func:`conv_weight_to_csr`, :func:`linear_weight_to_csr`).
 - :func:`native_available`, :func:`kernel_info`: whether the native kernel (C++, AVX-512/AVX2,
@@ -14,7 +15,7 @@ Importing this package never builds or loads the native kernel; the first op doe
 See docs/sparse-kernel.md for the kernel design.
 """
 
-from model.sparse.convert import convert_model, convertible_layers
+from model.sparse.convert import convert_model, convertible_layers, to_dense_model
 from model.sparse.csr import (
     ConvCSR,
     ConvLayout,
@@ -44,4 +45,5 @@ __all__ = [
     "native_available",
     "sparse_conv2d",
     "sparse_linear",
+    "to_dense_model",
 ]

@@ -113,10 +113,31 @@ def convert_model(
             replacements[name] = SparseConv2d.from_dense(layer, implementation=implementation)
         else:
             replacements[name] = SparseLinear.from_dense(layer, implementation=implementation)
+    return _replaced(converted, replacements)
+
+
+def to_dense_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every :class:`SparseConv2d` and :class:`SparseLinear` back as
+    the ``nn.Conv2d``/``nn.Linear`` it computes (same outputs, zeros in the weights): the way
+    to trace or export (``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``) or to
+    train a converted model, which the sparse layers refuse. A layer with a fused ReLU becomes
+    ``nn.Sequential(layer, nn.ReLU())``. The input model is never modified."""
+    converted = copy.deepcopy(model)
+    replacements = {
+        name: nn.Sequential(module.to_dense(), nn.ReLU()) if module.fuse_relu
+        else module.to_dense()
+        for name, module in converted.named_modules()
+        if isinstance(module, SparseConv2d | SparseLinear)
+    }  # fmt: skip
+    return _replaced(converted, replacements)
+
+
+def _replaced(model: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
+    """``model`` (a copy the caller owns) with the modules named in ``replacements`` swapped."""
     if "" in replacements:  # the model itself is the layer
         return replacements[""]
+    modules = dict(model.named_modules())
     for name, replacement in replacements.items():
         parent_name, _, child = name.rpartition(".")
-        parent = copies[parent_name] if parent_name else converted
-        setattr(parent, child, replacement)
-    return converted
+        setattr(modules[parent_name], child, replacement)
+    return model

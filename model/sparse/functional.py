@@ -218,12 +218,16 @@ def _check_flag(value: object, name: str) -> None:
 def _refuse_tracing(op: str) -> None:
     """The native op is a plain extension function, invisible to torch.jit.trace (and so to
     tracing-based ONNX export): the trace kept only the output's allocation, and the traced
-    module returned uninitialised memory. Refuse instead."""
-    if torch._C._get_tracing_state() is not None:
+    module returned uninitialised memory. torch.export (non-strict, its default) ran the
+    plan's Python on fake tensors and failed deep inside with a data-dependent guard. Refuse
+    both instead. (Strict export stops at the extension call with torch's own message;
+    torch.compile runs the op eagerly, as a graph break.)"""
+    if torch._C._get_tracing_state() is not None or torch.compiler.is_exporting():
         raise RuntimeError(
-            f"{op} cannot be traced (torch.jit.trace, torch.onnx.export): its native kernel "
-            "is not a TorchScript op. Trace or export the dense model (SparseConv2d and "
-            "SparseLinear have to_dense()), and run the sparse one eagerly"
+            f"{op} cannot be traced or exported (torch.jit.trace, torch.onnx.export, "
+            "torch.export): its native kernel is not a TorchScript or ATen op. Trace or export "
+            "the dense model (SparseConv2d and SparseLinear have to_dense(); "
+            "model.sparse.to_dense_model converts a whole model), and run the sparse one eagerly"
         )
 
 
