@@ -28,11 +28,12 @@ Two ways a pruned network becomes faster, chosen by the method's ``structured`` 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ from model.training.distributed import Cluster
 from perfmodel import Conv2dSpec, HardwareProfile, get_profile, predict_network
 from perfmodel.extract import extract_layers
 from perfmodel.roofline import PerformanceModel, get_model
+
+# The largest batch a job predicts and times its pruned model at: the measurement runs the
+# network on a batch of real inputs (AlexNet at 1024 images: 0.6 GB of input, 1.2 GB of conv1
+# output); a batch of 10^5 would ask for tens of GB and take the worker down.
+MAX_INFERENCE_BATCH = 1024
 
 # Every file a job writes into its folder but request.json (rewritten at each start): a fresh
 # start removes them, so a run stopped early never shows the previous run's weights or report.
@@ -95,9 +101,9 @@ def split_config(method: str, config: dict[str, Any]) -> tuple[TrainConfig, Any]
         info.config_type, {k: v for k, v in config.items() if k in method_keys}
     )
     batch = getattr(method_config, "inference_batch", 1)  # every method has it; used here
-    if batch < 1:
-        raise ValueError(f"invalid {info.config_type.__name__}: inference_batch must be >= 1, "
-                         f"got {batch}")  # fmt: skip
+    if not 1 <= batch <= MAX_INFERENCE_BATCH:  # the measurement allocates a batch of inputs
+        raise ValueError(f"invalid {info.config_type.__name__}: inference_batch must be between "
+                         f"1 and {MAX_INFERENCE_BATCH}, got {batch}")  # fmt: skip
     return train, method_config
 
 
@@ -160,6 +166,17 @@ def parse_weights(data: bytes, source: str, safetensors: bool = False) -> dict[s
         raise ValueError(f"{source} holds a dict with keys other than strings ({odd!r}), not "
                          "a state dict")  # fmt: skip
     for key, value in state.items():
+        # A sparse or meta tensor made the finiteness check below raise torch's words (a 500
+        # at upload); a complex one skipped it, and loading kept its real part, NaN included.
+        odd = (
+            f"a {str(value.layout).removeprefix('torch.')} tensor" if value.layout != torch.strided
+            else f"a tensor on the {value.device.type} device" if value.device.type != "cpu"
+            else f"a {str(value.dtype).removeprefix('torch.')} tensor"
+            if value.is_complex() or value.is_quantized else None
+        )  # fmt: skip
+        if odd:
+            raise ValueError(f"{source} holds {odd} in {key!r}; weights are dense real-valued "
+                             "CPU tensors")  # fmt: skip
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{source} holds NaN or infinite values in tensor {key!r}")
     return state
@@ -186,6 +203,31 @@ def weights_load_error(error: Exception) -> str:
         return f"the weights-only loader refused it: {reason}; nothing but weights is loaded"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+
+
+def checkpoint_classes(model: str, shapes: Mapping[str, Sequence[int]]) -> int | None:
+    """How many classes weights for ``model`` were trained for: the size of their classifier
+    (the tensors whose shape follows the network's ``num_classes``), or None where ``shapes``
+    (tensor name → shape, e.g. from a safetensors header) hold none of them."""
+    for key, dim in _classifier_dims(model).items():
+        if key in shapes and len(shapes[key]) > dim:
+            return int(shapes[key][dim])
+    return None
+
+
+@functools.cache
+def _classifier_dims(model: str) -> dict[str, int]:
+    """Tensor name → the dimension that is ``num_classes`` (networks built on the meta device
+    with two class counts, compared)."""
+    with torch.device("meta"):
+        two = create_model(model, num_classes=2).state_dict()
+        three = create_model(model, num_classes=3).state_dict()
+    dims = {}
+    for key, tensor in two.items():
+        if tensor.shape != three[key].shape:
+            pairs = zip(tensor.shape, three[key].shape, strict=True)
+            dims[key] = next(d for d, (a, b) in enumerate(pairs) if a != b)
+    return dims
 
 
 def load_into(net: torch.nn.Module, state: dict, model: str, what: str = "the weights") -> None:

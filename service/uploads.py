@@ -34,10 +34,29 @@ def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
     from safetensors.torch import save_file
 
     from model.networks import create_model
-    from model.pipeline import load_into, parse_weights
+    from model.pipeline import checkpoint_classes, load_into, parse_weights
 
     state = parse_weights(data, "the upload")
-    network = create_model(model)
+    # Any number of classes: the job checks it against its data set's. (Built with the
+    # network's default, 1000 for ImageNet networks, a 10-class checkpoint, the only kind a
+    # job on the built-in data sets can use, was refused and a 1000-class one accepted.)
+    classes = checkpoint_classes(model, {key: value.shape for key, value in state.items()})
+    network = create_model(model, num_classes=classes or None)
     load_into(network, state, model)
     destination.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(destination))
+
+
+def upload_classes(path: str | Path, model: str) -> int | None:
+    """The classes a stored checkpoint's classifier has (read from its safetensors header, no
+    tensor loaded), or None where the file cannot tell (the job's own load then says why)."""
+    from safetensors import safe_open
+
+    from model.pipeline import checkpoint_classes
+
+    try:
+        with safe_open(str(path), "pt") as weights:
+            shapes = {key: weights.get_slice(key).get_shape() for key in weights.keys()}  # noqa: SIM118
+    except (OSError, ValueError, RuntimeError):  # gone, or not ours: the worker reports it
+        return None
+    return checkpoint_classes(model, shapes)

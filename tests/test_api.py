@@ -14,6 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from model.networks import create_model
+from model.networks.registry import NETWORKS
+from model.pipeline import checkpoint_classes
 from service import jobs as store
 from service.api.app import create_app
 from service.db import Job, JobEvent, utcnow
@@ -703,7 +705,12 @@ def test_progress_follows_the_epoch_events_phase_and_epoch():
         ({"config": {"prune_epochs": 10_000}}, 422, "exceeds this service's limit"),
         ({"config": {"lr": -1}}, 422, "lr must be > 0"),
         ({"config": {"seed": -1}}, 422, "seed must be between 0 and 4294967295"),
-        ({"config": {"inference_batch": 0}}, 422, "inference_batch must be >= 1"),
+        ({"config": {"inference_batch": 0}}, 422, "inference_batch must be between 1 and 1024"),
+        # These three were accepted (202); the worker then ran out of memory or failed with
+        # torch's or itertools' words.
+        ({"config": {"inference_batch": 10**30}}, 422, "inference_batch must be between 1 and"),
+        ({"config": {"batch_size": 2**63}}, 422, "batch_size must be between 1 and 65536"),
+        ({"config": {"lr": 1e308}}, 422, "lr must be > 0 and at most"),
         ({"config": {"multipliers": 3}}, 422, "multipliers: Input should be a valid dictionary"),
         ({"config": {"guided": "maybe"}}, 422, "guided: Input should be a valid boolean"),
         ({"checkpoint": "nothing"}, 422, "is not an upload of yours"),
@@ -826,12 +833,46 @@ def test_checkpoint_upload_and_job_from_it(client, settings):
     assert "checkpoint_path" not in done["request"]
 
 
+def test_a_checkpoint_for_another_number_of_classes_is_refused_at_submission(client):
+    """The upload check built ImageNet networks with 1000 classes: a 10-class checkpoint, the
+    only kind a job on the built-in data sets can use, was refused, and a 1000-class one
+    accepted; its job then failed in the worker. Now any class count uploads, and the job
+    refuses one that is not its data set's."""
+    buffer = io.BytesIO()
+    torch.save(create_model("lenet5", num_classes=7).state_dict(), buffer)
+    upload = client.post("/v1/uploads", data={"model": "lenet5"},
+                         files={"file": ("seven.pt", buffer.getvalue())})  # fmt: skip
+    assert upload.status_code == 201, upload.text
+    response = _submit(client, checkpoint=upload.json()["id"], dataset="digits")
+    assert response.status_code == 422
+    assert "has a 7-class classifier; dataset 'digits' has 10 classes" in response.json()["detail"]
+    assert client.get("/v1/jobs").json()["count"] == 0
+
+
+@pytest.mark.parametrize("model", sorted(NETWORKS))
+def test_checkpoint_classes_reads_the_classifier_of_every_network(model):
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in create_model(model, num_classes=37).state_dict().items()}
+    assert checkpoint_classes(model, shapes) == 37
+    assert checkpoint_classes(model, {}) is None
+
+
 def test_checkpoints_with_odd_keys_or_non_finite_weights_are_422(client):
-    """Non-string keys were a 500 (AttributeError in load_into); NaN weights were accepted."""
+    """Non-string keys were a 500 (AttributeError in load_into); NaN weights were accepted, and
+    so were complex ones (loading kept the NaN real part); sparse and meta tensors were 500s."""
     nan = create_model("lenet5").state_dict()
     nan["conv1.weight"] = nan["conv1.weight"].clone().fill_(float("nan"))
+    odd = [dict(nan, **{"conv1.weight": weight}) for weight in (
+        torch.full((20, 1, 5, 5), complex(float("nan"), 0)),
+        torch.ones(20, 1, 5, 5).to_sparse(),
+        torch.empty(20, 1, 5, 5, device="meta"),
+    )]  # fmt: skip
     for state, message in [({1: torch.zeros(1)}, "keys other than strings"),
-                           (nan, "NaN or infinite values in tensor 'conv1.weight'")]:
+                           (nan, "NaN or infinite values in tensor 'conv1.weight'"),
+                           (odd[0], "holds a complex64 tensor in 'conv1.weight'; weights are "
+                                    "dense real-valued CPU tensors"),
+                           (odd[1], "holds a sparse_coo tensor in 'conv1.weight'"),
+                           (odd[2], "holds a tensor on the meta device in 'conv1.weight'")]:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         response = client.post("/v1/uploads", data={"model": "lenet5"},

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import DATASETS, DataBundle, DatasetError, get_dataset
+from model.data import BUILTIN_CLASSES, DATASETS, DataBundle, DatasetError, get_dataset
 from model.data.bundle import RandomCropFlip, stratified_split
 from model.data.cifar import CIFAR10_CLASSES
 from model.networks import create_model
@@ -99,6 +99,13 @@ def write_image_folder(folder, classes=("cat", "ant", "bee"), size=(10, 8), mode
 
 
 # --------------------------------------------------------------------------- built-in sets
+
+
+def test_builtin_class_counts_are_the_sets_own():
+    """The API checks a job's checkpoint against these without loading the set."""
+    assert set(BUILTIN_CLASSES) == set(DATASETS)
+    for name, classes in BUILTIN_CLASSES.items():
+        assert get_dataset(name).num_classes == classes
 
 
 def test_digits_is_the_real_set_at_mnist_shape():

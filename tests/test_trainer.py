@@ -154,10 +154,14 @@ def test_checkpoint_is_weights_only(tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("batch_size", 0, "batch_size must be >= 1"), ("lr", 0, "lr must be > 0"),
+    [("batch_size", 0, "batch_size must be between 1 and 65536"),
+     ("batch_size", 2**63, "batch_size must be between 1 and 65536"),  # islice refused it
+     ("lr", 0, "lr must be > 0"), ("lr", 1e308, "lr must be > 0 and at most 3.403e"),
+     ("finetune_lr", float("inf"), "finetune_lr must be > 0 and at most"),
      ("momentum", 1.0, "momentum must be in"), ("prune_epochs", -1, "prune_epochs must be"),
      ("weight_decay", -1e-4, "weight_decay must be >= 0"),
-     ("weight_decay", float("inf"), "weight_decay must be >= 0 and finite"),
+     ("weight_decay", float("inf"), "weight_decay must be >= 0 and at most"),
+     ("weight_decay", 1e300, "weight_decay must be >= 0 and at most"),
      ("seed", -1, "seed must be between 0 and"), ("seed", 2**32, "seed must be between 0 and"),
      ("log_every", -1, "log_every must be >= 0"),
      ("checkpoint_every", -1, "checkpoint_every must be >= 0")],

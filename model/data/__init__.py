@@ -2,6 +2,13 @@
 MNIST idx, CIFAR-10 python-batch or ``train/<class>/`` image layout (``get_dataset``)."""
 
 from model.data.bundle import DataBundle, DatasetError, ImageDataset
-from model.data.registry import DATASETS, get_dataset
+from model.data.registry import BUILTIN_CLASSES, DATASETS, get_dataset
 
-__all__ = ["DATASETS", "DataBundle", "DatasetError", "ImageDataset", "get_dataset"]
+__all__ = [
+    "BUILTIN_CLASSES",
+    "DATASETS",
+    "DataBundle",
+    "DatasetError",
+    "ImageDataset",
+    "get_dataset",
+]

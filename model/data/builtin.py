@@ -21,6 +21,7 @@ from model.data.bundle import DataBundle, fit_images, make_bundle, stratified_sp
 
 DIGITS_SHAPE = (1, 28, 28)
 DIGITS_TEST_FRACTION = 0.2
+DIGITS_CLASSES = 10
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_TRAIN_PER_CLASS = 30  # 300 training images: enough to learn, fast to train
 SYNTHETIC_TEST_PER_CLASS = 10
@@ -44,7 +45,7 @@ def load_digits_bundle(
         targets[train],
         images[test],
         targets[test],
-        [str(d) for d in range(10)],
+        [str(d) for d in range(DIGITS_CLASSES)],
     )
 
 

@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from model.data.builtin import load_digits_bundle, synthetic_bundle
+from model.data.builtin import (
+    DIGITS_CLASSES,
+    SYNTHETIC_CLASSES,
+    load_digits_bundle,
+    synthetic_bundle,
+)
 from model.data.bundle import DataBundle, DatasetError
 from model.data.cifar import TEST_BATCH, TRAIN_BATCHES, find_cifar_folder, load_cifar_folder
 from model.data.folder import is_image_folder, load_image_folder
@@ -22,6 +27,9 @@ DATASETS: dict[str, str] = {
     "digits": "scikit-learn's 1,797 8×8 handwritten digits, resized to 1×28×28 (default)",
     "synthetic": "10 classes of noisy fixed templates, a few hundred images (smoke tests)",
 }
+
+# Classes of the built-in sets, known without loading them (a job's checkpoint must fit).
+BUILTIN_CLASSES: dict[str, int] = {"digits": DIGITS_CLASSES, "synthetic": SYNTHETIC_CLASSES}
 
 _BUILTIN: dict[str, Callable[[tuple[int, int, int] | None, int], DataBundle]] = {
     "digits": load_digits_bundle,

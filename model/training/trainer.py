@@ -41,6 +41,8 @@ from model.training import distributed
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
 PHASES = ("dense", "prune", "finetune")
+BATCH_SIZE_MAX = 65_536  # beyond any data set here; the loader's islice refused > sys.maxsize
+FLOAT32_MAX = 3.4028234663852886e38  # lr, weight decay: the optimizer's float32 arithmetic
 SEED_MAX = 2**32 - 1  # the epochs' shuffles are seeded with seed · 100003 + phase · 10^6 + epoch
 
 
@@ -79,15 +81,19 @@ class TrainConfig:
         for name in ("dense_epochs", "prune_epochs", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for name in ("lr", "finetune_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 1 <= self.batch_size <= BATCH_SIZE_MAX:
+            raise ValueError(
+                f"batch_size must be between 1 and {BATCH_SIZE_MAX}, got {self.batch_size}"
+            )
+        for name in ("lr", "finetune_lr"):  # 1e308 passed and overflowed in the first step
+            if not 0 < getattr(self, name) <= FLOAT32_MAX:
+                raise ValueError(f"{name} must be > 0 and at most {FLOAT32_MAX:.4g} (float32), "
+                                 f"got {getattr(self, name)}")  # fmt: skip
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay < math.inf:  # NaN too: torch's SGD takes it
-            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if not 0 <= self.weight_decay <= FLOAT32_MAX:  # NaN too: torch's SGD takes it
+            raise ValueError(f"weight_decay must be >= 0 and at most {FLOAT32_MAX:.4g} "
+                             f"(float32), got {self.weight_decay}")  # fmt: skip
         if not 0 <= self.seed <= SEED_MAX:  # NumPy's split refuses < 0, torch > 2^64 - 1
             raise ValueError(f"seed must be between 0 and {SEED_MAX}, got {self.seed}")
         for name in ("log_every", "checkpoint_every"):

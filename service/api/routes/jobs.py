@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 
-from model.data import DATASETS
+from model.data import BUILTIN_CLASSES, DATASETS
 from model.networks import network_info
 from model.pipeline import PruneRequest, check_request, split_config
 from model.pruning import method_info
@@ -33,6 +33,7 @@ from service.api.schemas import (
     TransitionPublic,
 )
 from service.db import Job, Upload
+from service.uploads import upload_classes
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(422))  # all take parameters
 NOT_FOUND = documented(404)
@@ -98,6 +99,11 @@ def _validate(body: JobCreate, settings, session, owner: str) -> dict:
         if upload.model != body.model:
             raise HTTPException(422, f"checkpoint {body.checkpoint!r} holds {upload.model} "
                                      f"weights, not {body.model}")  # fmt: skip
+        classes, wanted = upload_classes(upload.path, body.model), BUILTIN_CLASSES[body.dataset]
+        if classes is not None and classes != wanted:
+            raise HTTPException(422, f"checkpoint {body.checkpoint!r} has a {classes}-class "
+                                     f"classifier; dataset {body.dataset!r} has {wanted} "
+                                     f"classes (upload weights with {wanted})")  # fmt: skip
         request["checkpoint_path"] = upload.path
     if settings.job_threads and "threads" not in body.config:
         request["config"] = {**body.config, "threads": settings.job_threads}
