@@ -677,6 +677,24 @@ def test_every_timestamp_has_one_format(client):
     assert all(utc.fullmatch(time) for time in times), times
 
 
+def test_following_a_job_that_is_deleted_ends_the_stream(client, settings):
+    """The stream raised JobNotFound after its response had started: the client got a
+    truncated body and the server logged an ASGI exception."""
+    job = _submit(client).json()
+
+    def cancel_and_delete():
+        time.sleep(0.8)  # the stream has started and polls every 0.5 s
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+
+    thread = threading.Thread(target=cancel_and_delete)
+    thread.start()
+    stream = client.get(f"/v1/jobs/{job['id']}/events", params={"follow": "true"})
+    thread.join()
+    assert stream.status_code == 200
+    assert stream.text.rstrip().endswith('event: end\ndata: {"status": "deleted"}')
+
+
 def test_progress_follows_the_epoch_events_phase_and_epoch():
     """Progress comes from each event's phase and epoch, not from a count of the events this
     worker saw: a job resumed at prune epoch 3 of 4 is past its dense epochs, not at 0%."""
@@ -1012,6 +1030,15 @@ def test_calibration_runs_as_a_job_and_writes_the_profile(client, settings, monk
     assert [e["type"] for e in events] == ["calibration"] * 3
     predicted = client.get("/v1/sweet-spots", params={"model": "lenet5", "hardware": "lab"})
     assert predicted.status_code == 200 and predicted.json()["hardware"] == "lab"
+    # A retry with its idempotency key gets its job back, also once the profile it wrote
+    # exists (it was a 409 "already exists"); a new request for that name still is.
+    body = {"name": "lab2", "idempotency_key": "cal-1"}
+    first = client.post("/v1/hardware/calibrate", json=body).json()
+    assert Worker(settings).run_once()
+    assert client.get("/v1/hardware/lab2").status_code == 200
+    again = client.post("/v1/hardware/calibrate", json=body)
+    assert again.status_code == 202 and again.json()["id"] == first["id"]
+    assert client.post("/v1/hardware/calibrate", json={"name": "lab2"}).status_code == 409
 
 
 def test_a_calibration_whose_passes_disagreed_succeeds_with_a_warning(client, settings,

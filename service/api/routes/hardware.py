@@ -67,7 +67,8 @@ def calibrate_host(
     only with ``replace``. Follow it like any job."""
     if is_builtin_profile(body.name):
         raise HTTPException(409, f"{body.name!r} is a built-in profile; choose another name")
-    if body.name in profile_names() and not body.replace:
+    replay = store.by_idempotency_key(session, owner, body.idempotency_key) is not None
+    if body.name in profile_names() and not body.replace and not replay:  # a retry gets its job
         raise HTTPException(409, f"a custom profile named {body.name!r} already exists; "
                                  "choose another name, or pass replace=true to recalibrate "
                                  "it")  # fmt: skip

@@ -215,7 +215,11 @@ async def job_events(
             if idle >= 15:
                 idle = 0.0
                 yield ": keep-alive\n\n"
-            batch, current = await run_in_threadpool(fetch, last)
+            try:
+                batch, current = await run_in_threadpool(fetch, last)
+            except store.JobNotFound:  # deleted while followed: the response has started
+                yield 'event: end\ndata: {"status": "deleted"}\n\n'
+                return
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})  # fmt: skip
