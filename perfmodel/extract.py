@@ -105,15 +105,16 @@ def _run_fake(module: nn.Module, shape: tuple[int, ...]) -> None:
     """Run ``module`` on meta tensors: shapes propagate, nothing is computed or allocated.
 
     Parameters and buffers are swapped for meta stand-ins through ``functional_call``, so the
-    user's module is never copied or modified.
+    user's module is never copied or modified. Every name of a shared tensor is given: with
+    only the first (``named_parameters``' default), a module registered twice kept the meta
+    stand-ins after the call, and the user's weights were gone.
     """
     import torch
     from torch.func import functional_call
 
-    meta = {
-        name: torch.empty_like(tensor, device="meta")
-        for name, tensor in (*module.named_parameters(), *module.named_buffers())
-    }
+    tensors = (*module.named_parameters(remove_duplicate=False),
+               *module.named_buffers(remove_duplicate=False))  # fmt: skip
+    meta = {name: torch.empty_like(tensor, device="meta") for name, tensor in tensors}
     with torch.no_grad():
         functional_call(module, meta, (torch.empty(shape, device="meta"),))
 

@@ -61,6 +61,17 @@ def test_training_mode_and_weights_are_preserved():
     assert all(not m._forward_pre_hooks for m in module.modules())
 
 
+def test_a_module_registered_twice_keeps_its_weights():
+    """functional_call was given each shared tensor under its first name only: a module
+    registered under two names came out of extraction with meta tensors for weights."""
+    module = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    module.add_module("again", module[0])
+    weight = module[0].weight.detach().clone()
+    assert [s.name for s in extract_layers(module, (4,))] == ["0", "0#2"]
+    assert module[0].weight.device.type == "cpu" and module.again is module[0]
+    assert torch.equal(module[0].weight, weight)
+
+
 def test_falls_back_to_a_real_forward_when_meta_tensors_fail():
     specs = extract_layers(NumpyInside(), (1, 5, 5))
     assert [(s.name, s.in_height) for s in specs] == [("conv", 5)]

@@ -242,6 +242,59 @@ def test_convert_model_refuses_layers_it_would_change():
     assert not {"linear1", "linear2"} & set(convertible_layers(encoder))
 
 
+class _Reused(nn.Module):
+    """One conv called twice, and a linear registered under two names."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+        self.alias = self.head
+
+    def forward(self, x):
+        return self.alias(self.conv(torch.relu(self.conv(self.stem(x)))).mean((2, 3)))
+
+
+def test_convert_model_takes_the_names_of_a_prediction():
+    """extract_layers names a module's later calls conv#2: a plan made from the predictions,
+    as README shows, was refused ("'conv#2' (no such module)"), and so was a second name of
+    a module ("'alias'")."""
+    from perfmodel import get_profile, predict_network
+    from perfmodel.extract import extract_layers
+
+    net = _Reused().eval()
+    for module in (net.stem, net.conv, net.head):
+        _prune(module, 0.9)
+    predictions = predict_network(extract_layers(net, (3, 8, 8)), get_profile("xeon-e5-2697v4"))
+    assert "conv#2" in {p.name for p in predictions.layers}
+    plan = {p.name: "sparse" for p in predictions.layers} | {"alias": "sparse"}
+    converted = convert_model(net, plan)
+    assert isinstance(converted.conv, SparseConv2d) and isinstance(converted.stem, SparseConv2d)
+    assert isinstance(converted.head, SparseLinear) and converted.alias is converted.head
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), net(x), rtol=RTOL, atol=ATOL)
+    # One weight: sparse only where every call is planned sparse.
+    mixed = convert_model(net, {"conv": "sparse", "conv#2": "dense", "alias": "sparse"})
+    assert type(mixed.conv) is nn.Conv2d and isinstance(mixed.head, SparseLinear)
+    with pytest.raises(ValueError, match=r"'nope#2' \(no such module\)"):
+        convert_model(net, {"nope#2": "sparse"})
+    with pytest.raises(ValueError, match="'sparse' or 'dense'"):
+        convert_model(net, {"conv": "fast", "conv#2": "sparse"})
+
+
+def test_convert_model_names_layers_the_kernel_cannot_pad():
+    """Reflect padding and an even kernel's 'same' padding were listed as convertible, and
+    conversion then failed inside from_dense without naming the layer."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1,
+                        padding_mode="reflect"), nn.Conv2d(4, 4, 4, padding="same"))
+    assert convertible_layers(net) == ["0"]
+    with pytest.raises(ValueError, match=r"'1' \(only zero padding is supported, got "
+                                         r"padding_mode='reflect'\), '2' \(padding='same' with "
+                                         r"an even kernel.*plan the others 'dense'"):
+        convert_model(net, {"0": "sparse", "1": "sparse", "2": "sparse"})
+
+
 def test_convert_model_of_a_torch_pruned_layer_says_what_to_do():
     from torch.nn.utils import prune
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from model.sparse.functional import Implementation, check_implementation
-from model.sparse.layers import SparseConv2d, SparseLinear
+from model.sparse.layers import SparseConv2d, SparseLinear, _padding_of
 
 CHOICES = ("sparse", "dense")
 
@@ -33,14 +33,35 @@ def _why_not(module: nn.Module, parent: nn.Module | None) -> str | None:
         return f"a {type(module).__name__}, not a Conv2d/Linear"
     if any(getattr(type(module), m) is not getattr(kind, m) for m in own):
         return f"a {type(module).__name__} with its own forward"
+    if kind is nn.Conv2d:
+        try:
+            _padding_of(module)  # the kernel pads with zeros, the same on both sides
+        except ValueError as error:
+            return str(error)
     if isinstance(parent, nn.MultiheadAttention | nn.TransformerEncoderLayer):
         return f"part of a {type(parent).__name__}, which reads its weight directly"
     return None
 
 
 def _parents(model: nn.Module) -> dict[str, nn.Module]:
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     return {name: modules[name.rpartition(".")[0]] for name in modules if name}
+
+
+def _merged(plan: Mapping[str, str], modules: Mapping[str, nn.Module]) -> dict[str, str]:
+    """The plan by module: a module used more than once appears in predictions once per call
+    (``conv``, ``conv#2``: :func:`perfmodel.extract.extract_layers`), and a module under two
+    names once per name. It has one weight, so it is made sparse only if every entry for it
+    says ``"sparse"``; the choice is keyed by the first of its names."""
+    first: dict[int, str] = {}
+    for name, module in modules.items():
+        first.setdefault(id(module), name)
+    merged: dict[str, str] = {}
+    for name, choice in plan.items():
+        base = name.partition("#")[0] if name not in modules else name
+        key = first.get(id(modules[base]), base) if base in modules else name
+        merged[key] = choice if merged.get(key, choice) == choice else "dense"
+    return merged
 
 
 def convertible_layers(model: nn.Module) -> list[str]:
@@ -63,6 +84,9 @@ def convert_model(
     ``nn.Conv2d`` becomes :class:`SparseConv2d`, ``nn.Linear`` becomes :class:`SparseLinear`
     (same outputs, inference only); ``"dense"`` layers and layers not in the plan are kept.
     The input model is never modified, and nothing is converted unless the whole plan is valid.
+    The names of a prediction can be passed as they are: a module called more than once
+    (``conv``, ``conv#2``) or registered under two names is one weight, made sparse only if
+    every entry for it is ``"sparse"``, and replaced wherever it is used.
 
     Raises:
         TypeError: ``plan`` is not a mapping.
@@ -77,9 +101,13 @@ def convert_model(
             f"{type(plan).__name__}"
         )
     check_implementation(implementation)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     parents = _parents(model)
     valid = convertible_layers(model)
+    bad = {name: choice for name, choice in plan.items() if choice not in CHOICES}
+    if bad:
+        raise ValueError(f"plan choices must be 'sparse' or 'dense', got {bad}")
+    plan = _merged(plan, modules)
     unknown = sorted(name for name in plan if name not in valid)
     if unknown:
         detail = [
@@ -89,12 +117,8 @@ def convert_model(
         ]  # fmt: skip
         raise ValueError(
             f"plan names layers that cannot be made sparse: {', '.join(detail)}; valid names: "
-            f"{', '.join(valid) or '(none)'}"
+            f"{', '.join(valid) or '(none)'} (plan the others 'dense')"
         )
-    bad = {name: choice for name, choice in plan.items() if choice not in CHOICES}
-    if bad:
-        raise ValueError(f"plan choices must be 'sparse' or 'dense', got {bad}")
-
     try:
         converted = copy.deepcopy(model)
     except RuntimeError as error:  # non-leaf tensors, e.g. torch.nn.utils.prune's weight
@@ -103,7 +127,7 @@ def convert_model(
             "torch.nn.utils.prune, make the pruning permanent first with "
             "torch.nn.utils.prune.remove(module, 'weight')"
         ) from None
-    copies = dict(converted.named_modules())
+    copies = dict(converted.named_modules(remove_duplicate=False))
     replacements: dict[str, nn.Module] = {}
     for name, choice in plan.items():  # build everything first: all-or-nothing
         if choice != "sparse":
@@ -133,11 +157,14 @@ def to_dense_model(model: nn.Module) -> nn.Module:
 
 
 def _replaced(model: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
-    """``model`` (a copy the caller owns) with the modules named in ``replacements`` swapped."""
+    """``model`` (a copy the caller owns) with the modules named in ``replacements`` swapped,
+    under every name they have (a module registered twice is one module)."""
     if "" in replacements:  # the model itself is the layer
         return replacements[""]
-    modules = dict(model.named_modules())
-    for name, replacement in replacements.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name], child, replacement)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    by_id = {id(modules[name]): replacement for name, replacement in replacements.items()}
+    for name, module in list(modules.items()):
+        if name and id(module) in by_id:
+            parent_name, _, child = name.rpartition(".")
+            setattr(modules[parent_name], child, by_id[id(module)])
     return model
