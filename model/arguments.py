@@ -1,6 +1,6 @@
-"""argparse value types shared by the commands ``model/`` implements (``bench kernel``,
-``bench train``): a bad value is refused by argparse with the allowed range (usage on
-stderr, exit 2), before anything is built or timed."""
+"""argparse value types shared by the commands (``bench kernel``, ``bench train``, ``serve
+--port``): a bad value is refused by argparse with the allowed range (usage on stderr, exit
+2), before anything is built or timed. Imports nothing but the standard library."""
 
 from __future__ import annotations
 

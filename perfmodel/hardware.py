@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 BUILTIN_DIR = Path(__file__).with_name("profiles")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 MAX_NAME_LENGTH = 64
+MAX_TEXT_LENGTH = 1000  # description and provenance: one listing of profiles is sent to everyone
 """A profile's name is its file's name: well within every file system's 255 bytes."""
 SCHEMA_VERSION = 3
 """Version written by this Sweetspot; every version up to it loads (see the module docstring)."""
@@ -58,6 +59,7 @@ MIN_RATIO, MAX_RATIO = 1e-2, 1e3
 
 Rate = Annotated[float, Field(ge=MIN_RATE, le=MAX_RATE)]
 OptionalRate = Annotated[float | None, Field(default=None, ge=MIN_RATE, le=MAX_RATE)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
 
 
 class ProfileError(ValueError):
@@ -79,13 +81,13 @@ class Provenance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["paper", "datasheet", "calibration", "user"]
-    source: str = Field(description="Citation or tool that produced the numbers.")
-    host: str | None = Field(None, description="Machine a calibration ran on.")
-    cpu: str | None = Field(None, description="CPU model string of that machine.")
-    date: str | None = Field(None, description="ISO date of the measurement.")
+    source: Text = Field(description="Citation or tool that produced the numbers.")
+    host: Text | None = Field(None, description="Machine a calibration ran on.")
+    cpu: Text | None = Field(None, description="CPU model string of that machine.")
+    date: Text | None = Field(None, description="ISO date of the measurement.")
     threads: int | None = Field(None, gt=0, description="Threads a calibration ran with.")
-    torch: str | None = Field(None, description="PyTorch version a calibration ran with.")
-    notes: str | None = None
+    torch: Text | None = Field(None, description="PyTorch version a calibration ran with.")
+    notes: Text | None = None
 
 
 class MemoryBandwidths(BaseModel):
@@ -274,7 +276,7 @@ class HardwareProfile(BaseModel):
         pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH,
         description="Stable identifier, e.g. 'atom-c2750' (also the file name it is saved as).",
     )  # fmt: skip
-    description: str = ""
+    description: Text = ""
     dense_flops_per_s: Rate = Field(
         description="F: achievable dense fp32 compute rate (the paper: MKL SGEMM)."
     )

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+from model.arguments import integer  # torch-free: argparse types only
 from perfmodel import (
     HardwareProfile,
     NetworkPrediction,
@@ -630,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the REST API with local workers")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--port", type=integer(0, 65535), default=8000,
+                       help="TCP port (default 8000; 0: any free one)")  # fmt: skip
     serve.add_argument("--workers", type=int,
                        help="local worker processes (default SWEETSPOT_MAX_CONCURRENT_JOBS, 1)")
     serve.add_argument("--api-tokens", help="comma-separated tokens (env SWEETSPOT_API_TOKENS)")

@@ -141,7 +141,9 @@ def list_jobs(
 
 
 def count_active(session: Session, owner: str) -> int:
-    query = select(func.count()).where(Job.owner == owner, Job.status.in_([QUEUED, RUNNING]))
+    # A job being cancelled still runs until it stops (a calibration can take minutes).
+    query = select(func.count()).where(Job.owner == owner,
+                                       Job.status.in_([QUEUED, RUNNING, CANCELLING]))  # fmt: skip
     return session.scalar(query.select_from(Job)) or 0
 
 

@@ -155,7 +155,7 @@ class Worker:
                 status, reason = LOST, str(error)
             except Exception as error:  # any failure of the job is the job's, not the worker's
                 log.exception("job %s failed", job_id)
-                status, reason = store.FAILED, f"{type(error).__name__}: {error}"
+                status, reason = store.FAILED, failure_reason(error, self.settings)
         self.record_outcome(job_id, status, reason, result)
 
     def record_outcome(self, job_id: str, status: str, reason: str, result: dict | None) -> None:
@@ -213,6 +213,16 @@ class Worker:
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def failure_reason(error: Exception, settings: Settings) -> str:
+    """A failed job's ``status_reason``: the error, with the server's own folders named by role
+    instead of their paths (owners see the reason; the layout of the host is not theirs)."""
+    text = f"{type(error).__name__}: {error}"
+    for folder, role in ((settings.uploads_dir, "<uploads>"), (settings.jobs_dir, "<jobs>"),
+                         (settings.data_dir, "<data>")):  # fmt: skip
+        text = text.replace(str(folder), role)
+    return text
 
 
 def stop_with_parent(parent_pid: int, stop: threading.Event, every_s: float = 0.5) -> None:
@@ -286,7 +296,7 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
                 result = {"profile": json.loads(profile.model_dump_json(exclude_none=True))}
         except Exception as error:  # a noisy run, no native kernel, …: the job's failure
             log.exception("calibration job %s failed", job_id)
-            status, reason = store.FAILED, f"{type(error).__name__}: {error}"
+            status, reason = store.FAILED, failure_reason(error, worker.settings)
     worker.record_outcome(job_id, status, reason, result)
 
 

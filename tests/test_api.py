@@ -813,6 +813,28 @@ def test_a_retry_at_the_queue_limit_gets_its_job_back(tmp_path):
         assert client.get("/v1/jobs").json()["count"] == 2
 
 
+def test_a_job_being_cancelled_counts_against_the_queue_limit(tmp_path):
+    """It still runs until it stops (a calibration can take minutes); it was not counted."""
+    with TestClient(create_app(_settings(tmp_path, max_queued_jobs=1))) as client:
+        job = _submit(client).json()
+        with client.app.state.sessions() as session:
+            row = session.get(Job, job["id"])
+            row.status = "cancelling"
+            session.commit()
+        assert _submit(client).status_code == 429
+
+
+def test_a_failed_jobs_reason_names_server_folders_by_role(tmp_path):
+    from service.worker import failure_reason
+
+    settings = _settings(tmp_path)
+    error = ValueError(f"the weights in {settings.uploads_dir}/ab12.safetensors do not fit "
+                       f"lenet5; see {settings.jobs_dir}/x and {settings.data_dir}/y")  # fmt: skip
+    assert failure_reason(error, settings) == ("ValueError: the weights in <uploads>/ab12."
+                                               "safetensors do not fit lenet5; see <jobs>/x and "
+                                               "<data>/y")  # fmt: skip
+
+
 def test_twenty_concurrent_submissions_with_one_key_create_one_job(client):
     results: list = []
 

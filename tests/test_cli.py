@@ -391,6 +391,12 @@ def test_bench_api_serves_the_users_own_profile(capsys):
     assert result["hardware"] == "bench-box" and result["requests"] > 0 and not result["errors"]
 
 
+def test_serve_refuses_a_port_out_of_range(capsys):
+    """--port 180009 was taken, printed as :180009, and listened on 48937 (mod 65536)."""
+    code, _, err = run(capsys, "serve", "--port", "180009")
+    assert code == 2 and "must be between 0 and 65535, got 180009" in err
+
+
 def test_every_option_of_serve_bench_predict_sensitivity_and_prune_has_help():
     """serve --host/--port, bench predict's and sensitivity's options had no help, and prune's
     epoch options did not say their defaults."""

@@ -94,6 +94,9 @@ def test_load_json_and_toml_files(tmp_path):
         ({"name": "Has Spaces"}, "name"),
         ({"provenance": {"kind": "rumour", "source": "x"}}, "provenance.kind"),
         ({"peak": 3}, "peak"),
+        # A 7 MB description was accepted, and the listing of profiles sent it to everyone.
+        ({"description": "x" * 1001}, "description"),
+        ({"provenance": {"kind": "user", "source": "x", "notes": "y" * 1001}}, "provenance.notes"),
     ],
 )
 def test_invalid_profile_error_names_the_field(tmp_path, change, field):
