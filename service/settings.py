@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(100, ge=1, description="queued jobs per owner before 429")
     max_epochs: int = Field(200, ge=1, description="cap on dense+prune+finetune epochs per job")
     max_upload_bytes: int = Field(200 * 2**20, ge=1024, description="uploads above get 413")
+    max_uploads: int = Field(100, ge=1, description="stored uploads per owner before 429 "
+                             "(DELETE /v1/uploads/{id} frees one)")  # fmt: skip
     max_body_bytes: int = Field(
         8 * 2**20, ge=1024, description="other request bodies (JSON) above get 413; 8 MiB "
         "holds the largest sweet-spot request (1,000 layer specs) many times over"

@@ -897,6 +897,36 @@ def test_checkpoint_classes_reads_the_classifier_of_every_network(model):
     assert checkpoint_classes(model, {}) is None
 
 
+def test_uploads_are_listed_fetched_deleted_and_capped(tmp_path):
+    """Uploads could be neither listed nor deleted, and had no limit: any token could fill the
+    disk 200 MB at a time."""
+    buffer = io.BytesIO()
+    torch.save(create_model("lenet5").state_dict(), buffer)
+    post = lambda c: c.post("/v1/uploads", data={"model": "lenet5"},  # noqa: E731
+                            files={"file": ("start.pt", buffer.getvalue())})  # fmt: skip
+    settings = _settings(tmp_path, max_uploads=2)
+    with TestClient(create_app(settings)) as client:
+        first, second = post(client).json(), post(client).json()
+        full = post(client)
+        assert full.status_code == 429 and "2 uploads stored, the limit" in full.json()["detail"]
+        listed = client.get("/v1/uploads").json()
+        assert listed["count"] == 2 and {u["id"] for u in listed["data"]} == {first["id"],
+                                                                            second["id"]}
+        assert client.get(f"/v1/uploads/{first['id']}").json() == first
+        assert client.get("/v1/uploads/nope").status_code == 404
+        job = _submit(client, checkpoint=first["id"]).json()
+        busy = client.delete(f"/v1/uploads/{first['id']}")
+        assert busy.status_code == 409 and job["id"] in busy.json()["detail"]
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        assert client.delete(f"/v1/uploads/{first['id']}").status_code == 204
+        assert not (settings.uploads_dir / f"{first['id']}.safetensors").exists()
+        assert client.get(f"/v1/uploads/{first['id']}").status_code == 404
+        assert post(client).status_code == 201  # room again
+    other = _settings(tmp_path, api_tokens="a,b")
+    with TestClient(create_app(other)) as client:
+        assert client.get("/v1/uploads", headers={"Authorization": "Bearer b"}).json()["count"] == 0
+
+
 def test_checkpoints_with_odd_keys_or_non_finite_weights_are_422(client):
     """Non-string keys were a 500 (AttributeError in load_into); NaN weights were accepted, and
     so were complex ones (loading kept the NaN real part); sparse and meta tensors were 500s."""

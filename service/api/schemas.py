@@ -344,6 +344,11 @@ class UploadPublic(BaseModel):
     created_at: datetime
 
 
+class UploadsPublic(BaseModel):
+    data: list[UploadPublic]
+    count: int
+
+
 class HealthPublic(BaseModel):
     status: Literal["ok"]
 
