@@ -56,6 +56,11 @@ def extract_layers(
                 padding = _explicit_padding(layer)
             else:
                 padding = tuple(layer.padding)
+            if len(shape) not in (3, 4):  # conv2d would refuse it; say what input_shape means
+                raise ValueError(
+                    f"{name} got a {len(shape)}-D input {shape}; input_shape is the shape of "
+                    "one example without the batch dimension, e.g. (3, 224, 224)"
+                )
             n, c, h, w = shape if len(shape) == 4 else (1, *shape)
             specs.append(
                 Conv2dSpec(
@@ -85,13 +90,14 @@ def extract_layers(
     module.eval()
     try:
         example_shape = (1, *input_shape)
+        dtype = _input_dtype(module)
         try:
-            _run_fake(module, example_shape)
+            _run_fake(module, example_shape, dtype)
         except Exception:
             specs.clear()
             calls.clear()
             with torch.no_grad():
-                module(torch.zeros(example_shape))
+                module(torch.zeros(example_shape, dtype=dtype))
     finally:
         for handle in handles:
             handle.remove()
@@ -101,7 +107,18 @@ def extract_layers(
     return specs
 
 
-def _run_fake(module: nn.Module, shape: tuple[int, ...]) -> None:
+def _input_dtype(module: nn.Module):
+    """The dtype of the module's floating-point weights (a float32 input made fp16, bf16 and
+    fp64 models fail: "Input type (float) and bias type (c10::Half) should be the same")."""
+    import torch
+
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def _run_fake(module: nn.Module, shape: tuple[int, ...], dtype) -> None:
     """Run ``module`` on meta tensors: shapes propagate, nothing is computed or allocated.
 
     Parameters and buffers are swapped for meta stand-ins through ``functional_call``, so the
@@ -116,7 +133,7 @@ def _run_fake(module: nn.Module, shape: tuple[int, ...]) -> None:
                *module.named_buffers(remove_duplicate=False))  # fmt: skip
     meta = {name: torch.empty_like(tensor, device="meta") for name, tensor in tensors}
     with torch.no_grad():
-        functional_call(module, meta, (torch.empty(shape, device="meta"),))
+        functional_call(module, meta, (torch.empty(shape, dtype=dtype, device="meta"),))
 
 
 def _explicit_padding(conv: nn.Module) -> tuple[int, int]:

@@ -72,6 +72,23 @@ def test_a_module_registered_twice_keeps_its_weights():
     assert torch.equal(module[0].weight, weight)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_half_bfloat_and_double_models(dtype):
+    """The example input was always float32: "Input type (float) and bias type (c10::Half)
+    should be the same"."""
+    module = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(),
+                           nn.Linear(8 * 4 * 4, 2)).to(dtype)  # fmt: skip
+    specs = extract_layers(module, (3, 6, 6))
+    assert [s.dtype_bytes for s in specs] == [torch.finfo(dtype).bits // 8] * 2
+    assert (specs[0].out_height, specs[1].in_features) == (4, 128)
+
+
+def test_a_batch_in_input_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"got a 5-D input \(1, 1, 3, 8, 8\); input_shape is "
+                                         r"the shape of one example without the batch"):
+        extract_layers(nn.Sequential(nn.Conv2d(3, 4, 3)), (1, 3, 8, 8))
+
+
 def test_falls_back_to_a_real_forward_when_meta_tensors_fail():
     specs = extract_layers(NumpyInside(), (1, 5, 5))
     assert [(s.name, s.in_height) for s in specs] == [("conv", 5)]
