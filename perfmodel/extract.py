@@ -4,12 +4,17 @@ Forward hooks record the input shape of each call while the module runs once on 
 (meta, shape-only) tensor, so nested modules, residual blocks, grouped convolutions and modules
 called twice are all seen as they really execute, and nothing is computed. If fake tensors
 cannot run the module (custom ops), it falls back to a real forward on zeros of batch 1.
+That run also counts every convolution and matrix multiply torch executes
+(``torch.utils.flop_counter``): work outside ``nn.Conv2d``/``nn.Linear`` modules (``F.conv2d``
+on a bare parameter, attention's projections, Conv1d/Conv3d, transposed convolutions) has no
+spec, and a warning says how much of the network's work the specs leave out.
 
 This is the only part of :mod:`perfmodel` that imports torch, and it does so when called.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +22,10 @@ from perfmodel.layers import Conv2dSpec, LinearSpec
 
 if TYPE_CHECKING:
     from torch import nn
+
+# Work outside Conv2d/Linear modules, as a share of all counted FLOPs, above which a warning
+# says the specs leave it out (exact counts agree on every built-in network: 0%).
+UNSEEN_WORK_WARNING = 0.001
 
 Layer = Conv2dSpec | LinearSpec
 
@@ -88,15 +97,18 @@ def extract_layers(
     ]
     was_training = module.training
     module.eval()
+    counter = _work_counter()
     try:
         example_shape = (1, *input_shape)
         dtype = _input_dtype(module)
         try:
-            _run_fake(module, example_shape, dtype)
+            with counter:
+                _run_fake(module, example_shape, dtype)
         except Exception:
             specs.clear()
             calls.clear()
-            with torch.no_grad():
+            counter = _work_counter()
+            with counter, torch.no_grad():
                 module(torch.zeros(example_shape, dtype=dtype))
     finally:
         for handle in handles:
@@ -104,7 +116,39 @@ def extract_layers(
         module.train(was_training)
     if not specs:
         raise ValueError("the module has no Conv2d or Linear layer that runs on this input")
+    counted = counter.flops  # of one example; the specs' are of `batch`
+    left_out = counted - sum(spec.flops for spec in specs) / batch
+    if counted and left_out > UNSEEN_WORK_WARNING * counted:
+        warnings.warn(
+            f"{left_out / counted:.1%} of the network's convolution and matrix-multiply FLOPs "
+            "run outside nn.Conv2d/nn.Linear modules (F.conv2d or F.linear on bare weights, "
+            "attention, Conv1d/Conv3d, transposed convolutions): they have no layer spec, so "
+            "predictions leave them out",
+            stacklevel=2,
+        )
     return specs
+
+
+def _work_counter():
+    """A dispatch mode summing the FLOPs of the convolutions and matrix multiplies that run
+    under it, by torch's own formulas (``torch.utils.flop_counter``). FlopCounterMode itself
+    also tracks the module hierarchy with hooks on every module, which doubled the time of an
+    extraction (ResNet-50: 90 → 172 ms)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class WorkCounter(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                self.flops += count(*args, **kwargs, out_val=out)
+            return out
+
+    return WorkCounter()
 
 
 def _input_dtype(module: nn.Module):

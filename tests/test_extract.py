@@ -89,6 +89,37 @@ def test_a_batch_in_input_shape_is_a_clear_error():
         extract_layers(nn.Sequential(nn.Conv2d(3, 4, 3)), (1, 3, 8, 8))
 
 
+class _Functional(nn.Module):
+    """A conv done with F.conv2d on a bare parameter: no module, no hook, no spec."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.conv, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(torch.nn.functional.conv2d(x, self.w1, padding=1))
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_work_outside_conv_and_linear_modules_is_named():
+    """It was left out silently: the specs' FLOPs understated the network's."""
+    with pytest.warns(UserWarning, match=r"27\.3% of the network's convolution and "
+                                         r"matrix-multiply FLOPs run outside"):
+        specs = extract_layers(_Functional(), (3, 16, 16), batch=4)
+    assert [s.name for s in specs] == ["conv", "fc"]
+    with pytest.warns(UserWarning, match="outside nn.Conv2d/nn.Linear"):
+        extract_layers(nn.Sequential(nn.Conv1d(3, 4, 3), nn.Flatten(), nn.Linear(16, 2)), (3, 6))
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("name", ["alexnet", "googlenet", "resnet50", "vgg16", "lenet300"])
+def test_built_in_networks_have_all_their_work_in_specs(name):
+    from model.networks.registry import NETWORKS
+
+    extract_layers(create_model(name), NETWORKS[name].input_shape, batch=3)
+
+
 def test_falls_back_to_a_real_forward_when_meta_tensors_fail():
     specs = extract_layers(NumpyInside(), (1, 5, 5))
     assert [(s.name, s.in_height) for s in specs] == [("conv", 5)]
