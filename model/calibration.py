@@ -411,6 +411,9 @@ def layer_functions(
         )  # fmt: skip
         bias = torch.randn(layer.out_channels, generator=generator)
         st, pd, dl, g = layer.stride, layer.padding, layer.dilation, layer.groups
+        if layer.padding_end is not None:  # asymmetric: the ops pad symmetrically, pad x first
+            (top, left), (bottom, right) = layer.padding, layer.padding_end
+            x, pd = F.pad(x, (left, right, top, bottom)), (0, 0)
         functions["dense:default"] = lambda: F.conv2d(x, weight, bias, st, pd, dl, g)
         if torch.backends.mkldnn.is_available():
             functions["dense:onednn"] = lambda: torch.ops.aten.mkldnn_convolution(

@@ -62,9 +62,9 @@ def extract_layers(
         dtype_bytes = layer.weight.element_size()
         if isinstance(layer, nn.Conv2d):
             if isinstance(layer.padding, str):  # "same" / "valid"
-                padding = _explicit_padding(layer)
+                padding, padding_end = _explicit_padding(layer)
             else:
-                padding = tuple(layer.padding)
+                padding = padding_end = tuple(layer.padding)
             if len(shape) not in (3, 4):  # conv2d would refuse it; say what input_shape means
                 raise ValueError(
                     f"{name} got a {len(shape)}-D input {shape}; input_shape is the shape of "
@@ -75,7 +75,7 @@ def extract_layers(
                 Conv2dSpec(
                     name=name, batch=n * batch, in_channels=c, out_channels=layer.out_channels,
                     in_height=h, in_width=w, kernel=tuple(layer.kernel_size),
-                    stride=tuple(layer.stride), padding=padding,
+                    stride=tuple(layer.stride), padding=padding, padding_end=padding_end,
                     dilation=tuple(layer.dilation), groups=layer.groups, dtype_bytes=dtype_bytes,
                 )
             )  # fmt: skip
@@ -180,8 +180,13 @@ def _run_fake(module: nn.Module, shape: tuple[int, ...], dtype) -> None:
         functional_call(module, meta, (torch.empty(shape, dtype=dtype, device="meta"),))
 
 
-def _explicit_padding(conv: nn.Module) -> tuple[int, int]:
+def _explicit_padding(conv: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(top, left)`` and ``(bottom, right)`` zero padding of a "same" / "valid" ``conv``."""
     if conv.padding == "valid":
-        return (0, 0)
-    # "same" (stride 1 only in torch): total padding d·(k−1), split low/high; use the low side.
-    return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True))
+        return (0, 0), (0, 0)
+    # "same" (stride 1 only in torch): total padding d·(k−1), the smaller half first (an even
+    # kernel extent pads one more row and column at the bottom and right).
+    totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    begin = tuple(total // 2 for total in totals)
+    end = tuple(total - total // 2 for total in totals)
+    return begin, end

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Pair = tuple[int, int]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -60,11 +60,20 @@ class Conv2dSpec(_Spec):
     in_width: PositiveInt
     kernel: Pair = Field(description="(R, S) kernel height and width.")
     stride: Pair = (1, 1)
-    padding: Pair = (0, 0)
+    padding: Pair = Field(
+        (0, 0),
+        description="(top, left) zero padding; also (bottom, right) unless padding_end is set.",
+    )
+    padding_end: Pair | None = Field(
+        None,
+        description="(bottom, right) zero padding where it differs from padding (ONNX "
+        "SAME_UPPER/SAME_LOWER or asymmetric pads, PyTorch 'same' with an even kernel); "
+        "null: the same as padding.",
+    )
     dilation: Pair = (1, 1)
     groups: PositiveInt = 1
 
-    @field_validator("kernel", "stride", "padding", "dilation", mode="before")
+    @field_validator("kernel", "stride", "padding", "padding_end", "dilation", mode="before")
     @classmethod
     def _as_pair(cls, value: object) -> object:
         return _pair(value)
@@ -76,12 +85,19 @@ class Conv2dSpec(_Spec):
             raise ValueError(f"must be >= 1, got {value}")
         return value
 
-    @field_validator("padding")
+    @field_validator("padding", "padding_end")
     @classmethod
-    def _non_negative_pair(cls, value: Pair) -> Pair:
-        if min(value) < 0:
+    def _non_negative_pair(cls, value: Pair | None) -> Pair | None:
+        if value is not None and min(value) < 0:
             raise ValueError(f"must be >= 0, got {value}")
         return value
+
+    @field_validator("padding_end")
+    @classmethod
+    def _symmetric_end_is_none(cls, value: Pair | None, info: ValidationInfo) -> Pair | None:
+        # One spelling per layer: an end padding equal to padding is stored as None, so specs
+        # of the same layer compare equal however they were written.
+        return None if value == info.data.get("padding") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Conv2dSpec:
@@ -94,18 +110,34 @@ class Conv2dSpec(_Spec):
             raise ValueError(
                 f"kernel {self.kernel} (dilation {self.dilation}) does not fit the padded "
                 f"input {self.in_height}x{self.in_width} + padding {self.padding}"
+                + ("" if self.padding_end is None else f" (top, left), {self.padding_end} (end)")
             )
         return self
 
     @property
+    def end_padding(self) -> Pair:
+        """(bottom, right) zero padding: ``padding_end``, or ``padding`` when symmetric."""
+        return self.padding if self.padding_end is None else self.padding_end
+
+    @property
+    def padded_height(self) -> int:
+        """Input rows with the top and bottom zero padding."""
+        return self.in_height + self.padding[0] + self.end_padding[0]
+
+    @property
+    def padded_width(self) -> int:
+        """Input columns with the left and right zero padding."""
+        return self.in_width + self.padding[1] + self.end_padding[1]
+
+    @property
     def out_height(self) -> int:
         r = self.dilation[0] * (self.kernel[0] - 1) + 1
-        return (self.in_height + 2 * self.padding[0] - r) // self.stride[0] + 1
+        return (self.padded_height - r) // self.stride[0] + 1
 
     @property
     def out_width(self) -> int:
         s = self.dilation[1] * (self.kernel[1] - 1) + 1
-        return (self.in_width + 2 * self.padding[1] - s) // self.stride[1] + 1
+        return (self.padded_width - s) // self.stride[1] + 1
 
     @property
     def weight_count(self) -> int:

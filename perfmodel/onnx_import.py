@@ -166,21 +166,31 @@ def _conv_spec(name, batch, x_shape, w_shape, attrs, dtype_bytes) -> Conv2dSpec:
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        padding = tuple(
-            max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0) // 2
+        # Output ceil(in / stride): the total padding is split in half, the odd pixel going
+        # to the end (UPPER) or to the beginning (LOWER).
+        totals = [
+            max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
             for size, s, k, d in zip((height, width), stride, kernel, dilation, strict=True)
-        )
+        ]
+        small = [total // 2 for total in totals]
+        large = [total - total // 2 for total in totals]
+        begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
     elif auto_pad == "VALID":
-        padding = (0, 0)
+        begin = end = [0, 0]
+    elif auto_pad in ("NOTSET", ""):
+        pads = list(attrs.get("pads", (0, 0, 0, 0)))
+        if len(pads) != 4:
+            raise OnnxImportError(f"layer {name}: pads must have 4 entries, got {pads}")
+        begin, end = pads[:2], pads[2:]  # [top, left, bottom, right]
     else:
-        pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
-        # NB: asymmetric pads (begin ≠ end) are averaged; the FLOPs may be off by one row.
-        padding = ((pads[0] + pads[2]) // 2, (pads[1] + pads[3]) // 2)
+        raise OnnxImportError(f"layer {name}: unknown auto_pad {auto_pad!r}")
+    padding, padding_end = tuple(begin), tuple(end)
     try:
         return Conv2dSpec(
             name=name, batch=batch, in_channels=channels, out_channels=w_shape[0],
             in_height=height, in_width=width, kernel=kernel, stride=stride, padding=padding,
-            dilation=dilation, groups=attrs.get("group", 1), dtype_bytes=dtype_bytes,
+            padding_end=padding_end, dilation=dilation, groups=attrs.get("group", 1),
+            dtype_bytes=dtype_bytes,
         )  # fmt: skip
     except ValueError as error:
         raise OnnxImportError(f"layer {name}: {error}") from None

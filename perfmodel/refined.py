@@ -279,15 +279,22 @@ def unit_layout(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     stack: int = 1,
+    padding_end: tuple[int, int] | None = None,
 ) -> UnitLayout:
     """The padded layout of ``stack`` images side by side (see the class). An image's pitch
     shares one row's right padding with the next row's (or the next image's) left padding and
     holds at least the outputs (1×1 kernels with padding have more outputs than padded
-    columns)."""
+    columns).
+
+    ``padding`` is (top, left) and ``padding_end`` (bottom, right), the same when ``None``
+    (the kernel's case): asymmetric padding takes top + bottom rows and a shared column gap
+    of the larger of left and right.
+    """
     sh, sw = stride
-    image_pitch = max(_ceil_div(width + padding[1], sw), out_width)
+    end = padding if padding_end is None else padding_end
+    image_pitch = max(_ceil_div(width + max(padding[1], end[1]), sw), out_width)
     pitch = stack * image_pitch
-    rows = _ceil_div(height + 2 * padding[0], sh) + 1  # + one zero row
+    rows = _ceil_div(height + padding[0] + end[0], sh) + 1  # + one zero row
     return UnitLayout(
         row_pitch=pitch,
         phase_rows=rows,
@@ -300,7 +307,7 @@ def unit_layout(
 def _layer_layout(layer: Conv2dSpec, stack: int = 1) -> UnitLayout:
     return unit_layout(
         layer.in_height, layer.in_width, layer.out_height, layer.out_width, layer.kernel,
-        layer.stride, layer.padding, layer.dilation, stack,
+        layer.stride, layer.padding, layer.dilation, stack, layer.padding_end,
     )  # fmt: skip
 
 

@@ -273,6 +273,13 @@ def test_measure_passes_alternates_order_and_keeps_each_layers_seed(monkeypatch)
     assert dense == [[11, 11], [12, 12], [13, 13]]
 
 
+def test_layer_functions_time_an_asymmetrically_padded_layer_at_its_shape():
+    spec = Conv2dSpec(name="even", batch=2, in_channels=4, out_channels=8, in_height=9,
+                      in_width=7, kernel=(4, 2), padding=(1, 0), padding_end=(2, 1))  # fmt: skip
+    output = calibration.layer_functions(spec, ())["dense:default"]()
+    assert tuple(output.shape) == (2, 8, spec.out_height, spec.out_width) == (2, 8, 9, 7)
+
+
 def test_calibration_never_sees_validation_layers_or_sparsities():
     from model.validation import VALIDATION_LAYERS, VALIDATION_SPARSITIES
 

@@ -50,6 +50,39 @@ def test_nested_shared_grouped_and_3d_linear():
     assert head.batch == 4 * 36  # every one of the 36 positions is a row
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "padding", "size", "begin", "end"),
+    [
+        (4, 1, "same", (9, 9), (1, 1), (2, 2)),
+        (2, 1, "same", (8, 8), (0, 0), (1, 1)),
+        ((2, 4), (3, 1), "same", (7, 10), (1, 1), (2, 2)),
+        (3, 2, "same", (6, 6), (2, 2), (2, 2)),
+        (3, 1, "valid", (6, 6), (0, 0), (0, 0)),
+    ],
+)
+def test_same_padding_with_an_even_kernel_is_asymmetric(
+    kernel, dilation, padding, size, begin, end
+):
+    """PyTorch's "same" pads an even kernel extent one more at the bottom and right: the
+    spec's output is the module's (it kept the low side only, one row and column short)."""
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(8, 8, kernel, padding=padding, dilation=dilation)
+    (spec,) = extract_layers(conv, (8, *size))
+    assert (spec.padding, spec.end_padding) == (begin, end)
+    x = torch.randn(1, 8, *size, generator=generator)
+    with torch.no_grad():
+        y = conv(x)
+    assert (1, 8, spec.out_height, spec.out_width) == tuple(y.shape)
+    assert spec.macs == y.numel() * 8 * conv.kernel_size[0] * conv.kernel_size[1]
+    (top, left), (bottom, right) = spec.padding, spec.end_padding
+    padded = torch.nn.functional.pad(x, (left, right, top, bottom))
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(padded, conv.weight, conv.bias,
+                                              dilation=conv.dilation)  # fmt: skip
+    torch.testing.assert_close(y, expected)
+
+
 def test_training_mode_and_weights_are_preserved():
     module = create_model("resnet20").train()
     before = {k: v.clone() for k, v in module.state_dict().items()}

@@ -25,6 +25,30 @@ def test_dilation_and_asymmetric_stride():
     assert conv.describe() == "8→8 3x3 /(1, 2) d2 @20x21"
 
 
+def test_asymmetric_padding_sizes_the_output_with_both_ends():
+    # ONNX SAME_UPPER on 224² with a 7×7 /2 stem pads 2 on top/left and 3 on bottom/right.
+    stem = Conv2dSpec(name="stem", in_channels=3, out_channels=64, in_height=224,
+                      in_width=224, kernel=7, stride=2, padding=2, padding_end=3)  # fmt: skip
+    assert (stem.padding, stem.padding_end, stem.end_padding) == ((2, 2), (3, 3), (3, 3))
+    assert (stem.out_height, stem.out_width) == (112, 112)
+    assert stem.macs == 64 * 112 * 112 * 3 * 7 * 7
+    rect = Conv2dSpec(name="c", in_channels=4, out_channels=4, in_height=8, in_width=8,
+                      kernel=3, stride=2, padding=(0, 1), padding_end=(1, 0))  # fmt: skip
+    assert (rect.padded_height, rect.padded_width, rect.out_height, rect.out_width) == (
+        9, 9, 4, 4
+    )  # fmt: skip
+
+
+def test_padding_end_is_none_when_it_equals_padding():
+    base = {"name": "c", "in_channels": 4, "out_channels": 8, "in_height": 8, "in_width": 8,
+            "kernel": 3, "padding": 1}  # fmt: skip
+    symmetric = Conv2dSpec(**base)
+    assert symmetric.padding_end is None and symmetric.end_padding == (1, 1)
+    assert Conv2dSpec(**base, padding_end=[1, 1]) == symmetric
+    assert Conv2dSpec(**base, padding_end=None) == symmetric
+    assert Conv2dSpec(**base, padding_end=(1, 2)).padding_end == (1, 2)
+
+
 def test_linear_spec():
     fc = LinearSpec(name="fc", batch=4, in_features=9216, out_features=4096)
     assert fc.flops == 2 * 4 * 9216 * 4096
@@ -46,6 +70,8 @@ def test_with_batch_returns_a_new_spec():
         ({"kernel": 9, "in_height": 4}, "does not fit"),
         ({"stride": 0}, "must be >= 1"),
         ({"padding": -1}, "must be >= 0"),
+        ({"padding_end": (0, -1)}, "must be >= 0"),
+        ({"kernel": 5, "in_height": 2, "padding": (1, 0), "padding_end": (0, 0)}, "does not fit"),
         ({"in_channels": 0}, "greater than 0"),
     ],
 )
@@ -67,5 +93,8 @@ def test_json_round_trip_picks_the_type_by_kind():
     assert isinstance(layers[0], Conv2dSpec) and layers[0].padding == (1, 1)
     assert isinstance(layers[1], LinearSpec)
     assert adapter.validate_json(adapter.dump_json(layers)) == layers
+    asymmetric = adapter.validate_python([{**data[0], "padding": 0, "padding_end": [1, 1]}])
+    assert asymmetric[0].padding_end == (1, 1) and asymmetric[0].out_height == 7
+    assert adapter.validate_json(adapter.dump_json(asymmetric)) == asymmetric
     with pytest.raises(ValidationError, match="does not match any of the expected tags"):
         adapter.validate_python([{"kind": "conv3d", "name": "x"}])

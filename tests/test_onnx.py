@@ -63,3 +63,50 @@ def test_graph_without_layers():
     data = helper.make_model(graph).SerializeToString()
     with pytest.raises(OnnxImportError, match="no Conv, Gemm or MatMul"):
         layers_from_onnx(data)
+
+
+def _conv_graph(size: tuple[int, int], kernel: tuple[int, int], attrs: dict, seed: int = 0):
+    """x (1, 3, H, W) → one Conv 'w' (4×3×R×S, random) with ``attrs``; the model bytes and
+    the weight as a tensor."""
+    weight = torch.randn(4, 3, *kernel, generator=torch.Generator().manual_seed(seed))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w.weight"], ["y"], **attrs)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("w.weight", TensorProto.FLOAT, list(weight.shape),
+                                        weight.flatten().tolist())],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, weight
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "attrs", "begin", "end"),
+    [
+        ((8, 8), (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (0, 0), (1, 1)),
+        ((8, 8), (3, 3), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (1, 1), (0, 0)),
+        ((224, 224), (7, 7), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (2, 2), (3, 3)),
+        ((9, 7), (4, 2), {"auto_pad": "SAME_UPPER", "dilations": [1, 2]}, (1, 1), (2, 1)),
+        ((9, 7), (4, 2), {"auto_pad": "SAME_LOWER", "strides": [1, 2]}, (2, 1), (1, 0)),
+        ((8, 8), (1, 1), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (0, 0), (0, 0)),
+        ((8, 8), (3, 3), {"auto_pad": "VALID", "strides": [2, 2]}, (0, 0), (0, 0)),
+        ((8, 8), (3, 3), {"pads": [0, 0, 1, 1], "strides": [2, 2]}, (0, 0), (1, 1)),
+        ((10, 9), (3, 3), {"pads": [2, 0, 1, 3]}, (2, 0), (1, 3)),
+    ],
+)
+def test_conv_padding_is_imported_exactly(size, kernel, attrs, begin, end):
+    """Asymmetric ONNX padding (auto_pad SAME_*, or begin ≠ end pads) gives the output size
+    and the outputs of the ONNX reference runtime; it was halved into a symmetric pair."""
+    from onnx.reference import ReferenceEvaluator
+
+    model, weight = _conv_graph(size, kernel, {"kernel_shape": list(kernel), **attrs})
+    (conv,) = layers_from_onnx(model.SerializeToString())
+    assert (conv.padding, conv.end_padding) == (begin, end)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    (expected,) = ReferenceEvaluator(model).run(None, {"x": x.numpy()})
+    assert (1, 4, conv.out_height, conv.out_width) == expected.shape
+    # The spec's pads, applied by torch, compute what ONNX does (UPPER vs LOWER included).
+    (top, left), (bottom, right) = conv.padding, conv.end_padding
+    padded = torch.nn.functional.pad(x, (left, right, top, bottom))
+    y = torch.nn.functional.conv2d(padded, weight, stride=conv.stride, dilation=conv.dilation)
+    torch.testing.assert_close(y, torch.from_numpy(expected), rtol=1e-4, atol=1e-4)

@@ -48,6 +48,7 @@ from perfmodel.refined import (
     sparse_coefficients,
     sparse_conv_geometry,
     sparse_features,
+    unit_layout,
 )
 
 MODEL = RefinedRoofline()
@@ -341,6 +342,25 @@ def test_geometry_matches_the_kernel_layout():
         geometry = sparse_conv_geometry(spec)
         assert geometry.nvec == -(-layout.flat_outputs // 16)
         assert geometry.packed_floats == spec.in_channels * layout.plane
+
+
+def test_asymmetric_padding_is_laid_out_with_both_ends():
+    """Rows take the top and the bottom padding, the column gap between rows (shared by a
+    row's right and the next one's left padding) the larger of the two; a symmetric layer is
+    laid out as the kernel lays it out."""
+    shape = ((3, 3), (1, 1), (1, 1), (1, 1))  # kernel, stride, padding, dilation
+    symmetric = unit_layout(9, 10, 9, 10, *shape)
+    assert unit_layout(9, 10, 9, 10, *shape, padding_end=(1, 1)) == symmetric
+    spec = Conv2dSpec(name="even", in_channels=16, out_channels=16, in_height=9, in_width=10,
+                      kernel=4, padding=(1, 2), padding_end=(2, 1))  # fmt: skip
+    assert (spec.out_height, spec.out_width) == (9, 10)
+    layout = unit_layout(9, 10, 9, 10, spec.kernel, spec.stride, spec.padding, spec.dilation,
+                         padding_end=spec.padding_end)  # fmt: skip
+    assert (layout.phase_rows, layout.image_pitch) == (9 + 1 + 2 + 1, 10 + 2)
+    geometry = sparse_conv_geometry(spec)
+    assert geometry.nvec == -(-9 * 12 // 16)
+    assert geometry.packed_floats == 16 * layout.plane
+    assert MODEL.speedup(spec, refined_profile(), 0.1) > 0
 
 
 @settings(max_examples=200, deadline=None)

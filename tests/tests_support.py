@@ -18,8 +18,10 @@ conv_specs = st.builds(
     kernel=st.sampled_from([1, 3, 5]),
     stride=st.sampled_from([1, 2]),
     padding=st.integers(0, 2),
+    padding_end=st.none() | st.tuples(st.integers(0, 2), st.integers(0, 2)),
 )
-"""Convolution specs across the shapes real CNNs have (hypothesis)."""
+"""Convolution specs across the shapes real CNNs have, asymmetric padding included
+(hypothesis)."""
 linear_specs = st.builds(
     LinearSpec, name=st.just("fc"), batch=st.integers(1, 512),
     in_features=st.integers(8, 8192), out_features=st.integers(8, 8192),
