@@ -73,7 +73,8 @@ def extract_layers(
             n, c, h, w = shape if len(shape) == 4 else (1, *shape)
             specs.append(
                 Conv2dSpec(
-                    name=name, batch=n * batch, in_channels=c, out_channels=layer.out_channels,
+                    name=name, batch=n * batch, per_example=n, in_channels=c,
+                    out_channels=layer.out_channels,
                     in_height=h, in_width=w, kernel=tuple(layer.kernel_size),
                     stride=tuple(layer.stride), padding=padding, padding_end=padding_end,
                     dilation=tuple(layer.dilation), groups=layer.groups, dtype_bytes=dtype_bytes,
@@ -85,7 +86,7 @@ def extract_layers(
                 rows *= dim
             specs.append(
                 LinearSpec(
-                    name=name, batch=rows * batch, in_features=layer.in_features,
+                    name=name, batch=rows * batch, per_example=rows, in_features=layer.in_features,
                     out_features=layer.out_features, dtype_bytes=dtype_bytes,
                 )
             )  # fmt: skip

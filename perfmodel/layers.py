@@ -32,13 +32,23 @@ class _Spec(BaseModel):
 
     name: str = Field(description="Layer name, unique within a network (e.g. 'conv5').")
     batch: PositiveInt = Field(1, description="Images per call; C and S_A scale with it.")
+    per_example: PositiveInt = Field(
+        1, description="Images (conv) or rows (linear) each example of the network makes: a "
+        "linear layer on (50, 64) examples has 50; batch = examples × per_example.",
+    )  # fmt: skip
     dtype_bytes: int = Field(
         4, ge=1, le=16, description="Bytes per element (fp32 = 4; up to 16, complex128)."
     )
 
     def with_batch(self, batch: int) -> _Spec:
-        """The same layer run on ``batch`` images (a new object; specs are immutable)."""
-        return self.model_copy(update={"batch": batch})
+        """The same layer run on a batch of ``batch`` examples (a new object; specs are
+        immutable): ``batch · per_example`` images or rows."""
+        return self.model_copy(update={"batch": batch * self.per_example})
+
+    @property
+    def examples(self) -> int:
+        """The network batch this call belongs to (``batch // per_example``)."""
+        return max(self.batch // self.per_example, 1)
 
     @property
     def flops(self) -> int:

@@ -203,10 +203,11 @@ def _linear_spec(name, op, batch, x_shape, w_shape, attrs, dtype_bytes) -> Linea
         out_features, in_features = w_shape
     else:
         in_features, out_features = w_shape
-    rows = batch
+    per_example = 1
     for dim in x_shape[1:-1]:  # MatMul on (N, T, D) inputs: every row is a product
-        rows *= dim or 1
+        per_example *= dim or 1
     return LinearSpec(
-        name=name, batch=rows, in_features=in_features, out_features=out_features,
+        name=name, batch=batch * per_example, per_example=per_example,
+        in_features=in_features, out_features=out_features,
         dtype_bytes=dtype_bytes,
     )  # fmt: skip

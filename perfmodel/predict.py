@@ -220,7 +220,8 @@ def predict_network(
     policy: Policy = Policy(),
     sparsities: Sequence[float] = REPORTED_SPARSITIES,
 ) -> NetworkPrediction:
-    """Predict every layer; ``batch`` (if given) overrides the batch size of the specs.
+    """Predict every layer; ``batch`` (if given) sets the network's batch: each spec then runs
+    ``batch · per_example`` images or rows.
 
     ``model``: a registered name (``"paper"``, ``"refined"``), ``"auto"`` (refined for a
     calibrated profile, paper otherwise) or a :class:`PerformanceModel` instance.
@@ -234,7 +235,7 @@ def predict_network(
     return NetworkPrediction(
         model=name,
         hardware=hw,
-        batch=batch or (specs[0].batch if specs else 1),
+        batch=batch or (specs[0].examples if specs else 1),
         layers=[
             predict_layer(spec, hw, performance_model, policy, sparsities) for spec in specs
         ],

@@ -1024,6 +1024,25 @@ def test_a_job_lost_twice_fails_with_the_reason(tmp_path):
         assert "not retried" in session.get(Job, job.id).status_reason
 
 
+def test_layer_specs_keep_their_own_batch_unless_the_request_sets_one(client):
+    """The request's batch defaulted to 1 and replaced every layer's own."""
+    layers = [{"kind": "linear", "name": "fc", "in_features": 512, "out_features": 512,
+               "batch": 6, "per_example": 3}]  # fmt: skip
+    own = client.post("/v1/sweet-spots", json={"hardware": "atom-c2750", "layers": layers})
+    assert own.status_code == 200 and own.json()["batch"] == 2
+    assert own.json()["layers"][0]["spec"]["batch"] == 6
+    set_ = client.post("/v1/sweet-spots", json={"hardware": "atom-c2750", "layers": layers,
+                                                "batch": 4})  # fmt: skip
+    assert set_.json()["batch"] == 4 and set_.json()["layers"][0]["spec"]["batch"] == 12
+    twice = client.post("/v1/sweet-spots", json={"hardware": "atom-c2750",
+                                                 "layers": layers * 2})  # fmt: skip
+    assert twice.status_code == 422 and "repeated: fc" in twice.json()["detail"]
+    huge = [{"kind": "conv2d", "name": "c", "in_channels": 3, "out_channels": 4,
+             "in_height": 8, "in_width": 8, "kernel": 3, "padding": 10**400}]  # fmt: skip
+    refused = client.post("/v1/sweet-spots", json={"hardware": "atom-c2750", "layers": huge})
+    assert refused.status_code == 422 and "limited to 1000000" in refused.text
+
+
 def test_repeated_sweet_spot_queries_are_served_from_memory_but_stay_correct(tmp_path):
     import json
 

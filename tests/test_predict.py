@@ -66,6 +66,23 @@ def test_batch_amortises_weight_traffic(xeon):
     assert batched.speedup[0.9] > single.speedup[0.9]
 
 
+def test_a_batch_keeps_the_rows_each_example_makes(xeon):
+    """predict_network(batch=8) replaced a linear layer's rows (50 per example) by 8: 50×
+    too little work, and the network's batch read 400."""
+    import torch
+
+    from perfmodel.extract import extract_layers
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 8))
+    at_8 = predict_network(extract_layers(mlp, (50, 64), batch=8), xeon)
+    later = predict_network(extract_layers(mlp, (50, 64)), xeon, batch=8)
+    assert at_8.batch == later.batch == 8
+    assert [p.layer.batch for p in later.layers] == [400, 400]
+    assert [p.dense_time_s for p in later.layers] == [p.dense_time_s for p in at_8.layers]
+    assert LinearSpec(name="fc", in_features=4, out_features=4, per_example=3).with_batch(
+        5).batch == 15  # fmt: skip
+
+
 def test_duplicate_layer_names_are_rejected(xeon):
     fc = LinearSpec(name="fc", in_features=4, out_features=4)
     with pytest.raises(ValueError, match="repeated: fc"):

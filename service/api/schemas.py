@@ -54,14 +54,15 @@ class Link(BaseModel):
 
 def _bounded(layer: Conv2dSpec | LinearSpec) -> Conv2dSpec | LinearSpec:
     dims = (
-        [layer.in_channels, layer.out_channels, layer.in_height, layer.in_width]
+        [layer.in_channels, layer.out_channels, layer.in_height, layer.in_width,
+         *layer.kernel, *layer.stride, *layer.padding, *layer.end_padding, *layer.dilation]
         if isinstance(layer, Conv2dSpec)
         else [layer.in_features, layer.out_features]
-    )
-    if max(dims) > MAX_DIM or layer.batch > MAX_BATCH:
+    )  # fmt: skip
+    if max(dims) > MAX_DIM or max(layer.batch, layer.per_example) > MAX_BATCH:
         raise ValueError(
-            f"layer {layer.name!r}: sizes are limited to {MAX_DIM} per dimension and batch "
-            f"{MAX_BATCH}"
+            f"layer {layer.name!r}: sizes (channels, features, image, kernel, stride, padding, "
+            f"dilation) are limited to {MAX_DIM}, batch and per_example to {MAX_BATCH}"
         )
     if layer.flops > MAX_FLOPS:
         raise ValueError(f"layer {layer.name!r}: {layer.flops:.3g} FLOPs exceeds {MAX_FLOPS:g}")
@@ -84,7 +85,10 @@ class SweetSpotRequest(BaseModel):
         None, max_length=MAX_LAYERS,
         description=f"layer specs (kind conv2d or linear), at most {MAX_LAYERS}",
     )
-    batch: int = Field(1, ge=1, le=MAX_BATCH)
+    batch: int | None = Field(
+        None, ge=1, le=MAX_BATCH, description="the network's batch; default 1 for a model, "
+        "and the layers' own for layer specs",
+    )  # fmt: skip
 
     @field_validator("layers")
     @classmethod

@@ -15,7 +15,7 @@ from perfmodel import HardwareProfile, get_named_profile, predict_network
 from perfmodel.hardware import NAME_PATTERN
 from perfmodel.onnx_import import check_onnx, layers_from_onnx, load_onnx
 from service.api.deps import SettingsDep
-from service.api.errors import UnknownName, documented
+from service.api.errors import documented
 from service.api.schemas import (
     MAX_BATCH,
     MAX_LAYERS,
@@ -154,13 +154,13 @@ def post_sweet_spots(body: SweetSpotRequest) -> Response:
     profile = _profile(body.hardware)
     if body.model is not None:
         network_layers(body.model)
-        return Response(predict_builtin(body.model, profile, body.batch),
+        return Response(predict_builtin(body.model, profile, body.batch or 1),
                         media_type="application/json")  # fmt: skip
     try:
         prediction = predict_network(body.layers, profile, name="custom", batch=body.batch,
                                      model="auto")  # fmt: skip
     except ValueError as error:  # duplicate layer names
-        raise UnknownName(str(error), [], 422) from None
+        raise HTTPException(422, str(error)) from None
     return _json(prediction.to_dict())
 
 

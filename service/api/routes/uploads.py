@@ -17,7 +17,7 @@ from service.api.schemas import UploadPublic, UploadsPublic
 from service.db import Job, Upload
 from service.uploads import read_limited, validate_checkpoint
 
-router = APIRouter(prefix="/uploads", tags=["uploads"])
+router = APIRouter(prefix="/uploads", tags=["uploads"], responses=documented(422))
 
 
 NOT_FOUND = documented(404)
