@@ -332,7 +332,9 @@ def run_pruning(
     }  # fmt: skip
     surgery = None
     if getattr(hooks, "structured", False):
-        surgery = _cut(net, info, batch, log)
+        surgery, skipped = _cut(net, info, batch, log)
+        if skipped is not None:
+            manifest["surgery_skipped"] = skipped
     if surgery is not None:
         cut_result, cut_specs, fibres = surgery
         manifest["structure"] = "structured"
@@ -675,9 +677,9 @@ def _structured_layers(manifest, by_name, cut_specs, sparsity, states, performan
 
 
 def _cut(net, info, batch, log):
-    """Surgery on the trained network, then fibre removal on what is left: the cut network,
-    its layer specs by name and the fibre report; or None (with a log line) when surgery is
-    not supported."""
+    """Surgery on the trained network, then fibre removal on what is left: (the cut network,
+    its layer specs by name and the fibre report; None), or (None, why) with a log line when
+    surgery does not support the network (or could not cut it exactly)."""
     from model.fibres import remove_fibres
     from model.surgery import SurgeryError, cut
 
@@ -685,7 +687,7 @@ def _cut(net, info, batch, log):
         result = cut(net, tuple(info.input_shape))
     except SurgeryError as error:
         log(f"surgery skipped, keeping the sparse-kernel path: {error}")
-        return None
+        return None, str(error)
     fibres = remove_fibres(result.model, tuple(info.input_shape))
     for layer in fibres.layers:
         if layer.replaced:
@@ -698,7 +700,7 @@ def _cut(net, info, batch, log):
             gemm = layer.fibre_spec.with_batch(batch) if layer.fibre_spec else None
             by_name[layer.name] = FibreSpec(layer.dense_spec.with_batch(batch), gemm,
                                             layer.fibres_kept, layer.fibres_total)  # fmt: skip
-    return result, by_name, fibres
+    return (result, by_name, fibres), None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ stages before the first projection (ResNet-18/34 ``layer1``) and the option-A CI
 (zero-padding shortcuts, no projection) keep their stream width. Grouped convolutions and
 cross-channel LRN (AlexNet) are not cut. Shape-fibre zeros are left to the sparse path.
 
+Checks (ours): a residual block is recognised by its attributes and then by its data flow
+(:func:`checked_blocks`: a pre-activation block has the same attribute names), a plain chain by
+its class, and :func:`cut` compares the cut network with the original on a fixed random batch
+(:func:`check_equivalent`); a network surgery misreads is a :class:`SurgeryError`, never a
+wrong network or another exception.
+
 The result is described by an :class:`Architecture` (per-layer widths, norms, bias maps,
 constant blocks), stored in the manifest, from which :func:`rebuild` builds the cut network
 again before loading its safetensors weights.
@@ -45,6 +51,10 @@ import torch.nn.functional as F
 from torch import nn
 
 CHAIN_FAMILIES = ("LeNet5", "LeNet300", "VGG16", "CifarConvNet")
+# The classes themselves: a user's class of the same name may have another topology.
+_CHAIN_CLASSES = frozenset({"model.networks.lenet.LeNet5", "model.networks.lenet300.LeNet300",
+                            "model.networks.vgg.VGG16",
+                            "model.networks.cifar_convnet.CifarConvNet"})  # fmt: skip
 
 
 class SurgeryError(ValueError):
@@ -149,13 +159,183 @@ class Architecture:
 
 
 def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """Blocks with a branch ``conv1 → bn1 → conv2 → bn2 [→ conv3 → bn3]`` and a shortcut."""
+    """Modules that look like residual blocks: attributes ``conv1``, ``bn1``, ``conv2``, ``bn2``
+    [, ``conv3``, ``bn3``] and a ``shortcut`` or ``downsample``. The names alone do not say how
+    the block computes; :func:`checked_blocks` verifies that too before surgery relies on it."""
     return {
         name: module
         for name, module in model.named_modules()
         if all(hasattr(module, a) for a in ("conv1", "bn1", "conv2", "bn2"))
         and (hasattr(module, "shortcut") or hasattr(module, "downsample"))
     }
+
+
+def checked_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, nn.Module]:
+    """:func:`residual_blocks`, each verified to be a post-activation residual block by the data
+    flow of one forward pass on the meta device (:func:`_block_flow_error`).
+
+    Raises:
+        SurgeryError: a block computes something else (a pre-activation block, whose ``bn1``
+            normalises the block input, say), or the network does not run on the meta device.
+    """
+    blocks = residual_blocks(model)
+    if not blocks:
+        return blocks
+    calls = _record_calls(model, input_shape, blocks)
+    for name, block in blocks.items():
+        reason = _block_flow_error(block, calls)
+        if reason is not None:
+            raise SurgeryError(
+                f"{name} ({type(block).__name__}) is not a post-activation residual block "
+                "(x → conv1 → bn1 → ReLU → conv2 → bn2 [→ ReLU → conv3 → bn3], plus x or the "
+                f"shortcut of x, then ReLU), which is what surgery cuts: {reason}"
+            )
+    return blocks
+
+
+@dataclass
+class _Call:
+    """One call of a module: its first input and its output with their autograd nodes (taken
+    when the call starts and ends: in-place operations later replace a tensor's node)."""
+
+    input: torch.Tensor | None
+    input_fn: Any
+    output: Any = None
+    output_fn: Any = None
+
+
+def _record_calls(
+    model: nn.Module, input_shape: tuple[int, ...], blocks: dict[str, nn.Module]
+) -> dict[nn.Module, list[_Call]]:
+    """The calls of every block and of its convs, norms and shortcut in one forward pass on
+    meta tensors with autograd on (the nodes record which value each operation read)."""
+    from torch.func import functional_call
+
+    watched: list[nn.Module] = []
+    for block in blocks.values():
+        watched.append(block)
+        for attr in (*block_convs(block), *_block_norms(block), "shortcut", "downsample"):
+            module = getattr(block, attr, None)
+            if isinstance(module, nn.Module):
+                watched.append(module)
+    calls: dict[nn.Module, list[_Call]] = {module: [] for module in watched}
+
+    def before(module: nn.Module, args: tuple) -> None:
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        calls[module].append(_Call(x, x.grad_fn if x is not None else None))
+
+    def after(module: nn.Module, _args: tuple, output: Any) -> None:
+        call = calls[module][-1]
+        call.output = output
+        call.output_fn = output.grad_fn if isinstance(output, torch.Tensor) else None
+
+    handles = [h for module in calls for h in (module.register_forward_pre_hook(before),
+                                                module.register_forward_hook(after))]  # fmt: skip
+    meta = {n: torch.empty_like(t, device="meta")
+            for n, t in (*model.named_parameters(), *model.named_buffers())}  # fmt: skip
+    example = torch.empty((1, *input_shape), device="meta", requires_grad=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            functional_call(model, meta, (example,))
+    except Exception as error:
+        raise SurgeryError(
+            "the network does not run on the meta device, so its residual blocks cannot be "
+            f"checked ({type(error).__name__}: {error})"
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return calls
+
+
+# Autograd nodes of element-wise activations that may sit between a block's BN and its next
+# conv (a removed filter's constant passes through them channel by channel; surgery captures
+# it after them), and of the ReLU that ends a block (a removed branch becomes ConstantBranch).
+_ELEMENTWISE_NODES = frozenset({
+    "ReluBackward0", "ReluBackward1", "ThresholdBackward0", "ThresholdBackward1",
+    "HardtanhBackward0", "HardtanhBackward1", "LeakyReluBackward0", "LeakyReluBackward1",
+    "EluBackward0", "EluBackward1", "GeluBackward0", "SiluBackward0", "HardswishBackward0",
+    "MishBackward0", "SigmoidBackward0", "TanhBackward0",
+})  # fmt: skip
+_RELU_NODES = frozenset({"ReluBackward0", "ReluBackward1"})
+
+
+def _block_norms(block: nn.Module) -> list[str]:
+    return [f"bn{conv[-1]}" for conv in block_convs(block)]
+
+
+def _inputs(node: Any) -> list[Any]:
+    """The autograd nodes ``node`` reads (None where an input needs no gradient)."""
+    return [n for n, _ in node.next_functions]
+
+
+def _block_flow_error(block: nn.Module, calls: dict[nn.Module, list[_Call]]) -> str | None:
+    """Why ``block`` does not compute ``relu(bn_k(conv_k(… act(bn1(conv1(x))) …)) + s)``, where
+    ``s`` is ``x`` or the block's shortcut applied to ``x`` and ``act`` is element-wise (None
+    when it does), from the recorded calls: conv1 reads ``x`` itself, each BN its conv's output
+    itself, and the autograd nodes link the rest."""
+
+    def once(module: nn.Module, label: str) -> tuple[_Call | None, str | None]:
+        made = calls.get(module, [])
+        if len(made) != 1:
+            return None, f"{label} runs {len(made)} times in the network's forward, not once"
+        return made[0], None
+
+    call, reason = once(block, "the block")
+    if call is None:
+        return reason
+    x = call.input
+    if x is None:
+        return "its input is not a tensor"
+    previous: _Call | None = None
+    previous_name = ""
+    for conv_name, norm_name in zip(block_convs(block), _block_norms(block), strict=True):
+        conv, reason = once(getattr(block, conv_name), conv_name)
+        norm, reason = (None, reason) if conv is None else once(getattr(block, norm_name),
+                                                                  norm_name)  # fmt: skip
+        if conv is None or norm is None:
+            return reason
+        if previous is None:
+            if conv.input is not x:
+                return f"{conv_name} does not read the block input"
+        else:
+            node = conv.input_fn
+            while node is not None and node is not previous.output_fn and \
+                    type(node).__name__ in _ELEMENTWISE_NODES:  # fmt: skip
+                inputs = [n for n in _inputs(node) if n is not None]
+                node = inputs[0] if len(inputs) == 1 else None
+            if node is None or node is not previous.output_fn:
+                return (f"{conv_name} does not read {previous_name}'s output (through "
+                        "element-wise activations only)")  # fmt: skip
+        if norm.input is not conv.output:
+            return f"{norm_name} does not normalise {conv_name}'s output"
+        previous, previous_name = norm, norm_name
+    assert previous is not None
+    relu = call.output_fn
+    if type(relu).__name__ not in _RELU_NODES:
+        return "it does not return a ReLU"
+    add = _inputs(relu)[0] if len(_inputs(relu)) == 1 else None
+    terms = _inputs(add) if type(add).__name__ == "AddBackward0" else []
+    if getattr(add, "_saved_alpha", 1) != 1 or len(terms) != 2 or \
+            not any(term is previous.output_fn for term in terms):  # fmt: skip
+        return f"it does not return ReLU of {previous_name}'s output plus a shortcut"
+    other = terms[1] if terms[0] is previous.output_fn else terms[0]
+    if call.input_fn is not None:
+        identity = other is call.input_fn
+    else:  # the block reads the network input: a leaf, accumulated by an AccumulateGrad node
+        identity = getattr(other, "variable", None) is x
+    projected = False
+    for attr in ("shortcut", "downsample"):
+        shortcut = getattr(block, attr, None)
+        made = calls.get(shortcut, []) if isinstance(shortcut, nn.Module) else []
+        if len(made) == 1 and made[0].input is x and other is made[0].output_fn:
+            projected = True
+    if not identity and not projected:
+        return "the residual sum's other term is neither the block input nor its shortcut of it"
+    return None
 
 
 def _block_shortcut(block: nn.Module) -> nn.Module | None:
@@ -215,9 +395,11 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Chann
     """The channel groups surgery may cut (see the module docstring for which ones).
 
     Raises:
-        SurgeryError: an unsupported family (grouped convs, cross-channel LRN, concatenations).
+        SurgeryError: an unsupported family (grouped convs, cross-channel LRN, concatenations),
+            a chain that is not one of ours, or a block that is not a post-activation residual
+            block (:func:`checked_blocks`).
     """
-    blocks = residual_blocks(model)
+    blocks = checked_blocks(model, input_shape)
     if blocks:
         groups = []
         for name, block in blocks.items():
@@ -227,10 +409,13 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Chann
                 groups.append(ChannelGroup(f"{name}.{first}", f"{name}.{bn}",
                                            (f"{name}.{second}",)))  # fmt: skip
         return groups
-    if type(model).__name__ not in CHAIN_FAMILIES:
+    cls = type(model)
+    if f"{cls.__module__}.{cls.__qualname__}" not in _CHAIN_CLASSES:
+        same_name = f" (a class of that name from {cls.__module__}, not ours)" \
+            if cls.__name__ in CHAIN_FAMILIES else ""  # fmt: skip
         raise SurgeryError(
             f"surgery supports residual networks and the plain chains {', '.join(CHAIN_FAMILIES)};"
-            f" not {type(model).__name__}"
+            f" not {cls.__name__}{same_name}"
         )
     modules = dict(model.named_modules())
     order = _execution_order(model, input_shape)
@@ -250,8 +435,11 @@ def stream_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream
     after it. Stages that start otherwise (after the stem, or with a zero-padding shortcut) are
     left out, and so is a stage whose stream flows into a shortcut that is neither an identity
     nor a projection. Networks without residual blocks have none.
+
+    Raises:
+        SurgeryError: a block that is not a post-activation residual block (:func:`checked_blocks`).
     """
-    blocks = residual_blocks(model)
+    blocks = checked_blocks(model, input_shape)
     if not blocks:
         return []
     # Stages as (blocks, projection conv, its norm); one starting without a projection: None.
@@ -524,17 +712,116 @@ def _branch_is_dead(block: nn.Module) -> bool:
 def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) -> CutResult:
     """The smaller dense network computing what ``model`` (with its zeros) computes in eval mode.
 
+    Whatever the network, the result is checked: the cut network must run and match ``model``
+    on a fixed random batch (:func:`check_equivalent`), and any other failure while cutting
+    (an index or shape error on a structure surgery misreads) is a :class:`SurgeryError`.
+
     Args:
         model: the masked/pruned network; not modified.
         input_shape: (C, H, W) of one example (bias maps and constants are for this size).
         example_batch: images used to capture the constants (they do not depend on the input).
 
     Raises:
-        SurgeryError: unsupported network structure.
+        SurgeryError: unsupported network structure, or a cut that is not exact (the reason,
+            with the layer where known).
     """
     model = model.eval()
+    where: list[str] = []  # the layer being cut, for the message of an unexpected error
+    try:
+        result = _cut(model, input_shape, example_batch, where)
+    except SurgeryError:
+        raise
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as error:
+        at = f" at {where[-1]}" if where else ""
+        raise SurgeryError(
+            f"surgery failed{at} ({type(error).__name__}: {error}); the network has a structure "
+            "surgery does not understand"
+        ) from error
+    check_equivalent(model, result.model, input_shape)
+    return result
+
+
+# Tolerance of check_equivalent: |cut − original| ≤ ATOL + RTOL · max|original| on the outputs.
+# Removing all-zero filters/channels and folding their constants changes only the float32
+# summation order (≤ 1e-5 on the tested networks); a misread structure differs by O(1).
+EQUIVALENCE_RTOL = 1e-3
+EQUIVALENCE_ATOL = 1e-4
+
+
+def check_equivalent(
+    model: nn.Module, cut_model: nn.Module, input_shape: tuple[int, ...], batch: int = 2
+) -> None:
+    """Check that ``cut_model`` computes what ``model`` computes (eval mode) on a fixed random
+    batch of ``input_shape``; skipped for a model on the meta device (no values to compare).
+
+    Raises:
+        SurgeryError: the cut network fails to run (naming the module it was in) or its
+            outputs differ by more than the tolerance.
+    """
+    reference = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if reference is not None and reference.is_meta:
+        return
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() \
+        else torch.float32  # fmt: skip
+    x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
+    x = x.to(device=device, dtype=dtype)
+    model.eval()
+    cut_model.eval()
+    names = {m: n for n, m in cut_model.named_modules()}
+    entered: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda m, _a: entered.append(names[m]))
+               for m in cut_model.modules() if m is not cut_model]  # fmt: skip
+    with torch.no_grad():
+        expected = _tensors(model(x))
+        try:
+            actual = _tensors(cut_model(x))
+        except (MemoryError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as error:
+            at = f" in {entered[-1]}" if entered else ""
+            raise SurgeryError(
+                f"the cut network does not run{at} ({type(error).__name__}: {error}); the "
+                "network has a structure surgery does not understand"
+            ) from error
+        finally:
+            for handle in handles:
+                handle.remove()
+    if [t.shape for t in actual] != [t.shape for t in expected]:
+        raise SurgeryError(
+            f"the cut network's output shapes {[tuple(t.shape) for t in actual]} differ from "
+            f"the original's {[tuple(t.shape) for t in expected]}"
+        )
+    for want, got in zip(expected, actual, strict=True):
+        scale = want.abs().max().item() if want.numel() else 0.0
+        error = (want - got).abs().max().item() if want.numel() else 0.0
+        if not error <= EQUIVALENCE_ATOL + EQUIVALENCE_RTOL * scale:  # NaN fails too
+            raise SurgeryError(
+                f"the cut network does not compute what the original computes (largest output "
+                f"difference {error:.3g} at output scale {scale:.3g}); the network has a "
+                "structure surgery does not understand"
+            )
+
+
+def _tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or tuples/lists/dicts of them), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, list | tuple):
+        return [t for item in output for t in _tensors(item)]
+    return []
+
+
+def _cut(
+    model: nn.Module, input_shape: tuple[int, ...], example_batch: int, where: list[str]
+) -> CutResult:
+    """:func:`cut` without its checks; appends each layer it works on to ``where``."""
     example = torch.randn(example_batch, *input_shape)
-    blocks = residual_blocks(model)
+    blocks = residual_blocks(model)  # checked by channel_groups
     dead = [name for name, block in blocks.items() if _branch_is_dead(block)]
     groups = [g for g in channel_groups(model, input_shape)
               if not any(g.producer.startswith(f"{b}.") for b in dead)]  # fmt: skip
@@ -567,6 +854,7 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
     extra_bias: dict[str, torch.Tensor] = {}
     bias_maps: dict[str, torch.Tensor] = {}
     for group in groups:
+        where.append(group.producer)
         keep = keeps[group.producer]
         out_index[group.producer] = keep.nonzero().flatten()
         producer = modules[group.producer]
@@ -611,6 +899,7 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
     layer_names = set(out_index) | set(in_index)
     with torch.no_grad():
         for name in sorted(layer_names):
+            where.append(name)
             old = modules[name]
             rows = out_index.get(name, torch.arange(_out_channels(old)))
             weight = old.weight.detach()[rows]
@@ -639,6 +928,7 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
         for group in groups:
             if group.norm is None:
                 continue
+            where.append(group.norm)
             rows = out_index[group.producer]
             _set_module(cut_model, group.norm, _narrowed_norm(modules[group.norm], rows))
             arch.norms[group.norm] = len(rows)
@@ -646,11 +936,13 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
             for producer, norm in zip(stream.producers, stream.norms, strict=True):
                 if norm is None or not survives(norm):
                     continue
+                where.append(norm)
                 rows = out_index[producer]
                 _set_module(cut_model, norm, _narrowed_norm(modules[norm], rows))
                 arch.norms[norm] = len(rows)
         stream_rows = {block: keep for stream, keep in streams for block in stream.blocks}
         for name in dead:
+            where.append(name)
             constant = branch_out[last_norm[name]][0]  # (K, H, W): the branch ignores its input
             if name in stream_rows:  # its stream channels that go are 0 in the constant too
                 constant = constant[stream_rows[name]]

@@ -162,3 +162,28 @@ def test_ssl_job_end_to_end(capsys, tmp_path):
     check_structured(manifest, tmp_path / "job")
     assert manifest["config"]["method"]["mode"] == "proximal"
     assert {layer["state"] for layer in manifest["layers"]} == {"pruned", "excluded"}
+
+
+def test_an_ssl_job_on_a_network_surgery_misreads_keeps_the_sparse_path(monkeypatch, tmp_path):
+    """A registered pre-activation ResNet: the job trains, surgery refuses the network (it
+    crashed the finished job with an IndexError) and the job ends on the sparse-kernel path
+    with the reason in its manifest and its log."""
+    from tests_support import preact_resnet
+
+    from model.networks.registry import NETWORKS, NetworkInfo
+    from model.pipeline import PruneRequest, run_pruning
+
+    monkeypatch.setitem(NETWORKS, "preact_tiny", NetworkInfo(
+        "preact_tiny", lambda num_classes=10: preact_resnet(num_classes), (3, 32, 32), 10,
+        "pre-activation test network"))  # fmt: skip
+    config = {"dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 0, "threads": 1,
+              "batch_size": 64, "log_every": 0}  # fmt: skip
+    request = PruneRequest(method="ssl", model="preact_tiny", dataset="synthetic",
+                           hardware="atom-c2750", config=config, measure=False)  # fmt: skip
+    messages: list[str] = []
+    manifest = run_pruning(request, tmp_path / "job", resume=False, log=messages.append)
+    assert manifest["structure"] == "unstructured" and "cut" not in manifest
+    reason = manifest["surgery_skipped"]
+    assert "layer1.0 (PreActBlock) is not a post-activation residual block" in reason
+    assert f"surgery skipped, keeping the sparse-kernel path: {reason}" in messages
+    assert not (tmp_path / "job" / "cut.safetensors").exists()

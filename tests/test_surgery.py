@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests_support import randomise_norms
+from tests_support import preact_resnet, randomise_norms
 from torch import nn
 
 from model.networks import create_model
@@ -174,3 +174,107 @@ def test_resnet18_stream_channels_cut_exactly_with_removed_blocks():
     again = rebuild("resnet18", 10, result.architecture.to_dict())
     again.load_state_dict(result.model.state_dict())
     _assert_same(model, again, (3, 64, 64))
+
+
+def _pruned_preact(widen: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = preact_resnet(widen=widen)
+    randomise_norms(model, torch.Generator().manual_seed(1))
+    for module in model.modules():
+        if hasattr(module, "shortcut"):
+            _zero_filters(module.conv1, list(range(0, module.conv1.out_channels, 3)))
+    return model.eval()
+
+
+@pytest.mark.parametrize("widen", [True, False], ids=["16-to-32", "equal-widths"])
+def test_a_pre_activation_block_is_refused_not_misread(widen):
+    """bn1 of a pre-activation block normalises the block input, not conv1's output: surgery
+    crashed with an IndexError (16 → 32) or returned a network that fails when called (equal
+    widths). It refuses it by its data flow, on the meta device too (l1-filter's check)."""
+    model = _pruned_preact(widen)
+    with pytest.raises(SurgeryError, match=r"layer1\.0 \(PreActBlock\) is not a post-activation"):
+        cut(model, (3, 32, 32))
+    with torch.device("meta"):
+        meta = preact_resnet(widen=widen)
+    with pytest.raises(SurgeryError, match="conv1 does not read the block input"):
+        channel_groups(meta, (3, 32, 32))
+
+
+@pytest.mark.parametrize("widen", [True, False], ids=["16-to-32", "equal-widths"])
+def test_the_safety_net_catches_a_misread_structure(monkeypatch, widen):
+    """Without the block check, the cut itself is checked: an error while cutting names the
+    layer, a cut network that does not run (or computes something else) is refused."""
+    import model.surgery as surgery
+
+    monkeypatch.setattr(surgery, "_block_flow_error", lambda *_: None)
+    model = _pruned_preact(widen)
+    message = r"surgery failed at layer2\.0\.bn1 \(IndexError" if widen else \
+        r"the cut network does not run in layer1\.0\.bn1 \(RuntimeError"  # fmt: skip
+    with pytest.raises(SurgeryError, match=message):
+        cut(model, (3, 32, 32))
+
+
+def test_check_equivalent_refuses_a_network_computing_something_else(resnet20):
+    from model.surgery import check_equivalent
+
+    other = create_model("resnet20").eval()
+    with pytest.raises(SurgeryError, match="does not compute what the original computes"):
+        check_equivalent(resnet20, other, (3, 32, 32))
+    check_equivalent(resnet20, resnet20, (3, 32, 32))
+    with torch.device("meta"):
+        meta = create_model("resnet20")
+    check_equivalent(meta, meta, (3, 32, 32))  # no values on the meta device: nothing to check
+
+
+def test_a_chain_is_recognised_by_its_class_not_its_name():
+    """A user's ``VGG16`` with two parallel convs is not our VGG-16 chain."""
+
+    class VGG16(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.left = nn.Conv2d(3, 8, 3, padding=1)
+            self.right = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(16 * 8 * 8, 10)
+
+        def forward(self, x):
+            x = torch.cat([self.left(x), self.right(x)], 1)
+            return self.fc(torch.flatten(x, 1))
+
+    model = VGG16().eval()
+    _zero_filters(model.left, [0, 1])
+    with pytest.raises(SurgeryError, match="not VGG16 \\(a class of that name from"):
+        cut(model, (3, 8, 8))
+
+
+class _LookalikeBlock(nn.Module):
+    """conv1/bn1/conv2/bn2 and a shortcut, equal widths, computing ``variant``."""
+
+    def __init__(self, variant: str):
+        super().__init__()
+        self.variant = variant
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.shortcut = nn.Identity()
+
+    def forward(self, x):
+        inner = self.conv1(x)
+        if self.variant == "conv2 skips bn1":
+            out = self.bn2(self.conv2(torch.relu(inner))) + self.bn1(inner)
+            return torch.relu(out + self.shortcut(x))
+        out = self.bn2(self.conv2(torch.relu(self.bn1(inner))))
+        if self.variant == "no final relu":
+            return out + self.shortcut(x)
+        if self.variant == "scaled shortcut":
+            return torch.relu(out + 2 * self.shortcut(x))
+        return torch.relu(out + self.shortcut(x))  # "post-activation"
+
+
+@pytest.mark.parametrize("variant", ["conv2 skips bn1", "no final relu", "scaled shortcut"])
+def test_blocks_that_only_look_post_activation_are_refused(variant):
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _LookalikeBlock(variant))
+    with pytest.raises(SurgeryError, match=r"1 \(_LookalikeBlock\) is not a post-activation"):
+        channel_groups(model, (3, 8, 8))
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _LookalikeBlock("post-activation"))
+    assert [g.producer for g in channel_groups(model, (3, 8, 8))] == ["1.conv1"]

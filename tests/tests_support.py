@@ -62,3 +62,46 @@ def randomise_norms(model, generator) -> None:
             module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.5)
+
+
+def preact_resnet(num_classes: int = 10, widen: bool = True):
+    """A tiny pre-activation ResNet (kuangliu pytorch-cifar ``PreActBlock``): its blocks have
+    ``conv1``, ``bn1``, ``conv2``, ``bn2`` and a ``shortcut`` like a post-activation block, but
+    ``bn1`` normalises the block input. Stem 3→16, ``layer1`` two 16→16 blocks, ``layer2`` a
+    16→32 block with stride 2 and a 1×1 projection, then 32→32 (``widen=False``: 16 wide, no
+    projection), BN, pool, ``fc``. Input (3, 32, 32)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class PreActBlock(nn.Module):
+        def __init__(self, cin: int, planes: int, stride: int = 1):
+            super().__init__()
+            self.bn1 = nn.BatchNorm2d(cin)
+            self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or cin != planes:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False))
+
+        def forward(self, x):
+            out = F.relu(self.bn1(x))
+            shortcut = self.shortcut(out) if len(self.shortcut) else x
+            return self.conv2(F.relu(self.bn2(self.conv1(out)))) + shortcut
+
+    class PreActResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            width = 32 if widen else 16
+            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.layer1 = nn.Sequential(PreActBlock(16, 16), PreActBlock(16, 16))
+            self.layer2 = nn.Sequential(PreActBlock(16, width, 2 if widen else 1),
+                                        PreActBlock(width, width))  # fmt: skip
+            self.bn = nn.BatchNorm2d(width)
+            self.fc = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            x = self.layer2(self.layer1(self.conv1(x)))
+            return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1))
+
+    return PreActResNet()
