@@ -47,6 +47,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LinearRegression
 
 from model.allocator import freed_memory_kept
+from model.threads import torch_threads
 from perfmodel import Conv2dSpec, HardwareProfile, LinearSpec, save_profile
 from perfmodel.hardware import (
     MAX_NAME_LENGTH,
@@ -484,15 +485,9 @@ def measurements_of(
 def measuring(threads: int) -> Iterator[str]:
     """The state every timing here runs in: ``threads`` torch threads (restored afterwards)
     and freed memory kept (:mod:`model.allocator`); yields the allocator's state."""
-    import torch
 
-    with freed_memory_kept() as allocator:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield allocator
-        finally:
-            torch.set_num_threads(previous)
+    with freed_memory_kept() as allocator, torch_threads(threads):
+        yield allocator
 
 
 def measure_passes(

@@ -46,6 +46,7 @@ from torch import nn
 
 from model.measure import median_times
 from model.surgery import BiasMapConv2d
+from model.threads import torch_threads
 from perfmodel.layers import Conv2dSpec
 
 DEFAULT_MIN_REMOVED = 0.75
@@ -605,10 +606,8 @@ def measure_speed(
         "max_abs_error"}``.
     """
     generator = torch.Generator().manual_seed(seed)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rows = []
-    try:
+    with torch_threads(threads):
         for C, K, H in shapes:
             for fraction in removed:
                 conv = nn.Conv2d(C, K, 3, padding=1).eval()
@@ -631,8 +630,6 @@ def measure_speed(
                                  "fibre_ms": round(fibre_s * 1e3, 4),
                                  "speedup": round(dense_s / fibre_s, 2),
                                  "max_abs_error": error})  # fmt: skip
-    finally:
-        torch.set_num_threads(previous)
     return rows
 
 

@@ -52,6 +52,7 @@ from model.report import (
     SPEEDUP_PNG,
     write_report,
 )
+from model.threads import restoring_threads
 from model.training import Callback, Cancelled, TrainConfig, Trainer, distributed, layer_sparsity
 from model.training.distributed import Cluster
 from perfmodel import Conv2dSpec, HardwareProfile, get_profile, predict_network
@@ -251,6 +252,7 @@ def _save(module: torch.nn.Module, path: Path) -> None:
     os.replace(partial, path)
 
 
+@restoring_threads  # a job's `threads` must not outlive it (a worker runs many)
 def run_pruning(
     request: PruneRequest,
     out_dir: Path,
@@ -415,6 +417,7 @@ def _build(request: PruneRequest, train_config: TrainConfig, method_config: Any)
     return net, data, hooks, predictions, by_name
 
 
+@restoring_threads
 def join_pruning(
     request: PruneRequest,
     out_dir: Path,

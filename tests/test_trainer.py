@@ -176,3 +176,20 @@ def test_diverging_loss_is_reported():
     trainer = Trainer(Small(), _data(), _data(48, 1), _config(dense_epochs=3, lr=1e6))
     with pytest.raises(FloatingPointError, match="lower the lr"):
         trainer.fit()
+
+
+def test_a_jobs_threads_do_not_outlive_it(tmp_path):
+    """torch.set_num_threads is process-wide: a service worker ran its next jobs (and a
+    calibration, "calibrated with 1 thread(s)" on 2 cores) with an earlier job's `threads`."""
+    from model.pipeline import PruneRequest, run_pruning
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = {"dense_epochs": 1, "prune_epochs": 0, "finetune_epochs": 0, "threads": 1}
+        request = PruneRequest(method="gsl", model="lenet5", dataset="synthetic", config=config,
+                               measure=False)  # fmt: skip
+        run_pruning(request, tmp_path / "job", resume=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
