@@ -507,10 +507,43 @@ def _settings(args: argparse.Namespace):
         if value is not None:
             overrides[flag] = value
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as error:
         first = error.errors()[0]
         raise CliError(f"invalid setting {first['loc'][0]}: {first['msg']}", EXIT_USAGE) from None
+    _check_storage(settings)
+    return settings
+
+
+def _check_storage(settings) -> None:
+    """The data folders and the database, opened once before anything starts: a bad URL, an
+    unreachable server or a data directory that cannot be made was a 40-frame traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from service.db import make_engine
+
+    try:
+        settings.prepare()
+    except OSError as error:
+        raise CliError(f"cannot use the data directory {settings.data_dir}: "
+                       f"{error.strerror or error}") from None  # fmt: skip
+    try:
+        shown = make_url(settings.url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise CliError(f"invalid database URL {settings.url!r} (--database-url or "
+                       "SWEETSPOT_DATABASE_URL; e.g. postgresql+psycopg://user:password@host/db)",
+                       EXIT_USAGE) from None  # fmt: skip
+    try:
+        engine = make_engine(settings.url)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, ImportError) as error:  # unreachable, refused, no driver
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise CliError(f"cannot open the database {shown}: {reason}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -633,8 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     serve.add_argument("--port", type=integer(0, 65535), default=8000,
                        help="TCP port (default 8000; 0: any free one)")  # fmt: skip
-    serve.add_argument("--workers", type=int,
-                       help="local worker processes (default SWEETSPOT_MAX_CONCURRENT_JOBS, 1)")
+    serve.add_argument("--workers", type=integer(0),
+                       help="local worker processes (default SWEETSPOT_MAX_CONCURRENT_JOBS, 1; "
+                       "0: none, the API only)")  # fmt: skip
     serve.add_argument("--api-tokens", help="comma-separated tokens (env SWEETSPOT_API_TOKENS)")
     _add_settings_flags(serve)
     serve.set_defaults(func=_serve)

@@ -392,9 +392,29 @@ def test_bench_api_serves_the_users_own_profile(capsys):
 
 
 def test_serve_refuses_a_port_out_of_range(capsys):
-    """--port 180009 was taken, printed as :180009, and listened on 48937 (mod 65536)."""
+    """--port 180009 was taken, printed as :180009, and listened on 48937 (mod 65536);
+    --workers -1 was taken and started none."""
     code, _, err = run(capsys, "serve", "--port", "180009")
     assert code == 2 and "must be between 0 and 65535, got 180009" in err
+    code, _, err = run(capsys, "serve", "--workers", "-1")
+    assert code == 2 and "must be >= 0, got -1" in err
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_serve_and_worker_say_what_is_wrong_with_the_storage(capsys, tmp_path, command):
+    """A bad database URL, an unreachable database or a data directory that cannot be made
+    were 40-frame tracebacks."""
+    data = ["--data-dir", str(tmp_path / "data")]
+    code, _, err = run(capsys, command, *data, "--database-url", "nonsense")
+    assert code == 2 and "sweetspot: invalid database URL 'nonsense'" in err
+    assert "Traceback" not in err
+    url = "postgresql+psycopg://user:secret@127.0.0.1:1/db"
+    code, _, err = run(capsys, command, *data, "--database-url", url)
+    assert code == 1 and "sweetspot: cannot open the database postgresql+psycopg://user:***@" in err
+    assert "secret" not in err and "Traceback" not in err
+    (tmp_path / "file").write_text("")
+    code, _, err = run(capsys, command, "--data-dir", str(tmp_path / "file"))
+    assert code == 1 and f"sweetspot: cannot use the data directory {tmp_path / 'file'}" in err
 
 
 def test_every_option_of_serve_bench_predict_sensitivity_and_prune_has_help():
