@@ -230,28 +230,35 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"sweetspot: {problem}", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    created = not out.exists()
     try:  # the folder first: a failure here must not come after the training
-        Path(args.out).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         print(f"sweetspot: cannot create --out {args.out}: {error.strerror}", file=sys.stderr)
         return 1
+
+    def refuse(message: str, code: int) -> int:
+        """Refused before anything was written: no empty folder is left behind."""
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        print(f"sweetspot: {message}", file=sys.stderr)
+        return code
+
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         model, data, info = build_network(args.model, args.dataset, args.seed, args.checkpoint)
     except UnknownNetworkError as error:
-        print(f"sweetspot: {error}", file=sys.stderr)
-        return 2
+        return refuse(str(error), 2)
     except (DatasetError, ValueError, FileNotFoundError, LookupError) as error:
-        print(f"sweetspot: {error}", file=sys.stderr)
-        return 1
+        return refuse(str(error), 1)
     prunable = prunable_layers(model, info.input_shape)
     layers = args.layers.split(",") if args.layers else None
     unknown = [name for name in layers or () if name not in prunable]
     if unknown:
-        print(f"sweetspot: --layers {', '.join(unknown)}: not prunable conv layers of "
-              f"{args.model}; valid: {', '.join(prunable)}", file=sys.stderr)  # fmt: skip
-        return 2
+        return refuse(f"--layers {', '.join(unknown)}: not prunable conv layers of "
+                      f"{args.model}; valid: {', '.join(prunable)}", 2)  # fmt: skip
     if not args.checkpoint:
         config = TrainConfig(dense_epochs=args.dense_epochs, seed=args.seed, log_every=0,
                              checkpoint_every=0, threads=args.threads,
@@ -259,7 +266,6 @@ def run(args: argparse.Namespace) -> int:
         Trainer(model, data.train, data.test, config).fit(resume=False)
     result = analyse(model, data.test, info.input_shape, ratios, layers,
                      args.random_repeats, args.seed)  # fmt: skip
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sensitivity.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     (out / "sensitivity.md").write_text(to_markdown(result))

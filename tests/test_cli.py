@@ -302,6 +302,7 @@ def test_bench_summary_marks_a_break_even_below_every_measured_sparsity():
         (["--layers", "nope,fc1"], 2, "--layers nope, fc1: not prunable conv layers of lenet5"),
         (["--model", "nope"], 2, "unknown model 'nope'"),
         (["--checkpoint", "/missing.pt"], 1, "does not exist"),
+        (["--dataset", "digit"], 1, "unknown dataset 'digit'"),
         (["--device", "gpu"], 2, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
         (["--device", "cuda:9"], 2, "device='cuda:9' but"),  # no such GPU here, whatever the host
     ],
@@ -317,6 +318,7 @@ def test_sensitivity_refuses_bad_arguments_before_training(capsys, tmp_path, mon
     result, out, err = run(capsys, *args)
     assert result == code and out == ""
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()  # an empty --out folder was left behind
 
 
 def test_sensitivity_of_a_network_without_conv_layers_is_refused(capsys, tmp_path):
