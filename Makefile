@@ -1,4 +1,4 @@
-# Stable verbs used by the README and CI: install, test, lint, predict.
+# Stable verbs used by the README and CI: install, lint, test, run, bench, clean.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -311,7 +311,7 @@ def time_interleaved(
 
     A sample loops a function enough times to last ``min_sample_s`` (short calls are
     otherwise all timer noise) and reports seconds per call. Interleaving makes machine noise
-    hit every contender alike (RESEARCH.md §7).
+    hit every contender alike (docs/research.md §7).
 
     The loop counts come from warm calls: a function's first call is untimed (it builds caches,
     e.g. the sparse kernel's offsets, and can be 1000× a steady call), then a burst of calls

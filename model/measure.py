@@ -2,7 +2,7 @@
 
 Per layer: each Conv2d/Linear of the pruned model is timed as it is (dense kernel) and as a
 :class:`model.sparse.SparseConv2d`/``SparseLinear`` on the input it really receives, in the
-same process, interleaved, after a warm-up, taking medians (RESEARCH.md §7: shared machines are
+same process, interleaved, after a warm-up, taking medians (docs/research.md §7: shared machines are
 noisy; only ratios measured together mean anything), with freed memory kept as calibration
 measures (:mod:`model.allocator`). Whole model: the pruned network with
 dense kernels against the same network converted by the plan.

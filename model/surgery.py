@@ -1,5 +1,5 @@
 """Surgery: turn structured zeros into a smaller dense network (Wen et al. 2016, §3 and §4;
-Li et al. 2017, §3.2; RESEARCH.md §4–5).
+Li et al. 2017, §3.2; docs/research.md §4–5).
 
 Structured pruning only pays when the zeros are physically removed and an ordinary dense kernel
 runs on the smaller tensors. This module removes:

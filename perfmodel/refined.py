@@ -2,7 +2,7 @@
 
 Park et al. (ICLR 2017, §2.2) predict ``t_dense = C/F`` and
 ``t_sparse = max(α·x·C/F, (S_A + β·x·S_W)/B)``. On a real CPU three things it leaves out decide
-the answer for most layers (RESEARCH.md §7, docs/sparse-kernel.md):
+the answer for most layers (docs/research.md §7, docs/sparse-kernel.md):
 
 - **per-call overhead**: a small CIFAR layer at batch 1 takes tens of µs, most of it fixed;
 - **the dense backend's rate depends on the layer family and its layout work**: oneDNN runs

@@ -2,7 +2,7 @@
 
 Plain functions over a SQLAlchemy session raise domain exceptions (:class:`JobNotFound`,
 :class:`InvalidTransition`, :class:`IdempotencyConflictError`); the API maps them to HTTP in one
-place. States follow the job APIs users know (Ray Jobs, Determined; RESEARCH.md §8)::
+place. States follow the job APIs users know (Ray Jobs, Determined; docs/research.md §8)::
 
     queued → running → succeeded | failed | cancelled
                └→ cancelling → cancelled (or succeeded/failed if it finished first)

@@ -1,4 +1,4 @@
-"""Built-in networks against the published FLOP and parameter counts (RESEARCH.md §1, §5)."""
+"""Built-in networks against the published FLOP and parameter counts (docs/research.md §1, §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper's model against the checks of RESEARCH.md §1 (Park et al. 2017, §2.2)."""
+"""The paper's model against the checks of docs/research.md §1 (Park et al. 2017, §2.2)."""
 
 from __future__ import annotations
 

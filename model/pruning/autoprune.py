@@ -1,11 +1,11 @@
 """AutoPrune: pruning by regularising auxiliary mask parameters (Xiao, Wang, Rajasekaran,
 "AutoPrune: Automatic Network Pruning by Regularizing Auxiliary Parameters", NeurIPS 2019, §3;
-RESEARCH.md §6).
+docs/research.md §6).
 
 Each pruned layer computes with ``W ⊙ h(M)`` where ``h`` is the unit step (``h(m) = 1`` for
 ``m > 0``): the weights are never changed by pruning, a separate parameter ``m`` per weight (or
 per filter) decides whether it is used. Gradients reach ``M`` through a straight-through
-estimator (STE) ``h'``. The paper's exact equations are not available to us (RESEARCH.md §6);
+estimator (STE) ``h'``. The paper's exact equations are not available to us (docs/research.md §6);
 the rules below are ours, chosen so that the properties the paper states hold. Each choice is
 marked **ours** and documented in ``docs/methods.md``.
 

@@ -1,5 +1,5 @@
 """Guided Sparsity Learning (Park et al., "Faster CNNs with Direct Sparse Convolutions and
-Guided Pruning", ICLR 2017, §2.3; RESEARCH.md §3).
+Guided Pruning", ICLR 2017, §2.3; docs/research.md §3).
 
 Element-wise lasso prunes only the layers the performance model predicts to speed up, and a
 controller watches each layer's sparsity against its sweet spot:

@@ -1,5 +1,5 @@
 """L1-norm filter pruning (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017;
-RESEARCH.md §5).
+docs/research.md §5).
 
 1. Score every filter ``F_j`` of a layer by ``s_j = Σ |F_j|`` (§3.1, eq. 1 of the paper: the
    sum of absolute kernel weights over input channels and positions).

@@ -1,5 +1,5 @@
 """Structured Sparsity Learning (Wen et al., "Learning Structured Sparsity in Deep Neural
-Networks", NIPS 2016; RESEARCH.md §4).
+Networks", NIPS 2016; docs/research.md §4).
 
 The objective is the data loss plus weight decay plus group lasso (the paper's eq. 1–2)::
 

@@ -64,7 +64,7 @@ class BenchLayer:
 
 
 LAYER_SETS: dict[str, tuple[BenchLayer, ...]] = {
-    # SkimCaffe / CaffeNet shapes (GSL paper, RESEARCH.md §1).
+    # SkimCaffe / CaffeNet shapes (GSL paper, docs/research.md §1).
     "alexnet": (
         BenchLayer("conv2", 96, 256, 27, 5, 2, groups=2),
         BenchLayer("conv3", 256, 384, 13, 3, 1),

@@ -1,6 +1,6 @@
 """Compressed sparse row (CSR) weights for the direct sparse convolution and sparse linear ops.
 
-Convolution (Park et al., ICLR 2017, §2.1; RESEARCH.md §2): the weight ``(K, C/g, R, S)`` is
+Convolution (Park et al., ICLR 2017, §2.1; docs/research.md §2): the weight ``(K, C/g, R, S)`` is
 a matrix with one row per output channel and one column per ``(c, r, s)`` of its group. The
 kernel wants each column index to be the *offset of that input element in the padded input*,
 so that output ``(y, x)`` reads ``in_padded[offset + y·Wph + x]``. Offsets depend on the input

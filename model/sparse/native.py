@@ -3,7 +3,7 @@
 The C++ source is compiled with ``torch.utils.cpp_extension.load`` into a project-local build
 directory (``<repo>/build/sparse_kernel/<tag>``, or ``$SWEETSPOT_BUILD_DIR``) with
 ``-O3 -march=native`` (AVX-512 or AVX2 chosen by the compiler for this CPU) and ``-fopenmp``
-(without it ``at::parallel_for`` is single-threaded, RESEARCH.md §7). The tag names the
+(without it ``at::parallel_for`` is single-threaded, docs/research.md §7). The tag names the
 Python, torch and CPU-feature combination, so one checkout shared by different machines never
 loads a binary built for another CPU.
 

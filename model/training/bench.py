@@ -5,7 +5,7 @@ loop jobs use: momentum SGD, one loss read per step, data moved to the device) o
 inputs of the network's shape, and times whole epochs of ``--steps`` steps after a warm-up
 epoch: the median epoch time over ``--repeats`` epochs, divided by the steps. The devices run
 one after the other in one process, so ratios between them are the measurement to trust
-(RESEARCH.md's rule for timings on shared hosts). ``--json`` prints ``{"results": [...]}``
+(docs/research.md's rule for timings on shared hosts). ``--json`` prints ``{"results": [...]}``
 with ``step_s`` and ``images_per_s`` per device and ``speedup_vs_first``, the first device's
 step time over this one's.
 """

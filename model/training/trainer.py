@@ -5,7 +5,7 @@ A run goes through up to three phases, each a number of epochs of momentum SGD:
 ``dense``     plain training when the run starts from untrained weights (the baseline);
 ``prune``     the pruning method's hooks are active (regulariser, thresholds, controller);
 ``finetune``  the zero pattern is frozen (masked gradients and momentum), lr lowered —
-              GSL's recipe (Park et al. 2017, §2.3; RESEARCH.md §3).
+              GSL's recipe (Park et al. 2017, §2.3; docs/research.md §3).
 
 Methods plug in through :class:`PruningHooks`: a regulariser runs between ``backward()`` and
 ``step()``, thresholds after ``step()``, the controller at the end of each epoch. Every
