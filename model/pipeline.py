@@ -237,7 +237,7 @@ def load_into(net: torch.nn.Module, state: dict, model: str, what: str = "the we
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        lines = " ".join(str(error).splitlines()[:3])[:400]
+        lines = " ".join(" ".join(str(error).splitlines()[:3]).split())[:400]  # no tabs
         raise ValueError(f"{what} do not fit {model}: {lines}") from None
 
 

@@ -732,6 +732,7 @@ def test_progress_follows_the_epoch_events_phase_and_epoch():
         ({"config": {"multipliers": 3}}, 422, "multipliers: Input should be a valid dictionary"),
         ({"config": {"guided": "maybe"}}, 422, "guided: Input should be a valid boolean"),
         ({"checkpoint": "nothing"}, 422, "is not an upload of yours"),
+        ({"checkpoint": ""}, 422, "at least 1 character"),  # trained a baseline instead
         ({"surprise": 1}, 422, "Extra inputs are not permitted"),
     ],
 )
@@ -860,6 +861,7 @@ def test_checkpoint_upload_and_job_from_it(client, settings):
     wrong = client.post("/v1/uploads", data={"model": "resnet20"},
                         files={"file": ("start.pt", buffer.getvalue())})  # fmt: skip
     assert wrong.status_code == 422 and "do not fit resnet20" in wrong.json()["detail"]
+    assert "\t" not in wrong.json()["detail"]  # torch's message has tabs
     evil = client.post("/v1/uploads", data={"model": "lenet5"},
                        files={"file": ("evil.pt", b"cos\nsystem\n(S'touch /tmp/pwned'\ntR.")})
     assert evil.status_code == 422 and "weights-only" in evil.json()["detail"]

@@ -218,7 +218,8 @@ class JobCreate(BaseModel):
         "(numbers must be finite)"
     )
     checkpoint: str | None = Field(
-        None, max_length=64, description="id of a checkpoint uploaded with POST /v1/uploads"
+        None, min_length=1, max_length=64,
+        description="id of a checkpoint uploaded with POST /v1/uploads",
     )
     measure: bool = Field(True, description="time the pruned model against dense")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
