@@ -361,6 +361,10 @@ def _table(results: list[dict], summary: list[dict]) -> str:
             f"{r['ours_s'] * 1e3:9.3f} {ts} {r['speedup_vs_dense']:7.2f} {vs}"
         )
     lines.append("")
+    if any(r["torch_sparse_s"] is not None for r in results):
+        lines.append("×t.sparse: against our op timed in torch.sparse's own rounds, not "
+                     "'ours ms' (its unfold slows what runs after it; JSON: "
+                     "ours_vs_torch_sparse_s)")  # fmt: skip
     lines.append(
         "median speedup vs best dense over the layers of each set; break-even = worst layer"
     )
