@@ -358,10 +358,18 @@ def run_pruning(
             measured = _measure(net, plan, info.input_shape, batch, log)
             if measured is not None:
                 _attach_measurement(manifest, measured)
+            else:
+                manifest["not_measured"] = "the sparse kernel is not available on this host"
+        elif request.measure:
+            manifest["not_measured"] = ("no layer ended sparse: the pruned model runs dense, "
+                                        "as the dense one")  # fmt: skip
+    if not request.measure:
+        manifest["not_measured"] = "not asked for: --no-measure, or measure false"
     if trainer.resumed_finished and manifest["measurement"] is None and \
             _same_plan(earlier, manifest):  # fmt: skip
         log("the run had finished and is not measured again: its earlier measurement is kept")
         _attach_measurement(manifest, {**earlier["measurement"], "kept": True})
+        manifest.pop("not_measured", None)
     manifest["artifacts"] = {
         "manifest": "manifest.json", "request": "request.json",
         "dense_weights": dense_path.name if dense_path.exists() else None,

@@ -134,7 +134,8 @@ def render_markdown(
                 "model speedup, measured",
                 _times(speedup["measured"])
                 if speedup.get("measured") is not None
-                else "not measured",
+                else "not measured" + (f" ({manifest['not_measured']})"
+                                       if manifest.get("not_measured") else ""),
             ],
         ],
     )

@@ -473,7 +473,7 @@ def format_manifest(manifest: dict, out: str) -> str:
     kept = (manifest.get("measurement") or {}).get("kept")
     measured = (f"{speed['measured']:.2f}x " + ("(kept from the earlier run)" if kept
                                                  else "on this host")
-                if speed["measured"] else "not measured")  # fmt: skip
+                if speed["measured"] else _not_measured(manifest))  # fmt: skip
     lines += ["", f"model speedup: predicted {speed['predicted']:.2f}x "
                   f"({manifest['hardware']}); measured: {measured}"]  # fmt: skip
     from model.report import noise_note
@@ -483,6 +483,11 @@ def format_manifest(manifest: dict, out: str) -> str:
         lines.append(note)
     lines.append(f"artifacts in {out}: {', '.join(_artifact_files(manifest))}")
     return "\n".join(lines)
+
+
+def _not_measured(manifest: dict) -> str:
+    reason = manifest.get("not_measured")
+    return f"not measured ({reason})" if reason else "not measured"
 
 
 def _artifact_files(manifest: dict) -> list[str]:

@@ -33,6 +33,7 @@ def test_tiny_gsl_job_writes_every_artifact(capsys, tmp_path):
     assert (manifest["method"], manifest["model"], manifest["dataset"]) == (
         "gsl", "lenet5", "synthetic")  # fmt: skip
     assert manifest["config"]["method"]["lasso"] == 0.01
+    assert manifest["not_measured"] == "not asked for: --no-measure, or measure false"
     assert [layer["name"] for layer in manifest["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
     states = {layer["name"]: layer["state"] for layer in manifest["layers"]}
     assert states["conv1"] == "excluded" and states["conv2"] in ("stopped", "restored")
@@ -56,7 +57,9 @@ def test_tiny_gsl_job_writes_every_artifact(capsys, tmp_path):
 
 def test_rerun_resumes_and_a_different_job_is_refused(capsys, tmp_path):
     out = tmp_path / "job"
-    assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure")[0] == 0
+    code, stdout, _ = run(capsys, "prune", *TINY, "--out", str(out), "--no-measure")
+    assert code == 0  # and the summary says why nothing was measured
+    assert "measured: not measured (not asked for: --no-measure, or measure false)" in stdout
     first = (out / "manifest.json").read_text()
     assert run(capsys, "prune", *TINY, "--out", str(out), "--no-measure")[0] == 0
     logged = [json.loads(line).get("message", "") for line in
@@ -389,3 +392,14 @@ def test_a_refused_data_set_leaves_no_new_folder_and_an_old_one_as_it_was(capsys
     code, _, _ = run(capsys, "prune", *argv, "--out", str(old), "--no-measure", "--no-resume")
     assert code == 1
     assert {p.name: p.read_text() for p in old.iterdir()} == files
+
+
+def test_a_run_with_no_sparse_layer_says_why_it_is_not_measured(capsys, tmp_path):
+    """It printed "measured: not measured" with no reason (one epoch of pruning leaves every
+    LeNet-5 layer dense on the Atom's profile)."""
+    code, stdout, err = run(capsys, "prune", *TINY, "--epochs", "1", "--hardware", "atom-c2750",
+                            "--out", str(tmp_path / "job"))  # fmt: skip
+    assert code == 0, err
+    assert "measured: not measured (no layer ended sparse: the pruned model runs dense" in stdout
+    report = (tmp_path / "job" / "report.md").read_text()
+    assert "not measured (no layer ended sparse" in report
