@@ -185,11 +185,17 @@ def _conv_spec(name, batch, x_shape, w_shape, attrs, dtype_bytes) -> Conv2dSpec:
     else:
         raise OnnxImportError(f"layer {name}: unknown auto_pad {auto_pad!r}")
     padding, padding_end = tuple(begin), tuple(end)
+    groups = attrs.get("group", 1)
+    if channels != w_shape[1] * groups:  # onnx's shape inference lets it through
+        raise OnnxImportError(
+            f"layer {name}: its input has {channels} channels, its weight {w_shape} with "
+            f"group={groups} takes {w_shape[1] * groups}"
+        )
     try:
         return Conv2dSpec(
             name=name, batch=batch, in_channels=channels, out_channels=w_shape[0],
             in_height=height, in_width=width, kernel=kernel, stride=stride, padding=padding,
-            padding_end=padding_end, dilation=dilation, groups=attrs.get("group", 1),
+            padding_end=padding_end, dilation=dilation, groups=groups,
             dtype_bytes=dtype_bytes,
         )  # fmt: skip
     except ValueError as error:
@@ -203,6 +209,11 @@ def _linear_spec(name, op, batch, x_shape, w_shape, attrs, dtype_bytes) -> Linea
         out_features, in_features = w_shape
     else:
         in_features, out_features = w_shape
+    if x_shape and x_shape[-1] and x_shape[-1] != in_features:
+        raise OnnxImportError(
+            f"layer {name}: its input has {x_shape[-1]} features, its {op} weight {w_shape} "
+            f"takes {in_features}"
+        )
     per_example = 1
     for dim in x_shape[1:-1]:  # MatMul on (N, T, D) inputs: every row is a product
         per_example *= dim or 1

@@ -110,3 +110,26 @@ def test_conv_padding_is_imported_exactly(size, kernel, attrs, begin, end):
     padded = torch.nn.functional.pad(x, (left, right, top, bottom))
     y = torch.nn.functional.conv2d(padded, weight, stride=conv.stride, dilation=conv.dilation)
     torch.testing.assert_close(y, torch.from_numpy(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_a_weight_that_does_not_fit_its_input_is_an_error():
+    """A 5-channel input into a 3-channel weight, or a Gemm fed 10 features with an 11-feature
+    weight, passed onnx's shape inference and were predicted as if they ran."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w.weight"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("w.weight", TensorProto.FLOAT, [4, 3, 3, 3],
+                                        [0.0] * 108)],
+    )  # fmt: skip
+    with pytest.raises(OnnxImportError, match=r"layer w: its input has 5 channels, its weight "
+                                              r"\(4, 3, 3, 3\) with group=1 takes 3"):
+        layers_from_onnx(helper.make_model(graph).SerializeToString())
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("fc.weight", TensorProto.FLOAT, [6, 11], [0.0] * 66)],
+    )  # fmt: skip
+    with pytest.raises(OnnxImportError, match="its input has 10 features, its Gemm weight"):
+        layers_from_onnx(helper.make_model(graph).SerializeToString())
