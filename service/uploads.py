@@ -25,7 +25,7 @@ async def read_limited(file: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
+def validate_checkpoint(data: bytes, model: str, destination: Path, filename: str = "") -> None:
     """Load ``data`` weights-only into ``model`` (strict) and save it as safetensors.
 
     Raises:
@@ -36,7 +36,9 @@ def validate_checkpoint(data: bytes, model: str, destination: Path) -> None:
     from model.networks import create_model
     from model.pipeline import checkpoint_classes, load_into, parse_weights
 
-    state = parse_weights(data, "the upload")
+    # A file named .safetensors is read as one only, so a corrupt one gets safetensors' own
+    # error (it got the pickle loader's "Unsupported operand 0").
+    state = parse_weights(data, "the upload", safetensors=filename.endswith(".safetensors"))
     # Any number of classes: the job checks it against its data set's. (Built with the
     # network's default, 1000 for ImageNet networks, a 10-class checkpoint, the only kind a
     # job on the built-in data sets can use, was refused and a 1000-class one accepted.)

@@ -867,6 +867,10 @@ def test_checkpoint_upload_and_job_from_it(client, settings):
     assert evil.status_code == 422 and "weights-only" in evil.json()["detail"]
     # torch's own message tells the user to retry with weights_only=False: never passed on
     assert "refused it: Trying to load unsupported GLOBAL os.system" in evil.json()["detail"]
+    corrupt = client.post("/v1/uploads", data={"model": "lenet5"},
+                          files={"file": ("start.safetensors", b"\x10\x00" + b"x" * 40)})
+    assert corrupt.status_code == 422  # safetensors' words, not the pickle loader's
+    assert "the upload is not a valid safetensors file" in corrupt.json()["detail"]
     assert "weights_only" not in evil.json()["detail"]
     job = _submit(client, checkpoint=upload.json()["id"]).json()
     assert Worker(settings).run_once()

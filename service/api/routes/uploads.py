@@ -52,7 +52,7 @@ async def upload_checkpoint(
     upload_id = store.new_id()
     path = settings.uploads_dir / f"{upload_id}.safetensors"
     try:
-        await run_in_threadpool(validate_checkpoint, data, model, path)
+        await run_in_threadpool(validate_checkpoint, data, model, path, file.filename or "")
     except ValueError as error:
         raise HTTPException(422, f"invalid checkpoint: {error}") from None
     row = Upload(id=upload_id, owner=owner, kind="checkpoint", model=model,
