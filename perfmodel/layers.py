@@ -175,13 +175,17 @@ class Conv2dSpec(_Spec):
         return self.weight_count * self.dtype_bytes
 
     def describe(self) -> str:
-        """Short shape string, e.g. ``384→256 3x3 /1 g2 @13x13``."""
+        """Short shape string, e.g. ``384→256 3x3 g2 @13x13``, ``96→256 5x5 /2x1 d2 @27x27``
+        (stride and dilation shown when not 1, one number when square)."""
+
+        def pair(value: Pair) -> str:
+            return f"{value[0]}" if value[0] == value[1] else f"{value[0]}x{value[1]}"
+
         text = f"{self.in_channels}→{self.out_channels} {self.kernel[0]}x{self.kernel[1]}"
         if self.stride != (1, 1):
-            square = self.stride[0] == self.stride[1]
-            text += f" /{self.stride[0]}" if square else f" /{self.stride}"
+            text += f" /{pair(self.stride)}"
         if self.dilation != (1, 1):
-            text += f" d{self.dilation[0]}"
+            text += f" d{pair(self.dilation)}"
         if self.groups > 1:
             text += f" g{self.groups}"
         return text + f" @{self.in_height}x{self.in_width}"

@@ -22,7 +22,7 @@ def test_dilation_and_asymmetric_stride():
     conv = Conv2dSpec(name="c", in_channels=8, out_channels=8, in_height=20, in_width=21,
                       kernel=3, dilation=2, padding=(2, 0), stride=(1, 2))  # fmt: skip
     assert (conv.out_height, conv.out_width) == (20, 9)
-    assert conv.describe() == "8→8 3x3 /(1, 2) d2 @20x21"
+    assert conv.describe() == "8→8 3x3 /1x2 d2 @20x21"  # it printed "/(1, 2)"
 
 
 def test_asymmetric_padding_sizes_the_output_with_both_ends():
