@@ -14,6 +14,7 @@ This is the only part of :mod:`perfmodel` that imports torch, and it does so whe
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -49,6 +50,9 @@ def extract_layers(
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    compiled = sys.modules.get("torch._dynamo.eval_frame")  # loaded once torch.compile ran
+    if compiled is not None and isinstance(module, compiled.OptimizedModule):
+        module = module._orig_mod  # the meta run failed inside dynamo; the layers are m's
     names = {m: name for name, m in module.named_modules()}
     specs: list[Layer] = []
     calls: dict[str, int] = {}

@@ -116,6 +116,13 @@ def test_half_bfloat_and_double_models(dtype):
     assert (specs[0].out_height, specs[1].in_features) == (4, 128)
 
 
+def test_a_compiled_module_gives_the_layers_of_the_original():
+    """torch.compile(m) failed inside dynamo with an internal AssertionError."""
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(64, 2))
+    compiled = torch.compile(module)
+    assert extract_layers(compiled, (3, 6, 6)) == extract_layers(module, (3, 6, 6))
+
+
 def test_a_batch_in_input_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"got a 5-D input \(1, 1, 3, 8, 8\); input_shape is "
                                          r"the shape of one example without the batch"):
