@@ -154,6 +154,17 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ProfileOwner(Base):
+    """The owner of a custom hardware profile the API created (POST /v1/hardware or a
+    calibration job); profiles without a row were put there by the operator."""
+
+    __tablename__ = "profile_owners"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 def make_engine(url: str) -> Engine:
     """An engine; SQLite files get WAL, a busy timeout and foreign keys."""
     if url.startswith("sqlite"):

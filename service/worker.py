@@ -24,7 +24,8 @@ import threading
 from collections.abc import Callable
 
 from service import jobs as store
-from service.db import make_engine, make_sessionmaker, migrate
+from service import profiles
+from service.db import Job, make_engine, make_sessionmaker, migrate
 from service.settings import Settings
 
 log = logging.getLogger("sweetspot.worker")
@@ -286,6 +287,8 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
                 status, reason = refused, why
             else:
                 save_profile(profile, worker.settings.profiles_dir)
+                with worker.sessions() as session:  # the job's owner may replace or delete it
+                    profiles.record(session, profile.name, session.get(Job, job_id).owner)
                 out = worker.settings.artifacts.job_dir(job_id)
                 out.mkdir(parents=True, exist_ok=True)
                 text = profile.model_dump_json(indent=2, exclude_none=True)

@@ -354,6 +354,50 @@ def test_create_custom_profile_and_use_it(client):
     assert bad.status_code == 422 and "sparse_overhead" in bad.json()["detail"]
 
 
+def _profile(name: str) -> dict:
+    return {"name": name, "dense_flops_per_s": 2e11, "memory_bandwidth_bytes_per_s": 3e10,
+            "sparse_overhead": 2.5, "provenance": {"kind": "datasheet", "source": "vendor"}}
+
+
+def test_profiles_are_changed_only_by_their_creator(tmp_path, monkeypatch):
+    """Any token could recalibrate (replace) another's profile, and no profile could be
+    deleted."""
+    import model.calibration
+    from perfmodel import get_profile, save_profile
+
+    monkeypatch.setattr(model.calibration, "calibrate", lambda name, *_: get_profile(
+        "atom-c2750").model_copy(update={"name": name}))  # fmt: skip
+    settings = _settings(tmp_path, api_tokens="a,b")
+    a, b = ({"Authorization": f"Bearer {t}"} for t in "ab")
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/hardware", json=_profile("mine"), headers=a).status_code == 201
+        again = client.post("/v1/hardware/calibrate", json={"name": "mine", "replace": True},
+                            headers=b)  # fmt: skip
+        assert again.status_code == 403 and "not created by you" in again.json()["detail"]
+        assert client.delete("/v1/hardware/mine", headers=b).status_code == 403
+        job = client.post("/v1/jobs", headers=a, json={
+            "model": "lenet5", "dataset": "synthetic", "hardware": "mine", "config": TINY})
+        busy = client.delete("/v1/hardware/mine", headers=a)
+        assert busy.status_code == 409 and job.json()["id"] in busy.json()["detail"]
+        client.post(f"/v1/jobs/{job.json()['id']}/cancel", headers=a)
+        assert client.delete("/v1/hardware/mine", headers=a).status_code == 204
+        assert client.get("/v1/hardware/mine", headers=a).status_code == 404
+        assert not (settings.profiles_dir / "mine.json").exists()
+        assert client.delete("/v1/hardware/mine", headers=a).status_code == 404
+        assert client.delete("/v1/hardware/atom-c2750", headers=a).status_code == 409
+        save_profile(get_profile("atom-c2750").model_copy(update={"name": "site"}),
+                     settings.profiles_dir)  # the operator's: no tenant may change it
+        assert client.delete("/v1/hardware/site", headers=a).status_code == 403
+        # A calibration job's profile belongs to the job's owner.
+        assert client.post("/v1/hardware/calibrate", json={"name": "cal"},
+                           headers=b).status_code == 202  # fmt: skip
+        assert Worker(settings).run_once()
+        assert client.delete("/v1/hardware/cal", headers=a).status_code == 403
+        assert client.delete("/v1/hardware/cal", headers=b).status_code == 204
+    with TestClient(create_app(_settings(tmp_path))) as client:  # no tokens: one user
+        assert client.delete("/v1/hardware/site").status_code == 204
+
+
 def test_absurd_names_and_sizes_are_422_not_500(client):
     """A 300-character profile name was an OSError (file name too long) in save_profile, a
     layer's dtype_bytes of 10**400 an OverflowError in the roofline: both were 500s."""

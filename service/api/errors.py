@@ -54,12 +54,13 @@ STATUS: dict[type[Exception], int] = {
 WHEN: dict[int, str] = {
     400: "the body could not be parsed (a malformed multipart form, JSON nested too deeply)",
     401: "no valid API token (only when the service has tokens configured)",
+    403: "the resource is not yours to change (a hardware profile another caller created)",
     404: "no such resource of yours; `valid` lists the names that exist, where useful",
     409: "the request conflicts with the resource's current state",
     413: "the request body (or the uploaded file) is over this service's limit",
     422: "invalid request: `errors` locates each problem of a body or query that failed "
          "validation; an unknown name lists the `valid` ones",
-    429: "too many of your jobs are queued or running",
+    429: "over one of your limits: jobs queued or running, or uploads stored",
     500: "an unexpected error (the server log has the details)",
 }
 """What each error status means; every one of them has an ``ErrorPublic`` body."""

@@ -1,4 +1,5 @@
-"""Hardware profiles: list, get, create a custom (validated) profile."""
+"""Hardware profiles: list, get, create a custom (validated) profile, calibrate the workers'
+host, delete a custom profile (its creator only: :mod:`service.profiles`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 from perfmodel import HardwareProfile, get_profile, profile_names, save_profile
 from perfmodel.hardware import is_builtin_profile, load_profiles
 from service import jobs as store
+from service import profiles
 from service.api.deps import OwnerDep, SessionDep, SettingsDep
 from service.api.errors import UnknownName, documented
 from service.api.routes import sweet_spots
@@ -41,7 +43,8 @@ def get_hardware(name: str) -> HardwareProfile:
 @router.post("", status_code=status.HTTP_201_CREATED,
              responses=documented(400, 409, 413, 422))  # fmt: skip
 def create_profile(
-    profile: HardwareProfile, settings: SettingsDep, _owner: OwnerDep, response: Response
+    profile: HardwareProfile, settings: SettingsDep, session: SessionDep, owner: OwnerDep,
+    response: Response,
 ) -> HardwareProfile:
     """Create a custom profile (validated; the name must be new)."""
     if profile.name in profile_names():
@@ -51,24 +54,54 @@ def create_profile(
             "already exists; choose another name",
         )  # fmt: skip
     save_profile(profile, settings.profiles_dir)
+    profiles.record(session, profile.name, owner)
     sweet_spots.clear_cache()
     response.headers["Location"] = f"/v1/hardware/{profile.name}"
     return profile
 
 
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=documented(403, 404, 409, 422))  # fmt: skip
+def delete_profile(
+    name: str, settings: SettingsDep, session: SessionDep, owner: OwnerDep
+) -> Response:
+    """Delete a custom profile you created (with tokens; without, any custom one); 409 for a
+    built-in one and while an unfinished job predicts for it or calibrates it."""
+    if name not in profile_names():
+        raise UnknownName(f"unknown hardware profile {name!r}", profile_names(), 404)
+    if is_builtin_profile(name):
+        raise HTTPException(409, f"{name!r} is a built-in profile; it cannot be deleted")
+    _check_may_change(session, name, owner)
+    if using := profiles.users(session, name):
+        raise HTTPException(409, f"profile {name!r} is used by unfinished job(s) "
+                                 f"{', '.join(using)}; cancel them or wait")  # fmt: skip
+    profiles.delete(session, name, settings.profiles_dir)
+    sweet_spots.clear_cache()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _check_may_change(session, name: str, owner: str) -> None:
+    if not profiles.may_change(session, name, owner):
+        raise HTTPException(403, f"profile {name!r} was not created by you; only its creator "
+                                 "may replace or delete it")  # fmt: skip
+
+
 @router.post("/calibrate", status_code=status.HTTP_202_ACCEPTED,
-             responses=documented(400, 409, 413, 422, 429))  # fmt: skip
+             responses=documented(400, 403, 409, 413, 422, 429))  # fmt: skip
 def calibrate_host(
     body: CalibrationCreate, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
     response: Response,
 ) -> JobPublic:
     """Calibrate the host the workers run on, as a job; it writes the profile ``name``
     (default ``host``) when it succeeds. An existing custom profile of that name is replaced
-    only with ``replace``. Follow it like any job."""
+    only with ``replace``, by its creator. Follow it like any job."""
     if is_builtin_profile(body.name):
         raise HTTPException(409, f"{body.name!r} is a built-in profile; choose another name")
     replay = store.by_idempotency_key(session, owner, body.idempotency_key) is not None
-    if body.name in profile_names() and not body.replace and not replay:  # a retry gets its job
+    exists = body.name in profile_names()
+    if exists and body.replace and not replay:
+        _check_may_change(session, body.name, owner)
+    if exists and not body.replace and not replay:  # a retry gets its job
         raise HTTPException(409, f"a custom profile named {body.name!r} already exists; "
                                  "choose another name, or pass replace=true to recalibrate "
                                  "it")  # fmt: skip

@@ -1,0 +1,62 @@
+"""Who may change a custom hardware profile: the caller that created it through the API.
+
+Profiles are files shared by every user of a deployment (``<data dir>/profiles``); the
+``profile_owners`` table records who created each one through the API (``POST /v1/hardware``
+or a calibration job). Its owner may replace it (calibrate with ``replace``) or delete it. A
+profile without a row was put there by the operator (a file, ``sweetspot calibrate``): with
+tokens set, no caller may change it; without tokens everyone is the same user, owner ``""``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import jobs as store
+from service.db import Job, ProfileOwner
+
+
+def owner_of(session: Session, name: str) -> str:
+    """The profile's owner; ``""`` (the operator's, or a deployment without tokens) when the
+    API did not create it."""
+    row = session.get(ProfileOwner, name)
+    return row.owner if row is not None else ""
+
+
+def may_change(session: Session, name: str, owner: str) -> bool:
+    return owner_of(session, name) == owner
+
+
+def record(session: Session, name: str, owner: str) -> None:
+    """``owner`` created (or recalibrated) the profile ``name``."""
+    row = session.get(ProfileOwner, name)
+    if row is None:
+        session.add(ProfileOwner(name=name, owner=owner))
+    else:
+        row.owner = owner
+    session.commit()
+
+
+def users(session: Session, name: str) -> list[str]:
+    """Unfinished jobs that need the profile: pruning jobs predicting for it, calibrations
+    writing it."""
+    active = session.scalars(select(Job).where(
+        Job.status.in_([store.QUEUED, store.RUNNING, store.CANCELLING])))  # fmt: skip
+    return [
+        job.id for job in active
+        if (job.request or {}).get("hardware") == name
+        or ((job.request or {}).get("kind") == "calibration"
+            and (job.request or {}).get("name", "host") == name)
+    ]  # fmt: skip
+
+
+def delete(session: Session, name: str, directory: Path) -> None:
+    """Remove the profile's file(s) from ``directory`` and its owner row."""
+    for suffix in (".json", ".toml"):
+        (directory / f"{name}{suffix}").unlink(missing_ok=True)
+    row = session.get(ProfileOwner, name)
+    if row is not None:
+        session.delete(row)
+    session.commit()
