@@ -43,7 +43,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save
 
 from model.networks import create_model, network_info
-from model.pruning import check_network, make_config, method_info
+from model.pruning import check_network, listed, make_config, method_info
 from model.report import (
     ACCURACY_PNG,
     REPORT_FILES,
@@ -94,7 +94,7 @@ def split_config(method: str, config: dict[str, Any]) -> tuple[TrainConfig, Any]
     unknown = sorted(set(config) - train_keys - method_keys)
     if unknown:
         raise ValueError(
-            f"unknown config key(s) {', '.join(unknown)}; valid keys: "
+            f"unknown config key(s) {listed(unknown)}; valid keys: "
             f"{', '.join(sorted(train_keys | method_keys))}"
         )
     train = make_config(TrainConfig, {k: v for k, v in config.items() if k in train_keys})

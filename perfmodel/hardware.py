@@ -291,8 +291,9 @@ class HardwareProfile(BaseModel):
         2.0, ge=MIN_RATIO, le=MAX_RATIO,
         description="β: bytes per non-zero / bytes per dense weight (fp32 CSR: 2).",
     )  # fmt: skip
-    default_batch: int = Field(1, gt=0, description="Batch size the profile was measured at.")
-    cores: int | None = Field(None, gt=0)
+    default_batch: int = Field(1, gt=0, le=65_536,
+                               description="Batch size the profile was measured at.")  # fmt: skip
+    cores: int | None = Field(None, gt=0, le=65_536)
     clock_hz: float | None = Field(None, gt=0)
     simd_width_fp32: int | None = Field(None, gt=0)
     provenance: Provenance

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from perfmodel.layers import Conv2dSpec, LinearSpec
 
 if TYPE_CHECKING:
@@ -198,8 +200,13 @@ def _conv_spec(name, batch, x_shape, w_shape, attrs, dtype_bytes) -> Conv2dSpec:
             padding_end=padding_end, dilation=dilation, groups=groups,
             dtype_bytes=dtype_bytes,
         )  # fmt: skip
-    except ValueError as error:
-        raise OnnxImportError(f"layer {name}: {error}") from None
+    except ValidationError as error:  # one line, without pydantic's URLs
+        problems = "; ".join(
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in error.errors(include_url=False)
+        )
+        raise OnnxImportError(f"layer {name}: {problems}") from None
 
 
 def _linear_spec(name, op, batch, x_shape, w_shape, attrs, dtype_bytes) -> LinearSpec:

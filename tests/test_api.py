@@ -764,6 +764,10 @@ def test_progress_follows_the_epoch_events_phase_and_epoch():
         ({"hardware": "cray-1"}, 422, "unknown hardware profile"),
         ({"dataset": "/etc"}, 422, "unknown dataset"),
         ({"config": {"epochz": 3}}, 422, "unknown config key(s) epochz"),
+        # 200,000 keys came back in full (1.7 MB); 900,000 names of one layer made a 7 MB job
+        ({"config": {f"k{i}": 1 for i in range(200_000)}}, 422, "k100003 and 199990 more; valid"),
+        ({"method": "ssl", "config": {"layers": ["conv1"] * 900_000}}, 422,
+         "layers names layer(s) more than once: conv1"),
         ({"config": {"prune_epochs": 10_000}}, 422, "exceeds this service's limit"),
         ({"config": {"lr": -1}}, 422, "lr must be > 0"),
         ({"config": {"seed": -1}}, 422, "seed must be between 0 and 4294967295"),

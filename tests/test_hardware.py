@@ -96,6 +96,8 @@ def test_load_json_and_toml_files(tmp_path):
         ({"peak": 3}, "peak"),
         # A 7 MB description was accepted, and the listing of profiles sent it to everyone.
         ({"description": "x" * 1001}, "description"),
+        ({"default_batch": 10**30}, "default_batch"),  # were accepted
+        ({"cores": 10**30}, "cores"),
         ({"provenance": {"kind": "user", "source": "x", "notes": "y" * 1001}}, "provenance.notes"),
     ],
 )

@@ -133,3 +133,22 @@ def test_a_weight_that_does_not_fit_its_input_is_an_error():
     )  # fmt: skip
     with pytest.raises(OnnxImportError, match="its input has 10 features, its Gemm weight"):
         layers_from_onnx(helper.make_model(graph).SerializeToString())
+
+
+@pytest.mark.parametrize(("strides", "message"), [
+    ([0, 1], "layer w: stride: must be >= 1, got (0, 1)"),
+    ([1, 1], "layer w: kernel (5, 5) (dilation (1, 1)) does not fit the padded input 2x2"),
+])  # fmt: skip
+def test_a_spec_the_layer_cannot_have_is_one_line(strides, message):
+    """pydantic's multi-line text with errors.pydantic.dev links was passed through."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w.weight"], ["y"], strides=strides)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("w.weight", TensorProto.FLOAT, [4, 3, 5, 5],
+                                        [0.0] * 300)],
+    )  # fmt: skip
+    with pytest.raises(OnnxImportError) as raised:
+        layers_from_onnx(helper.make_model(graph).SerializeToString())
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value) and "pydantic.dev" not in str(raised.value)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,13 +89,20 @@ def config_fields(config_type: type) -> dict[str, Any]:
     return fields
 
 
+def listed(names: Sequence[object], most: int = 10) -> str:
+    """``a, b, c`` — the first ``most`` of ``names`` and how many more: a request with 200,000
+    unknown keys got all of them back in its error (1.7 MB)."""
+    shown = ", ".join(str(name)[:64] for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def make_config(config_type: type, values: dict[str, Any]) -> Any:
     """Build ``config_type`` from ``values``; unknown keys and bad values raise ValueError."""
     valid = config_fields(config_type)
     unknown = sorted(set(values) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown {config_type.__name__} key(s) {', '.join(unknown)}; "
+            f"unknown {config_type.__name__} key(s) {listed(unknown)}; "
             f"valid keys: {', '.join(sorted(valid))}"
         )
     try:
@@ -146,9 +154,12 @@ def check_network(method: str, config: Any, model: nn.Module, input_shape: tuple
         if unknown:
             what = f"Li layer ids 1-{len(ids)} or " if key == "skip" else ""
             raise ValueError(
-                f"{key} names layer(s) {', '.join(map(repr, unknown))} that "
+                f"{key} names layer(s) {listed([repr(n) for n in unknown])} that "
                 f"{type(model).__name__} does not have; valid: {what}{', '.join(valid)}"
             )
+        counts = Counter(str(n) for n in names) if isinstance(names, list | tuple) else {}
+        if twice := sorted(name for name, count in counts.items() if count > 1):
+            raise ValueError(f"{key} names layer(s) more than once: {listed(twice)}")
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from model.data import BUILTIN_CLASSES, DATASETS
 from model.networks import network_info
 from model.pipeline import PruneRequest, check_request, split_config
-from model.pruning import method_info
+from model.pruning import listed, method_info
 from model.training import TrainConfig
 from perfmodel import get_named_profile
 from service import jobs as store
@@ -76,7 +76,7 @@ def _validate(body: JobCreate, settings, session, owner: str) -> dict:
     valid_keys = sorted({*TrainConfig.__dataclass_fields__,
                          *method_info(body.method).config_type.__dataclass_fields__})  # fmt: skip
     if unknown := sorted(set(body.config) - set(valid_keys)):  # as split_config, with `valid`
-        raise UnknownName(f"invalid config: unknown config key(s) {', '.join(unknown)}; valid "
+        raise UnknownName(f"invalid config: unknown config key(s) {listed(unknown)}; valid "
                           f"keys: {', '.join(valid_keys)}", valid_keys)  # fmt: skip
     try:
         train, method_config = split_config(body.method, body.config)
