@@ -27,6 +27,7 @@ class WorkerPool:
         self.settings = settings
         self.count = count
         self.processes: list[subprocess.Popen] = []
+        self.restarts = [0] * count
         self.stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, daemon=True)
 
@@ -36,9 +37,15 @@ class WorkerPool:
         env["SWEETSPOT_PARENT_PID"] = str(os.getpid())  # workers exit if serve disappears
         if self.settings.database_url:
             env["SWEETSPOT_DATABASE_URL"] = self.settings.database_url
-        command = [sys.executable, "-m", "service.worker", "--worker-id",
-                   f"local-{index}-{os.getpid()}"]  # fmt: skip
-        return subprocess.Popen(command, env=env)
+        return subprocess.Popen([sys.executable, "-m", "service.worker", "--worker-id",
+                                 self.worker_id(index)], env=env)  # fmt: skip
+
+    def worker_id(self, index: int) -> str:
+        """``local-<index>-<serve pid>``, ``.<n>`` after its n-th restart: a job requeued from
+        a worker that died and then claimed by its successor read as lost and claimed by the
+        same worker."""
+        restarts = self.restarts[index]
+        return f"local-{index}-{os.getpid()}" + (f".{restarts}" if restarts else "")
 
     def start(self) -> WorkerPool:
         self.processes = [self._spawn(i) for i in range(self.count)]
@@ -50,6 +57,7 @@ class WorkerPool:
             for index, process in enumerate(self.processes):
                 if process.poll() is not None and not self.stop.is_set():
                     log.warning("worker %d exited with %s; restarting", index, process.returncode)
+                    self.restarts[index] += 1
                     self.processes[index] = self._spawn(index)
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -163,3 +163,22 @@ def test_a_busy_worker_stops_when_serve_is_killed(tmp_path):
         if _running(worker):
             os.kill(worker, signal.SIGKILL)
         engine.dispose()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_restarted_local_worker_has_its_own_id(tmp_path, monkeypatch):
+    """A worker that died was restarted under the same id, so its lost job's history read
+    "worker local-0-… stopped heartbeating; requeued", then "claimed by worker local-0-…"."""
+    from service.serve import WorkerPool
+
+    monkeypatch.setenv("SWEETSPOT_DATA_DIR", str(tmp_path))
+    pool = WorkerPool(Settings(data_dir=tmp_path).prepare(), 1).start()
+    try:
+        first = pool.processes[0]
+        wait(lambda: Path(f"/proc/{first.pid}/cmdline").exists(), timeout_s=10)
+        first.kill()
+        wait(lambda: pool.processes[0] is not first, timeout_s=20)
+        command = Path(f"/proc/{pool.processes[0].pid}/cmdline").read_bytes().split(b"\0")
+        assert command[-2:] == [f"local-0-{os.getpid()}.1".encode(), b""]
+    finally:
+        pool.close()
