@@ -498,6 +498,7 @@ def test_metrics_label_requests_with_the_full_route_template_fast_path_included(
     job = _submit(client).json()
     assert client.get(f"/v1/jobs/{job['id']}").status_code == 200
     assert client.get("/v1/nowhere").status_code == 404
+    assert client.get("/web/app.css").status_code == 200  # was "unmatched" too
     counts = {}
     for line in client.get("/metrics").text.splitlines():
         if line.startswith("sweetspot_http_requests_total{"):
@@ -507,6 +508,7 @@ def test_metrics_label_requests_with_the_full_route_template_fast_path_included(
     assert counts['{method="POST",route="/v1/jobs",status="202"}'] == 1
     assert counts['{method="GET",route="/v1/jobs/{job_id}",status="200"}'] == 1
     assert counts['{method="GET",route="unmatched",status="404"}'] == 1
+    assert counts['{method="GET",route="/web/*",status="200"}'] == 1
     assert not any('route="/jobs' in key or 'route="/sweet' in key for key in counts), counts
 
 

@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import Mount
 
 from service import jobs as store
 from service import web
@@ -127,24 +128,28 @@ def _install_metrics(app: FastAPI, prefixes: dict[int, str]) -> None:
                 job_gauge.labels(status=status).set(count)
 
     app.state.observe_jobs = observe_jobs
-    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency, prefixes=prefixes)
+    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency, prefixes=prefixes,
+                       routes=app.router.routes)  # fmt: skip
 
 
 class MetricsMiddleware:
     """Counts requests and observes latency per route template, the full path as clients
-    use it (``/v1/jobs/{job_id}``), ``unmatched`` for paths no route has (a plain ASGI
-    middleware: no per-request task or body copy, unlike ``@app.middleware("http")``).
+    use it (``/v1/jobs/{job_id}``), ``<mount>/*`` for files of a mounted folder (the page's
+    ``/web/*``), ``unmatched`` for paths nothing serves (a plain ASGI middleware: no
+    per-request task or body copy, unlike ``@app.middleware("http")``).
 
     FastAPI may hand the router's own route (``/jobs/{job_id}``) as ``scope["route"]``;
     ``prefixes`` maps such routes to the prefix they were included under. Requests answered
     before routing (the cached sweet-spot fast path) name their route in
     ``scope[ROUTE_LABEL]``."""
 
-    def __init__(self, app, requests: Counter, latency: Histogram, prefixes: dict[int, str]):
+    def __init__(self, app, requests: Counter, latency: Histogram, prefixes: dict[int, str],
+                 routes: list):  # fmt: skip
         self.app = app
         self.requests = requests
         self.latency = latency
         self.prefixes = prefixes
+        self.routes = routes  # the app's, read per request: mounts are added after this
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -161,13 +166,17 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            path = scope.get(ROUTE_LABEL) or self._template(scope.get("route"))
+            path = scope.get(ROUTE_LABEL) or self._template(scope.get("route"), scope)
             method = scope.get("method", "")
             self.latency.labels(method, path).observe(time.perf_counter() - start)
             self.requests.labels(method, path, str(status["code"])).inc()
 
-    def _template(self, route) -> str:
+    def _template(self, route, scope) -> str:
         path = getattr(route, "path_format", None) or getattr(route, "path", None)
         if path is None:
+            requested = scope.get("path", "")
+            for mount in self.routes:
+                if isinstance(mount, Mount) and requested.startswith(mount.path + "/"):
+                    return f"{mount.path}/*"
             return "unmatched"
         return self.prefixes.get(id(route), "") + path
