@@ -193,3 +193,15 @@ def test_a_jobs_threads_do_not_outlive_it(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_resuming_after_a_prune_phase_that_converged_early_says_so(tmp_path):
+    """The loop jumps to the phase's last epoch when pruning converges: the resume said
+    "resumed at prune epoch 10" after a phase that converged at 7."""
+    trainer = Trainer(Small(), _data(), _data(48, 1), _config(), checkpoint_path=tmp_path / "c")
+    trainer.phase, trainer.epoch = "prune", trainer.config.prune_epochs
+    trainer.save_checkpoint()
+    again = Trainer(Small(), _data(), _data(48, 1), _config(), checkpoint_path=tmp_path / "c")
+    again.load_checkpoint(tmp_path / "c")
+    messages = [e.get("message") for e in again.events if e["type"] == "log"]
+    assert messages[-1] == "resumed at the end of the prune phase"

@@ -334,10 +334,14 @@ class Trainer:
             torch.cuda.set_rng_state(cuda_rng.cpu(), self.device)
         self.resumed_finished = (self.phase == "finetune"
                                  and self.epoch >= self.config.finetune_epochs)  # fmt: skip
+        # A prune phase that converged early is checkpointed at its last epoch number (the loop
+        # jumps there): "resumed at prune epoch 10" read as ten epochs after converging at 7.
+        phase_ended = self.epoch >= getattr(self.config, f"{self.phase}_epochs")
         self.emit({"type": "log", "message": (
             f"resumed at {self.phase} epoch {self.epoch}: the run had finished, nothing is "
-            "trained again (its results are written again)"
-            if self.resumed_finished else f"resumed at {self.phase} epoch {self.epoch}"
+            "trained again (its results are written again)" if self.resumed_finished
+            else f"resumed at the end of the {self.phase} phase" if phase_ended
+            else f"resumed at {self.phase} epoch {self.epoch}"
         )})  # fmt: skip
 
     # ----------------------------------------------------------------------------- loop
