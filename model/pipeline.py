@@ -351,8 +351,10 @@ def run_pruning(
             measured = measure_cut(net, cut_result.model, info.input_shape, batch=batch)
             _attach_measurement(manifest, measured)
     else:
+        from model.sparse import unconvertible_layers
+
         plan = _unstructured_layers(manifest, by_name, sparsity, states, performance_model,
-                                    hardware)  # fmt: skip
+                                    hardware, unconvertible_layers(net))  # fmt: skip
         if request.measure and any(v == "sparse" for v in plan.values()):
             log("measuring the pruned model against dense on this host")
             measured = _measure(net, plan, info.input_shape, batch, log)
@@ -636,14 +638,18 @@ def _totals(manifest: dict) -> None:
     manifest["model_speedup"]["predicted"] = dense_total / pruned_total if pruned_total else None
 
 
-def _unstructured_layers(manifest, by_name, sparsity, states, performance_model, hardware
-                         ) -> dict[str, str]:  # fmt: skip
-    """Layers on the sparse-kernel path: sparse where the model predicts a gain."""
+def _unstructured_layers(manifest, by_name, sparsity, states, performance_model, hardware,
+                         kept: dict[str, str]) -> dict[str, str]:  # fmt: skip
+    """Layers on the sparse-kernel path: sparse where the model predicts a gain and the kernel
+    can run the layer (``kept``: the layers it cannot, with why)."""
     plan = {}
     for name, prediction in by_name.items():
         s = sparsity.get(name, 0.0)
         predicted = performance_model.speedup(prediction.layer, hardware, 1.0 - s)
         fmt = "sparse" if prediction.sweet_spot is not None and predicted > 1.0 else "dense"
+        if fmt == "sparse" and name in kept:  # converting it failed the job after training
+            fmt = "dense"
+            states = {**states, name: f"kept dense: the sparse kernel cannot run it ({kept[name]})"}
         plan[name] = fmt
         manifest["layers"].append({
             "name": name, "kind": prediction.layer.kind, "sparsity": s, "format": fmt,

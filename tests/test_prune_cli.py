@@ -403,3 +403,37 @@ def test_a_run_with_no_sparse_layer_says_why_it_is_not_measured(capsys, tmp_path
     assert "measured: not measured (no layer ended sparse: the pruned model runs dense" in stdout
     report = (tmp_path / "job" / "report.md").read_text()
     assert "not measured (no layer ended sparse" in report
+
+
+def test_own_network_with_layers_the_kernel_cannot_run_is_pruned_and_measured(tmp_path):
+    """A reflect-padded conv made the measurement's convert_model refuse the plan (even with
+    the layer planned dense) and the job fail after training; one predicted sparse is kept
+    dense, with why."""
+    from torch import nn
+
+    from model.networks import NETWORKS, register
+    from model.pipeline import PruneRequest, run_pruning
+
+    @register("reflect-net", input_shape=(1, 28, 28), num_classes=10, paper="test")
+    def build(num_classes: int = 10) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(1, 20, 5, padding=2, padding_mode="reflect"), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(50, 50, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(50 * 7 * 7, num_classes),
+        )  # fmt: skip
+
+    try:
+        config = {"dense_epochs": 1, "prune_epochs": 1, "finetune_epochs": 0, "ramp_epochs": 1,
+                  "final_sparsity": 0.95, "threads": 1}  # fmt: skip
+        manifest = run_pruning(PruneRequest(method="magnitude", model="reflect-net",
+                                            dataset="synthetic", config=config),
+                               tmp_path / "job", resume=False)  # fmt: skip
+    finally:
+        del NETWORKS["reflect-net"]
+    layers = {layer["name"]: layer for layer in manifest["layers"]}
+    assert layers["3"]["format"] == "sparse" and layers["3"]["measured_speedup"] is not None
+    assert layers["5"]["format"] == "dense"
+    assert layers["5"]["state"].startswith("kept dense: the sparse kernel cannot run it (only "
+                                           "zero padding is supported")
+    assert manifest["model_speedup"]["measured"] is not None

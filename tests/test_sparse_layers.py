@@ -17,6 +17,7 @@ from model.sparse import (
     native,
     sparse_linear,
     to_dense_model,
+    unconvertible_layers,
 )
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -289,6 +290,9 @@ def test_convert_model_names_layers_the_kernel_cannot_pad():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1,
                         padding_mode="reflect"), nn.Conv2d(4, 4, 4, padding="same"))
     assert convertible_layers(net) == ["0"]
+    assert set(unconvertible_layers(net)) == {"1", "2"}
+    dense_ok = convert_model(net, {"0": "sparse", "1": "dense", "2": "dense"})  # as predicted
+    assert isinstance(dense_ok[0], SparseConv2d) and type(dense_ok[1]) is nn.Conv2d
     with pytest.raises(ValueError, match=r"'1' \(only zero padding is supported, got "
                                          r"padding_mode='reflect'\), '2' \(padding='same' with "
                                          r"an even kernel.*plan the others 'dense'"):
@@ -328,6 +332,7 @@ def test_to_dense_model_undoes_convert_model():
     assert isinstance(dense[0], nn.Sequential) and isinstance(dense[0][1], nn.ReLU)
     assert isinstance(dense[2].conv, nn.Conv2d) and isinstance(dense[5], nn.Linear)
     assert isinstance(converted[5], SparseLinear)  # input untouched
+    assert not any(m.training for m in to_dense_model(converted.eval()).modules())
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():
         torch.testing.assert_close(dense(x), net(x), rtol=RTOL, atol=ATOL)

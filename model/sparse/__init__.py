@@ -15,7 +15,12 @@ Importing this package never builds or loads the native kernel; the first op doe
 See docs/sparse-kernel.md for the kernel design.
 """
 
-from model.sparse.convert import convert_model, convertible_layers, to_dense_model
+from model.sparse.convert import (
+    convert_model,
+    convertible_layers,
+    to_dense_model,
+    unconvertible_layers,
+)
 from model.sparse.csr import (
     ConvCSR,
     ConvLayout,
@@ -46,4 +51,5 @@ __all__ = [
     "sparse_conv2d",
     "sparse_linear",
     "to_dense_model",
+    "unconvertible_layers",
 ]

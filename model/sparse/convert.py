@@ -74,6 +74,18 @@ def convertible_layers(model: nn.Module) -> list[str]:
     ]  # fmt: skip
 
 
+def unconvertible_layers(model: nn.Module) -> dict[str, str]:
+    """The ``nn.Conv2d``/``nn.Linear`` layers :func:`convert_model` cannot make sparse, with
+    why (reflect padding, an even kernel's "same" padding, their own forward, ...): a plan
+    keeps them dense."""
+    parents = _parents(model)
+    return {
+        name: reason for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d | nn.Linear)
+        and (reason := _why_not(module, parents.get(name))) is not None
+    }  # fmt: skip
+
+
 def convert_model(
     model: nn.Module,
     plan: Mapping[str, str],
@@ -84,6 +96,7 @@ def convert_model(
     ``nn.Conv2d`` becomes :class:`SparseConv2d`, ``nn.Linear`` becomes :class:`SparseLinear`
     (same outputs, inference only); ``"dense"`` layers and layers not in the plan are kept.
     The input model is never modified, and nothing is converted unless the whole plan is valid.
+    A layer the kernel cannot run may be planned ``"dense"`` (:func:`unconvertible_layers`).
     The names of a prediction can be passed as they are: a module called more than once
     (``conv``, ``conv#2``) or registered under two names is one weight, made sparse only if
     every entry for it is ``"sparse"``, and replaced wherever it is used.
@@ -108,7 +121,9 @@ def convert_model(
     if bad:
         raise ValueError(f"plan choices must be 'sparse' or 'dense', got {bad}")
     plan = _merged(plan, modules)
-    unknown = sorted(name for name in plan if name not in valid)
+    kept = unconvertible_layers(model)  # planned dense, such a layer is simply not converted
+    unknown = sorted(name for name, choice in plan.items()
+                     if name not in valid and not (choice == "dense" and name in kept))  # fmt: skip
     if unknown:
         detail = [
             f"{name!r} ({_why_not(modules[name], parents.get(name))})"
@@ -147,12 +162,13 @@ def to_dense_model(model: nn.Module) -> nn.Module:
     train a converted model, which the sparse layers refuse. A layer with a fused ReLU becomes
     ``nn.Sequential(layer, nn.ReLU())``. The input model is never modified."""
     converted = copy.deepcopy(model)
-    replacements = {
-        name: nn.Sequential(module.to_dense(), nn.ReLU()) if module.fuse_relu
-        else module.to_dense()
-        for name, module in converted.named_modules()
-        if isinstance(module, SparseConv2d | SparseLinear)
-    }  # fmt: skip
+    replacements = {}
+    for name, module in converted.named_modules():
+        if isinstance(module, SparseConv2d | SparseLinear):
+            dense = module.to_dense()
+            if module.fuse_relu:
+                dense = nn.Sequential(dense, nn.ReLU())
+            replacements[name] = dense.train(module.training)  # an eval model stays in eval
     return _replaced(converted, replacements)
 
 
