@@ -262,7 +262,8 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
     """A calibration job: microbenchmarks of this host, then the profile is saved. It cannot
     be interrupted midway: a cancel that came meanwhile is honoured before saving (the job
     ends cancelled and writes nothing), as is a profile of that name created meanwhile
-    (unless the request says ``replace``: the job fails and the profile is kept)."""
+    (unless the request says ``replace``, and only by another caller with it: the job fails
+    and the profile is kept)."""
     import json
 
     from model.calibration import calibrate, pass_spread_warning
@@ -316,9 +317,14 @@ def _may_save(worker: Worker, job_id: str, name: str, request: dict) -> tuple[st
             return store.FAILED, str(error)  # record_outcome will refuse it: not ours
         if job.status == store.CANCELLING:
             return store.CANCELLED, "cancelled by request; the profile was not written"
+        theirs = name in profile_names() and not profiles.may_change(session, name, job.owner)
     if name in profile_names() and not request.get("replace"):
         return store.FAILED, (f"a profile named {name!r} was created while this calibration "
                               "ran; it was kept (calibrate with replace=true to replace it)")
+    if theirs:  # replace=true is checked at submission too, but the profile may be newer
+        return store.FAILED, (f"a profile named {name!r} was created by another caller while "
+                              "this calibration ran; it was kept (only its creator may "
+                              "replace it)")  # fmt: skip
     return None, ""
 
 

@@ -394,6 +394,18 @@ def test_profiles_are_changed_only_by_their_creator(tmp_path, monkeypatch):
         assert Worker(settings).run_once()
         assert client.delete("/v1/hardware/cal", headers=a).status_code == 403
         assert client.delete("/v1/hardware/cal", headers=b).status_code == 204
+        # Queued with replace before the profile existed, a calibration must not take over one
+        # another caller created meanwhile.
+        job = client.post("/v1/hardware/calibrate", json={"name": "lab", "replace": True},
+                          headers=b).json()  # fmt: skip
+        assert client.post("/v1/hardware", json=_profile("lab"), headers=a).status_code == 201
+        assert Worker(settings).run_once()
+        done = client.get(f"/v1/jobs/{job['id']}", headers=b).json()
+        assert done["status"] == "failed" and "created by another caller" in done[
+            "status_reason"]  # fmt: skip
+        assert client.get("/v1/hardware/lab", headers=a).json()["provenance"]["kind"] == (
+            "datasheet")  # fmt: skip
+        assert client.delete("/v1/hardware/lab", headers=a).status_code == 204
     with TestClient(create_app(_settings(tmp_path))) as client:  # no tokens: one user
         assert client.delete("/v1/hardware/site").status_code == 204
 
