@@ -17,11 +17,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from service import jobs as store
 from service import profiles
@@ -222,7 +224,10 @@ def failure_reason(error: Exception, settings: Settings) -> str:
     text = f"{type(error).__name__}: {error}"
     for folder, role in ((settings.uploads_dir, "<uploads>"), (settings.jobs_dir, "<jobs>"),
                          (settings.data_dir, "<data>")):  # fmt: skip
-        text = text.replace(str(folder), role)
+        for form in {str(folder), str(folder.resolve())}:
+            if Path(form).is_absolute():  # a relative "data" would match prose too
+                # a whole path component only: /srv/sweet is not in /srv/sweetspot
+                text = re.sub(re.escape(form) + r"(?![^\s/'\"`:;,)\]])", role, text)
     return text
 
 

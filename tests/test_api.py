@@ -896,6 +896,13 @@ def test_a_failed_jobs_reason_names_server_folders_by_role(tmp_path):
     assert failure_reason(error, settings) == ("ValueError: the weights in <uploads>/ab12."
                                                "safetensors do not fit lenet5; see <jobs>/x and "
                                                "<data>/y")  # fmt: skip
+    # Whole path components only, and never a relative folder's name in prose: "data" made
+    # "the <data>set", "." made "3<data>5".
+    near = ValueError(f"the dataset's 3.5 jobs failed; {settings.data_dir}-old/x is kept")
+    assert failure_reason(near, settings) == f"ValueError: {near}"
+    for relative in (".", "data"):
+        odd = _settings(tmp_path, data_dir=relative)
+        assert failure_reason(near, odd) == f"ValueError: {near}"
 
 
 def test_twenty_concurrent_submissions_with_one_key_create_one_job(client):
