@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perfmodel.extract import on_meta
+
 CHAIN_FAMILIES = ("LeNet5", "LeNet300", "VGG16", "CifarConvNet")
 # The classes themselves: a user's class of the same name may have another topology.
 _CHAIN_CLASSES = frozenset({"model.networks.lenet.LeNet5", "model.networks.lenet300.LeNet300",
@@ -209,7 +211,6 @@ def _record_calls(
 ) -> dict[nn.Module, list[_Call]]:
     """The calls of every block and of its convs, norms and shortcut in one forward pass on
     meta tensors with autograd on (the nodes record which value each operation read)."""
-    from torch.func import functional_call
 
     watched: list[nn.Module] = []
     for block in blocks.values():
@@ -231,14 +232,12 @@ def _record_calls(
 
     handles = [h for module in calls for h in (module.register_forward_pre_hook(before),
                                                 module.register_forward_hook(after))]  # fmt: skip
-    meta = {n: torch.empty_like(t, device="meta")
-            for n, t in (*model.named_parameters(), *model.named_buffers())}  # fmt: skip
     example = torch.empty((1, *input_shape), device="meta", requires_grad=True)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(False), torch.enable_grad():
-            functional_call(model, meta, (example,))
+        with torch.inference_mode(False), torch.enable_grad(), on_meta(model):
+            model(example)
     except Exception as error:
         raise SurgeryError(
             "the network does not run on the meta device, so its residual blocks cannot be "
@@ -370,20 +369,17 @@ def _is_identity(block: nn.Module) -> bool:
 
 def _execution_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
     """Paths of Conv2d, Linear and BatchNorm modules in the order they run (meta tensors)."""
-    from torch.func import functional_call
 
     order: list[str] = []
     names = {m: n for n, m in model.named_modules()}
     kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
     handles = [m.register_forward_pre_hook(lambda m, _a: order.append(names[m]))
                for m in model.modules() if isinstance(m, kinds)]  # fmt: skip
-    meta = {n: torch.empty_like(t, device="meta")
-            for n, t in (*model.named_parameters(), *model.named_buffers())}  # fmt: skip
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            functional_call(model, meta, (torch.empty((1, *input_shape), device="meta"),))
+        with torch.no_grad(), on_meta(model):
+            model(torch.empty((1, *input_shape), device="meta"))
     finally:
         for handle in handles:
             handle.remove()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from perfmodel.layers import Conv2dSpec, LinearSpec
@@ -170,19 +171,38 @@ def _input_dtype(module: nn.Module):
 def _run_fake(module: nn.Module, shape: tuple[int, ...], dtype) -> None:
     """Run ``module`` on meta tensors: shapes propagate, nothing is computed or allocated.
 
-    Parameters and buffers are swapped for meta stand-ins through ``functional_call``, so the
-    user's module is never copied or modified. Every name of a shared tensor is given: with
-    only the first (``named_parameters``' default), a module registered twice kept the meta
-    stand-ins after the call, and the user's weights were gone.
+    Parameters and buffers are swapped for meta stand-ins (:func:`on_meta`) and put back, so
+    the user's module is never copied or changed.
     """
     import torch
-    from torch.func import functional_call
 
-    tensors = (*module.named_parameters(remove_duplicate=False),
-               *module.named_buffers(remove_duplicate=False))  # fmt: skip
-    meta = {name: torch.empty_like(tensor, device="meta") for name, tensor in tensors}
-    with torch.no_grad():
-        functional_call(module, meta, (torch.empty(shape, dtype=dtype, device="meta"),))
+    with torch.no_grad(), on_meta(module):
+        module(torch.empty(shape, dtype=dtype, device="meta"))
+
+
+@contextmanager
+def on_meta(module: nn.Module) -> Iterator[None]:
+    """Inside, every parameter and buffer of ``module`` is a meta tensor like it (one per
+    tensor, so tied weights stay tied); after, the module's own are back, untouched. Each
+    module object is visited once: ``torch.func.functional_call`` saved and restored per
+    name, and a module registered under two names came back with the meta stand-ins (its
+    weights were gone)."""
+    import torch
+
+    stand_ins: dict[int, torch.Tensor] = {}
+    saved = []
+    for owner in module.modules():  # every module object once, however many names it has
+        for tensors in (owner._parameters, owner._buffers):
+            for key, tensor in tensors.items():
+                if tensor is not None:
+                    saved.append((tensors, key, tensor))
+                    tensors[key] = stand_ins.setdefault(
+                        id(tensor), torch.empty_like(tensor, device="meta"))
+    try:
+        yield
+    finally:
+        for tensors, key, tensor in reversed(saved):
+            tensors[key] = tensor
 
 
 def _explicit_padding(conv: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:

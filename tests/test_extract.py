@@ -94,15 +94,28 @@ def test_training_mode_and_weights_are_preserved():
     assert all(not m._forward_pre_hooks for m in module.modules())
 
 
+class _MetaOnly(nn.Module):
+    """Fails unless run on the meta device: the extraction must not fall back to a real run."""
+
+    def forward(self, x):
+        assert x.device.type == "meta"
+        return x
+
+
 def test_a_module_registered_twice_keeps_its_weights():
-    """functional_call was given each shared tensor under its first name only: a module
-    registered under two names came out of extraction with meta tensors for weights."""
-    module = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    """functional_call saved and restored per name: a module registered under two names came
+    out of extraction with meta tensors for weights (and tied weights made it refuse, so the
+    extraction fell back to a real run)."""
+    module = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), _MetaOnly())
     module.add_module("again", module[0])
     weight = module[0].weight.detach().clone()
     assert [s.name for s in extract_layers(module, (4,))] == ["0", "0#2"]
     assert module[0].weight.device.type == "cpu" and module.again is module[0]
     assert torch.equal(module[0].weight, weight)
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), _MetaOnly())
+    tied[1].weight = tied[0].weight
+    assert [s.name for s in extract_layers(tied, (4,))] == ["0", "1"]
+    assert tied[1].weight is tied[0].weight and tied[0].weight.device.type == "cpu"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

@@ -278,3 +278,16 @@ def test_blocks_that_only_look_post_activation_are_refused(variant):
     with torch.device("meta"):
         model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _LookalikeBlock("post-activation"))
     assert [g.producer for g in channel_groups(model, (3, 8, 8))] == ["1.conv1"]
+
+
+def test_checking_a_network_with_a_module_registered_twice_keeps_its_weights():
+    """The meta run (functional_call, per name) left the second name's module with meta
+    tensors: the classifier's weights were gone after surgery's checks."""
+    from model.surgery import checked_blocks
+
+    net = create_model("resnet20").eval()
+    net.head = net.fc
+    weight = net.fc.weight.detach().clone()
+    checked_blocks(net, (3, 32, 32))
+    assert net.fc.weight.device.type == "cpu" and net.head is net.fc
+    assert torch.equal(net.fc.weight, weight)
