@@ -140,9 +140,11 @@ def layers_from_onnx(source: str | Path | bytes, batch: int | None = None) -> li
                 f"layer {name}: the shape of its input {node.input[0]!r} is unknown after shape "
                 "inference (export the model with a fixed input size)"
             )
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm" and attrs.get("transA", 0) and len(x_shape) == 2:
+            x_shape = [x_shape[1], x_shape[0]]  # A is (features, rows)
         rows = x_shape[0] if x_shape and x_shape[0] else 1
         n = batch or rows
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Conv":
             layers.append(_conv_spec(name, n, x_shape, w_shape, attrs, dtype_bytes))
         else:

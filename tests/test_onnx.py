@@ -152,3 +152,16 @@ def test_a_spec_the_layer_cannot_have_is_one_line(strides, message):
         layers_from_onnx(helper.make_model(graph).SerializeToString())
     assert str(raised.value).startswith(message)
     assert "\n" not in str(raised.value) and "pydantic.dev" not in str(raised.value)
+
+
+def test_gemm_with_a_transposed_input():
+    """transA=1 (A is features × rows) was refused by the features check ("its input has 4
+    features, its Gemm weight (16, 8) takes 16"), and its rows were read from the wrong axis."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transA=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("fc.weight", TensorProto.FLOAT, [16, 8], [0.0] * 128)],
+    )  # fmt: skip
+    (fc,) = layers_from_onnx(helper.make_model(graph).SerializeToString())
+    assert (fc.in_features, fc.out_features, fc.batch) == (16, 8, 4)
