@@ -144,6 +144,7 @@ def fibre_layer_spec(original: Conv2dSpec, fibres_per_group: int) -> Conv2dSpec 
     return Conv2dSpec(
         name=original.name,
         batch=original.batch,
+        per_example=original.per_example,  # with_batch scales both specs alike
         dtype_bytes=original.dtype_bytes,
         in_channels=original.groups * fibres_per_group,
         out_channels=original.out_channels,

@@ -141,6 +141,9 @@ def test_all_zero_weight_gives_the_bias(bias, tmp_path):
     spec = Conv2dSpec(name="c", in_channels=3, out_channels=4, in_height=9, in_width=9,
                       kernel=3, stride=2)  # fmt: skip
     assert fibre_layer_spec(spec, 0) is None
+    # A batch scales the fibre GEMM as it scales the conv (per_example was dropped).
+    folded = spec.model_copy(update={"batch": 4, "per_example": 4})
+    assert fibre_layer_spec(folded, 2).with_batch(2).batch == folded.with_batch(2).batch == 8
 
 
 def test_fibre_conv_is_differentiable_in_its_input():
