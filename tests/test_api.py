@@ -993,6 +993,11 @@ def test_uploads_are_listed_fetched_deleted_and_capped(tmp_path):
         busy = client.delete(f"/v1/uploads/{first['id']}")
         assert busy.status_code == 409 and job["id"] in busy.json()["detail"]
         assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        retried = _submit(client, checkpoint=second["id"], idempotency_key="k").json()
+        assert client.post(f"/v1/jobs/{retried['id']}/cancel").status_code == 202
+        assert client.delete(f"/v1/uploads/{second['id']}").status_code == 204
+        again = _submit(client, checkpoint=second["id"], idempotency_key="k")  # was a 422
+        assert again.status_code == 202 and again.json()["id"] == retried["id"]
         assert client.delete(f"/v1/uploads/{first['id']}").status_code == 204
         assert not (settings.uploads_dir / f"{first['id']}.safetensors").exists()
         assert client.get(f"/v1/uploads/{first['id']}").status_code == 404

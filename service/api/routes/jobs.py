@@ -110,6 +110,16 @@ def _validate(body: JobCreate, settings, session, owner: str) -> dict:
     return request
 
 
+def _replays(stored: dict, body: JobCreate, settings) -> bool:
+    """Whether ``body`` is the request ``stored`` was made from (what :func:`_validate` added
+    to it, the upload's path and the service's thread count, aside)."""
+    submitted = {k: v for k, v in stored.items() if k != "checkpoint_path"}
+    config = dict(submitted.get("config") or {})
+    if settings.job_threads and "threads" not in body.config:
+        config.pop("threads", None)
+    return {**submitted, "config": config} == body.model_dump(exclude={"idempotency_key"})
+
+
 def check_queue_limit(session, settings, owner: str, idempotency_key: str | None) -> None:
     """429 when the owner already has ``max_queued_jobs`` jobs queued or running, unless the
     idempotency key names one of its jobs: a retry adds nothing, and gets that job back."""
@@ -127,6 +137,11 @@ def create_job(
     response: Response,
 ) -> JobPublic:
     """Queue a pruning job (202 + Location). A repeated idempotency key returns the same job."""
+    existing = store.by_idempotency_key(session, owner, body.idempotency_key)
+    if existing is not None and _replays(existing.request, body, settings):
+        # before validating: the job's upload or profile may have been deleted since
+        response.headers["Location"] = f"/v1/jobs/{existing.id}"
+        return to_public(session, existing)
     request = _validate(body, settings, session, owner)
     check_queue_limit(session, settings, owner, body.idempotency_key)
     job, _created = store.create_job(session, owner, request, body.idempotency_key)
