@@ -541,12 +541,17 @@ def _check_storage(settings) -> None:
                        EXIT_USAGE) from None  # fmt: skip
     try:
         engine = make_engine(settings.url)
+    except ArgumentError as error:  # an unknown dialect or driver
+        raise CliError(f"invalid database URL {shown}: {error}", EXIT_USAGE) from None
+    except ImportError as error:  # a known dialect whose driver is not installed
+        raise CliError(f"cannot open the database {shown}: {error}") from None
+    try:
         try:
             with engine.connect():
                 pass
         finally:
             engine.dispose()
-    except (SQLAlchemyError, ImportError) as error:  # unreachable, refused, no driver
+    except SQLAlchemyError as error:  # unreachable, refused
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise CliError(f"cannot open the database {shown}: {reason}") from None
 

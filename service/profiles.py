@@ -9,6 +9,7 @@ tokens set, no caller may change it; without tokens everyone is the same user, o
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 from sqlalchemy import select
@@ -53,9 +54,11 @@ def users(session: Session, name: str) -> list[str]:
 
 
 def delete(session: Session, name: str, directory: Path) -> None:
-    """Remove the profile's file(s) from ``directory`` and its owner row."""
-    for suffix in (".json", ".toml"):
-        (directory / f"{name}{suffix}").unlink(missing_ok=True)
+    """Remove the profile's file(s) from ``directory`` (any case of .json/.toml, as the
+    listing reads them) and its owner row."""
+    for path in directory.glob(f"{glob.escape(name)}.*"):
+        if path.stem == name and path.suffix.lower() in (".json", ".toml"):
+            path.unlink(missing_ok=True)
     row = session.get(ProfileOwner, name)
     if row is not None:
         session.delete(row)

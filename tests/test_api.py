@@ -388,6 +388,7 @@ def test_profiles_are_changed_only_by_their_creator(tmp_path, monkeypatch):
         save_profile(get_profile("atom-c2750").model_copy(update={"name": "site"}),
                      settings.profiles_dir)  # the operator's: no tenant may change it
         assert client.delete("/v1/hardware/site", headers=a).status_code == 403
+        (settings.profiles_dir / "site.json").rename(settings.profiles_dir / "site.JSON")
         # A calibration job's profile belongs to the job's owner.
         assert client.post("/v1/hardware/calibrate", json={"name": "cal"},
                            headers=b).status_code == 202  # fmt: skip
@@ -408,6 +409,7 @@ def test_profiles_are_changed_only_by_their_creator(tmp_path, monkeypatch):
         assert client.delete("/v1/hardware/lab", headers=a).status_code == 204
     with TestClient(create_app(_settings(tmp_path))) as client:  # no tokens: one user
         assert client.delete("/v1/hardware/site").status_code == 204
+        assert "site" not in [p["name"] for p in client.get("/v1/hardware").json()["data"]]
 
 
 def test_absurd_names_and_sizes_are_422_not_500(client):

@@ -409,6 +409,10 @@ def test_serve_and_worker_say_what_is_wrong_with_the_storage(capsys, tmp_path, c
     data = ["--data-dir", str(tmp_path / "data")]
     code, _, err = run(capsys, command, *data, "--database-url", "nonsense")
     assert code == 2 and "sweetspot: invalid database URL 'nonsense'" in err
+    code, _, err = run(capsys, command, *data, "--database-url", "foo://x")
+    assert code == 2 and "sweetspot: invalid database URL foo://x: " in err  # no such dialect
+    code, _, err = run(capsys, command, *data, "--database-url", "mysql+mysqldb://u:p@h/db")
+    assert code == 1 and "cannot open the database mysql+mysqldb://u:***@h/db: No module" in err
     assert "Traceback" not in err
     url = "postgresql+psycopg://user:secret@127.0.0.1:1/db"
     code, _, err = run(capsys, command, *data, "--database-url", url)
