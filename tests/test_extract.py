@@ -129,6 +129,7 @@ def test_half_bfloat_and_double_models(dtype):
     assert (specs[0].out_height, specs[1].in_features) == (4, 128)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_a_compiled_module_gives_the_layers_of_the_original():
     """torch.compile(m) failed inside dynamo with an internal AssertionError."""
     module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(64, 2))
