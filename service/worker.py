@@ -139,6 +139,9 @@ class Worker:
                                        cancel=cancel, cluster=cluster)  # fmt: skip
                 status, reason = store.SUCCEEDED, "finished"
                 result = {key: manifest.get(key) for key in ("accuracy", "model_speedup")}
+                for key in ("not_measured", "surgery_skipped"):  # the reasons, where given
+                    if manifest.get(key):
+                        result[key] = manifest[key]
                 result["layers"] = [
                     {k: layer.get(k) for k in ("name", "sparsity", "format", "predicted_speedup",
                                                "measured_speedup", "state")}

@@ -347,7 +347,9 @@ def test_create_custom_profile_and_use_it(client):
     created = client.post("/v1/hardware", json=profile)
     assert created.status_code == 201 and created.headers["location"] == "/v1/hardware/lab-box"
     assert client.post("/v1/hardware", json=profile).status_code == 409
-    assert "lab-box" in [p["name"] for p in client.get("/v1/hardware").json()["data"]]
+    listing = client.get("/v1/hardware").json()
+    assert "lab-box" in [p["name"] for p in listing["data"]]
+    assert "xeon-e5-2697v4" in listing["builtin"] and "lab-box" not in listing["builtin"]
     response = client.get("/v1/sweet-spots", params={"model": "lenet5", "hardware": "lab-box"})
     assert response.status_code == 200 and response.json()["hardware"] == "lab-box"
     bad = client.post("/v1/hardware", json={**profile, "name": "x", "sparse_overhead": -1})
@@ -609,6 +611,7 @@ def test_full_job_lifecycle(client, settings):
     assert [(t["from_status"], t["to_status"]) for t in job["transitions"]] == [
         (None, "queued"), ("queued", "running"), ("running", "succeeded")]  # fmt: skip
     assert job["result"]["accuracy"]["pruned"] is not None
+    assert job["result"]["not_measured"] == "not asked for: --no-measure, or measure false"
     names = {a["name"] for a in client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]}
     assert {"manifest.json", "pruned.safetensors", "report.md", "sparsity.png"} <= names
     manifest = client.get(f"/v1/jobs/{job['id']}/artifacts/manifest.json").json()

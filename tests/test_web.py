@@ -236,6 +236,7 @@ def test_job_submitted_on_the_page_runs_to_success(page, server):
     expect(conv2).to_contain_text("sweet spot")
     expect(page.locator('table.result tr[data-layer="conv2"]')).to_be_visible()
     expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    expect(page.locator("#job-result + p")).to_contain_text("not measured (not asked for")
 
     manifest_link = page.locator('a[data-artifact="manifest.json"]')
     with page.expect_download() as download:
@@ -292,6 +293,13 @@ def test_bad_inputs_show_the_api_message(page, server):
     expect(table.locator('tr[data-profile="lab-box"]')).to_contain_text("a test")
     expect(page.get_by_role("alert")).to_be_hidden()
     _shot(page, "hardware")
+
+    # A custom profile can be deleted from the page; the shipped ones offer no button.
+    expect(table.locator('tr[data-profile="xeon-e5-2697v4"] button')).to_have_count(0)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="delete lab-box").click()
+    expect(table.locator('tr[data-profile="lab-box"]')).to_have_count(0)
+    assert httpx.get(f"{server.url}/v1/hardware/lab-box").status_code == 404
 
 
 # ------------------------------------------------------------------------------- tokens

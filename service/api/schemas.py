@@ -162,6 +162,9 @@ class PredictionPublic(BaseModel):
 class ProfilesPublic(BaseModel):
     data: list[HardwareProfile]
     count: int
+    builtin: list[str] = Field(
+        default_factory=list, description="names of the shipped profiles (never deleted)"
+    )
 
 
 # ---------------------------------------------------------------------------- catalogue

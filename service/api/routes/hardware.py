@@ -29,7 +29,8 @@ def list_profiles() -> ProfilesPublic:
     profiles, problems = load_profiles()
     for name, error in problems.items():
         log.warning("hardware listing skips profile %s: %s", name, error)
-    return ProfilesPublic(data=profiles, count=len(profiles))
+    builtin = [p.name for p in profiles if is_builtin_profile(p.name)]
+    return ProfilesPublic(data=profiles, count=len(profiles), builtin=builtin)
 
 
 @router.get("/{name}", responses=documented(404, 422))

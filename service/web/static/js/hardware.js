@@ -1,7 +1,8 @@
 // Hardware: every profile's roofline numbers (F, B, α, β) with where they came from, and a
 // form for a custom profile (validated by POST /v1/hardware).
 // "Calibrate this host" submits POST /v1/hardware/calibrate (a job run by a worker) and opens
-// its job page; the new profile appears here when it succeeds.
+// its job page; the new profile appears here when it succeeds. A custom profile has a Delete
+// button (DELETE /v1/hardware/{name}: its creator only, and not while a job uses it).
 
 import { api, cached, forget } from "./api.js";
 import { announce, errorBox, field, fill, fmt, h, showError } from "./dom.js";
@@ -20,10 +21,23 @@ export async function renderHardware(main) {
 
   async function load() {
     try {
-      const profiles = (await cached("/v1/hardware")).data;
-      fill(list, table(profiles));
+      const listing = await cached("/v1/hardware");
+      fill(list, table(listing.data, new Set(listing.builtin || []), remove));
     } catch (e) {
       showError(error, e);
+    }
+  }
+
+  async function remove(name) {
+    if (!confirm(`Delete the profile ${name}?`)) return;
+    try {
+      await api(`/v1/hardware/${encodeURIComponent(name)}`, { method: "DELETE" });
+      showError(error, null);
+      announce(`Profile ${name} deleted`);
+      forget("/v1/hardware");
+      await load();
+    } catch (e) {
+      showError(error, e);  // 403: another caller's; 409: a job uses it
     }
   }
 
@@ -50,7 +64,7 @@ function calibrateForm() {
     field("cal-name", "Profile name", name, "lower case; built-in names are refused"),
     h("div", { class: "field" }, h("label", {}, quick, " quick plan (≤ 60 s)")),
     h("div", { class: "field" }, h("label", {}, replace,
-      " replace the custom profile of this name if it exists")),
+      " replace the custom profile of this name if it exists (yours only)")),
     h("button", { type: "submit" }, "Calibrate"), error);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -67,9 +81,9 @@ function calibrateForm() {
   return form;
 }
 
-function table(profiles) {
+function table(profiles, builtin, remove) {
   const head = ["name", "F (GFLOP/s)", "B (GB/s)", "α", "β", "ridge (FLOP/B)", "batch",
-    "machine", "provenance"];
+    "machine", "provenance", ""];
   return h("table", { class: "data profiles" },
     h("caption", {}, `${profiles.length} profiles`),
     h("thead", {}, h("tr", {}, head.map((t) => h("th", { scope: "col" }, t)))),
@@ -93,7 +107,10 @@ function table(profiles) {
           [prov.host && `host ${prov.host}`, prov.cpu, prov.date].filter(Boolean).length
             ? h("div", {}, [prov.host && `host ${prov.host}`, prov.cpu, prov.date]
               .filter(Boolean).join(" · ")) : null,
-          prov.notes ? h("div", { class: "muted" }, prov.notes) : null));
+          prov.notes ? h("div", { class: "muted" }, prov.notes) : null),
+        h("td", {}, builtin.has(p.name) ? null : h("button", { type: "button",
+          class: "secondary", dataset: { delete: p.name }, "aria-label": `delete ${p.name}`,
+          onclick: () => remove(p.name) }, "Delete")));
     })));
 }
 

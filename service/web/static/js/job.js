@@ -80,10 +80,14 @@ export async function renderJob(main, { id }) {
     cancel.hidden = !ACTIVE.has(job.status) || job.status === "cancelling";
     remove.hidden = ACTIVE.has(job.status);
     const r = job.request;
-    fill(request, [["method", r.method], ["model", r.model], ["dataset", r.dataset],
-      ["predicted for", r.hardware], ["measure", String(r.measure)],
-      ["config", JSON.stringify(r.config)], ["checkpoint", r.checkpoint || "none"],
-      ["worker", job.worker_id || "–"]].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    const rows = r.kind === "calibration"  // a calibration has no method, model or config
+      ? [["kind", "calibration of the workers' host"], ["profile", r.name],
+        ["quick", String(r.quick)], ["replace", String(r.replace)]]
+      : [["method", r.method], ["model", r.model], ["dataset", r.dataset],
+        ["predicted for", r.hardware], ["measure", String(r.measure)],
+        ["config", JSON.stringify(r.config)], ["checkpoint", r.checkpoint || "none"]];
+    fill(request, [...rows, ["worker", job.worker_id || "–"]].map(
+      ([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
     fill(transitions, job.transitions.map((t) => h("li", {}, h("time", { datetime: t.at },
       fmt.time(t.at)), ` ${t.from_status || "—"} → `, h("strong", {}, t.to_status),
     `: ${t.reason}`)));
@@ -228,8 +232,10 @@ export async function renderJob(main, { id }) {
       h("p", {}, `Accuracy: dense ${fmt.pct(acc.dense)} → pruned ${fmt.pct(acc.pruned)}. `,
         `Model speedup: predicted ${fmt.x(speed.predicted)}${job.request.hardware
           ? ` (${job.request.hardware})` : ""}; ${speed.measured === null
-          || speed.measured === undefined ? "not measured"
-          : `measured ${fmt.x(speed.measured)} on the worker`}.`),
+          || speed.measured === undefined
+          ? `not measured${res.not_measured ? ` (${res.not_measured})` : ""}`
+          : `measured ${fmt.x(speed.measured)} on the worker`}.`,
+        res.surgery_skipped ? ` Surgery skipped: ${res.surgery_skipped}.` : ""),
       h("div", { class: "scroll" }, h("table", { class: "data result" },
         h("caption", {}, "Predicted against measured speedup per layer"),
         h("thead", {}, h("tr", {}, ["layer", "sparsity", "format", "state", "predicted",

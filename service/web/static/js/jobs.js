@@ -66,8 +66,10 @@ function jobsTable(jobs) {
       "progress", "submitted"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, jobs.data.map((j) => h("tr", { dataset: { job: j.id } },
       h("th", { scope: "row" }, h("a", { href: `#/jobs/${j.id}` }, j.id)),
-      h("td", {}, j.request.method), h("td", {}, j.request.model), h("td", {}, j.request.dataset),
-      h("td", {}, j.request.hardware),
+      ...(j.request.kind === "calibration"  // no method, model or data set: say what it is
+        ? [h("td", { colspan: 3 }, "calibration"), h("td", {}, j.request.name)]
+        : [h("td", {}, j.request.method), h("td", {}, j.request.model),
+          h("td", {}, j.request.dataset), h("td", {}, j.request.hardware)]),
       h("td", {}, h("span", { class: `status ${j.status}`, title: j.status_reason }, j.status)),
       h("td", {}, h("progress", { max: 1, value: j.progress,
         "aria-label": `progress of ${j.id}` }), ` ${Math.round(100 * j.progress)}%`),
