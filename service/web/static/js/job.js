@@ -128,9 +128,16 @@ export async function renderJob(main, { id }) {
       source.addEventListener(type, (m) => apply(JSON.parse(m.data)));
     }
     source.onmessage = (m) => apply(JSON.parse(m.data));
-    source.addEventListener("end", async () => {
+    source.addEventListener("end", async (m) => {
       source.close();
       source = null;
+      if (JSON.parse(m.data).status === "deleted") {  // by another tab or client
+        stopped = true;
+        fill(statusLine, "Status: ", h("strong", {}, "deleted"), " — this job no longer exists");
+        cancel.hidden = remove.hidden = true;
+        announce("Job deleted");
+        return;
+      }
       await finish();
     });
     source.onerror = () => {
