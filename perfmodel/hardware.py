@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -464,7 +465,10 @@ def save_profile(profile: HardwareProfile, directory: Path | None = None) -> Pat
     directory = directory or user_profile_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{profile.name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(profile.model_dump_json(indent=2, exclude_none=True) + "\n")
-    tmp.replace(path)
+    # A temporary file of its own: two writers of one name shared "<name>.json.tmp", and one's
+    # rename failed (FileNotFoundError) or moved the other's content into place.
+    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{profile.name}.",
+                                     suffix=".tmp", delete=False) as tmp:  # fmt: skip
+        tmp.write(profile.model_dump_json(indent=2, exclude_none=True) + "\n")
+    Path(tmp.name).replace(path)
     return path

@@ -521,12 +521,13 @@ def _settings(args: argparse.Namespace):
 
 
 def _check_storage(settings) -> None:
-    """The data folders and the database, opened once before anything starts: a bad URL, an
-    unreachable server or a data directory that cannot be made was a 40-frame traceback."""
+    """The data folders and the database, opened (and migrated) once before anything starts:
+    a bad URL, an unreachable server, a data directory that cannot be made or a schema newer
+    than this code was a 40-to-80-frame traceback."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from service.db import make_engine
+    from service.db import SchemaTooNewError, make_engine, migrate
 
     try:
         settings.prepare()
@@ -547,13 +548,14 @@ def _check_storage(settings) -> None:
         raise CliError(f"cannot open the database {shown}: {error}") from None
     try:
         try:
-            with engine.connect():
-                pass
+            migrate(engine)  # what serve and worker do first anyway; here a failure is a line
         finally:
             engine.dispose()
     except SQLAlchemyError as error:  # unreachable, refused
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise CliError(f"cannot open the database {shown}: {reason}") from None
+    except SchemaTooNewError as error:
+        raise CliError(str(error)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:

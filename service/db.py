@@ -13,6 +13,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -183,12 +185,29 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer Sweetspot than this one."""
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+    """Bring the schema to the newest Alembic revision (idempotent).
+
+    Raises:
+        SchemaTooNewError: the database is at a revision this code does not know (a newer
+            Sweetspot migrated it: upgrade this host). It was alembic's traceback, "Can't
+            locate revision".
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
+        current = MigrationContext.configure(connection).get_current_revision()
+        known = ScriptDirectory.from_config(config)
+        if current is not None and current not in {s.revision for s in known.walk_revisions()}:
+            raise SchemaTooNewError(
+                f"the database's schema is at revision {current}, newer than this Sweetspot "
+                f"knows (up to {known.get_current_head()}): upgrade Sweetspot on this host"
+            )
         command.upgrade(config, "head")
 
 

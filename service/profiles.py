@@ -13,8 +13,10 @@ import glob
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from perfmodel import profile_names
 from service import jobs as store
 from service.db import Job, ProfileOwner
 
@@ -28,6 +30,22 @@ def owner_of(session: Session, name: str) -> str:
 
 def may_change(session: Session, name: str, owner: str) -> bool:
     return owner_of(session, name) == owner
+
+
+def claim(session: Session, name: str, owner: str) -> bool:
+    """Record ``owner`` as the creator of the new profile ``name``; False when another caller
+    holds the name (its row exists and so does its file; a row whose file is gone is stale
+    and taken over). The row's primary key decides between two callers creating it at once."""
+    session.add(ProfileOwner(name=name, owner=owner))
+    try:
+        session.commit()
+        return True
+    except IntegrityError:
+        session.rollback()
+    if name in profile_names():
+        return False
+    record(session, name, owner)
+    return True
 
 
 def record(session: Session, name: str, owner: str) -> None:

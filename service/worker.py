@@ -330,9 +330,9 @@ def _may_save(worker: Worker, job_id: str, name: str, request: dict) -> tuple[st
         return store.FAILED, (f"a profile named {name!r} was created while this calibration "
                               "ran; it was kept (calibrate with replace=true to replace it)")
     if theirs:  # replace=true is checked at submission too, but the profile may be newer
-        return store.FAILED, (f"a profile named {name!r} was created by another caller while "
-                              "this calibration ran; it was kept (only its creator may "
-                              "replace it)")  # fmt: skip
+        return store.FAILED, (f"the profile {name!r} was not created by this job's caller "
+                              "(another caller's, or the operator's); it was kept: only its "
+                              "creator may replace it")  # fmt: skip
     return None, ""
 
 

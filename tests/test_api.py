@@ -404,7 +404,7 @@ def test_profiles_are_changed_only_by_their_creator(tmp_path, monkeypatch):
         assert client.post("/v1/hardware", json=_profile("lab"), headers=a).status_code == 201
         assert Worker(settings).run_once()
         done = client.get(f"/v1/jobs/{job['id']}", headers=b).json()
-        assert done["status"] == "failed" and "created by another caller" in done[
+        assert done["status"] == "failed" and "was not created by this job's caller" in done[
             "status_reason"]  # fmt: skip
         assert client.get("/v1/hardware/lab", headers=a).json()["provenance"]["kind"] == (
             "datasheet")  # fmt: skip
@@ -412,6 +412,42 @@ def test_profiles_are_changed_only_by_their_creator(tmp_path, monkeypatch):
     with TestClient(create_app(_settings(tmp_path))) as client:  # no tokens: one user
         assert client.delete("/v1/hardware/site").status_code == 204
         assert "site" not in [p["name"] for p in client.get("/v1/hardware").json()["data"]]
+
+
+def test_two_callers_creating_one_profile_at_once(tmp_path):
+    """Checked, written and recorded in three steps: both got 201, or one a 500 (the shared
+    temporary file's rename), with one's content stored under the other's ownership."""
+    from service import profiles
+
+    settings = _settings(tmp_path, api_tokens="a,b")
+    with TestClient(create_app(settings)) as client:
+        for index in range(8):
+            name, results = f"race{index}", {}
+            barrier = threading.Barrier(2)
+
+            def create(token, name=name, results=results, barrier=barrier):
+                body = {**_profile(name), "description": f"by {token}"}
+                barrier.wait()
+                response = client.post("/v1/hardware", json=body,
+                                       headers={"Authorization": f"Bearer {token}"})
+                results[token] = response.status_code
+
+            threads = [threading.Thread(target=create, args=(t,)) for t in "ab"]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(results.values()) == [201, 409], results
+            winner = next(t for t, code in results.items() if code == 201)
+            stored = client.get(f"/v1/hardware/{name}", headers={"Authorization": "Bearer a"})
+            assert stored.json()["description"] == f"by {winner}"
+            with client.app.state.sessions() as session:
+                assert profiles.owner_of(session, name) != profiles.owner_of(session, "none")
+            other = "b" if winner == "a" else "a"
+            assert client.delete(f"/v1/hardware/{name}",
+                                 headers={"Authorization": f"Bearer {other}"}).status_code == 403
+            assert client.delete(f"/v1/hardware/{name}",
+                                 headers={"Authorization": f"Bearer {winner}"}).status_code == 204
 
 
 def test_absurd_names_and_sizes_are_422_not_500(client):

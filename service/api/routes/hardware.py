@@ -48,14 +48,19 @@ def create_profile(
     response: Response,
 ) -> HardwareProfile:
     """Create a custom profile (validated; the name must be new)."""
-    if profile.name in profile_names():
+    # The name is claimed in the database before the file is written: of two callers creating
+    # it at once, both got 201, or one a 500, with one's content under the other's name.
+    if profile.name in profile_names() or not profiles.claim(session, profile.name, owner):
         builtin = is_builtin_profile(profile.name)
         raise HTTPException(
             409, f"a {'built-in' if builtin else 'custom'} profile named {profile.name!r} "
             "already exists; choose another name",
         )  # fmt: skip
-    save_profile(profile, settings.profiles_dir)
-    profiles.record(session, profile.name, owner)
+    try:
+        save_profile(profile, settings.profiles_dir)
+    except BaseException:
+        profiles.delete(session, profile.name, settings.profiles_dir)  # give the name back
+        raise
     sweet_spots.clear_cache()
     response.headers["Location"] = f"/v1/hardware/{profile.name}"
     return profile
