@@ -647,9 +647,11 @@ def _unstructured_layers(manifest, by_name, sparsity, states, performance_model,
         s = sparsity.get(name, 0.0)
         predicted = performance_model.speedup(prediction.layer, hardware, 1.0 - s)
         fmt = "sparse" if prediction.sweet_spot is not None and predicted > 1.0 else "dense"
-        if fmt == "sparse" and name in kept:  # converting it failed the job after training
+        module = name.partition("#")[0]  # a later call (conv#2) is the same module
+        if fmt == "sparse" and module in kept:  # converting it failed the job after training
             fmt = "dense"
-            states = {**states, name: f"kept dense: the sparse kernel cannot run it ({kept[name]})"}
+            states = {**states, name: f"kept dense: the sparse kernel cannot run it "
+                                      f"({kept[module]})"}  # fmt: skip
         plan[name] = fmt
         manifest["layers"].append({
             "name": name, "kind": prediction.layer.kind, "sparsity": s, "format": fmt,

@@ -188,17 +188,25 @@ def on_meta(module: nn.Module) -> Iterator[None]:
     name, and a module registered under two names came back with the meta stand-ins (its
     weights were gone)."""
     import torch
+    from torch.nn.parameter import UninitializedTensorMixin
 
+    owners = list(module.modules())  # every module object once, however many names it has
+    if any(isinstance(t, UninitializedTensorMixin)
+           for owner in owners for t in (*owner._parameters.values(), *owner._buffers.values())):
+        # A lazy module would materialise its weights on the meta device, for good.
+        raise ValueError("the module has lazy (uninitialised) parameters")  # fmt: skip
     stand_ins: dict[int, torch.Tensor] = {}
     saved = []
-    for owner in module.modules():  # every module object once, however many names it has
-        for tensors in (owner._parameters, owner._buffers):
-            for key, tensor in tensors.items():
-                if tensor is not None:
-                    saved.append((tensors, key, tensor))
-                    tensors[key] = stand_ins.setdefault(
-                        id(tensor), torch.empty_like(tensor, device="meta"))
     try:
+        for owner in owners:
+            for tensors in (owner._parameters, owner._buffers):
+                for key, tensor in tensors.items():
+                    if tensor is not None:
+                        meta = stand_ins.get(id(tensor))
+                        if meta is None:
+                            meta = stand_ins[id(tensor)] = torch.empty_like(tensor, device="meta")
+                        saved.append((tensors, key, tensor))
+                        tensors[key] = meta
         yield
     finally:
         for tensors, key, tensor in reversed(saved):

@@ -34,8 +34,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import tomllib
+import uuid
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -466,9 +466,12 @@ def save_profile(profile: HardwareProfile, directory: Path | None = None) -> Pat
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{profile.name}.json"
     # A temporary file of its own: two writers of one name shared "<name>.json.tmp", and one's
-    # rename failed (FileNotFoundError) or moved the other's content into place.
-    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{profile.name}.",
-                                     suffix=".tmp", delete=False) as tmp:  # fmt: skip
-        tmp.write(profile.model_dump_json(indent=2, exclude_none=True) + "\n")
-    Path(tmp.name).replace(path)
+    # rename failed (FileNotFoundError) or moved the other's content into place. Created with
+    # the umask's permissions (a tempfile's 0600 hid the profile from other users of a shared
+    # data directory).
+    tmp = directory / f".{profile.name}.{uuid.uuid4().hex}.tmp"
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(profile.model_dump_json(indent=2, exclude_none=True) + "\n")
+    tmp.replace(path)
     return path

@@ -135,14 +135,14 @@ def layers_from_onnx(source: str | Path | bytes, batch: int | None = None) -> li
         w_shape, w_type = weights[weight_name]
         dtype_bytes = _DTYPE_BYTES.get(w_type, 4)
         x_shape = shapes.get(node.input[0])
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if x_shape and node.op_type == "Gemm" and attrs.get("transA", 0) and len(x_shape) == 2:
+            x_shape = [x_shape[1], x_shape[0]]  # A is (features, rows): rows may be dynamic
         if x_shape is None or any(d is None for d in x_shape[1:]):
             raise OnnxImportError(
                 f"layer {name}: the shape of its input {node.input[0]!r} is unknown after shape "
                 "inference (export the model with a fixed input size)"
             )
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Gemm" and attrs.get("transA", 0) and len(x_shape) == 2:
-            x_shape = [x_shape[1], x_shape[0]]  # A is (features, rows)
         rows = x_shape[0] if x_shape and x_shape[0] else 1
         n = batch or rows
         if node.op_type == "Conv":

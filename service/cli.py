@@ -524,6 +524,7 @@ def _check_storage(settings) -> None:
     """The data folders and the database, opened (and migrated) once before anything starts:
     a bad URL, an unreachable server, a data directory that cannot be made or a schema newer
     than this code was a 40-to-80-frame traceback."""
+    from alembic.util.exc import CommandError
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -556,6 +557,8 @@ def _check_storage(settings) -> None:
         raise CliError(f"cannot open the database {shown}: {reason}") from None
     except SchemaTooNewError as error:
         raise CliError(str(error)) from None
+    except CommandError as error:  # e.g. two heads recorded in alembic_version
+        raise CliError(f"cannot migrate the database {shown}: {error}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

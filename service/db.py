@@ -27,11 +27,13 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 727_310_001  # any constant; PostgreSQL advisory-lock key of the migrations
 
 
 def utcnow() -> datetime:
@@ -201,6 +203,8 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
+        if connection.dialect.name == "postgresql":  # env.py takes it again: it stacks
+            connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
         current = MigrationContext.configure(connection).get_current_revision()
         known = ScriptDirectory.from_config(config)
         if current is not None and current not in {s.revision for s in known.walk_revisions()}:

@@ -10,6 +10,7 @@ tokens set, no caller may change it; without tokens everyone is the same user, o
 from __future__ import annotations
 
 import glob
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -18,7 +19,9 @@ from sqlalchemy.orm import Session
 
 from perfmodel import profile_names
 from service import jobs as store
-from service.db import Job, ProfileOwner
+from service.db import Job, ProfileOwner, utcnow
+
+STALE_CLAIM_S = 60.0  # a claimed name whose file has not appeared by then is free again
 
 
 def owner_of(session: Session, name: str) -> str:
@@ -33,19 +36,31 @@ def may_change(session: Session, name: str, owner: str) -> bool:
 
 
 def claim(session: Session, name: str, owner: str) -> bool:
-    """Record ``owner`` as the creator of the new profile ``name``; False when another caller
-    holds the name (its row exists and so does its file; a row whose file is gone is stale
-    and taken over). The row's primary key decides between two callers creating it at once."""
+    """Record ``owner`` as the creator of the new profile ``name``; False when the name is
+    held. The row's primary key decides between two callers creating it at once. A row whose
+    file never appeared (a crash between claim and write, a file removed by hand) is stale
+    once it is ``STALE_CLAIM_S`` old and is taken over; a younger one may be a write under way.
+    """
     session.add(ProfileOwner(name=name, owner=owner))
     try:
         session.commit()
         return True
     except IntegrityError:
         session.rollback()
-    if name in profile_names():
+    row = session.get(ProfileOwner, name)
+    fresh = row is not None and utcnow() - row.created_at < timedelta(seconds=STALE_CLAIM_S)
+    if fresh or name in profile_names():
         return False
     record(session, name, owner)
     return True
+
+
+def release(session: Session, name: str, owner: str) -> None:
+    """Give back a name ``owner`` claimed and could not write (its row only, never a file)."""
+    row = session.get(ProfileOwner, name)
+    if row is not None and row.owner == owner:
+        session.delete(row)
+        session.commit()
 
 
 def record(session: Session, name: str, owner: str) -> None:
@@ -54,7 +69,7 @@ def record(session: Session, name: str, owner: str) -> None:
     if row is None:
         session.add(ProfileOwner(name=name, owner=owner))
     else:
-        row.owner = owner
+        row.owner, row.created_at = owner, utcnow()
     session.commit()
 
 

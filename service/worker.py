@@ -229,8 +229,10 @@ def failure_reason(error: Exception, settings: Settings) -> str:
                          (settings.data_dir, "<data>")):  # fmt: skip
         for form in {str(folder), str(folder.resolve())}:
             if Path(form).is_absolute():  # a relative "data" would match prose too
-                # a whole path component only: /srv/sweet is not in /srv/sweetspot
-                text = re.sub(re.escape(form) + r"(?![^\s/'\"`:;,)\]])", role, text)
+                # a whole path, ending a component: /srv/sweet is neither in /srv/sweetspot nor
+                # in /backup/srv/sweet; a sentence's full stop may follow it
+                text = re.sub(r"(?<![^\s'\"`(=\[])" + re.escape(form)
+                              + r"(?=[\s/'\"`:;,)\]]|\.(?:\s|$)|$)", role, text)
     return text
 
 

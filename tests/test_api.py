@@ -450,6 +450,31 @@ def test_two_callers_creating_one_profile_at_once(tmp_path):
                                  headers={"Authorization": f"Bearer {winner}"}).status_code == 204
 
 
+def test_a_name_being_written_is_not_taken_over(tmp_path, monkeypatch):
+    """The second caller saw the first's row but not yet its file, took the row as stale,
+    and both got 201 (the first then could not delete its own profile)."""
+    import service.api.routes.hardware as routes
+    from perfmodel import save_profile
+
+    def slow_save(profile, directory):
+        time.sleep(0.6)  # the first caller's write is under way while the second asks
+        return save_profile(profile, directory)
+
+    monkeypatch.setattr(routes, "save_profile", slow_save)
+    with TestClient(create_app(_settings(tmp_path, api_tokens="a,b"))) as client:
+        first = {}
+        thread = threading.Thread(target=lambda: first.update(response=client.post(
+            "/v1/hardware", json=_profile("slow"), headers={"Authorization": "Bearer a"})))
+        thread.start()
+        time.sleep(0.2)
+        second = client.post("/v1/hardware", json=_profile("slow"),
+                             headers={"Authorization": "Bearer b"})  # fmt: skip
+        thread.join()
+        assert (first["response"].status_code, second.status_code) == (201, 409)
+        assert client.delete("/v1/hardware/slow",
+                             headers={"Authorization": "Bearer a"}).status_code == 204
+
+
 def test_absurd_names_and_sizes_are_422_not_500(client):
     """A 300-character profile name was an OSError (file name too long) in save_profile, a
     layer's dtype_bytes of 10**400 an OverflowError in the roofline: both were 500s."""
@@ -939,11 +964,28 @@ def test_a_failed_jobs_reason_names_server_folders_by_role(tmp_path):
                                                "<data>/y")  # fmt: skip
     # Whole path components only, and never a relative folder's name in prose: "data" made
     # "the <data>set", "." made "3<data>5".
-    near = ValueError(f"the dataset's 3.5 jobs failed; {settings.data_dir}-old/x is kept")
+    near = ValueError(f"the dataset's 3.5 jobs failed; {settings.data_dir}-old/x is kept, "
+                      f"and /backup{settings.data_dir}/x")  # fmt: skip
     assert failure_reason(near, settings) == f"ValueError: {near}"
+    end = ValueError(f"weights are in {settings.data_dir}.")
+    assert failure_reason(end, settings) == "ValueError: weights are in <data>."
     for relative in (".", "data"):
         odd = _settings(tmp_path, data_dir=relative)
         assert failure_reason(near, odd) == f"ValueError: {near}"
+
+
+def test_a_replay_is_the_same_request_with_the_service_thread_count(tmp_path):
+    """With SWEETSPOT_JOB_THREADS set, a stored explicit `threads` was dropped before comparing,
+    so a request without it replayed one that had set 8."""
+    plain = {k: v for k, v in TINY.items() if k != "threads"}
+    with TestClient(create_app(_settings(tmp_path, job_threads=4))) as client:
+        own = _submit(client, idempotency_key="k", config={**plain, "threads": 8})
+        assert own.json()["request"]["config"]["threads"] == 8
+        assert _submit(client, idempotency_key="k", config=plain).status_code == 409
+        added = _submit(client, idempotency_key="k2", config=plain)
+        assert added.json()["request"]["config"]["threads"] == 4  # the service's
+        again = _submit(client, idempotency_key="k2", config=plain)
+        assert again.status_code == 202 and again.json()["id"] == added.json()["id"]
 
 
 def test_twenty_concurrent_submissions_with_one_key_create_one_job(client):

@@ -137,6 +137,14 @@ def test_a_compiled_module_gives_the_layers_of_the_original():
     assert extract_layers(compiled, (3, 6, 6)) == extract_layers(module, (3, 6, 6))
 
 
+def test_a_lazy_module_is_extracted_and_keeps_its_weights():
+    """The meta swap raised on the uninitialised parameter after swapping the others, which
+    stayed meta; the real run then failed ("on device meta")."""
+    module = nn.Sequential(nn.Linear(4, 4), nn.LazyLinear(3))
+    assert [s.name for s in extract_layers(module, (4,))] == ["0", "1"]
+    assert module[0].weight.device.type == "cpu" and module[1].weight.shape == (3, 4)
+
+
 def test_a_batch_in_input_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"got a 5-D input \(1, 1, 3, 8, 8\); input_shape is "
                                          r"the shape of one example without the batch"):

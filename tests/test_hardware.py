@@ -146,6 +146,24 @@ def test_saved_profiles_are_found_by_name_and_shadow_nothing_else(tmp_path, monk
     assert isinstance(get_profile("atom-c2750"), HardwareProfile)
 
 
+def test_saved_profiles_are_readable_as_the_umask_allows(tmp_path):
+    """Written through a tempfile they were 0600: other users of a shared data directory
+    could not read them."""
+    import os
+    import stat
+
+    from perfmodel import save_profile
+
+    umask = os.umask(0o022)
+    try:
+        path = save_profile(get_profile("atom-c2750").model_copy(update={"name": "shared"}),
+                            tmp_path)  # fmt: skip
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]  # no temp file left
+
+
 def test_profile_file_name_must_match_declared_name(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEETSPOT_PROFILE_DIR", str(tmp_path))
     (tmp_path / "other.json").write_text(json.dumps(VALID))

@@ -165,3 +165,11 @@ def test_gemm_with_a_transposed_input():
     )  # fmt: skip
     (fc,) = layers_from_onnx(helper.make_model(graph).SerializeToString())
     assert (fc.in_features, fc.out_features, fc.batch) == (16, 8, 4)
+    dynamic = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transA=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, "N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("fc.weight", TensorProto.FLOAT, [16, 8], [0.0] * 128)],
+    )  # fmt: skip
+    (fc,) = layers_from_onnx(helper.make_model(dynamic).SerializeToString(), batch=2)
+    assert (fc.in_features, fc.batch) == (16, 2)  # the rows' axis is the dynamic one

@@ -8,9 +8,7 @@ find the schema at head and do nothing.
 from alembic import context
 from sqlalchemy import text
 
-from service.db import Base
-
-MIGRATION_LOCK = 727_310_001  # any constant; PostgreSQL advisory-lock key of the migrations
+from service.db import MIGRATION_LOCK, Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)

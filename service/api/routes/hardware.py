@@ -59,7 +59,7 @@ def create_profile(
     try:
         save_profile(profile, settings.profiles_dir)
     except BaseException:
-        profiles.delete(session, profile.name, settings.profiles_dir)  # give the name back
+        profiles.release(session, profile.name, owner)  # give the name back
         raise
     sweet_spots.clear_cache()
     response.headers["Location"] = f"/v1/hardware/{profile.name}"

@@ -115,8 +115,9 @@ def _replays(stored: dict, body: JobCreate, settings) -> bool:
     to it, the upload's path and the service's thread count, aside)."""
     submitted = {k: v for k, v in stored.items() if k != "checkpoint_path"}
     config = dict(submitted.get("config") or {})
-    if settings.job_threads and "threads" not in body.config:
-        config.pop("threads", None)
+    if settings.job_threads and "threads" not in body.config and \
+            config.get("threads") == settings.job_threads:  # fmt: skip
+        del config["threads"]  # the service's own, added at submission
     return {**submitted, "config": config} == body.model_dump(exclude={"idempotency_key"})
 
 
