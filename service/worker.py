@@ -328,7 +328,9 @@ def _may_save(worker: Worker, job_id: str, name: str, request: dict) -> tuple[st
         if job.status == store.CANCELLING:
             return store.CANCELLED, "cancelled by request; the profile was not written"
         theirs = name in profile_names() and not profiles.may_change(session, name, job.owner)
-    if name in profile_names() and not request.get("replace"):
+        # A new name is claimed as POST /v1/hardware claims it, so the two cannot both write.
+        taken = name not in profile_names() and not profiles.claim(session, name, job.owner)
+    if taken or (name in profile_names() and not request.get("replace")):
         return store.FAILED, (f"a profile named {name!r} was created while this calibration "
                               "ran; it was kept (calibrate with replace=true to replace it)")
     if theirs:  # replace=true is checked at submission too, but the profile may be newer

@@ -366,6 +366,7 @@ def test_profiles_are_changed_only_by_their_creator(tmp_path, monkeypatch):
     deleted."""
     import model.calibration
     from perfmodel import get_profile, save_profile
+    from service import profiles
 
     monkeypatch.setattr(model.calibration, "calibrate", lambda name, *_: get_profile(
         "atom-c2750").model_copy(update={"name": name}))  # fmt: skip
@@ -409,6 +410,16 @@ def test_profiles_are_changed_only_by_their_creator(tmp_path, monkeypatch):
         assert client.get("/v1/hardware/lab", headers=a).json()["provenance"]["kind"] == (
             "datasheet")  # fmt: skip
         assert client.delete("/v1/hardware/lab", headers=a).status_code == 204
+        # A name another caller is creating right now (claimed, file not written yet) is not
+        # written over by a calibration finishing meanwhile.
+        job = client.post("/v1/hardware/calibrate", json={"name": "busy"}, headers=b).json()
+        with client.app.state.sessions() as session:
+            assert profiles.claim(session, "busy", "someone else")
+        assert Worker(settings).run_once()
+        done = client.get(f"/v1/jobs/{job['id']}", headers=b).json()
+        assert done["status"] == "failed" and "was created while this calibration" in done[
+            "status_reason"]  # fmt: skip
+        assert not (settings.profiles_dir / "busy.json").exists()
     with TestClient(create_app(_settings(tmp_path))) as client:  # no tokens: one user
         assert client.delete("/v1/hardware/site").status_code == 204
         assert "site" not in [p["name"] for p in client.get("/v1/hardware").json()["data"]]
