@@ -173,7 +173,7 @@ def test_explorer_shows_googlenet_sweet_spots_on_xeon(page, server):
     with page.expect_download() as download:
         page.get_by_role("button", name="Export CSV").click()
     lines = Path(download.value.path()).read_text().splitlines()
-    assert lines[0].startswith("hardware,batch,layer,kind,shape,flops")
+    assert lines[0].startswith("hardware,batch,layer,layer_batch,kind,shape,flops")
     api = httpx.get(f"{server.url}/v1/sweet-spots",
                     params={"model": "googlenet", "hardware": "xeon-e5-2697v4"}).json()  # fmt: skip
     assert len(lines) == 1 + 2 * len(api["layers"])
@@ -205,6 +205,24 @@ def test_curve_drawn_by_the_page_passes_through_the_api_points(page, server):
         return worst;
     }""")
     assert worst < 1e-9
+
+
+def test_csv_export_has_each_layers_own_batch(page, server):
+    """The CSV gave only the network's batch: a linear layer on (50, 64) examples runs 50 rows
+    per example, which it did not show."""
+    page.goto(f"{server.url}/#/hardware")
+    header, row = page.evaluate("""async () => {
+        const { toCsv } = await import("/web/js/explorer.js");
+        const layers = [{ kind: "linear", name: "fc", in_features: 64, out_features: 32,
+                          per_example: 50 }];
+        const p = await (await fetch("/v1/sweet-spots", { method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ hardware: "atom-c2750", layers, batch: 4 }) })).json();
+        return toCsv([p]).trim().split("\\n");
+    }""")
+    columns = header.split(",")
+    values = dict(zip(columns, row.split(","), strict=False))
+    assert (values["batch"], values["layer_batch"]) == ("4", "200")
 
 
 # ---------------------------------------------------------------------------------- jobs

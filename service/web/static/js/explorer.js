@@ -235,7 +235,10 @@ function renderResults(section, predictions, profiles) {
   showLayer(Math.max(0, start), false);
 }
 
-const CSV_COLUMNS = ["hardware", "batch", "layer", "kind", "shape", "flops", "activation_bytes",
+// batch: the network's; layer_batch: the images or rows the layer itself runs (a linear layer
+// on (50, 64) examples runs 50 rows each: per_example).
+const CSV_COLUMNS = ["hardware", "batch", "layer", "layer_batch", "kind", "shape", "flops",
+  "activation_bytes",
   "weight_bytes", "dense_time_s", "bound", "sweet_spot_min", "sweet_spot_max", "max_speedup",
   ...POINTS.map((s) => `speedup_${s}`), "recommendation", "reason"];
 
@@ -250,7 +253,8 @@ export function toCsv(predictions) {
   for (const p of predictions) {
     for (const l of p.layers) {
       const spot = l.sweet_spot || {};
-      rows.push([p.hardware, p.batch, l.name, l.kind, l.shape, l.flops, l.activation_bytes,
+      rows.push([p.hardware, p.batch, l.name, l.spec?.batch, l.kind, l.shape, l.flops,
+        l.activation_bytes,
         l.weight_bytes, l.dense_time_s, l.bound, spot.min_sparsity, spot.max_sparsity,
         spot.max_speedup, ...POINTS.map((s) => l.speedup[s]), l.recommendation, l.reason]);
     }
