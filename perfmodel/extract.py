@@ -138,8 +138,9 @@ def extract_layers(
 def _work_counter():
     """A dispatch mode summing the FLOPs of the convolutions and matrix multiplies that run
     under it, by torch's own formulas (``torch.utils.flop_counter``). FlopCounterMode itself
-    also tracks the module hierarchy with hooks on every module, which doubled the time of an
-    extraction (ResNet-50: 90 → 172 ms)."""
+    also tracks the module hierarchy with hooks on every module: extracting ResNet-50 (built on
+    the meta device, median of 12 calls) took 61 ms with it, 51 ms with this and 44 ms with no
+    counting."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
