@@ -27,7 +27,7 @@ from pathlib import Path
 
 from service import jobs as store
 from service import profiles
-from service.db import Job, make_engine, make_sessionmaker, migrate
+from service.db import make_engine, make_sessionmaker, migrate
 from service.settings import Settings
 
 log = logging.getLogger("sweetspot.worker")
@@ -297,9 +297,7 @@ def _calibration(worker: Worker, job_id: str, request: dict) -> None:
             if refused is not None:  # cancelled, lost, or the name was taken meanwhile
                 status, reason = refused, why
             else:
-                save_profile(profile, worker.settings.profiles_dir)
-                with worker.sessions() as session:  # the job's owner may replace or delete it
-                    profiles.record(session, profile.name, session.get(Job, job_id).owner)
+                save_profile(profile, worker.settings.profiles_dir)  # owner: _may_save
                 out = worker.settings.artifacts.job_dir(job_id)
                 out.mkdir(parents=True, exist_ok=True)
                 text = profile.model_dump_json(indent=2, exclude_none=True)
@@ -327,10 +325,12 @@ def _may_save(worker: Worker, job_id: str, name: str, request: dict) -> tuple[st
             return store.FAILED, str(error)  # record_outcome will refuse it: not ours
         if job.status == store.CANCELLING:
             return store.CANCELLED, "cancelled by request; the profile was not written"
-        theirs = name in profile_names() and not profiles.may_change(session, name, job.owner)
-        # A new name is claimed as POST /v1/hardware claims it, so the two cannot both write.
-        taken = name not in profile_names() and not profiles.claim(session, name, job.owner)
-    if taken or (name in profile_names() and not request.get("replace")):
+        exists = name in profile_names()
+        theirs = exists and not profiles.may_change(session, name, job.owner)
+        # A new name is claimed (the job's owner recorded) as POST /v1/hardware claims it, so
+        # the two cannot both write; a replaced one is already the owner's (``theirs``).
+        taken = not exists and not profiles.claim(session, name, job.owner)
+    if taken or (exists and not request.get("replace")):
         return store.FAILED, (f"a profile named {name!r} was created while this calibration "
                               "ran; it was kept (calibrate with replace=true to replace it)")
     if theirs:  # replace=true is checked at submission too, but the profile may be newer

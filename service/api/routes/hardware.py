@@ -104,13 +104,12 @@ def calibrate_host(
     if is_builtin_profile(body.name):
         raise HTTPException(409, f"{body.name!r} is a built-in profile; choose another name")
     replay = store.by_idempotency_key(session, owner, body.idempotency_key) is not None
-    exists = body.name in profile_names()
-    if exists and body.replace and not replay:
+    if body.name in profile_names() and not replay:  # a retry gets its job
+        if not body.replace:
+            raise HTTPException(409, f"a custom profile named {body.name!r} already exists; "
+                                     "choose another name, or pass replace=true to "
+                                     "recalibrate it")  # fmt: skip
         _check_may_change(session, body.name, owner)
-    if exists and not body.replace and not replay:  # a retry gets its job
-        raise HTTPException(409, f"a custom profile named {body.name!r} already exists; "
-                                 "choose another name, or pass replace=true to recalibrate "
-                                 "it")  # fmt: skip
     check_queue_limit(session, settings, owner, body.idempotency_key)  # a job like any other
     request = {"kind": "calibration", **body.model_dump(exclude={"idempotency_key"})}
     job, _ = store.create_job(session, owner, request, body.idempotency_key)
