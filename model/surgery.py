@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -723,20 +725,27 @@ def cut(model: nn.Module, input_shape: tuple[int, ...], example_batch: int = 2) 
     """
     model = model.eval()
     where: list[str] = []  # the layer being cut, for the message of an unexpected error
-    try:
+    with _not_understood("surgery failed", "at", where):
         result = _cut(model, input_shape, example_batch, where)
-    except SurgeryError:
-        raise
-    except (MemoryError, torch.cuda.OutOfMemoryError):
-        raise
-    except Exception as error:
-        at = f" at {where[-1]}" if where else ""
-        raise SurgeryError(
-            f"surgery failed{at} ({type(error).__name__}: {error}); the network has a structure "
-            "surgery does not understand"
-        ) from error
     check_equivalent(model, result.model, input_shape)
     return result
+
+
+@contextmanager
+def _not_understood(what: str, preposition: str, where: list[str]) -> Iterator[None]:
+    """An unexpected error inside (not a SurgeryError, not running out of memory) is a
+    SurgeryError saying ``what`` happened ``preposition`` the last layer in ``where``: the
+    network has a structure surgery misread."""
+    try:
+        yield
+    except (SurgeryError, MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as error:
+        at = f" {preposition} {where[-1]}" if where else ""
+        raise SurgeryError(
+            f"{what}{at} ({type(error).__name__}: {error}); the network has a structure "
+            "surgery does not understand"
+        ) from error
 
 
 # Tolerance of check_equivalent: |cut − original| ≤ ATOL + RTOL · max|original| on the outputs.
@@ -773,15 +782,8 @@ def check_equivalent(
     with torch.no_grad():
         expected = _tensors(model(x))
         try:
-            actual = _tensors(cut_model(x))
-        except (MemoryError, torch.cuda.OutOfMemoryError):
-            raise
-        except Exception as error:
-            at = f" in {entered[-1]}" if entered else ""
-            raise SurgeryError(
-                f"the cut network does not run{at} ({type(error).__name__}: {error}); the "
-                "network has a structure surgery does not understand"
-            ) from error
+            with _not_understood("the cut network does not run", "in", entered):
+                actual = _tensors(cut_model(x))
         finally:
             for handle in handles:
                 handle.remove()
