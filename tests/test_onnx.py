@@ -65,19 +65,29 @@ def test_graph_without_layers():
         layers_from_onnx(data)
 
 
-def _conv_graph(size: tuple[int, int], kernel: tuple[int, int], attrs: dict, seed: int = 0):
-    """x (1, 3, H, W) → one Conv 'w' (4×3×R×S, random) with ``attrs``; the model bytes and
-    the weight as a tensor."""
-    weight = torch.randn(4, 3, *kernel, generator=torch.Generator().manual_seed(seed))
+def _one_layer(op: str, x_shape: list, weight_name: str, weight: torch.Tensor, **attrs):
+    """x → one ``op`` node whose weight is the initializer ``weight_name``, as an ONNX model."""
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w.weight"], ["y"], **attrs)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *size])],
+        [helper.make_node(op, ["x", weight_name], ["y"], **attrs)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[helper.make_tensor("w.weight", TensorProto.FLOAT, list(weight.shape),
+        initializer=[helper.make_tensor(weight_name, TensorProto.FLOAT, list(weight.shape),
                                         weight.flatten().tolist())],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return model, weight
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _zero_layer(op: str, x_shape: list, weight_name: str, weight_shape: tuple, **attrs) -> bytes:
+    """The bytes of :func:`_one_layer` with an all-zero weight of ``weight_shape``."""
+    return _one_layer(op, x_shape, weight_name, torch.zeros(weight_shape),
+                      **attrs).SerializeToString()  # fmt: skip
+
+
+def _conv_graph(size: tuple[int, int], kernel: tuple[int, int], attrs: dict, seed: int = 0):
+    """x (1, 3, H, W) → one Conv 'w' (4×3×R×S, random) with ``attrs``; the model and the
+    weight as a tensor."""
+    weight = torch.randn(4, 3, *kernel, generator=torch.Generator().manual_seed(seed))
+    return _one_layer("Conv", [1, 3, *size], "w.weight", weight, **attrs), weight
 
 
 @pytest.mark.parametrize(
@@ -115,24 +125,11 @@ def test_conv_padding_is_imported_exactly(size, kernel, attrs, begin, end):
 def test_a_weight_that_does_not_fit_its_input_is_an_error():
     """A 5-channel input into a 3-channel weight, or a Gemm fed 10 features with an 11-feature
     weight, passed onnx's shape inference and were predicted as if they ran."""
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w.weight"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[helper.make_tensor("w.weight", TensorProto.FLOAT, [4, 3, 3, 3],
-                                        [0.0] * 108)],
-    )  # fmt: skip
     with pytest.raises(OnnxImportError, match=r"layer w: its input has 5 channels, its weight "
                                               r"\(4, 3, 3, 3\) with group=1 takes 3"):
-        layers_from_onnx(helper.make_model(graph).SerializeToString())
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transB=1)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[helper.make_tensor("fc.weight", TensorProto.FLOAT, [6, 11], [0.0] * 66)],
-    )  # fmt: skip
+        layers_from_onnx(_zero_layer("Conv", [1, 5, 8, 8], "w.weight", (4, 3, 3, 3)))
     with pytest.raises(OnnxImportError, match="its input has 10 features, its Gemm weight"):
-        layers_from_onnx(helper.make_model(graph).SerializeToString())
+        layers_from_onnx(_zero_layer("Gemm", [1, 10], "fc.weight", (6, 11), transB=1))
 
 
 @pytest.mark.parametrize(("strides", "message"), [
@@ -141,15 +138,9 @@ def test_a_weight_that_does_not_fit_its_input_is_an_error():
 ])  # fmt: skip
 def test_a_spec_the_layer_cannot_have_is_one_line(strides, message):
     """pydantic's multi-line text with errors.pydantic.dev links was passed through."""
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w.weight"], ["y"], strides=strides)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[helper.make_tensor("w.weight", TensorProto.FLOAT, [4, 3, 5, 5],
-                                        [0.0] * 300)],
-    )  # fmt: skip
     with pytest.raises(OnnxImportError) as raised:
-        layers_from_onnx(helper.make_model(graph).SerializeToString())
+        layers_from_onnx(_zero_layer("Conv", [1, 3, 2, 2], "w.weight", (4, 3, 5, 5),
+                                     strides=strides))  # fmt: skip
     assert str(raised.value).startswith(message)
     assert "\n" not in str(raised.value) and "pydantic.dev" not in str(raised.value)
 
@@ -157,19 +148,8 @@ def test_a_spec_the_layer_cannot_have_is_one_line(strides, message):
 def test_gemm_with_a_transposed_input():
     """transA=1 (A is features × rows) was refused by the features check ("its input has 4
     features, its Gemm weight (16, 8) takes 16"), and its rows were read from the wrong axis."""
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transA=1)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[helper.make_tensor("fc.weight", TensorProto.FLOAT, [16, 8], [0.0] * 128)],
-    )  # fmt: skip
-    (fc,) = layers_from_onnx(helper.make_model(graph).SerializeToString())
+    (fc,) = layers_from_onnx(_zero_layer("Gemm", [16, 4], "fc.weight", (16, 8), transA=1))
     assert (fc.in_features, fc.out_features, fc.batch) == (16, 8, 4)
-    dynamic = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transA=1)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, "N"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[helper.make_tensor("fc.weight", TensorProto.FLOAT, [16, 8], [0.0] * 128)],
-    )  # fmt: skip
-    (fc,) = layers_from_onnx(helper.make_model(dynamic).SerializeToString(), batch=2)
+    dynamic = _zero_layer("Gemm", [16, "N"], "fc.weight", (16, 8), transA=1)
+    (fc,) = layers_from_onnx(dynamic, batch=2)
     assert (fc.in_features, fc.batch) == (16, 2)  # the rows' axis is the dynamic one
