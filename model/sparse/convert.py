@@ -67,23 +67,22 @@ def _merged(plan: Mapping[str, str], modules: Mapping[str, nn.Module]) -> dict[s
 def convertible_layers(model: nn.Module) -> list[str]:
     """Qualified names of the layers :func:`convert_model` can make sparse: ``nn.Conv2d`` and
     ``nn.Linear`` modules (or subclasses that keep their forward)."""
-    parents = _parents(model)
-    return [
-        name for name, module in model.named_modules()
-        if _why_not(module, parents.get(name)) is None
-    ]  # fmt: skip
+    return [name for name, reason in _refusals(model).items() if reason is None]
 
 
 def unconvertible_layers(model: nn.Module) -> dict[str, str]:
     """The ``nn.Conv2d``/``nn.Linear`` layers :func:`convert_model` cannot make sparse, with
     why (reflect padding, an even kernel's "same" padding, their own forward, ...): a plan
     keeps them dense."""
+    modules = dict(model.named_modules())
+    return {name: reason for name, reason in _refusals(model).items()
+            if reason is not None and isinstance(modules[name], nn.Conv2d | nn.Linear)}  # fmt: skip
+
+
+def _refusals(model: nn.Module) -> dict[str, str | None]:
+    """Every module's reason it cannot be made sparse (None: it can), by qualified name."""
     parents = _parents(model)
-    return {
-        name: reason for name, module in model.named_modules()
-        if isinstance(module, nn.Conv2d | nn.Linear)
-        and (reason := _why_not(module, parents.get(name))) is not None
-    }  # fmt: skip
+    return {name: _why_not(module, parents.get(name)) for name, module in model.named_modules()}
 
 
 def convert_model(
@@ -115,21 +114,19 @@ def convert_model(
         )
     check_implementation(implementation)
     modules = dict(model.named_modules(remove_duplicate=False))
-    parents = _parents(model)
-    valid = convertible_layers(model)
+    refusals = _refusals(model)
+    valid = [name for name, reason in refusals.items() if reason is None]
     bad = {name: choice for name, choice in plan.items() if choice not in CHOICES}
     if bad:
         raise ValueError(f"plan choices must be 'sparse' or 'dense', got {bad}")
     plan = _merged(plan, modules)
-    kept = unconvertible_layers(model)  # planned dense, such a layer is simply not converted
+    # A Conv2d/Linear the kernel cannot run may be planned dense: it is simply not converted.
     unknown = sorted(name for name, choice in plan.items()
-                     if name not in valid and not (choice == "dense" and name in kept))  # fmt: skip
+                     if refusals.get(name, "") is not None
+                     and not (choice == "dense" and isinstance(modules.get(name),
+                                                               nn.Conv2d | nn.Linear)))  # fmt: skip
     if unknown:
-        detail = [
-            f"{name!r} ({_why_not(modules[name], parents.get(name))})"
-            if name in modules else f"{name!r} (no such module)"
-            for name in unknown
-        ]  # fmt: skip
+        detail = [f"{name!r} ({refusals.get(name) or 'no such module'})" for name in unknown]
         raise ValueError(
             f"plan names layers that cannot be made sparse: {', '.join(detail)}; valid names: "
             f"{', '.join(valid) or '(none)'} (plan the others 'dense')"
